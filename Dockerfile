@@ -1,0 +1,28 @@
+# The PyNet chat service. Standard library only, so the image is the base plus our package.
+# Tests and the local rehearsal build it on a locally made Debian base:
+#   docker build --build-arg BASE_IMAGE=pynet-local/debian:bookworm .
+ARG BASE_IMAGE=python:3.11-slim
+FROM ${BASE_IMAGE}
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYNET_HOST=0.0.0.0 \
+    PYNET_PORT=5050 \
+    PYNET_HISTORY=/var/lib/pynet/history.sqlite3
+
+# A fixed, unprivileged uid: the history volume is owned by it on every host.
+RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin pynet \
+ && install -d -o pynet -g pynet -m 0750 /var/lib/pynet
+
+WORKDIR /app
+# Code last: a code-only change rebuilds (and ships) only this small layer.
+COPY chat/ /app/chat/
+
+USER 10001:10001
+EXPOSE 5050
+VOLUME ["/var/lib/pynet"]
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["python3", "-m", "chat.healthcheck"]
+CMD ["python3", "-m", "chat.server"]

@@ -1,0 +1,44 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Everything else is a helper.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint unit e2e bench venv system-deps clean
+
+demo: venv system-deps
+	$(BIN)/python -m pynet.demo
+
+test: venv system-deps lint
+	$(BIN)/python -m pynet.local engine
+	$(BIN)/pytest
+
+# The fast part: no Docker engine needed.
+unit: venv
+	$(BIN)/pytest -m "not e2e and not molecule"
+
+e2e: venv system-deps
+	$(BIN)/pytest -m "e2e or molecule"
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/yamllint --strict .
+	$(BIN)/ansible-lint
+
+bench: venv
+	$(BIN)/python bench/chat_load.py
+	$(BIN)/python bench/idle_connections.py
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements-dev.lock
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/pip install --quiet -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,271 @@
+"""Server settings: one table of options, each settable by flag or `PYNET_*` variable.
+
+The table is the single source for the flags, the environment variables, the defaults and the
+`--help` text, so they cannot drift apart. Precedence: flag, then environment, then default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+from chat import __version__
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the server can be told. Defaults are safe for a small public server."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
+    port: int = 5050
+    history: str | None = None
+    history_size: int = 1000
+    history_flush: float = 0.5
+    max_line: int = 4096
+    nick_timeout: float = 30.0
+    rate: float = 50.0
+    rate_burst: int = 100
+    max_clients: int = 20000
+    max_backlog: int = 1 * MIB
+    max_buffered: int = 256 * MIB
+    stop_timeout: float = 5.0
+    log_level: str = "INFO"
+    log_messages: bool = False
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be >= 1")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be 0..65535")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise ValueError("must be >= 0")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise ValueError("must be > 0")
+    return value
+
+
+def _line_limit(text: str) -> int:
+    value = int(text)
+    if value < 64:
+        raise ValueError("must be >= 64")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("must be true or false")
+
+
+def _path(text: str) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its field in `Settings`, its variable, how to parse it, what it does."""
+
+    field: str
+    env: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", "PYNET_HOST", str, "address to listen on", "ADDR"),
+    Option("port", "PYNET_PORT", _port, "TCP port; 0 picks a free one (see the start log)", "N"),
+    Option(
+        "history",
+        "PYNET_HISTORY",
+        _path,
+        "SQLite file keeping broadcast history across restarts "
+        "(e.g. /var/lib/pynet/history.sqlite3); empty = memory only",
+        "PATH",
+    ),
+    Option(
+        "history_size",
+        "PYNET_HISTORY_SIZE",
+        _non_negative_int,
+        "broadcasts retained for /since replay",
+        "N",
+    ),
+    Option(
+        "history_flush",
+        "PYNET_HISTORY_FLUSH",
+        _positive_float,
+        "seconds between batched history writes to SQLite (also flushed on shutdown)",
+        "SEC",
+    ),
+    Option(
+        "max_line",
+        "PYNET_MAX_LINE",
+        _line_limit,
+        "maximum line length in bytes, newline included",
+        "BYTES",
+    ),
+    Option(
+        "nick_timeout",
+        "PYNET_NICK_TIMEOUT",
+        _positive_float,
+        "close connections that have not sent /nick within this many seconds",
+        "SEC",
+    ),
+    Option(
+        "rate",
+        "PYNET_RATE",
+        _non_negative_float,
+        "lines per second allowed per client (token bucket); 0 = unlimited",
+        "N",
+    ),
+    Option(
+        "rate_burst",
+        "PYNET_RATE_BURST",
+        _positive_int,
+        "lines a client may send at once before the rate applies",
+        "N",
+    ),
+    Option(
+        "max_clients",
+        "PYNET_MAX_CLIENTS",
+        _positive_int,
+        "connections accepted at once; more get ERR server-full",
+        "N",
+    ),
+    Option(
+        "max_backlog",
+        "PYNET_MAX_BACKLOG",
+        _positive_int,
+        "unsent bytes allowed per client before it gets BYE too-slow",
+        "BYTES",
+    ),
+    Option(
+        "max_buffered",
+        "PYNET_MAX_BUFFERED",
+        _positive_int,
+        "unsent bytes allowed across all clients; past it the slowest readers are disconnected",
+        "BYTES",
+    ),
+    Option(
+        "stop_timeout",
+        "PYNET_STOP_TIMEOUT",
+        _positive_float,
+        "seconds a graceful shutdown (SIGTERM/SIGINT) may take before connections are cut",
+        "SEC",
+    ),
+    Option("log_level", "PYNET_LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR", "LEVEL"),
+    Option(
+        "log_messages",
+        "PYNET_LOG_MESSAGES",
+        _bool,
+        "also log message text at DEBUG (off: message text is private)",
+        "BOOL",
+    ),
+)
+
+assert {o.field for o in OPTIONS} == {f.name for f in fields(Settings)}, "OPTIONS out of sync"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m chat.server` parser; flags not given are left out of the result."""
+    parser = argparse.ArgumentParser(
+        prog="python -m chat.server",
+        description=f"PyNet chat server {__version__}. Every option can also be set with the "
+        "environment variable shown; a flag wins over the variable.",
+    )
+    defaults = Settings()
+    for option in OPTIONS:
+        default = getattr(defaults, option.field)
+        shown = "memory" if default is None else default
+        parser.add_argument(
+            option.flag,
+            dest=option.field,
+            type=_argparse_type(option),
+            default=argparse.SUPPRESS,
+            metavar=option.metavar or None,
+            help=f"{option.help} (env {option.env}, default {shown})",
+        )
+    parser.add_argument("--version", action="version", version=f"pynet chat {__version__}")
+    return parser
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return option.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+
+    parse.__name__ = option.field
+    return parse
+
+
+def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Settings from flags and environment. Exits with a usage message on a bad value."""
+    env = os.environ if env is None else env
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if hasattr(args, option.field):
+            values[option.field] = getattr(args, option.field)
+        elif option.env in env:
+            try:
+                values[option.field] = option.parse(env[option.env])
+            except ValueError as exc:
+                parser.error(f"{option.env}={env[option.env]!r}: {exc}")
+    return Settings(**values)
+
+
+def describe(settings: Settings) -> str:
+    """The settings as `key=value` words for the start log line."""
+    return " ".join(f"{f.name}={getattr(settings, f.name)}" for f in fields(settings))
+
+
+def log_level(settings: Settings) -> int:
+    return logging.getLevelNamesMapping()[settings.log_level]

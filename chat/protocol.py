@@ -1,0 +1,688 @@
+"""The PyNet chat protocol (see PROTOCOL.md), sans-I/O.
+
+Nothing here touches sockets, threads or asyncio: bytes go in (`receive_data`), events come out
+(`events_received`) and bytes to write come out (`data_to_send`). The server adapter, the
+client, the health check and the tests all drive the same code, so the wire format lives in one
+place. Time is passed in (a clock callable) so the rate limit is testable without sleeping.
+
+Two kinds of failure are kept apart, as h11 does:
+- the peer misbehaved (bad line, unknown command, flood): never raised; it becomes an `ERR`
+  reply queued in `data_to_send` plus a `Refused` event the caller may log;
+- our caller misused the API (sent after closing, a newline inside a field, an unknown error
+  code): `UsageError` is raised, because that is a bug in our own code.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+__all__ = [
+    "ERROR_CODES",
+    "MAX_LINE",
+    "NICK_MAX",
+    "ClientConnection",
+    "ServerConnection",
+    "State",
+    "UsageError",
+    "valid_nick",
+]
+
+MAX_LINE = 4096
+"""Default maximum line length in bytes, newline included (PROTOCOL.md, Framing)."""
+
+NICK_MAX = 32
+ERROR_CODES = frozenset(
+    {
+        "need-nick",
+        "nick-invalid",
+        "nick-taken",
+        "no-such-nick",
+        "line-too-long",
+        "bad-encoding",
+        "unknown-command",
+        "bad-argument",
+        "rate-limited",
+        "server-full",
+    }
+)
+
+_UNKNOWN_TEXT = "unknown command; try /nick /msg /who /since /ping /quit, or // to send a /"
+_NICK_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{NICK_MAX}}}")
+_ID_RE = re.compile(r"[0-9]{1,18}")
+
+
+class UsageError(Exception):
+    """Our own code called the protocol wrongly (a bug here, never the peer's fault)."""
+
+
+def valid_nick(name: str) -> bool:
+    """True when NAME is 1 to 32 characters of A-Z a-z 0-9 _ -."""
+    return _NICK_RE.fullmatch(name) is not None
+
+
+def _field(value: str, what: str) -> str:
+    """Refuse values that would break framing: that is a bug on our side, not the peer's."""
+    if "\n" in value or "\r" in value:
+        raise UsageError(f"{what} must not contain a line break: {value!r}")
+    return value
+
+
+def _word(value: str, what: str) -> str:
+    if not value or " " in value:
+        raise UsageError(f"{what} must be one non-empty word: {value!r}")
+    return _field(value, what)
+
+
+# --------------------------------------------------------------------------------------------
+# Events. Client commands (what a client sends, what the server receives) ...
+
+
+@dataclass(frozen=True, slots=True)
+class Nick:
+    """`/nick NAME`."""
+
+    name: str
+
+    def line(self) -> bytes:
+        return f"/nick {_word(self.name, 'nick')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Say:
+    """A broadcast line. Text starting with `/` is escaped as `//` on the wire."""
+
+    text: str
+
+    def line(self) -> bytes:
+        if not self.text:
+            raise UsageError("cannot broadcast an empty line")
+        text = _field(self.text, "text")
+        return f"/{text}\n".encode() if text.startswith("/") else f"{text}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Private:
+    """`/msg NAME TEXT`."""
+
+    to: str
+    text: str
+
+    def line(self) -> bytes:
+        if not self.text:
+            raise UsageError("cannot send an empty private message")
+        return f"/msg {_word(self.to, 'nick')} {_field(self.text, 'text')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """`/who`."""
+
+    def line(self) -> bytes:
+        return b"/who\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    """`/since ID`: replay retained broadcasts with an id greater than `after`."""
+
+    after: int
+
+    def line(self) -> bytes:
+        if self.after < 0:
+            raise UsageError("since id must be >= 0")
+        return f"/since {self.after}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """`/ping`. The server protocol answers it by itself; no event reaches the server."""
+
+    def line(self) -> bytes:
+        return b"/ping\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Quit:
+    """`/quit [REASON]`."""
+
+    reason: str = ""
+
+    def line(self) -> bytes:
+        reason = _field(self.reason, "reason")
+        return f"/quit {reason}\n".encode() if reason else b"/quit\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A line from the peer was refused; the `ERR` reply is already queued. For logging."""
+
+    code: str
+    text: str
+
+
+# ... and server replies (what the server sends, what a client receives).
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: str
+
+    def line(self) -> bytes:
+        return f"HELLO pynet {_word(self.version, 'version')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class NickAccepted:
+    name: str
+
+    def line(self) -> bytes:
+        return f"OK nick {_word(self.name, 'nick')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """`MSG ID NAME TEXT`: one broadcast."""
+
+    id: int
+    name: str
+    text: str
+
+    def line(self) -> bytes:
+        # Hot path on the server: the fields come from parsed lines, which hold no newline.
+        return f"MSG {self.id} {self.name} {self.text}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateMessage:
+    """`PRIV NAME TEXT`."""
+
+    name: str
+    text: str
+
+    def line(self) -> bytes:
+        return f"PRIV {_word(self.name, 'nick')} {_field(self.text, 'text')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    name: str
+
+    def line(self) -> bytes:
+        return f"JOIN {_word(self.name, 'nick')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Left:
+    name: str
+    reason: str = ""
+
+    def line(self) -> bytes:
+        return _with_tail(f"LEFT {_word(self.name, 'nick')}", self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class NickChanged:
+    old: str
+    new: str
+
+    def line(self) -> bytes:
+        return f"NICK {_word(self.old, 'nick')} {_word(self.new, 'nick')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class WhoList:
+    names: tuple[str, ...]
+
+    def line(self) -> bytes:
+        return _with_tail("WHO", " ".join(_word(n, "nick") for n in self.names))
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    def line(self) -> bytes:
+        return b"PONG\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Bye:
+    reason: str = ""
+
+    def line(self) -> bytes:
+        return _with_tail("BYE", self.reason)
+
+
+@dataclass(frozen=True, slots=True)
+class Info:
+    text: str
+
+    def line(self) -> bytes:
+        return f"INFO {_field(self.text, 'text')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """`ERR CODE TEXT`."""
+
+    code: str
+    text: str
+
+    def line(self) -> bytes:
+        if self.code not in ERROR_CODES:
+            raise UsageError(f"unknown error code {self.code!r}")
+        return f"ERR {self.code} {_field(self.text, 'text')}\n".encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A server line this client does not understand (the protocol may grow new words)."""
+
+    line_text: str
+
+
+def _with_tail(head: str, tail: str) -> bytes:
+    tail = _field(tail, "text")
+    return f"{head} {tail}\n".encode() if tail else f"{head}\n".encode()
+
+
+Command = Nick | Say | Private | Who | Since | Ping | Quit
+Reply = (
+    Hello
+    | NickAccepted
+    | Message
+    | PrivateMessage
+    | Joined
+    | Left
+    | NickChanged
+    | WhoList
+    | Pong
+    | Bye
+    | Info
+    | Error
+)
+ServerEvent = Nick | Say | Private | Who | Since | Quit | Refused
+ClientEvent = Reply | Unknown
+
+
+# --------------------------------------------------------------------------------------------
+# Framing, shared by both sides.
+
+_TOO_LONG = object()  # marks, in order, a line that was cut off for being too long
+
+
+class _LineSplitter:
+    """Split a byte stream into lines of at most `max_line` bytes (newline included).
+
+    Memory stays bounded: an over-long partial line is dropped as soon as it passes the limit,
+    and the rest of it is skipped up to the next newline.
+    """
+
+    __slots__ = ("_buf", "_discarding", "lines", "max_line")
+
+    def __init__(self, max_line: int) -> None:
+        self.max_line = max_line
+        self.lines: deque[bytes | object] = deque()
+        self._buf = b""
+        self._discarding = False
+
+    def feed(self, data: bytes) -> None:
+        if b"\n" not in data:
+            if not self._discarding:
+                self._buf += data
+                if len(self._buf) >= self.max_line:
+                    self._cut()
+            return
+        parts = (self._buf + data if self._buf else data).split(b"\n")
+        self._buf = b""
+        tail = parts.pop()
+        if self._discarding:
+            del parts[0]  # the end of the over-long line
+            self._discarding = False
+        limit, lines = self.max_line, self.lines
+        for part in parts:
+            lines.append(part if len(part) < limit else _TOO_LONG)
+        if tail:
+            self._buf = tail
+            if len(tail) >= limit:
+                self._cut()
+
+    def _cut(self) -> None:
+        self.lines.append(_TOO_LONG)
+        self._buf = b""
+        self._discarding = True
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for an incomplete line (bounded by max_line)."""
+        return len(self._buf)
+
+
+# --------------------------------------------------------------------------------------------
+# The server side of one connection.
+
+
+class State(enum.Enum):
+    """Session states of one connection, seen from the server."""
+
+    CONNECTED = "connected"  # greeted, no nickname yet
+    NAMED = "named"  # has a nickname: may talk
+    CLOSING = "closing"  # BYE queued: input is ignored, nothing more may be sent
+
+
+# Everything about the session state lives in these two tables.
+# Which commands the peer may use in each state (others get `ERR need-nick`; in CLOSING all
+# input is ignored):
+ALLOWED: dict[State, frozenset[str]] = {
+    State.CONNECTED: frozenset({"nick", "who", "ping", "quit"}),
+    State.NAMED: frozenset({"nick", "msg", "who", "since", "ping", "quit", "say"}),
+    State.CLOSING: frozenset(),
+}
+# Which transitions each action causes; an action missing for a state is API misuse.
+TRANSITIONS: dict[tuple[State, str], State] = {
+    (State.CONNECTED, "accept_nick"): State.NAMED,
+    (State.NAMED, "accept_nick"): State.NAMED,
+    (State.CONNECTED, "close"): State.CLOSING,
+    (State.NAMED, "close"): State.CLOSING,
+    (State.CONNECTED, "send"): State.CONNECTED,
+    (State.NAMED, "send"): State.NAMED,
+}
+
+
+class ServerConnection:
+    """One client connection as the server sees it.
+
+    Feed bytes with `receive_data`, then iterate `events_received()`; replies the protocol
+    decides alone (`ERR`, `PONG`, `BYE` after `/quit`) are queued for `data_to_send()` while
+    iterating, so each reply lands in order with the events around it.
+    """
+
+    __slots__ = ("_clock", "_out", "_split", "_stamp", "_tokens", "burst", "nick", "rate", "state")
+
+    def __init__(
+        self,
+        *,
+        max_line: int = MAX_LINE,
+        rate: float = 0.0,
+        burst: int = 1,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """`rate` lines per second with bursts of `burst` (token bucket); rate 0 = no limit."""
+        if max_line < 2:
+            raise UsageError("max_line must be at least 2")
+        self._split = _LineSplitter(max_line)
+        self._out: list[bytes] = []
+        self.state = State.CONNECTED
+        self.nick: str | None = None
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock() if rate else 0.0
+
+    # ---- input ----------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the peer. Never raises for anything the peer sends."""
+        if self.state is not State.CLOSING:
+            self._split.feed(data)
+
+    def events_received(self) -> Iterator[ServerEvent]:
+        """Parse buffered lines one at a time, queueing the protocol's own replies."""
+        lines = self._split.lines
+        while lines and self.state is not State.CLOSING:
+            event = self._line(lines.popleft())
+            if event is not None:
+                yield event
+        if self.state is State.CLOSING:
+            lines.clear()
+
+    def _line(self, raw: bytes | object) -> ServerEvent | None:
+        if raw is _TOO_LONG:
+            return self._refuse(
+                "line-too-long", f"lines are limited to {self._split.max_line} bytes"
+            )
+        assert isinstance(raw, bytes)
+        if raw.endswith(b"\r"):
+            raw = raw[:-1]
+        if not raw:
+            return None
+        if self.rate and not self._take_token():
+            return self._refuse("rate-limited", "too many lines, slow down")
+        try:
+            line = raw.decode()
+        except UnicodeDecodeError:
+            return self._refuse("bad-encoding", "lines must be UTF-8")
+        if line[0] != "/":
+            return self._say(line)
+        if line.startswith("//"):
+            return self._say(line[1:])
+        word, _, arg = line[1:].partition(" ")
+        word = word.lower()
+        parse = _COMMANDS.get(word)
+        if parse is None:
+            # The word is not echoed back: it may hold anything, control characters included.
+            return self._refuse("unknown-command", _UNKNOWN_TEXT)
+        if word not in ALLOWED[self.state]:
+            return self._refuse("need-nick", "choose a nickname first with /nick NAME")
+        return parse(self, arg)
+
+    def _say(self, text: str) -> ServerEvent:
+        if "say" not in ALLOWED[self.state]:
+            return self._refuse("need-nick", "choose a nickname first with /nick NAME")
+        return Say(text)
+
+    def _nick(self, arg: str) -> ServerEvent:
+        name = arg.strip(" ")
+        if not valid_nick(name):
+            return self._refuse("nick-invalid", "use 1 to 32 characters of A-Z a-z 0-9 _ -")
+        return Nick(name)
+
+    def _msg(self, arg: str) -> ServerEvent:
+        name, _, text = arg.lstrip(" ").partition(" ")
+        if not name or not text:
+            return self._refuse("bad-argument", "usage: /msg NAME TEXT")
+        if not valid_nick(name):
+            return self._refuse("no-such-nick", "no such nickname")
+        return Private(name, text)
+
+    def _who(self, arg: str) -> ServerEvent:
+        return Who()
+
+    def _since(self, arg: str) -> ServerEvent:
+        value = arg.strip(" ")
+        if not _ID_RE.fullmatch(value):
+            return self._refuse("bad-argument", "usage: /since ID (a number >= 0)")
+        return Since(int(value))
+
+    def _ping(self, arg: str) -> None:
+        self._out.append(b"PONG\n")
+
+    def _quit(self, arg: str) -> ServerEvent:
+        self.close("quit")
+        return Quit(arg.strip(" "))
+
+    def _refuse(self, code: str, text: str) -> Refused:
+        self._out.append(f"ERR {code} {text}\n".encode())
+        return Refused(code, text)
+
+    def _take_token(self) -> bool:
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+    # ---- output ---------------------------------------------------------------------------
+
+    def _transition(self, action: str) -> None:
+        new = TRANSITIONS.get((self.state, action))
+        if new is None:
+            raise UsageError(f"cannot {action} in state {self.state.value}")
+        self.state = new
+
+    def accept_nick(self, name: str) -> None:
+        """Grant a `Nick` request: queue `OK nick NAME` and enter NAMED."""
+        if not valid_nick(name):
+            raise UsageError(f"invalid nickname {name!r}")
+        self._transition("accept_nick")
+        self.nick = name
+        self._out.append(f"OK nick {name}\n".encode())
+
+    def refuse(self, code: str, text: str) -> None:
+        """Refuse the last command for a reason only the caller knows (nick-taken, ...)."""
+        self.send(Error(code, text))
+
+    def send(self, reply: Reply) -> None:
+        """Queue one reply to this client."""
+        self._transition("send")
+        self._out.append(reply.line())
+
+    def close(self, reason: str = "") -> None:
+        """Queue `BYE [REASON]` and stop reading. A second close is a no-op."""
+        if self.state is State.CLOSING:
+            return
+        line = Bye(reason).line()
+        self._transition("close")
+        self._out.append(line)
+        self._split.lines.clear()
+
+    def data_to_send(self) -> bytes:
+        """Bytes queued for the peer since the last call (b"" when none)."""
+        out = self._out
+        if not out:
+            return b""
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        return data
+
+    @property
+    def buffered(self) -> int:
+        """Input bytes held for an incomplete line."""
+        return self._split.buffered
+
+
+_COMMANDS: dict[str, Callable[[ServerConnection, str], ServerEvent | None]] = {
+    "nick": ServerConnection._nick,
+    "msg": ServerConnection._msg,
+    "who": ServerConnection._who,
+    "since": ServerConnection._since,
+    "ping": ServerConnection._ping,
+    "quit": ServerConnection._quit,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# The client side.
+
+CLIENT_MAX_LINE = 1 << 20
+"""Server lines can be longer than client lines (MSG prefix, WHO with many names)."""
+
+
+class ClientConnection:
+    """A connection to a chat server as a client sees it: server lines in, commands out."""
+
+    __slots__ = ("_events", "_out", "_split")
+
+    def __init__(self, *, max_line: int = CLIENT_MAX_LINE) -> None:
+        self._split = _LineSplitter(max_line)
+        self._out: list[bytes] = []
+        self._events: list[ClientEvent] = []
+
+    def receive_data(self, data: bytes) -> None:
+        """Buffer bytes from the server. A malformed line becomes an `Unknown` event."""
+        self._split.feed(data)
+        lines = self._split.lines
+        while lines:
+            raw = lines.popleft()
+            if raw is _TOO_LONG:
+                self._events.append(Unknown("<line too long>"))
+                continue
+            assert isinstance(raw, bytes)
+            text = raw.decode(errors="replace").removesuffix("\r")
+            if text:
+                self._events.append(parse_reply(text))
+
+    def events_received(self) -> list[ClientEvent]:
+        """Events parsed since the last call."""
+        events, self._events = self._events, []
+        return events
+
+    def send(self, command: Command) -> None:
+        """Queue one command for the server."""
+        self._out.append(command.line())
+
+    def send_line(self, text: str) -> None:
+        """Queue a line typed by a person, as is (it may be a command or text to broadcast)."""
+        self._out.append(_field(text, "line").encode() + b"\n")
+
+    def data_to_send(self) -> bytes:
+        data = b"".join(self._out)
+        self._out.clear()
+        return data
+
+
+def parse_reply(line: str) -> ClientEvent:
+    """Turn one server line (without newline) into an event; never raises."""
+    word, _, rest = line.partition(" ")
+    try:
+        parse = _REPLIES.get(word)
+        event = parse(rest) if parse else None
+    except (ValueError, IndexError):
+        event = None
+    return Unknown(line) if event is None else event
+
+
+def _parse_msg(rest: str) -> Message | None:
+    ident, _, tail = rest.partition(" ")
+    name, _, text = tail.partition(" ")
+    if not ident.isdigit() or not name:
+        return None
+    return Message(int(ident), name, text)
+
+
+def _parse_ok(rest: str) -> NickAccepted | None:
+    what, _, name = rest.partition(" ")
+    return NickAccepted(name) if what == "nick" and name else None
+
+
+def _parse_hello(rest: str) -> Hello | None:
+    product, _, version = rest.partition(" ")
+    return Hello(version) if product == "pynet" else None
+
+
+def _two(rest: str) -> tuple[str, str]:
+    head, _, tail = rest.partition(" ")
+    return head, tail
+
+
+def _parse_err(rest: str) -> Error | None:
+    code, text = _two(rest)
+    return Error(code, text) if code else None
+
+
+def _parse_nick(rest: str) -> NickChanged | None:
+    old, new = _two(rest)
+    return NickChanged(old, new) if old and new else None
+
+
+_REPLIES: dict[str, Callable[[str], ClientEvent | None]] = {
+    "HELLO": _parse_hello,
+    "OK": _parse_ok,
+    "MSG": _parse_msg,
+    "PRIV": lambda rest: PrivateMessage(*_two(rest)) if rest else None,
+    "JOIN": lambda rest: Joined(rest) if rest else None,
+    "LEFT": lambda rest: Left(*_two(rest)) if rest else None,
+    "NICK": _parse_nick,
+    "WHO": lambda rest: WhoList(tuple(rest.split())),
+    "PONG": lambda rest: Pong(),
+    "BYE": lambda rest: Bye(rest),
+    "INFO": lambda rest: Info(rest),
+    "ERR": _parse_err,
+}

@@ -1,0 +1,398 @@
+"""Launch, find and tear down the chat host. Clients are passed in; every request is built in
+`pynet.aws.requests`; everything is found again by tag, so each step can be re-run safely.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError, WaiterError
+
+from pynet.aws.errors import CloudError, code_of, explain, explained
+from pynet.aws.images import resolve_image
+from pynet.aws.keys import (
+    LocalKey,
+    created_key_file,
+    delete_key_pair,
+    ensure_key_pair,
+    find_key_pairs,
+)
+from pynet.aws.requests import (
+    DEPLOYMENT_TAG,
+    DESTROYABLE_STATES,
+    LIVE_STATES,
+    SSH_USER_TAG,
+    SSH_USERS,
+    create_security_group_request,
+    deployment_filters,
+    desired_rules,
+    instance_filters,
+    permissions,
+    resource_name,
+    rules_of,
+    run_instances_request,
+    tag_value,
+    waiter_config,
+)
+from pynet.aws.session import Clients
+
+Say = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    """The default progress sink: say nothing."""
+
+
+@dataclass(frozen=True)
+class Ec2Host:
+    """What the operator needs to know about one of our instances."""
+
+    name: str
+    instance_id: str
+    state: str
+    instance_type: str
+    public_ip: str | None
+    ssh_user: str
+    key_name: str | None
+    launch_time: datetime | None
+
+    @classmethod
+    def from_instance(cls, instance: dict[str, Any]) -> Ec2Host:
+        """Summarise a DescribeInstances/RunInstances instance dict."""
+        return cls(
+            name=tag_value(instance, DEPLOYMENT_TAG),
+            instance_id=instance["InstanceId"],
+            state=instance["State"]["Name"],
+            instance_type=instance.get("InstanceType", ""),
+            public_ip=instance.get("PublicIpAddress"),
+            ssh_user=tag_value(instance, SSH_USER_TAG, SSH_USERS["debian12"]),
+            key_name=instance.get("KeyName"),
+            launch_time=instance.get("LaunchTime"),
+        )
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """What `fab launch` was asked for."""
+
+    name: str
+    ssh_cidr: str
+    instance_type: str = "t3.micro"
+    os_name: str = "debian12"
+    ami: str | None = None
+    disk_gib: int = 16
+
+
+@dataclass(frozen=True)
+class Launched:
+    """The outcome of a launch: the host, whether we created it, the key to SSH with."""
+
+    host: Ec2Host
+    created: bool
+    private_key_file: Path | None
+
+
+@dataclass
+class Deployment:
+    """Everything tagged with one deployment name."""
+
+    name: str
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    security_groups: list[dict[str, Any]] = field(default_factory=list)
+    key_pairs: list[dict[str, Any]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        """True when there is nothing to destroy."""
+        return not (self.instances or self.security_groups or self.key_pairs)
+
+    def describe(self) -> str:
+        """One line listing what would be deleted."""
+        parts = [f"instance {i['InstanceId']} ({i['State']['Name']})" for i in self.instances]
+        parts += [f"security group {g['GroupId']}" for g in self.security_groups]
+        parts += [f"key pair {k['KeyName']}" for k in self.key_pairs]
+        return ", ".join(parts)
+
+
+# --- finding ----------------------------------------------------------------------------------
+
+
+def find_instances(
+    ec2: Any, name: str | None, states: tuple[str, ...], region: str = ""
+) -> list[dict[str, Any]]:
+    """Our instances (of one deployment, or all) in the given states, oldest first."""
+    found = []
+    with explained("listing instances", region):
+        for page in ec2.get_paginator("describe_instances").paginate(
+            Filters=instance_filters(name, states)
+        ):
+            for reservation in page["Reservations"]:
+                found.extend(reservation["Instances"])
+    return sorted(found, key=lambda i: (i.get("LaunchTime") or datetime.max, i["InstanceId"]))
+
+
+def find_security_groups(ec2: Any, name: str, region: str = "") -> list[dict[str, Any]]:
+    """The security groups of one deployment."""
+    with explained("listing security groups", region):
+        return ec2.describe_security_groups(Filters=deployment_filters(name))["SecurityGroups"]
+
+
+def find_deployment(clients: Clients, name: str) -> Deployment:
+    """Everything of deployment `name` that destroy has to remove."""
+    return Deployment(
+        name=name,
+        instances=find_instances(clients.ec2, name, DESTROYABLE_STATES, clients.region),
+        security_groups=find_security_groups(clients.ec2, name, clients.region),
+        key_pairs=find_key_pairs(clients.ec2, name, clients.region),
+    )
+
+
+def list_hosts(clients: Clients) -> list[Ec2Host]:
+    """All our instances in the region that are not terminated."""
+    instances = find_instances(clients.ec2, None, DESTROYABLE_STATES, clients.region)
+    return [Ec2Host.from_instance(i) for i in instances]
+
+
+# --- launching --------------------------------------------------------------------------------
+
+
+def default_vpc(ec2: Any, region: str) -> str:
+    """The default VPC's id: the host lives there, with a public address from its subnets."""
+    with explained("looking up the default VPC", region):
+        vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise CloudError(
+            f"no default VPC in {region}: create one (`aws ec2 create-default-vpc`) or use "
+            "another --region"
+        )
+    return vpcs[0]["VpcId"]
+
+
+def ensure_security_group(ec2: Any, name: str, ssh_source: str, region: str = "") -> str:
+    """Our security group with exactly the desired inbound rules; returns its id."""
+    groups = find_security_groups(ec2, name, region)
+    if groups:
+        group = groups[0]
+    else:
+        request = create_security_group_request(name, default_vpc(ec2, region))
+        duplicate = {
+            "InvalidGroup.Duplicate": f"a security group named {resource_name(name)} exists in "
+            f"{region} without pynet tags: delete or rename it, or choose another --name"
+        }
+        with explained("creating the security group", region, duplicate):
+            group_id = ec2.create_security_group(**request)["GroupId"]
+        group = {"GroupId": group_id, "IpPermissions": []}
+    current, wanted = rules_of(group.get("IpPermissions", [])), desired_rules(ssh_source)
+    group_id = group["GroupId"]
+    with explained(f"updating the rules of security group {group_id}", region):
+        if current - wanted:
+            ec2.revoke_security_group_ingress(
+                GroupId=group_id, IpPermissions=permissions(current - wanted)
+            )
+        if wanted - current:
+            ec2.authorize_security_group_ingress(
+                GroupId=group_id, IpPermissions=permissions(wanted - current)
+            )
+    return group_id
+
+
+def _describe(ec2: Any, instance_id: str, region: str) -> dict[str, Any]:
+    with explained(f"describing {instance_id}", region):
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    return reservations[0]["Instances"][0]
+
+
+def _wait(
+    ec2: Any, waiter: str, instance_id: str, what: str, timeout: float, poll: float, region: str
+) -> None:
+    """Run one boto3 waiter; a timeout becomes one sentence with the last state seen."""
+    try:
+        ec2.get_waiter(waiter).wait(
+            InstanceIds=[instance_id], WaiterConfig=waiter_config(timeout, poll)
+        )
+    except WaiterError as err:
+        last = err.last_response or {}
+        if "Error" in last:  # the waiter's call itself failed, e.g. permission denied
+            raise explain(
+                ClientError(last, "DescribeInstances"), f"waiting for {instance_id}", region
+            ) from err
+        raise CloudError(
+            f"{instance_id} is not {what} after {timeout:.0f} s ({_last_state(last)}): raise "
+            "--wait-timeout and run the same command again, or check the EC2 console"
+        ) from err
+
+
+def _last_state(response: dict[str, Any]) -> str:
+    for reservation in response.get("Reservations", []):
+        for instance in reservation.get("Instances", []):
+            return f"last state: {instance['State']['Name']}"
+    for status in response.get("InstanceStatuses", []):
+        return f"status checks: {status.get('InstanceStatus', {}).get('Status', 'unknown')}"
+    return "no status yet"
+
+
+def wait_ready(
+    clients: Clients, instance_id: str, *, timeout: float, poll: float = 5.0, say: Say = _quiet
+) -> dict[str, Any]:
+    """Wait until the instance runs and passes its status checks; return it described."""
+    deadline = time.monotonic() + timeout
+    say(f"waiting for {instance_id} to run (up to {timeout:.0f} s)")
+    _wait(clients.ec2, "instance_running", instance_id, "running", timeout, poll, clients.region)
+    say(f"waiting for {instance_id} to pass status checks")
+    remaining = max(1.0, deadline - time.monotonic())
+    _wait(
+        clients.ec2,
+        "instance_status_ok",
+        instance_id,
+        "passing status checks",
+        remaining,
+        poll,
+        clients.region,
+    )
+    return _describe(clients.ec2, instance_id, clients.region)
+
+
+def _start_if_stopped(
+    clients: Clients, instance: dict[str, Any], timeout: float, poll: float, say: Say
+) -> None:
+    state, instance_id = instance["State"]["Name"], instance["InstanceId"]
+    if state not in ("stopping", "stopped"):
+        return
+    if state == "stopping":
+        say(f"{instance_id} is stopping; waiting for it to stop before starting it again")
+        _wait(
+            clients.ec2, "instance_stopped", instance_id, "stopped", timeout, poll, clients.region
+        )
+    say(f"starting the stopped instance {instance_id}")
+    with explained(f"starting {instance_id}", clients.region):
+        clients.ec2.start_instances(InstanceIds=[instance_id])
+
+
+def launch(
+    clients: Clients,
+    spec: LaunchSpec,
+    local_key: LocalKey,
+    *,
+    home: Path | None = None,
+    wait_timeout: float = 600.0,
+    poll: float = 5.0,
+    say: Say = _quiet,
+) -> Launched:
+    """Return the deployment's instance, creating it (and its group and key) only if none lives."""
+    ec2, region = clients.ec2, clients.region
+    existing = find_instances(ec2, spec.name, LIVE_STATES, region)
+    group_id = ensure_security_group(ec2, spec.name, spec.ssh_cidr, region)
+    say(f"security group {group_id}: ssh from {spec.ssh_cidr}, chat port open to all")
+    if existing:
+        instance = existing[0]
+        if len(existing) > 1:
+            others = ", ".join(i["InstanceId"] for i in existing[1:])
+            say(f"warning: {spec.name} has several instances; using the oldest (also {others})")
+        say(f"found {instance['InstanceId']} ({instance['State']['Name']}); not creating another")
+        _start_if_stopped(clients, instance, wait_timeout, poll, say)
+        ready = wait_ready(
+            clients, instance["InstanceId"], timeout=wait_timeout, poll=poll, say=say
+        )
+        return Launched(
+            Ec2Host.from_instance(ready), False, _existing_key_file(spec, local_key, home)
+        )
+    image = resolve_image(
+        ec2,
+        clients.ssm,
+        os_name=spec.os_name,
+        instance_type=spec.instance_type,
+        ami=spec.ami,
+        region=region,
+    )
+    say(f"image {image['ImageId']} ({image.get('Name', 'unnamed')})")
+    key_name, private_key_file = ensure_key_pair(ec2, spec.name, local_key, home, region)
+    request = run_instances_request(
+        spec.name,
+        image=image,
+        instance_type=spec.instance_type,
+        key_name=key_name,
+        group_id=group_id,
+        ssh_user=SSH_USERS[spec.os_name],
+        disk_gib=spec.disk_gib,
+    )
+    with explained(f"launching a {spec.instance_type} instance", region):
+        instance = ec2.run_instances(**request)["Instances"][0]
+    say(f"launched {instance['InstanceId']}")
+    ready = wait_ready(clients, instance["InstanceId"], timeout=wait_timeout, poll=poll, say=say)
+    return Launched(Ec2Host.from_instance(ready), True, private_key_file)
+
+
+def _existing_key_file(spec: LaunchSpec, local_key: LocalKey, home: Path | None) -> Path | None:
+    """The key to SSH into an instance we did not create now: ours if AWS made one, else yours."""
+    pem = created_key_file(spec.name, home)
+    return pem if pem.exists() else local_key.private_key_file
+
+
+# --- destroying -------------------------------------------------------------------------------
+
+
+def delete_security_group(
+    ec2: Any,
+    group_id: str,
+    *,
+    region: str = "",
+    attempts: int = 8,
+    first_delay: float = 2.0,
+    max_delay: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Say = _quiet,
+) -> None:
+    """Delete a group, retrying while AWS still sees it in use (a terminated ENI lingers)."""
+    delay = first_delay
+    for attempt in range(1, attempts + 1):
+        try:
+            ec2.delete_security_group(GroupId=group_id)
+            return
+        except ClientError as err:
+            if code_of(err) == "InvalidGroup.NotFound":
+                return
+            if code_of(err) != "DependencyViolation":
+                raise explain(err, f"deleting security group {group_id}", region) from err
+            if attempt == attempts:
+                raise CloudError(
+                    f"security group {group_id} is still in use after {attempts} tries: "
+                    "run `fab destroy` again in a few minutes (an instance or network interface "
+                    "still uses it)"
+                ) from err
+            say(f"security group {group_id} still in use; retrying in {delay:.0f} s")
+            sleep(delay)
+            delay = min(delay * 2, max_delay)
+
+
+def destroy(
+    clients: Clients,
+    deployment: Deployment,
+    *,
+    home: Path | None = None,
+    wait_timeout: float = 600.0,
+    poll: float = 5.0,
+    sg_attempts: int = 8,
+    sleep: Callable[[float], None] = time.sleep,
+    say: Say = _quiet,
+) -> None:
+    """Terminate the instances, wait until they are gone, then delete the group and key pair."""
+    ec2, region = clients.ec2, clients.region
+    ids = [i["InstanceId"] for i in deployment.instances]
+    if ids:
+        with explained(f"terminating {', '.join(ids)}", region):
+            ec2.terminate_instances(InstanceIds=ids)
+        say(f"terminating {', '.join(ids)}; waiting until terminated")
+        for instance_id in ids:
+            _wait(ec2, "instance_terminated", instance_id, "terminated", wait_timeout, poll, region)
+    for group in deployment.security_groups:
+        delete_security_group(
+            ec2, group["GroupId"], region=region, attempts=sg_attempts, sleep=sleep, say=say
+        )
+        say(f"deleted security group {group['GroupId']}")
+    for key_pair in deployment.key_pairs:
+        delete_key_pair(ec2, key_pair, home, region)
+        say(f"deleted key pair {key_pair['KeyName']}")

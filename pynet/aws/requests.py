@@ -1,0 +1,292 @@
+"""Pure request builders: every parameter we send to EC2 is made here and tested as a dict.
+
+Nothing in this module talks to AWS. The tags are the contract that makes launch and destroy
+idempotent: every resource we create carries them from birth (TagSpecifications), so a launch that
+fails half-way leaves only things the next launch or destroy finds again by tag.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from typing import Any, NamedTuple
+
+from pynet.aws.errors import CloudError
+
+APP_TAG = "pynet:app"
+APP = "pynet"
+DEPLOYMENT_TAG = "pynet:deployment"
+SSH_USER_TAG = "pynet:ssh-user"
+KEY_ORIGIN_TAG = "pynet:key-origin"  # "created" (we hold the private key) or "imported"
+
+CHAT_PORT = 5050
+SSH_PORT = 22
+
+#: States in which an instance still counts as "the host" of a deployment (launch reuses it).
+LIVE_STATES = ("pending", "running", "stopping", "stopped")
+#: States destroy must still act on or wait for.
+DESTROYABLE_STATES = (*LIVE_STATES, "shutting-down")
+
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
+
+
+def check_name(name: str) -> str:
+    """Refuse deployment names that would make awkward tags, group names or file names."""
+    if not name or not _NAME.match(name):
+        raise CloudError(
+            f"bad deployment name {name!r}: use 1-32 lowercase letters, digits and inner dashes"
+        )
+    return name
+
+
+def resource_name(name: str) -> str:
+    """The Name tag, security group name and key pair name of a deployment."""
+    return f"pynet-{name}"
+
+
+def tags(name: str, **extra: str) -> list[dict[str, str]]:
+    """The tags every resource of deployment `name` carries (plus resource-specific ones)."""
+    pairs = {"Name": resource_name(name), APP_TAG: APP, DEPLOYMENT_TAG: name, **extra}
+    return [{"Key": key, "Value": value} for key, value in pairs.items()]
+
+
+def tag_specifications(name: str, *resource_types: str, **extra: str) -> list[dict[str, Any]]:
+    """TagSpecifications that tag resources at creation, so nothing exists untagged."""
+    return [{"ResourceType": kind, "Tags": tags(name, **extra)} for kind in resource_types]
+
+
+def tag_value(resource: dict[str, Any], key: str, default: str = "") -> str:
+    """Read one tag from a described resource."""
+    for tag in resource.get("Tags") or []:
+        if tag.get("Key") == key:
+            return str(tag.get("Value", ""))
+    return default
+
+
+def deployment_filters(name: str | None = None) -> list[dict[str, Any]]:
+    """Describe* filters for our resources: all of them, or those of one deployment."""
+    filters: list[dict[str, Any]] = [{"Name": f"tag:{APP_TAG}", "Values": [APP]}]
+    if name is not None:
+        filters.append({"Name": f"tag:{DEPLOYMENT_TAG}", "Values": [name]})
+    return filters
+
+
+def instance_filters(name: str | None, states: tuple[str, ...]) -> list[dict[str, Any]]:
+    """DescribeInstances filters: our tags plus the instance states we care about."""
+    return [
+        *deployment_filters(name),
+        {"Name": "instance-state-name", "Values": list(states)},
+    ]
+
+
+# --- SSH source and security group rules -----------------------------------------------------
+
+
+def ssh_cidr(value: str, *, allow_anywhere: bool = False) -> str:
+    """Normalise the SSH source; refuse the whole internet unless explicitly overridden."""
+    try:
+        network = ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError:
+        raise CloudError(
+            f"bad --ssh-cidr {value!r}: give an address or CIDR like 203.0.113.7/32"
+        ) from None
+    if network.prefixlen == 0 and not allow_anywhere:
+        raise CloudError(
+            f"refusing to open SSH to the whole internet ({network}): pass --ssh-cidr YOUR.IP/32, "
+            "or --allow-ssh-from-anywhere if you really mean it"
+        )
+    return str(network)
+
+
+def host_cidr(address: str) -> str:
+    """An address as a single-host CIDR (/32 or /128)."""
+    ip = ipaddress.ip_address(address.strip())
+    return f"{ip}/{ip.max_prefixlen}"
+
+
+class Rule(NamedTuple):
+    """One inbound rule, flattened so rule sets can be compared."""
+
+    protocol: str
+    from_port: int
+    to_port: int
+    cidr: str
+
+
+def desired_rules(ssh_source: str) -> set[Rule]:
+    """SSH from one source only; the chat port from everywhere (IPv4 and IPv6); nothing else."""
+    return {
+        Rule("tcp", SSH_PORT, SSH_PORT, ssh_source),
+        Rule("tcp", CHAT_PORT, CHAT_PORT, "0.0.0.0/0"),
+        Rule("tcp", CHAT_PORT, CHAT_PORT, "::/0"),
+    }
+
+
+def rules_of(permissions: list[dict[str, Any]]) -> set[Rule]:
+    """Flatten described IpPermissions into rules (group and prefix-list sources count too)."""
+    rules = set()
+    for perm in permissions:
+        protocol = str(perm.get("IpProtocol", "-1"))
+        low, high = int(perm.get("FromPort", -1)), int(perm.get("ToPort", -1))
+        sources = [r["CidrIp"] for r in perm.get("IpRanges", [])]
+        sources += [r["CidrIpv6"] for r in perm.get("Ipv6Ranges", [])]
+        sources += [f"group:{p['GroupId']}" for p in perm.get("UserIdGroupPairs", [])]
+        sources += [f"prefix:{p['PrefixListId']}" for p in perm.get("PrefixListIds", [])]
+        rules.update(Rule(protocol, low, high, source) for source in sources)
+    return rules
+
+
+def _description(rule: Rule) -> str:
+    return "ssh from the operator" if rule.from_port == SSH_PORT else "chat clients"
+
+
+def permissions(rules: set[Rule]) -> list[dict[str, Any]]:
+    """IpPermissions for authorize/revoke calls, one entry per rule, in a stable order."""
+    result = []
+    for rule in sorted(rules):
+        perm: dict[str, Any] = {
+            "IpProtocol": rule.protocol,
+            "FromPort": rule.from_port,
+            "ToPort": rule.to_port,
+        }
+        if rule.cidr.startswith("group:"):
+            perm["UserIdGroupPairs"] = [{"GroupId": rule.cidr.removeprefix("group:")}]
+        elif rule.cidr.startswith("prefix:"):
+            perm["PrefixListIds"] = [{"PrefixListId": rule.cidr.removeprefix("prefix:")}]
+        elif ":" in rule.cidr:
+            perm["Ipv6Ranges"] = [{"CidrIpv6": rule.cidr, "Description": _description(rule)}]
+        else:
+            perm["IpRanges"] = [{"CidrIp": rule.cidr, "Description": _description(rule)}]
+        result.append(perm)
+    return result
+
+
+def create_security_group_request(name: str, vpc_id: str) -> dict[str, Any]:
+    """CreateSecurityGroup parameters (tagged at creation)."""
+    return {
+        "GroupName": resource_name(name),
+        "Description": f"pynet chat host {name}: ssh from the operator, chat port {CHAT_PORT}",
+        "VpcId": vpc_id,
+        "TagSpecifications": tag_specifications(name, "security-group"),
+    }
+
+
+# --- key pairs --------------------------------------------------------------------------------
+
+
+def import_key_pair_request(name: str, public_key: bytes) -> dict[str, Any]:
+    """ImportKeyPair parameters for the operator's own public key."""
+    return {
+        "KeyName": resource_name(name),
+        "PublicKeyMaterial": public_key,
+        "TagSpecifications": tag_specifications(name, "key-pair", **{KEY_ORIGIN_TAG: "imported"}),
+    }
+
+
+def create_key_pair_request(name: str) -> dict[str, Any]:
+    """CreateKeyPair parameters when the operator has no key: AWS makes one, we keep the secret."""
+    return {
+        "KeyName": resource_name(name),
+        "KeyType": "ed25519",
+        "KeyFormat": "pem",
+        "TagSpecifications": tag_specifications(name, "key-pair", **{KEY_ORIGIN_TAG: "created"}),
+    }
+
+
+# --- images -----------------------------------------------------------------------------------
+
+DEBIAN_OWNER = "136693071363"  # the Debian cloud team's AWS account
+AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
+SSH_USERS = {"debian12": "admin", "al2023": "ec2-user"}
+
+_GRAVITON = re.compile(r"^(a1|[a-z]+\d+g[a-z-]*)$")
+
+
+def architecture(instance_type: str) -> str:
+    """The CPU architecture of an instance type: Graviton families (t4g, m7g, ...) are arm64."""
+    family = instance_type.split(".", 1)[0]
+    return "arm64" if _GRAVITON.match(family) else "x86_64"
+
+
+def debian_images_request(arch: str) -> dict[str, Any]:
+    """DescribeImages parameters for official Debian 12 images of one architecture."""
+    debian_arch = {"x86_64": "amd64", "arm64": "arm64"}[arch]
+    return {
+        "Owners": [DEBIAN_OWNER],
+        "Filters": [
+            {"Name": "name", "Values": [f"debian-12-{debian_arch}-*"]},
+            {"Name": "architecture", "Values": [arch]},
+            {"Name": "state", "Values": ["available"]},
+        ],
+    }
+
+
+def newest_image(images: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The image with the latest CreationDate (ISO 8601 strings sort in time order)."""
+    return max(images, key=lambda image: image.get("CreationDate", ""), default=None)
+
+
+def root_volume_size(image: dict[str, Any], wanted_gib: int) -> int:
+    """The root volume size: what we want, but never smaller than the image's snapshot."""
+    root = image.get("RootDeviceName")
+    for mapping in image.get("BlockDeviceMappings", []):
+        if mapping.get("DeviceName") == root and "VolumeSize" in mapping.get("Ebs", {}):
+            return max(wanted_gib, int(mapping["Ebs"]["VolumeSize"]))
+    return wanted_gib
+
+
+# --- the instance -----------------------------------------------------------------------------
+
+
+def run_instances_request(
+    name: str,
+    *,
+    image: dict[str, Any],
+    instance_type: str,
+    key_name: str,
+    group_id: str,
+    ssh_user: str,
+    disk_gib: int,
+) -> dict[str, Any]:
+    """RunInstances parameters: IMDSv2 only, encrypted gp3 root, everything tagged at birth."""
+    request: dict[str, Any] = {
+        "ImageId": image["ImageId"],
+        "InstanceType": instance_type,
+        "MinCount": 1,
+        "MaxCount": 1,
+        "KeyName": key_name,
+        "SecurityGroupIds": [group_id],
+        # Tokens required (IMDSv2); hop limit 1 keeps containers on the host away from the
+        # instance's credentials.
+        "MetadataOptions": {
+            "HttpTokens": "required",
+            "HttpEndpoint": "enabled",
+            "HttpPutResponseHopLimit": 1,
+        },
+        "BlockDeviceMappings": [
+            {
+                "DeviceName": image.get("RootDeviceName", "/dev/xvda"),
+                "Ebs": {
+                    "VolumeType": "gp3",
+                    "VolumeSize": root_volume_size(image, disk_gib),
+                    "Encrypted": True,
+                    "DeleteOnTermination": True,
+                },
+            }
+        ],
+        "TagSpecifications": [
+            *tag_specifications(name, "instance", **{SSH_USER_TAG: ssh_user}),
+            *tag_specifications(name, "volume", "network-interface"),
+        ],
+    }
+    if instance_type.startswith(("t2.", "t3.", "t3a.", "t4g.")):
+        # Burstable types default to "unlimited" credits on t3/t4g: no surprise bills.
+        request["CreditSpecification"] = {"CpuCredits": "standard"}
+    return request
+
+
+def waiter_config(timeout: float, delay: float = 5.0) -> dict[str, Any]:
+    """WaiterConfig that gives up after about `timeout` seconds."""
+    delay = max(0.1, min(delay, timeout))
+    return {"Delay": delay, "MaxAttempts": max(1, math.ceil(timeout / delay))}

@@ -1,0 +1,65 @@
+"""Where boto3 clients come from: region and credentials are checked before any call is made.
+
+Checking first turns boto3's late, technical failures (NoRegionError deep in a call, a DNS error
+for a mistyped region) into one sentence that names the flag or variable to set.
+boto3 honours AWS_ENDPOINT_URL, which is how the tests point everything at moto.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError
+
+from pynet.aws.errors import CloudError, no_credentials
+
+_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 5},
+    connect_timeout=10,
+    read_timeout=60,
+    user_agent_extra="pynet",
+)
+
+
+@dataclass(frozen=True)
+class Clients:
+    """The clients one command needs, all for one region."""
+
+    region: str
+    ec2: Any
+    ssm: Any
+
+
+def known_regions(session: boto3.Session) -> set[str]:
+    """Every region botocore knows for EC2, in every partition (aws, aws-cn, aws-us-gov, ...)."""
+    regions: set[str] = set()
+    for partition in session.get_available_partitions():
+        regions.update(session.get_available_regions("ec2", partition_name=partition))
+    return regions
+
+
+def connect(region: str | None = None, profile: str | None = None) -> Clients:
+    """Clients for `region` (else AWS_REGION / AWS_DEFAULT_REGION / the profile's region)."""
+    try:
+        session = boto3.Session(region_name=region or None, profile_name=profile or None)
+        chosen = session.region_name
+        if not chosen:
+            raise CloudError(
+                "no AWS region: pass --region (e.g. --region eu-central-1) or set AWS_REGION"
+            )
+        if chosen not in known_regions(session):
+            raise CloudError(
+                f"unknown AWS region {chosen!r}: check the spelling (e.g. eu-central-1, us-east-1)"
+            )
+        if session.get_credentials() is None:
+            raise no_credentials()
+        return Clients(
+            region=chosen,
+            ec2=session.client("ec2", config=_CONFIG),
+            ssm=session.client("ssm", config=_CONFIG),
+        )
+    except BotoCoreError as err:  # e.g. ProfileNotFound, a broken ~/.aws/config
+        raise CloudError(f"cannot set up AWS access: {err}") from err

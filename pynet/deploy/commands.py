@@ -1,0 +1,231 @@
+"""Every command `fab deploy` and friends run, as data: pure functions that return argv lists.
+
+Kamal's lesson: when commands are lists of words built by small functions, tests can assert the
+exact text, `--dry-run` is free, and the tasks only run and check. Render with `render()`
+(`shlex.join`). A few steps need a shell (pipes, `&&`, `$(...)`): `sh()` wraps a snippet built
+from quoted words into one `sh -c '...'` argv, so quoting stays in one place.
+
+Names and paths here are the contract with the `chat` role (docs/design.md).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from collections.abc import Iterable, Mapping
+
+Argv = list[str]
+
+IMAGE = "pynet-chat"
+CURRENT = f"{IMAGE}:current"
+SERVICE = "pynet-chat"
+CONTAINER = "pynet-chat"
+APP_PORT = 5050
+STATE_DIR = "/var/lib/pynet-deploy"
+ARCHIVE_DIR = f"{STATE_DIR}/archives"
+LOCK_DIR = f"{STATE_DIR}/lock"
+LOCK_OWNER = f"{LOCK_DIR}/owner.json"
+LOCK_HEARTBEAT = f"{LOCK_DIR}/heartbeat"
+RELEASES_FILE = f"{STATE_DIR}/releases.jsonl"
+
+
+# --- combinators ------------------------------------------------------------------------------
+
+def render(argv: Argv) -> str:
+    """The one way an argv becomes a command line (what runs and what --dry-run prints)."""
+    return shlex.join(argv)
+
+
+def sh(script: str) -> Argv:
+    """Run a shell snippet: only for pipes, `&&`, redirections and `$(...)`."""
+    return ["sh", "-c", script]
+
+
+def chain(*cmds: Argv) -> Argv:
+    """`a && b && ...`: stop at the first failure."""
+    return sh(" && ".join(render(c) for c in cmds))
+
+
+def pipe(*cmds: Argv) -> Argv:
+    return sh(" | ".join(render(c) for c in cmds))
+
+
+def sudo(argv: Argv) -> Argv:
+    """`-n`: fail at once instead of waiting for a password prompt nobody will answer."""
+    return ["sudo", "-n", *argv]
+
+
+def image(version: str) -> str:
+    return f"{IMAGE}:{version}"
+
+
+# --- local (the laptop) -----------------------------------------------------------------------
+
+def local_build(
+    docker: str, version: str, context: str, base_image: str | None = None,
+    dockerfile: str | None = None, build_args: Mapping[str, str] | None = None,
+) -> Argv:
+    """`docker build`; BASE_IMAGE only when asked, so users get the Dockerfile's default."""
+    argv = [docker, "build", "-t", image(version)]
+    if dockerfile:
+        argv += ["-f", dockerfile]
+    args = dict(build_args or {})
+    if base_image:
+        args["BASE_IMAGE"] = base_image
+    for key in sorted(args):
+        argv += ["--build-arg", f"{key}={args[key]}"]
+    return [*argv, context]
+
+
+def local_layers(docker: str, version: str) -> Argv:
+    return [docker, "image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}",
+            image(version)]
+
+
+def local_save(docker: str, version: str, path: str) -> Argv:
+    return [docker, "save", "-o", path, image(version)]
+
+
+# --- remote: docker -------------------------------------------------------------------------
+
+def docker(*args: str) -> Argv:
+    """Remote docker always through sudo: the deploy user need not be in the `docker` group."""
+    return sudo(["docker", *args])
+
+
+def image_id(ref: str) -> Argv:
+    return docker("image", "inspect", "--format", "{{.Id}}", ref)
+
+
+def host_layers() -> Argv:
+    """Layer lists (diff IDs) of every image on the host: what a shipment can leave out."""
+    return pipe(
+        docker("image", "ls", "--quiet", "--no-trunc"),
+        ["xargs", "-r", *docker("image", "inspect", "--format", "{{json .RootFS.Layers}}")],
+    )
+
+
+def release_images() -> Argv:
+    """`TAG ID CREATED` for every pynet-chat image, newest first."""
+    return docker("image", "ls", "--no-trunc", "--format", "{{.Tag}} {{.ID}} {{.CreatedAt}}",
+                  IMAGE)
+
+
+def load(archive: str) -> Argv:
+    """`docker load` reads gzip itself; the archive is removed once loaded (it is partial)."""
+    return chain(docker("load", "--input", archive), ["rm", "-f", archive])
+
+
+def tag_current(version: str) -> Argv:
+    return docker("tag", image(version), CURRENT)
+
+
+def remove_images(versions: Iterable[str]) -> Argv:
+    return docker("image", "rm", *(image(v) for v in versions))
+
+
+def running_container() -> Argv:
+    """Image ID and start time of the running chat container."""
+    return docker("container", "inspect", "--format", "{{.Image}} {{.State.StartedAt}}",
+                  CONTAINER)
+
+
+def health(image_id_: str) -> Argv:
+    """Healthy = the container runs the expected image AND answers /ping (the contract's check).
+
+    Checking the image too matters: right after a restart the old container may still answer.
+    """
+    running = render(docker("container", "inspect", "--format", "{{.Image}}", CONTAINER))
+    ping = render(docker("exec", CONTAINER, "python3", "-m", "chat.healthcheck",
+                         "127.0.0.1", str(APP_PORT)))
+    return sh(f'test "$({running})" = {shlex.quote(image_id_)} && {ping}')
+
+
+# --- remote: systemd --------------------------------------------------------------------------
+
+def restart() -> Argv:
+    """reset-failed first: a unit that hit its start limit refuses a plain restart."""
+    return chain(sudo(["systemctl", "reset-failed", SERVICE]),
+                 sudo(["systemctl", "restart", SERVICE]))
+
+
+def unit_show() -> Argv:
+    return ["systemctl", "show", SERVICE, "--property",
+            "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"]
+
+
+def is_active(unit: str) -> Argv:
+    return ["systemctl", "is-active", unit]
+
+
+def journal(lines: int = 20, follow: bool = False) -> Argv:
+    argv = sudo(["journalctl", "--unit", SERVICE, "--lines", str(lines), "--no-pager",
+                 "--output", "short-iso"])
+    return [*argv, "--follow"] if follow else argv
+
+
+# --- remote: deploy state (lock, history) -----------------------------------------------------
+
+def ensure_state_dir(user: str) -> Argv:
+    """Owned by the deploy user, so uploads, the lock and the history need no sudo."""
+    return sudo(["install", "-d", "-o", user, "-m", "0755", STATE_DIR, ARCHIVE_DIR])
+
+
+def _write(path: str, text: str, append: bool = False) -> str:
+    return f"printf '%s\\n' {shlex.quote(text)} {'>>' if append else '>'} {shlex.quote(path)}"
+
+
+def lock_acquire(owner: Mapping[str, object]) -> Argv:
+    """mkdir is atomic: exactly one of two racing deploys creates the directory."""
+    return sh(f"mkdir {shlex.quote(LOCK_DIR)} && "
+              f"{_write(LOCK_OWNER, json.dumps(owner, sort_keys=True))} && "
+              f"touch {shlex.quote(LOCK_HEARTBEAT)}")
+
+
+def lock_info() -> Argv:
+    """Three lines: the host's clock, the last heartbeat (host clock too: no skew), the owner.
+
+    Exit 3 when there is no lock. The heartbeat falls back to the directory's own mtime when a
+    deploy died between mkdir and writing its files.
+    """
+    lock, beat, owner = (shlex.quote(p) for p in (LOCK_DIR, LOCK_HEARTBEAT, LOCK_OWNER))
+    return sh(f"test -d {lock} || exit 3; date +%s; "
+              f"stat -c %Y {beat} 2>/dev/null || stat -c %Y {lock}; "
+              f"cat {owner} 2>/dev/null || echo '{{}}'")
+
+
+def lock_heartbeat() -> Argv:
+    return ["touch", LOCK_HEARTBEAT]
+
+
+def lock_release(token: str) -> Argv:
+    """Only the holder's token releases: a deploy never removes a lock someone else took."""
+    return sh(f"grep -qF {shlex.quote(token)} {shlex.quote(LOCK_OWNER)} && "
+              f"rm -rf {shlex.quote(LOCK_DIR)}")
+
+
+def lock_break() -> Argv:
+    return ["rm", "-rf", LOCK_DIR]
+
+
+def record(entry: Mapping[str, object]) -> Argv:
+    return sh(_write(RELEASES_FILE, json.dumps(entry, sort_keys=True), append=True))
+
+
+def read_releases() -> Argv:
+    return sh(f"cat {shlex.quote(RELEASES_FILE)} 2>/dev/null || true")
+
+
+# --- remote: doctor's probes ------------------------------------------------------------------
+
+def port_listening(port: int = APP_PORT) -> Argv:
+    return ["ss", "-Hltn", f"sport = :{port}"]
+
+
+def disk_usage(path: str = "/var/lib/docker") -> Argv:
+    """Falls back to / when docker's directory is not readable or not there yet."""
+    return sh(f"df -Pk {shlex.quote(path)} 2>/dev/null || df -Pk /")
+
+
+def memory() -> Argv:
+    return ["grep", "-E", "^(MemTotal|MemAvailable):", "/proc/meminfo"]

@@ -1,0 +1,265 @@
+"""Deploy and rollback: one code path that points `pynet-chat:current` at a release and proves it.
+
+`deploy` = build here, ship what the host lacks, then `activate`. `rollback` = `activate` with a
+release already on the host (Kamal's rule: rollback is a deploy of an older version, not a second
+code path). `activate` retags, restarts, waits for the health check, and on failure restores the
+previous image on its own, records the outcome and raises with the reason and the last log lines.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pynet.deploy import commands as cmd
+from pynet.deploy.layers import parse_layer_lists, shared_prefix, slim_archive
+from pynet.deploy.lock import DeployLock, whoami
+from pynet.deploy.lock import utcnow as _utcnow
+from pynet.deploy.remote import DeployError, Local, Remote, human
+
+HEALTH_TIMEOUT = 60.0
+KEEP = 5
+CRASH_RESTARTS = 3  # automatic restarts after which waiting longer is pointless
+POLL = 0.3
+
+
+@dataclass(frozen=True)
+class ReleaseImage:
+    """A `pynet-chat:TAG` image on the host."""
+
+    tag: str
+    id: str
+    created: str
+
+
+@dataclass(frozen=True)
+class Outcome:
+    version: str
+    shipped_bytes: int = 0
+    previous: str | None = None
+
+
+# --- reading host state -----------------------------------------------------------------------
+
+def parse_images(text: str) -> list[ReleaseImage]:
+    images = []
+    for line in text.splitlines():
+        parts = line.split(" ", 2)
+        if len(parts) == 3 and parts[0] != "<none>":
+            images.append(ReleaseImage(*parts))
+    return images
+
+
+def parse_history(text: str) -> list[dict[str, object]]:
+    """releases.jsonl, oldest first; a torn or foreign line is skipped, not fatal."""
+    entries = []
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries
+
+
+def name_of(image_id: str | None, images: Sequence[ReleaseImage],
+            history: Sequence[dict[str, object]] = ()) -> str | None:
+    """The version tag of IMAGE_ID (not `current`); the most recently deployed if several."""
+    tags = [i.tag for i in images if i.id == image_id and i.tag != "current"]
+    if not tags:
+        return None
+    recent = [str(e.get("version")) for e in reversed(history)]
+    return min(tags, key=lambda t: recent.index(t) if t in recent else len(recent))
+
+
+def plan_prune(images: Sequence[ReleaseImage], history: Sequence[dict[str, object]],
+               keep: int, protect: set[str]) -> list[str]:
+    """Version tags to delete: all but the KEEP most recently deployed, never a protected ID.
+
+    Recency is the last time a version appears in the history; versions never deployed by us
+    (the role's seed) rank after those, newest image first (the order `docker image ls` gives).
+    """
+    versions = [i for i in images if i.tag != "current"]
+    recent = [str(e.get("version")) for e in reversed(history)]
+
+    def rank(i: ReleaseImage) -> tuple[int, int]:
+        return (recent.index(i.tag), 0) if i.tag in recent else (len(recent), versions.index(i))
+
+    ordered = sorted(versions, key=rank)
+    return [i.tag for i in ordered[keep:] if i.id not in protect]
+
+
+@dataclass
+class HostState:
+    images: list[ReleaseImage]
+    history: list[dict[str, object]]
+    current_id: str | None
+
+    @classmethod
+    def read(cls, remote: Remote) -> HostState:
+        images = parse_images(remote.output(cmd.release_images(), check=False))
+        history = parse_history(remote.output(cmd.read_releases(), check=False))
+        current = remote.run(cmd.image_id(cmd.CURRENT), check=False)
+        return cls(images, history, current.stdout.strip() if current.ok else None)
+
+    def id_of(self, version: str) -> str | None:
+        return next((i.id for i in self.images if i.tag == version), None)
+
+    @property
+    def current(self) -> str | None:
+        return name_of(self.current_id, self.images, self.history)
+
+    def previous_release(self) -> str | None:
+        """The newest successful release in the history that is not current and is still here."""
+        current = self.current
+        for e in reversed(self.history):
+            v = str(e.get("version"))
+            if e.get("result") == "ok" and v != current and self.id_of(v):
+                return v
+        others = [i.tag for i in self.images if i.tag not in ("current", current)]
+        return others[0] if others else None
+
+
+# --- building and shipping --------------------------------------------------------------------
+
+def build(local: Local, docker: str, version: str, context: Path, base_image: str | None,
+          dockerfile: str | None = None, build_args: dict[str, str] | None = None) -> None:
+    local.run(cmd.local_build(docker, version, str(context), base_image, dockerfile, build_args),
+              cwd=context)
+
+
+def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
+    """Make `pynet-chat:VERSION` exist on the host, sending only missing layers. Returns bytes."""
+    if not remote.dry_run and remote.ok(cmd.image_id(cmd.image(version))):
+        remote.say(f"{cmd.image(version)} is already on the host: nothing to ship")
+        return 0
+    inspect = local.run(cmd.local_layers(docker, version)).stdout.strip()
+    local_id, _, layers = inspect.partition(" ")
+    layer_list: list[str] = json.loads(layers or "[]")
+    present = parse_layer_lists(remote.output(cmd.host_layers(), check=False))
+    skip = shared_prefix(layer_list, present)
+    remote_path = f"{cmd.ARCHIVE_DIR}/{version}.tar.gz"
+    with tempfile.TemporaryDirectory(prefix="pynet-ship-") as tmp:
+        saved, archive = Path(tmp) / "image.tar", Path(tmp) / f"{version}.tar.gz"
+        local.run(cmd.local_save(docker, version, str(saved)))
+        for attempt_skip in dict.fromkeys((skip, 0)):  # a full archive when the slim one fails
+            size = 0 if local.dry_run else slim_archive(saved, archive, attempt_skip)
+            remote.say(f"shipping {len(layer_list) - attempt_skip} of {len(layer_list)} layers "
+                       f"({human(size)} compressed)")
+            remote.upload(archive, remote_path)
+            loaded = remote.run(cmd.load(remote_path), check=False)
+            if loaded.ok:
+                break
+            remote.run(["rm", "-f", remote_path], check=False)
+            if attempt_skip == 0:
+                raise DeployError(f"docker load failed on the host: {loaded.stderr.strip()}")
+            remote.say("the host lacks a layer it was expected to have; sending all layers")
+    if not remote.dry_run and remote.output(cmd.image_id(cmd.image(version))) != local_id:
+        raise DeployError(f"{cmd.image(version)} on the host differs from the one built here")
+    return size
+
+
+# --- activating a release ---------------------------------------------------------------------
+
+def _restarts(remote: Remote) -> int:
+    text = remote.output(cmd.unit_show(), check=False)
+    for line in text.splitlines():
+        if line.startswith("NRestarts="):
+            return int(line.split("=", 1)[1] or 0)
+    return 0
+
+
+def wait_healthy(remote: Remote, image_id: str, timeout: float,
+                 clock: Callable[[], float] = time.monotonic) -> str | None:
+    """None once IMAGE_ID serves and answers the health check, else why it did not."""
+    if remote.dry_run:
+        remote.run(cmd.health(image_id))
+        return None
+    deadline = clock() + timeout
+    baseline = _restarts(remote)
+    while True:
+        if remote.ok(cmd.health(image_id)):
+            return None
+        crashes = _restarts(remote) - baseline
+        if crashes >= CRASH_RESTARTS:
+            return f"the service crashed {crashes} times in a row after the restart"
+        if clock() > deadline:
+            return f"the health check did not pass within {timeout:.0f}s"
+        time.sleep(POLL)
+
+
+def _point_at(remote: Remote, ref: str, image_id: str, timeout: float) -> str | None:
+    remote.run(cmd.docker("tag", ref, cmd.CURRENT))
+    remote.run(cmd.restart())
+    return wait_healthy(remote, image_id, timeout)
+
+
+def activate(remote: Remote, version: str, action: str, timeout: float = HEALTH_TIMEOUT,
+             keep: int = KEEP) -> Outcome:
+    """Make VERSION current and healthy, or put the previous release back and raise."""
+    state = HostState.read(remote)
+    target = state.id_of(version) or ("sha256:<id>" if remote.dry_run else None)
+    if target is None:
+        have = ", ".join(i.tag for i in state.images if i.tag != "current") or "none"
+        raise DeployError(f"{cmd.image(version)} is not on the host (releases there: {have})")
+    previous_id, previous = state.current_id, state.current
+    if previous_id == target and remote.ok(cmd.health(target)):
+        remote.say(f"{version} is already current and healthy")
+        return Outcome(version, previous=version)
+    remote.say(f"{action}: {previous or previous_id or 'nothing'} -> {version}")
+    entry = {"action": action, "version": version, "previous": previous, "user": whoami()}
+    reason = _point_at(remote, cmd.image(version), target, timeout)
+    if reason is None:
+        remote.run(cmd.record({**entry, "time": _utcnow(), "result": "ok"}))
+        remote.say(f"{version} is serving")
+        prune(remote, keep, protect={target, previous_id or target})
+        return Outcome(version, previous=previous)
+    logs = remote.output(cmd.journal(20), check=False)
+    if previous_id and previous_id != target:
+        remote.say(f"{version} failed ({reason}); rolling back to {previous or previous_id}")
+        again = _point_at(remote, previous_id, previous_id, timeout)
+        result = "rolled-back" if again is None else "failed"
+        after = (f"rolled back to {previous or previous_id}, which is serving" if again is None
+                 else f"the rollback to {previous or previous_id} failed too: {again}")
+    else:
+        result, after = "failed", "there was no previous release to go back to"
+    remote.run(cmd.record({**entry, "time": _utcnow(), "result": result, "reason": reason}))
+    raise DeployError(f"{action} of {version} failed: {reason}; {after}.\n"
+                      f"Last lines of `journalctl -u {cmd.SERVICE}`:\n{logs}")
+
+
+def prune(remote: Remote, keep: int, protect: set[str]) -> None:
+    state = HostState.read(remote)
+    doomed = plan_prune(state.images, state.history, keep, protect | {state.current_id or ""})
+    if doomed:
+        remote.say(f"pruning old releases: {', '.join(doomed)}")
+        remote.run(cmd.remove_images(doomed), check=False)
+
+
+# --- the two entry points ---------------------------------------------------------------------
+
+def deploy(remote: Remote, local: Local, docker: str, version: str,
+           timeout: float = HEALTH_TIMEOUT, keep: int = KEEP) -> Outcome:
+    """Ship VERSION (built already) and activate it, under the host's deploy lock."""
+    with DeployLock(remote, "deploy", version):
+        started = time.monotonic()
+        shipped = ship(remote, local, docker, version)
+        outcome = activate(remote, version, "deploy", timeout, keep)
+        remote.say(f"deployed {version} in {time.monotonic() - started:.1f}s "
+                   f"({human(shipped)} shipped)")
+        return Outcome(version, shipped, outcome.previous)
+
+
+def rollback(remote: Remote, to: str | None = None, timeout: float = HEALTH_TIMEOUT,
+             keep: int = KEEP) -> Outcome:
+    """Activate TO (default: the release before the current one), under the deploy lock."""
+    with DeployLock(remote, "rollback", to or "previous"):
+        version = to or HostState.read(remote).previous_release()
+        if version is None:
+            raise DeployError("no earlier release on the host to roll back to (see `fab releases`)")
+        return activate(remote, version, "rollback", timeout, keep)

@@ -1,0 +1,91 @@
+"""What is true on a host right now: `fab status` and `fab releases`.
+
+Read-only; each fact comes from the system that owns it (systemd for the unit, docker for the
+running image, the host's history file for who deployed what), never from a cache of ours.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pynet.deploy import commands as cmd
+from pynet.deploy.probe import ProbeError, chat_hello
+from pynet.deploy.release import HostState
+from pynet.deploy.remote import Remote
+
+
+def parse_show(text: str) -> dict[str, str]:
+    """`systemctl show` output (KEY=VALUE lines) as a dict."""
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def since(started: str, now: datetime | None = None) -> str:
+    """`3m12s` from docker's RFC 3339 StartedAt (nanoseconds and all)."""
+    try:
+        stamp = datetime.fromisoformat(started[:19]).replace(tzinfo=UTC)
+    except ValueError:
+        return "?"
+    seconds = int(((now or datetime.now(UTC)) - stamp).total_seconds())
+    days, rest = divmod(max(seconds, 0), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [(days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")]
+    shown = [f"{n}{u}" for n, u in parts if n][:2]
+    return "".join(shown) or "0s"
+
+
+def status(remote: Remote, app_port: int) -> tuple[str, bool]:
+    """A short report, and whether everything in it is fine."""
+    unit = parse_show(remote.output(cmd.unit_show(), check=False))
+    state = HostState.read(remote)
+    running = remote.run(cmd.running_container(), check=False)
+    active = unit.get("ActiveState", "unknown")
+    lines = [f"unit       {cmd.SERVICE}: {active} ({unit.get('SubState', '?')}), "
+             f"restarts {unit.get('NRestarts', '?')}"]
+    healthy = active == "active"
+    if running.ok:
+        image_id, _, started = running.stdout.strip().partition(" ")
+        version = next((i.tag for i in state.images if i.id == image_id and i.tag != "current"),
+                       image_id[:19])
+        lines.append(f"version    {version} (up {since(started)}, started {started[:19]}Z)")
+        if image_id != state.current_id:
+            lines.append(f"           not the current release ({state.current or '?'}): "
+                         "a deploy is under way or the unit was not restarted")
+            healthy = False
+    else:
+        lines.append("version    no chat container is running")
+        healthy = False
+    try:
+        hello = chat_hello(remote.conn.host, app_port)
+        lines.append(f"port       {remote.conn.host}:{app_port} answers: {hello}")
+    except ProbeError as exc:
+        lines.append(f"port       {exc}")
+        healthy = False
+    return "\n".join(lines), healthy
+
+
+def releases(remote: Remote) -> str:
+    """The deploy history, newest last, `*` on the release that is current."""
+    state = HostState.read(remote)
+    current = state.current
+    on_host = {i.tag for i in state.images}
+    rows = [("", "VERSION", "WHEN", "BY", "ACTION", "RESULT")]
+    marked = False
+    for entry in reversed(state.history):
+        version = str(entry.get("version", "?"))
+        mark = ""
+        if not marked and version == current and entry.get("result") == "ok":
+            mark, marked = "*", True
+        result = str(entry.get("result", "?"))
+        if version not in on_host:
+            result += " (pruned)"
+        rows.append((mark, version, str(entry.get("time", "?")), str(entry.get("user", "?")),
+                     str(entry.get("action", "?")), result))
+    rows[1:] = reversed(rows[1:])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+                      for r in rows)
+    others = [i.tag for i in state.images if i.tag != "current"]
+    return (f"{table}\ncurrent: {current or state.current_id or 'none'}"
+            f"{'' if marked or not current else ' (not deployed by fab: the seed release)'}\n"
+            f"on the host: {', '.join(others) or 'none'}")

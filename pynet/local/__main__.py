@@ -1,0 +1,61 @@
+"""`python -m pynet.local`: the local harness from the shell (used by `make demo` and by hand).
+
+    python -m pynet.local engine              start a Docker engine if none runs
+    python -m pynet.local images              build or load the cached base and host images
+    python -m pynet.local chat-image VERSION  build pynet-chat:VERSION on the local base
+    python -m pynet.local host up NAME        boot an EC2-like host, print how to reach it (JSON)
+    python -m pynet.local host down NAME      remove it
+    python -m pynet.local host list           list the harness's hosts
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pynet.local import engine, host, images
+
+DEFAULT_KEY = images.REPO / ".cache" / "ssh" / "id_ed25519"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pynet.local", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("engine", help="start a Docker engine if none is running")
+    sub.add_parser("images", help="build or load the base and host images")
+    chat = sub.add_parser("chat-image", help="build the chat image on the local base")
+    chat.add_argument("version")
+    hosts = sub.add_parser("host", help="manage EC2-like hosts")
+    hosts.add_argument("action", choices=["up", "down", "list"])
+    hosts.add_argument("name", nargs="?", default="pynet-local")
+    hosts.add_argument("--key", type=Path, default=DEFAULT_KEY,
+                       help="private key whose .pub is authorized (made if missing)")
+    hosts.add_argument("--ssh-port", type=int, default=0)
+    hosts.add_argument("--app-port", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    try:
+        engine.ensure_engine()
+        if args.command == "images":
+            print(images.ensure_base_image())
+            print(images.ensure_host_image())
+        elif args.command == "chat-image":
+            print(images.build_chat_image(args.version))
+        elif args.command == "host":
+            if args.action == "up":
+                _, public = host.make_keypair(args.key)
+                print(host.start_host(args.name, public, args.ssh_port, args.app_port).as_json())
+            elif args.action == "down":
+                host.stop_host(args.name)
+            else:
+                print("\n".join(host.list_hosts()))
+    except engine.EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

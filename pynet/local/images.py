@@ -1,0 +1,172 @@
+"""Images the harness builds locally, because no registry is reachable from here.
+
+`debootstrap` makes a Debian 12 root filesystem once; it becomes a `FROM scratch` base image
+(`BASE_IMAGE`, which the chat Dockerfile accepts as its `BASE_IMAGE` build argument) and, with
+systemd and sshd set up like a Debian EC2 instance, the image of the local EC2-like host
+(`HOST_IMAGE`). Both are cached as `docker save | gzip` files under `.cache/images/`, so a later
+run loads them in seconds instead of rebuilding for minutes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from pynet.local.engine import DOCKER, EngineError, docker
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("PYNET_CACHE", REPO / ".cache")) / "images"
+FILES = Path(__file__).resolve().parent / "files"
+
+BASE_IMAGE = "pynet-local/debian:bookworm"
+HOST_IMAGE = "pynet-local/ec2-host:bookworm"
+RECIPE_LABEL = "dev.pynet.recipe"
+RECIPES = {
+    BASE_IMAGE: ("base.Dockerfile",),
+    HOST_IMAGE: ("base.Dockerfile", "host.Dockerfile", "sshd-pynet.conf", "ssh-hostkeys.conf"),
+}
+DEBIAN_MIRROR = os.environ.get("PYNET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+ROOTFS_PACKAGES = (
+    "systemd,systemd-sysv,dbus,openssh-server,python3,python3-apt,sudo,iproute2,"
+    "ca-certificates,procps,iptables,netcat-openbsd"
+)
+# Trimmed from the root filesystem: documentation and caches nobody reads in a container.
+ROOTFS_TRIM = (
+    "var/cache/apt/archives",
+    "var/cache/debconf/templates.dat-old",
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/info",
+    "usr/share/locale",
+)
+
+
+def image_exists(tag: str) -> bool:
+    return docker("image", "inspect", tag, check=False).returncode == 0
+
+
+def recipe_digest(tag: str) -> str:
+    """A digest of what TAG is made from: a changed recipe invalidates the cached image."""
+    digest = hashlib.sha256(ROOTFS_PACKAGES.encode() + DEBIAN_MIRROR.encode())
+    for name in RECIPES[tag]:
+        digest.update(name.encode() + (FILES / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _label(tag: str) -> str:
+    proc = docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}',
+                  tag, check=False)
+    return proc.stdout.strip() if proc.returncode == 0 else ""
+
+
+def _archive(tag: str) -> Path:
+    name = tag.replace("/", "_").replace(":", "_")
+    return CACHE / f"{name}-{recipe_digest(tag)}.tar.gz"
+
+
+def save_image(tag: str, path: Path) -> Path:
+    """Write `docker save TAG | gzip -1` to PATH (the format `docker load` and the roles take)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    with tmp.open("wb") as out:
+        save = subprocess.Popen([DOCKER, "save", tag], stdout=subprocess.PIPE)
+        gzip = subprocess.run(["gzip", "-1"], stdin=save.stdout, stdout=out, check=False)
+        save.wait()
+    if save.returncode or gzip.returncode:
+        tmp.unlink(missing_ok=True)
+        raise EngineError(f"could not save image {tag}")
+    tmp.replace(path)
+    return path
+
+
+def load_image(path: Path) -> None:
+    with path.open("rb") as archive:
+        proc = subprocess.run([DOCKER, "load"], stdin=archive, capture_output=True, check=False)
+    if proc.returncode:
+        raise EngineError(f"docker load {path} failed: {proc.stderr.decode().strip()}")
+
+
+def _cached(tag: str, build) -> str:
+    """Return TAG, loading it from the cache or building (and caching) it when missing."""
+    if _label(tag) == recipe_digest(tag):
+        return tag
+    archive = _archive(tag)
+    if archive.exists():
+        try:
+            load_image(archive)
+            if _label(tag) == recipe_digest(tag):
+                return tag
+        except EngineError:
+            pass
+        archive.unlink()  # truncated or stale: rebuild below
+    build()
+    save_image(tag, archive)
+    return tag
+
+
+def _debootstrap(rootfs: Path) -> None:
+    if shutil.which("debootstrap") is None:
+        raise EngineError("debootstrap is needed to build the local base image: "
+                          "`sudo apt-get install debootstrap`")
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}",
+         "bookworm", str(rootfs), DEBIAN_MIRROR],
+        check=True, stdout=subprocess.DEVNULL,
+    )
+    for rel in ROOTFS_TRIM:
+        target = rootfs / rel
+        if target.is_dir():
+            shutil.rmtree(target)
+            target.mkdir()
+    lists = rootfs / "var/lib/apt/lists"
+    shutil.rmtree(lists)
+    (lists / "partial").mkdir(parents=True)
+    # Empty lists with a fresh mtime make Ansible's cache_valid_time skip `apt-get update`.
+    os.utime(lists, (946684800, 946684800))
+    (rootfs / "etc/apt/sources.list").write_text(
+        f"deb {DEBIAN_MIRROR} bookworm main\n"
+        f"deb {DEBIAN_MIRROR} bookworm-updates main\n"
+        f"deb {DEBIAN_MIRROR.replace('/debian', '/debian-security')} bookworm-security main\n"
+    )
+
+
+def _build_base() -> None:
+    with tempfile.TemporaryDirectory(prefix="pynet-rootfs-", dir=CACHE) as tmp:
+        work = Path(tmp)
+        rootfs = work / "rootfs"
+        _debootstrap(rootfs)
+        subprocess.run(["tar", "-C", str(rootfs), "-cf", str(work / "rootfs.tar"), "."], check=True)
+        shutil.rmtree(rootfs)
+        shutil.copy(FILES / "base.Dockerfile", work / "Dockerfile")
+        label = f"{RECIPE_LABEL}={recipe_digest(BASE_IMAGE)}"
+        docker("build", "-q", "-t", BASE_IMAGE, "--label", label, str(work))
+
+
+def _build_host() -> None:
+    docker("build", "-q", "-t", HOST_IMAGE, "--build-arg", f"BASE={ensure_base_image()}",
+           "--label", f"{RECIPE_LABEL}={recipe_digest(HOST_IMAGE)}",
+           "-f", str(FILES / "host.Dockerfile"), str(FILES))
+
+
+def ensure_base_image() -> str:
+    """Debian 12 with python3, built without a registry: the chat image's local base."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return _cached(BASE_IMAGE, _build_base)
+
+
+def ensure_host_image() -> str:
+    """Debian 12 booting systemd with sshd and a sudo user `admin`: the EC2-like host."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    return _cached(HOST_IMAGE, _build_host)
+
+
+def build_chat_image(version: str, base: str | None = None) -> str:
+    """Build the repository's Dockerfile as `pynet-chat:VERSION` on the local base image."""
+    tag = f"pynet-chat:{version}"
+    docker("build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={base or ensure_base_image()}",
+           str(REPO))
+    return tag

@@ -1,0 +1,200 @@
+"""Fixtures for the AWS tests: fake credentials, moto in-process and as a server, local HTTP.
+
+Everything talks to 127.0.0.1 only; HOME and the inventory point into temp dirs so no test
+touches the real ~/.ssh or inventory/hosts.yml.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from pynet.aws.requests import DEBIAN_OWNER
+from pynet.aws.session import Clients
+
+from .helpers import REGION, VENV_BIN
+
+#: Debian images as the Debian account publishes them, plus decoys the lookup must skip.
+DEBIAN_IMAGES = [
+    ("ami-0deb12old000000a", "debian-12-amd64-20240101-1600", DEBIAN_OWNER, "x86_64", "2024-01-01"),
+    ("ami-0deb12new000000a", "debian-12-amd64-20250601-2100", DEBIAN_OWNER, "x86_64", "2025-06-01"),
+    ("ami-0deb12arm000000a", "debian-12-arm64-20250601-2100", DEBIAN_OWNER, "arm64", "2025-06-01"),
+    (
+        "ami-0deb12bpo000000a",
+        "debian-12-backports-amd64-20250701-1",
+        DEBIAN_OWNER,
+        "x86_64",
+        "2025-07-01",
+    ),
+    (
+        "ami-0deb12fake00000a",
+        "debian-12-amd64-20260101-0000",
+        "999988887777",
+        "x86_64",
+        "2026-01-01",
+    ),
+]
+
+
+def _ami(ami_id: str, name: str, owner: str, arch: str, date: str) -> dict[str, object]:
+    return {
+        "ami_id": ami_id,
+        "name": name,
+        "description": name,
+        "owner_id": owner,
+        "public": True,
+        "virtualization_type": "hvm",
+        "architecture": arch,
+        "state": "available",
+        "platform": None,
+        "image_type": "machine",
+        "hypervisor": "xen",
+        "root_device_name": "/dev/xvda",
+        "root_device_type": "ebs",
+        "sriov": "simple",
+        "creation_date": f"{date}T12:00:00.000Z",
+    }
+
+
+@pytest.fixture(autouse=True)
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Fake credentials, a region, no IMDS, and HOME/inventory in a temp dir."""
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "PYNET_")):
+            monkeypatch.delenv(name)
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("PYNET_INVENTORY", str(tmp_path / "hosts.yml"))
+    monkeypatch.setenv("PYNET_CHECKIP_URL", "http://127.0.0.1:9/unused")
+    return home
+
+
+@pytest.fixture
+def clients() -> Iterator[Clients]:
+    """EC2 and SSM clients against moto in-process."""
+    with mock_aws():
+        yield Clients(
+            region=REGION,
+            ec2=boto3.client("ec2", region_name=REGION),
+            ssm=boto3.client("ssm", region_name=REGION),
+        )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_amis(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An AMI list for moto_server: Debian images, decoys, and the AL2023 image SSM names."""
+    with mock_aws():
+        ssm = boto3.client("ssm", region_name=REGION)
+        ec2 = boto3.client("ec2", region_name=REGION)
+        name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+        al2023_id = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+        al2023 = ec2.describe_images(ImageIds=[al2023_id])["Images"][0]
+    amis = [_ami(*image) for image in DEBIAN_IMAGES]
+    amis.append(_ami(al2023_id, al2023["Name"], al2023["OwnerId"], "x86_64", "2025-01-01"))
+    path = tmp_path_factory.mktemp("moto") / "amis.json"
+    path.write_text(json.dumps(amis))
+    return path
+
+
+@pytest.fixture(scope="session")
+def moto_server(moto_amis: Path) -> Iterator[str]:
+    """moto_server on 127.0.0.1 (a subprocess: MOTO_AMIS_PATH is read when moto is imported)."""
+    port = free_port()
+    env = {**os.environ, "MOTO_AMIS_PATH": str(moto_amis)}
+    process = subprocess.Popen(
+        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()  # noqa: S310
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def moto_url(moto_server: str) -> str:
+    """The moto server, reset so each test starts from an empty account."""
+    request = urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")  # noqa: S310
+    urllib.request.urlopen(request, timeout=5).close()  # noqa: S310
+    return moto_server
+
+
+class _EchoHandler(http.server.BaseHTTPRequestHandler):
+    body = b"203.0.113.77\n"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: object) -> None:
+        """Keep test output quiet."""
+
+
+@pytest.fixture
+def checkip_url() -> Iterator[str]:
+    """A local stand-in for checkip.amazonaws.com answering 203.0.113.77."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _EchoHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def cli_env(moto_url: str, aws_env: Path, tmp_path: Path) -> dict[str, str]:
+    """Environment for `fab` subprocesses: moto endpoint, fake credentials, temp HOME."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PYNET_"))}
+    env.update(
+        HOME=str(aws_env),
+        AWS_ENDPOINT_URL=moto_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION=REGION,
+        AWS_EC2_METADATA_DISABLED="true",
+        PYNET_INVENTORY=str(tmp_path / "hosts.yml"),
+        PYNET_CHECKIP_URL=f"http://127.0.0.1:{free_port()}/",  # refused unless a test sets it
+        ANSIBLE_LOCAL_TEMP=str(tmp_path / "ansible-tmp"),
+    )
+    return env

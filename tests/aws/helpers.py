@@ -1,0 +1,79 @@
+"""Shared helpers for the AWS tests: run the real commands from the repo root."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.awsrequest import AWSResponse
+from botocore.exceptions import ClientError
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = ROOT / ".venv" / "bin"
+REGION = "eu-central-1"
+NEWEST_DEBIAN_AMD64 = "ami-0deb12new000000a"
+
+
+@dataclass
+class Run:
+    """A finished subprocess."""
+
+    code: int
+    out: str
+    err: str
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 60) -> Run:
+    """Run a command from the repo root with stdin closed (like CI, unlike a terminal)."""
+    done = subprocess.run(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def fab(*args: str, env: dict[str, str]) -> Run:
+    """Run `.venv/bin/fab ARGS`."""
+    return run([str(VENV_BIN / "fab"), *args], env)
+
+
+def fail_call(client: Any, operation: str, code: str, *, times: int | None = None) -> list[str]:
+    """Make `client` raise ClientError `code` on `operation` (all calls, or the first `times`).
+
+    For failures moto cannot produce (UnauthorizedOperation, limits, DependencyViolation...).
+    Returns a list that records each interception.
+    """
+    seen: list[str] = []
+
+    def handler(**_: Any) -> None:
+        if times is None or len(seen) < times:
+            seen.append(operation)
+            raise ClientError({"Error": {"Code": code, "Message": f"fake {code}"}}, operation)
+
+    client.meta.events.register(f"before-call.ec2.{operation}", handler)
+    return seen
+
+
+def answer_call(
+    client: Any,
+    operation: str,
+    response: dict[str, Any],
+    when: Callable[[dict[str, Any]], bool] = lambda params: True,
+) -> None:
+    """Make `client` answer `operation` with `response` (where `when(params)`), skipping moto."""
+
+    def handler(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        if not when(params):
+            return None
+        return AWSResponse("http://127.0.0.1/", 200, {}, None), response
+
+    client.meta.events.register(f"before-call.ec2.{operation}", handler)

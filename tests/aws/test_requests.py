@@ -1,0 +1,234 @@
+"""The request builders are pure: test them as plain data."""
+
+from __future__ import annotations
+
+import pytest
+
+from pynet.aws.errors import CloudError
+from pynet.aws.requests import (
+    Rule,
+    architecture,
+    check_name,
+    create_key_pair_request,
+    create_security_group_request,
+    debian_images_request,
+    desired_rules,
+    host_cidr,
+    import_key_pair_request,
+    instance_filters,
+    newest_image,
+    permissions,
+    root_volume_size,
+    rules_of,
+    run_instances_request,
+    ssh_cidr,
+    tag_value,
+    tags,
+    waiter_config,
+)
+
+IMAGE = {
+    "ImageId": "ami-1",
+    "RootDeviceName": "/dev/xvda",
+    "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
+}
+
+
+def test_tags_name_app_and_deployment() -> None:
+    assert tags("demo") == [
+        {"Key": "Name", "Value": "pynet-demo"},
+        {"Key": "pynet:app", "Value": "pynet"},
+        {"Key": "pynet:deployment", "Value": "demo"},
+    ]
+
+
+@pytest.mark.parametrize("name", ["demo", "a", "prod-2", "x" * 32])
+def test_good_names(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize("name", ["", "Demo", "-x", "x-", "a_b", "x" * 33, "a b", "../x"])
+def test_bad_names(name: str) -> None:
+    with pytest.raises(CloudError, match="bad deployment name"):
+        check_name(name)
+
+
+def test_run_instances_request() -> None:
+    request = run_instances_request(
+        "demo",
+        image=IMAGE,
+        instance_type="t3.micro",
+        key_name="pynet-demo",
+        group_id="sg-1",
+        ssh_user="admin",
+        disk_gib=16,
+    )
+    assert request["MetadataOptions"] == {
+        "HttpTokens": "required",
+        "HttpEndpoint": "enabled",
+        "HttpPutResponseHopLimit": 1,
+    }
+    assert request["BlockDeviceMappings"] == [
+        {
+            "DeviceName": "/dev/xvda",
+            "Ebs": {
+                "VolumeType": "gp3",
+                "VolumeSize": 16,
+                "Encrypted": True,
+                "DeleteOnTermination": True,
+            },
+        }
+    ]
+    assert (request["MinCount"], request["MaxCount"]) == (1, 1)
+    assert request["SecurityGroupIds"] == ["sg-1"]
+    assert request["KeyName"] == "pynet-demo"
+    assert request["CreditSpecification"] == {"CpuCredits": "standard"}
+    specs = {spec["ResourceType"]: spec["Tags"] for spec in request["TagSpecifications"]}
+    assert set(specs) == {"instance", "volume", "network-interface"}
+    for resource_tags in specs.values():
+        assert {"Key": "pynet:deployment", "Value": "demo"} in resource_tags
+        assert {"Key": "pynet:app", "Value": "pynet"} in resource_tags
+        assert {"Key": "Name", "Value": "pynet-demo"} in resource_tags
+    assert {"Key": "pynet:ssh-user", "Value": "admin"} in specs["instance"]
+    assert "ClientToken" not in request  # botocore fills a fresh one; moto ignores it anyway
+
+
+def test_no_credit_spec_for_non_burstable() -> None:
+    request = run_instances_request(
+        "d",
+        image=IMAGE,
+        instance_type="m7g.large",
+        key_name="k",
+        group_id="g",
+        ssh_user="admin",
+        disk_gib=16,
+    )
+    assert "CreditSpecification" not in request
+
+
+def test_root_volume_never_smaller_than_image() -> None:
+    big = {**IMAGE, "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 30}}]}
+    assert root_volume_size(big, 16) == 30
+    assert root_volume_size(IMAGE, 16) == 16
+    assert root_volume_size({"ImageId": "x"}, 12) == 12
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "arch"),
+    [
+        ("t3.micro", "x86_64"),
+        ("t4g.small", "arm64"),
+        ("m7g.large", "arm64"),
+        ("c6gn.xlarge", "arm64"),
+        ("m6gd.large", "arm64"),
+        ("im4gn.large", "arm64"),
+        ("a1.medium", "arm64"),
+        ("g5g.xlarge", "arm64"),
+        ("g4dn.xlarge", "x86_64"),
+        ("m7i-flex.large", "x86_64"),
+        ("c7a.large", "x86_64"),
+    ],
+)
+def test_architecture(instance_type: str, arch: str) -> None:
+    assert architecture(instance_type) == arch
+
+
+def test_debian_images_request() -> None:
+    assert debian_images_request("arm64") == {
+        "Owners": ["136693071363"],
+        "Filters": [
+            {"Name": "name", "Values": ["debian-12-arm64-*"]},
+            {"Name": "architecture", "Values": ["arm64"]},
+            {"Name": "state", "Values": ["available"]},
+        ],
+    }
+    assert debian_images_request("x86_64")["Filters"][0]["Values"] == ["debian-12-amd64-*"]
+
+
+def test_newest_image() -> None:
+    images = [
+        {"ImageId": "a", "CreationDate": "2024-05-01T00:00:00.000Z"},
+        {"ImageId": "b", "CreationDate": "2025-01-02T00:00:00.000Z"},
+        {"ImageId": "c", "CreationDate": "2024-12-31T23:59:59.000Z"},
+    ]
+    assert newest_image(images) == images[1]
+    assert newest_image([]) is None
+
+
+def test_ssh_cidr_normalises_and_refuses_the_world() -> None:
+    assert ssh_cidr("203.0.113.7") == "203.0.113.7/32"
+    assert ssh_cidr("198.51.100.9/24") == "198.51.100.0/24"
+    assert ssh_cidr("2001:db8::1") == "2001:db8::1/128"
+    for world in ("0.0.0.0/0", "::/0"):
+        with pytest.raises(CloudError, match="--allow-ssh-from-anywhere"):
+            ssh_cidr(world)
+        assert ssh_cidr(world, allow_anywhere=True) == world
+    with pytest.raises(CloudError, match="bad --ssh-cidr"):
+        ssh_cidr("my-laptop")
+
+
+def test_host_cidr() -> None:
+    assert host_cidr("203.0.113.7\n") == "203.0.113.7/32"
+    assert host_cidr("2001:db8::5") == "2001:db8::5/128"
+    with pytest.raises(ValueError, match="does not appear"):
+        host_cidr("<html>")
+
+
+def test_desired_rules_are_ssh_from_one_source_and_chat_from_all() -> None:
+    assert desired_rules("203.0.113.7/32") == {
+        Rule("tcp", 22, 22, "203.0.113.7/32"),
+        Rule("tcp", 5050, 5050, "0.0.0.0/0"),
+        Rule("tcp", 5050, 5050, "::/0"),
+    }
+
+
+def test_permissions_round_trip_through_rules() -> None:
+    rules = desired_rules("203.0.113.7/32") | {Rule("tcp", 80, 80, "group:sg-9")}
+    perms = permissions(rules)
+    assert perms[0] == {
+        "IpProtocol": "tcp",
+        "FromPort": 22,
+        "ToPort": 22,
+        "IpRanges": [{"CidrIp": "203.0.113.7/32", "Description": "ssh from the operator"}],
+    }
+    assert {"CidrIpv6": "::/0", "Description": "chat clients"} in [
+        r for p in perms for r in p.get("Ipv6Ranges", [])
+    ]
+    assert rules_of(perms) == rules
+
+
+def test_security_group_and_key_requests_are_tagged() -> None:
+    group = create_security_group_request("demo", "vpc-1")
+    assert group["GroupName"] == "pynet-demo"
+    assert group["VpcId"] == "vpc-1"
+    assert group["TagSpecifications"][0]["ResourceType"] == "security-group"
+    imported = import_key_pair_request("demo", b"ssh-ed25519 AAAA")
+    assert imported["KeyName"] == "pynet-demo"
+    assert {"Key": "pynet:key-origin", "Value": "imported"} in imported["TagSpecifications"][0][
+        "Tags"
+    ]
+    created = create_key_pair_request("demo")
+    assert created["KeyType"] == "ed25519"
+    assert {"Key": "pynet:key-origin", "Value": "created"} in created["TagSpecifications"][0][
+        "Tags"
+    ]
+
+
+def test_instance_filters() -> None:
+    assert instance_filters("demo", ("running",)) == [
+        {"Name": "tag:pynet:app", "Values": ["pynet"]},
+        {"Name": "tag:pynet:deployment", "Values": ["demo"]},
+        {"Name": "instance-state-name", "Values": ["running"]},
+    ]
+    assert len(instance_filters(None, ("running",))) == 2
+
+
+def test_tag_value() -> None:
+    assert tag_value({"Tags": [{"Key": "a", "Value": "b"}]}, "a") == "b"
+    assert tag_value({}, "a", "dflt") == "dflt"
+
+
+def test_waiter_config() -> None:
+    assert waiter_config(600, 5) == {"Delay": 5, "MaxAttempts": 120}
+    assert waiter_config(1, 5) == {"Delay": 1, "MaxAttempts": 1}
+    assert waiter_config(1, 0.25) == {"Delay": 0.25, "MaxAttempts": 4}

@@ -1,0 +1,149 @@
+"""Test helpers: the server in a subprocess, and a blocking line client (imported by tests)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LISTEN = re.compile(r"listen=[^ ]*:(\d+)")
+
+
+class ServerProcess:
+    """`python -m chat.server` on 127.0.0.1 with an ephemeral port read from its start line."""
+
+    def __init__(self, *args: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+        self.args = args
+        self.lines: list[str] = []
+        self._done = False
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chat.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                *args,
+            ],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        start = self.wait_for_log("listen=", timeout=10)
+        self.port = int(LISTEN.search(start).group(1))  # type: ignore[union-attr]
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+        self._done = True
+
+    def wait_for_log(self, text: str, timeout: float = 5) -> str:
+        """The first log line containing `text`, waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self._done
+            for line in list(self.lines):
+                if text in line:
+                    return line
+            if done or time.monotonic() > deadline:
+                raise AssertionError(f"no log line with {text!r}; log:\n{self.log}")
+            time.sleep(0.01)
+
+    @property
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def terminate(self, timeout: float = 10) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class LineClient:
+    """A blocking client speaking raw protocol lines, for asserting exact server output."""
+
+    def __init__(
+        self, port: int, nick: str | None = None, *, timeout: float = 5, rcvbuf: int | None = None
+    ) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self._buf = b""
+        self.hello = self.line()
+        if nick is not None:
+            self.send(f"/nick {nick}")
+            self.until(f"OK nick {nick}")
+            self.until(f"JOIN {nick}")
+
+    def send(self, *lines: str | bytes) -> None:
+        data = b"".join(
+            (line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines
+        )
+        self.sock.sendall(data)
+
+    def line(self) -> str:
+        """The next line (without newline); AssertionError on timeout or close."""
+        while b"\n" not in self._buf:
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError(
+                    f"timed out waiting for a line; buffered {self._buf!r}"
+                ) from None
+            if not data:
+                raise AssertionError(f"connection closed; buffered {self._buf!r}")
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def lines(self, n: int) -> list[str]:
+        return [self.line() for _ in range(n)]
+
+    def until(self, prefix: str) -> list[str]:
+        """Lines read up to and including the first one starting with `prefix`."""
+        seen = []
+        while True:
+            line = self.line()
+            seen.append(line)
+            if line.startswith(prefix):
+                return seen
+
+    def closed(self, timeout: float = 5) -> bool:
+        """True once the server closed the connection (reading and dropping what is left)."""
+        self.sock.settimeout(timeout)
+        try:
+            while data := self.sock.recv(65536):
+                self._buf += data
+        except TimeoutError:
+            return False
+        except ConnectionResetError:
+            return True
+        return True
+
+    def rest(self) -> list[str]:
+        """Every line left after the server closed."""
+        assert self.closed()
+        return [line.decode() for line in self._buf.split(b"\n") if line]
+
+    def close(self) -> None:
+        self.sock.close()
