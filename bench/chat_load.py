@@ -128,7 +128,7 @@ def search(lg: LoadGenProcess, kind: str, n: int, args: argparse.Namespace) -> d
 def run_one(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
     srv_cpus, lg_cpus = cpus
     log(f"-- {kind}: starting server, {n} clients")
-    server = start_server(kind, srv_cpus, max_clients=n, nice=args.nice)
+    server = start_server(kind, srv_cpus, max_clients=n, nice=args.nice, rt=args.rt)
     lg = None
     try:
         lg = LoadGenProcess(
@@ -136,6 +136,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
             server.pid,
             lg_cpus,
             args.nice,
+            args.rt,
             senders=args.senders,
             payload=args.payload,
             round_ms=args.round_ms,
@@ -268,7 +269,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--start",
         type=float,
-        default=25_000,
+        default=50_000,
         help="first offered load, deliveries/s (broadcasts/s x clients)",
     )
     p.add_argument(
@@ -301,6 +302,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=default_nice(),
         help="nice value for the server and load generator (default -10 as root: "
         "keeps them ahead of other work on a shared machine; 0 to leave as is)",
+    )
+    p.add_argument(
+        "--rt",
+        type=int,
+        default=0,
+        metavar="PRIO",
+        help="run the server and load generator SCHED_FIFO at this priority (needs root): "
+        "cleaner figures on a busy shared machine, at the neighbours' expense; 0 = off",
     )
     p.add_argument("--p99-ms", type=float, default=TARGET_P99_MS)
     p.add_argument("--json", metavar="PATH", help="also write every point as JSON")

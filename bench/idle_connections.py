@@ -1,17 +1,17 @@
 """Server memory per idle connection: hold N idle clients and report (RSS delta) / N.
 
 The server runs in its own process; the clients are opened by the load generator
-(``bench/loadgen.py``) in another process. By default each client is "just connected": it has
-read the ``HELLO`` line and then stays silent. With ``--nick`` every client also sends
-``/nick cN`` and waits for ``OK nick`` (every join is broadcast to everyone, so this costs
-O(N^2) JOIN lines to set up; fine for a few thousand, slow for 10,000).
+(``bench/loadgen.py``) in another process. Two states are measured, each on a fresh server:
+"connected": every client has read the ``HELLO`` line and then stays silent;
+"nick": every client has also sent ``/nick cN`` and read ``OK nick`` (each join is broadcast to
+everyone, so setting up costs O(N^2) JOIN lines: ~20 s for 10,000 on two cores).
 
 Server RSS (psutil on the server pid) is read after the server has started and answered one
 probe connection (the baseline), and again once all N clients are connected and the server has
 been quiet for ``--settle`` seconds. Per connection = (RSS after - RSS before) / N.
 
-    .venv/bin/python -m bench.idle_connections                  # 10,000 idle connections
-    .venv/bin/python -m bench.idle_connections --nick -n 3000
+    .venv/bin/python -m bench.idle_connections                  # 10,000, both states
+    .venv/bin/python -m bench.idle_connections --mode connected -n 3000
     .venv/bin/python -m bench.idle_connections --servers pynet,baseline
 """
 
@@ -74,9 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("-n", "--connections", type=int, default=10_000)
     p.add_argument(
-        "--nick",
-        action="store_true",
-        help="send /nick on every connection (default: just connected, after HELLO)",
+        "--mode",
+        choices=("connected", "nick", "both"),
+        default="both",
+        help="connected: after HELLO, no /nick; nick: after /nick -> OK nick (default: both)",
     )
     p.add_argument(
         "--servers",
@@ -99,27 +100,31 @@ def main(argv: list[str] | None = None) -> int:
         log("chat/server.py does not exist yet: running the baseline only")
         servers = [s for s in servers if s != "pynet"] or ["baseline"]
 
-    state = "after /nick" if args.nick else "just connected (after HELLO, no /nick)"
-    print(f"idle_connections: {args.connections} idle clients, {state}")
+    modes = ["connected", "nick"] if args.mode == "both" else [args.mode]
+    states = {"connected": "just connected (HELLO read, no /nick)", "nick": "after /nick"}
+    print(f"idle_connections: {args.connections} idle clients per run; server RSS by psutil")
     print(
-        f"{'server':8} {'conns':>7} {'RSS before MiB':>15} {'RSS after MiB':>14} "
+        f"{'server':8} {'state':10} {'conns':>7} {'RSS before MiB':>15} {'RSS after MiB':>14} "
         f"{'per conn KiB':>13} {'setup s':>8}"
     )
     results = []
     for kind in servers:
-        r = measure(kind, args.connections, args.nick, args.settle, cpus, default_nice())
-        results.append(r)
-        print(
-            f"{kind:8} {r['n']:>7} {r['rss0'] / 2**20:>15.1f} {r['rss1'] / 2**20:>14.1f} "
-            f"{r['per_conn'] / 1024:>13.2f} {r['connect_s']:>8.1f}",
-            flush=True,
-        )
+        for mode in modes:
+            r = measure(kind, args.connections, mode == "nick", args.settle, cpus, default_nice())
+            r["mode"] = mode
+            results.append(r)
+            print(
+                f"{kind:8} {mode:10} {r['n']:>7} {r['rss0'] / 2**20:>15.1f} "
+                f"{r['rss1'] / 2**20:>14.1f} {r['per_conn'] / 1024:>13.2f} "
+                f"{r['connect_s']:>8.1f}",
+                flush=True,
+            )
     for r in results:
         if r["kind"] == "pynet":
             kib = r["per_conn"] / 1024
             print(
-                f"target: {verdict(kib < TARGET_KIB)}  < {TARGET_KIB:g} KiB per idle connection "
-                f"({kib:.2f} KiB, {r['n']} connections, {state})"
+                f"target: {verdict(kib < TARGET_KIB)}  < {TARGET_KIB:g} KiB per idle connection: "
+                f"{kib:.2f} KiB with {r['n']} connections, {states[r['mode']]}"
             )
     return 0
 

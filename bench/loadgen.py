@@ -385,11 +385,17 @@ class LoadGen:
 
 
 def run(
-    ctl: Connection, port: int, server_pid: int, cpuset: set[int] | None, nice: int, **kw
+    ctl: Connection,
+    port: int,
+    server_pid: int,
+    cpuset: set[int] | None,
+    nice: int,
+    rt: int,
+    **kw,
 ) -> None:
     """Process entry point: serve commands from ``ctl`` until "close" or EOF."""
     raise_nofile()
-    pin_self(cpuset, nice)
+    pin_self(cpuset, nice, rt)
     lg = LoadGen(port, server_pid, **kw)
     try:
         while True:
@@ -417,7 +423,13 @@ class LoadGenProcess:
     """Parent-side handle: starts ``run`` in a separate (spawned) process."""
 
     def __init__(
-        self, port: int, server_pid: int, cpuset: set[int] | None, nice: int = 0, **kw
+        self,
+        port: int,
+        server_pid: int,
+        cpuset: set[int] | None,
+        nice: int = 0,
+        rt: int = 0,
+        **kw,
     ) -> None:
         import multiprocessing as mp
 
@@ -425,7 +437,7 @@ class LoadGenProcess:
         self.ctl, child = ctx.Pipe()
         self.proc = ctx.Process(
             target=run,
-            args=(child, port, server_pid, cpuset, nice),
+            args=(child, port, server_pid, cpuset, nice, rt),
             kwargs=kw,
             daemon=True,
             name="pynet-loadgen",

@@ -335,19 +335,25 @@ def _existing_key_file(spec: LaunchSpec, local_key: LocalKey, home: Path | None)
 # --- destroying -------------------------------------------------------------------------------
 
 
+#: Retries while a deleted instance's network interface still holds the group: ~2 min in all.
+SG_DELETE_ATTEMPTS = 8
+SG_FIRST_DELAY = 2.0
+SG_MAX_DELAY = 30.0
+
+
 def delete_security_group(
     ec2: Any,
     group_id: str,
     *,
     region: str = "",
-    attempts: int = 8,
-    first_delay: float = 2.0,
-    max_delay: float = 30.0,
-    sleep: Callable[[float], None] = time.sleep,
+    attempts: int | None = None,
+    sleep: Callable[[float], None] | None = None,
     say: Say = _quiet,
 ) -> None:
-    """Delete a group, retrying while AWS still sees it in use (a terminated ENI lingers)."""
-    delay = first_delay
+    """Delete a group, retrying with backoff while AWS still sees it in use."""
+    attempts = attempts or SG_DELETE_ATTEMPTS
+    sleep = sleep or time.sleep
+    delay = SG_FIRST_DELAY
     for attempt in range(1, attempts + 1):
         try:
             ec2.delete_security_group(GroupId=group_id)
@@ -365,7 +371,7 @@ def delete_security_group(
                 ) from err
             say(f"security group {group_id} still in use; retrying in {delay:.0f} s")
             sleep(delay)
-            delay = min(delay * 2, max_delay)
+            delay = min(delay * 2, SG_MAX_DELAY)
 
 
 def destroy(
@@ -375,8 +381,6 @@ def destroy(
     home: Path | None = None,
     wait_timeout: float = 600.0,
     poll: float = 5.0,
-    sg_attempts: int = 8,
-    sleep: Callable[[float], None] = time.sleep,
     say: Say = _quiet,
 ) -> None:
     """Terminate the instances, wait until they are gone, then delete the group and key pair."""
@@ -389,9 +393,7 @@ def destroy(
         for instance_id in ids:
             _wait(ec2, "instance_terminated", instance_id, "terminated", wait_timeout, poll, region)
     for group in deployment.security_groups:
-        delete_security_group(
-            ec2, group["GroupId"], region=region, attempts=sg_attempts, sleep=sleep, say=say
-        )
+        delete_security_group(ec2, group["GroupId"], region=region, say=say)
         say(f"deleted security group {group['GroupId']}")
     for key_pair in deployment.key_pairs:
         delete_key_pair(ec2, key_pair, home, region)

@@ -96,7 +96,7 @@ def delete_key_pair(
 ) -> None:
     """Delete one of our key pairs, and the private key file if AWS made it for us."""
     with explained(f"deleting key pair {key_pair['KeyName']}", region):
-        ec2.delete_key_pair(KeyPairId=key_pair["KeyPairId"])
+        ec2.delete_key_pair(KeyName=key_pair["KeyName"])
     name = tag_value(key_pair, DEPLOYMENT_TAG)
     if tag_value(key_pair, KEY_ORIGIN_TAG) == "created" and name:
         created_key_file(name, home).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ boto3 honours AWS_ENDPOINT_URL, which is how the tests point everything at moto.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,9 +43,14 @@ def known_regions(session: boto3.Session) -> set[str]:
 
 
 def connect(region: str | None = None, profile: str | None = None) -> Clients:
-    """Clients for `region` (else AWS_REGION / AWS_DEFAULT_REGION / the profile's region)."""
+    """Clients for `region` (else AWS_REGION / AWS_DEFAULT_REGION / the profile's region).
+
+    boto3 itself reads only AWS_DEFAULT_REGION; AWS_REGION is what the AWS CLI v2, the other
+    SDKs and Ansible's amazon.aws read, so we honour it too.
+    """
+    region = region or os.environ.get("AWS_REGION") or None
     try:
-        session = boto3.Session(region_name=region or None, profile_name=profile or None)
+        session = boto3.Session(region_name=region, profile_name=profile or None)
         chosen = session.region_name
         if not chosen:
             raise CloudError(

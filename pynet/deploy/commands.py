@@ -1,9 +1,10 @@
 """Every command `fab deploy` and friends run, as data: pure functions that return argv lists.
 
 Kamal's lesson: when commands are lists of words built by small functions, tests can assert the
-exact text, `--dry-run` is free, and the tasks only run and check. Render with `render()`
-(`shlex.join`). A few steps need a shell (pipes, `&&`, `$(...)`): `sh()` wraps a snippet built
-from quoted words into one `sh -c '...'` argv, so quoting stays in one place.
+exact text, `--dry-run` is free, and the tasks only run and check. `render()` quotes every word
+(`shlex.quote`) except `Op` tokens (`&&`, `|`, `>>`, `$(`...), which the remote shell must see as
+they are; as in Kamal, combinators splice those between commands. Remote commands run in the
+login shell sshd starts (POSIX sh or bash on every cloud image we target).
 
 Names and paths here are the contract with the `chat` role (docs/design.md).
 """
@@ -14,7 +15,15 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping
 
+
+class Op(str):
+    """A shell operator, rendered unquoted."""
+
+    __slots__ = ()
+
+
 Argv = list[str]
+AND, OR, PIPE, SEMI = Op("&&"), Op("||"), Op("|"), Op(";")
 
 IMAGE = "pynet-chat"
 CURRENT = f"{IMAGE}:current"
@@ -33,21 +42,48 @@ RELEASES_FILE = f"{STATE_DIR}/releases.jsonl"
 
 def render(argv: Argv) -> str:
     """The one way an argv becomes a command line (what runs and what --dry-run prints)."""
-    return shlex.join(argv)
+    return " ".join(w if isinstance(w, Op) else shlex.quote(w) for w in argv)
 
 
-def sh(script: str) -> Argv:
-    """Run a shell snippet: only for pipes, `&&`, redirections and `$(...)`."""
-    return ["sh", "-c", script]
+def _join(op: Op, cmds: tuple[Argv, ...]) -> Argv:
+    out: Argv = []
+    for c in cmds:
+        out += [op, *c] if out else c
+    return out
 
 
 def chain(*cmds: Argv) -> Argv:
     """`a && b && ...`: stop at the first failure."""
-    return sh(" && ".join(render(c) for c in cmds))
+    return _join(AND, cmds)
 
 
 def pipe(*cmds: Argv) -> Argv:
-    return sh(" | ".join(render(c) for c in cmds))
+    return _join(PIPE, cmds)
+
+
+def either(*cmds: Argv) -> Argv:
+    """`a || b`: the first that succeeds."""
+    return _join(OR, cmds)
+
+
+def seq(*cmds: Argv) -> Argv:
+    """`a ; b`: run all, whatever each returns."""
+    return _join(SEMI, cmds)
+
+
+def write(path: str, text: str, append: bool = False) -> Argv:
+    """TEXT plus a newline into PATH (printf: echo would interpret backslashes)."""
+    return ["printf", "%s\\n", text, Op(">>" if append else ">"), path]
+
+
+def quiet(argv: Argv) -> Argv:
+    """Drop stderr: for probes whose failure is an expected answer."""
+    return [*argv, Op("2>/dev/null")]
+
+
+def output_of(argv: Argv) -> Argv:
+    """`"$(ARGV)"`: a command's output as one word."""
+    return [Op('"$('), *argv, Op(')"')]
 
 
 def sudo(argv: Argv) -> Argv:
@@ -135,10 +171,10 @@ def health(image_id_: str) -> Argv:
 
     Checking the image too matters: right after a restart the old container may still answer.
     """
-    running = render(docker("container", "inspect", "--format", "{{.Image}}", CONTAINER))
-    ping = render(docker("exec", CONTAINER, "python3", "-m", "chat.healthcheck",
-                         "127.0.0.1", str(APP_PORT)))
-    return sh(f'test "$({running})" = {shlex.quote(image_id_)} && {ping}')
+    running = output_of(docker("container", "inspect", "--format", "{{.Image}}", CONTAINER))
+    return chain(["test", *running, "=", image_id_],
+                 docker("exec", CONTAINER, "python3", "-m", "chat.healthcheck", "127.0.0.1",
+                        str(APP_PORT)))
 
 
 # --- remote: systemd --------------------------------------------------------------------------
@@ -167,19 +203,19 @@ def journal(lines: int = 20, follow: bool = False) -> Argv:
 # --- remote: deploy state (lock, history) -----------------------------------------------------
 
 def ensure_state_dir(user: str) -> Argv:
-    """Owned by the deploy user, so uploads, the lock and the history need no sudo."""
-    return sudo(["install", "-d", "-o", user, "-m", "0755", STATE_DIR, ARCHIVE_DIR])
+    """Uploads, the lock and the history need no sudo when the user can write the state dir.
 
-
-def _write(path: str, text: str, append: bool = False) -> str:
-    return f"printf '%s\\n' {shlex.quote(text)} {'>>' if append else '>'} {shlex.quote(path)}"
+    The chat role makes it `root:docker 2775` (the SSH user is in `docker`): leave that alone.
+    Only a host the role never ran on gets one owned by the deploy user.
+    """
+    return either(["test", "-w", ARCHIVE_DIR],
+                  sudo(["install", "-d", "-o", user, "-m", "0755", STATE_DIR, ARCHIVE_DIR]))
 
 
 def lock_acquire(owner: Mapping[str, object]) -> Argv:
     """mkdir is atomic: exactly one of two racing deploys creates the directory."""
-    return sh(f"mkdir {shlex.quote(LOCK_DIR)} && "
-              f"{_write(LOCK_OWNER, json.dumps(owner, sort_keys=True))} && "
-              f"touch {shlex.quote(LOCK_HEARTBEAT)}")
+    return chain(["mkdir", LOCK_DIR], write(LOCK_OWNER, json.dumps(owner, sort_keys=True)),
+                 ["touch", LOCK_HEARTBEAT])
 
 
 def lock_info() -> Argv:
@@ -188,10 +224,10 @@ def lock_info() -> Argv:
     Exit 3 when there is no lock. The heartbeat falls back to the directory's own mtime when a
     deploy died between mkdir and writing its files.
     """
-    lock, beat, owner = (shlex.quote(p) for p in (LOCK_DIR, LOCK_HEARTBEAT, LOCK_OWNER))
-    return sh(f"test -d {lock} || exit 3; date +%s; "
-              f"stat -c %Y {beat} 2>/dev/null || stat -c %Y {lock}; "
-              f"cat {owner} 2>/dev/null || echo '{{}}'")
+    return seq(either(["test", "-d", LOCK_DIR], ["exit", "3"]),
+               ["date", "+%s"],
+               either(quiet(["stat", "-c", "%Y", LOCK_HEARTBEAT]), ["stat", "-c", "%Y", LOCK_DIR]),
+               either(quiet(["cat", LOCK_OWNER]), ["echo", "{}"]))
 
 
 def lock_heartbeat() -> Argv:
@@ -200,20 +236,20 @@ def lock_heartbeat() -> Argv:
 
 def lock_release(token: str) -> Argv:
     """Only the holder's token releases: a deploy never removes a lock someone else took."""
-    return sh(f"grep -qF {shlex.quote(token)} {shlex.quote(LOCK_OWNER)} && "
-              f"rm -rf {shlex.quote(LOCK_DIR)}")
+    return chain(["grep", "-qF", token, LOCK_OWNER], ["rm", "-rf", LOCK_DIR])
 
 
 def lock_break() -> Argv:
-    return ["rm", "-rf", LOCK_DIR]
+    """sudo: the lock may have been left by another account."""
+    return sudo(["rm", "-rf", LOCK_DIR])
 
 
 def record(entry: Mapping[str, object]) -> Argv:
-    return sh(_write(RELEASES_FILE, json.dumps(entry, sort_keys=True), append=True))
+    return write(RELEASES_FILE, json.dumps(entry, sort_keys=True), append=True)
 
 
 def read_releases() -> Argv:
-    return sh(f"cat {shlex.quote(RELEASES_FILE)} 2>/dev/null || true")
+    return either(quiet(["cat", RELEASES_FILE]), ["true"])
 
 
 # --- remote: doctor's probes ------------------------------------------------------------------
@@ -224,7 +260,7 @@ def port_listening(port: int = APP_PORT) -> Argv:
 
 def disk_usage(path: str = "/var/lib/docker") -> Argv:
     """Falls back to / when docker's directory is not readable or not there yet."""
-    return sh(f"df -Pk {shlex.quote(path)} 2>/dev/null || df -Pk /")
+    return either(quiet(["df", "-Pk", path]), ["df", "-Pk", "/"])
 
 
 def memory() -> Argv:

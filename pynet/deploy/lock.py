@@ -64,7 +64,7 @@ class LockInfo:
     def stale(self, stale_after: float = STALE_AFTER) -> bool:
         return self.idle > stale_after
 
-    def describe(self, stale_after: float = STALE_AFTER) -> str:
+    def describe(self, stale_after: float = STALE_AFTER, hint: bool = True) -> str:
         o = self.owner
         who = o.get("user", "an unknown holder")
         what = f", {o['action']} of {o['version']}" if o.get("action") else ""
@@ -72,8 +72,9 @@ class LockInfo:
         since = f" since {o['since']}" if o.get("since") else ""
         text = f"held by {who}{pid}{what}{since} (last heartbeat {self.idle}s ago)"
         if self.stale(stale_after):
-            text += (f"; it looks stale (no heartbeat for more than {stale_after:.0f}s): if that "
-                     "deploy is dead, release it with `fab unlock`")
+            text += f"; stale: no heartbeat for more than {stale_after:.0f}s"
+            if hint:
+                text += " (if that deploy is dead, release the lock with `fab unlock`)"
         return text
 
 

@@ -129,6 +129,8 @@ class HostState:
 
 def build(local: Local, docker: str, version: str, context: Path, base_image: str | None,
           dockerfile: str | None = None, build_args: dict[str, str] | None = None) -> None:
+    if not local.dry_run:
+        print(f"[local] building {cmd.image(version)} from {context}", file=local.out, flush=True)
     local.run(cmd.local_build(docker, version, str(context), base_image, dockerfile, build_args),
               cwd=context)
 
@@ -148,9 +150,13 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
         saved, archive = Path(tmp) / "image.tar", Path(tmp) / f"{version}.tar.gz"
         local.run(cmd.local_save(docker, version, str(saved)))
         for attempt_skip in dict.fromkeys((skip, 0)):  # a full archive when the slim one fails
-            size = 0 if local.dry_run else slim_archive(saved, archive, attempt_skip)
-            remote.say(f"shipping {len(layer_list) - attempt_skip} of {len(layer_list)} layers "
-                       f"({human(size)} compressed)")
+            if local.dry_run:
+                size = 0
+                remote.say("shipping the layers the host lacks")
+            else:
+                size = slim_archive(saved, archive, attempt_skip)
+                remote.say(f"shipping {len(layer_list) - attempt_skip} of {len(layer_list)} "
+                           f"layers ({human(size)} compressed)")
             remote.upload(archive, remote_path)
             loaded = remote.run(cmd.load(remote_path), check=False)
             if loaded.ok:

@@ -41,8 +41,11 @@ class Local:
         if self.dry_run:
             print(f"[local] {line}", file=self.out, flush=True)
             return subprocess.CompletedProcess(argv, 0, "", "")
-        proc = subprocess.run(argv, cwd=cwd, text=True, check=False,
-                              capture_output=quiet)
+        try:
+            proc = subprocess.run(argv, cwd=cwd, text=True, check=False, capture_output=quiet)
+        except FileNotFoundError:
+            raise DeployError(f"`{argv[0]}` not found here: install Docker (or set PYNET_DOCKER)"
+                              ) from None
         if check and proc.returncode:
             raise _failure(line, proc.returncode, proc.stderr or "", proc.stdout or "")
         return proc

@@ -6,6 +6,7 @@ of `pynet.deploy`, and turns known failures into one line on stderr and a non-ze
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -32,6 +33,9 @@ __all__ = ["deploy", "doctor", "logs", "releases", "rollback", "status", "unlock
 
 DOCKER = os.environ.get("PYNET_DOCKER", "docker")
 CONNECT_TIMEOUT = 10
+
+# paramiko logs a failed handshake with a traceback from its own thread; we report it in one line.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def _reason(exc: BaseException, target: Target) -> str | None:
@@ -162,8 +166,8 @@ def unlock(c: Context, force: bool = False) -> None:
             print(f"{t.label}: no deploy lock")
             return
         if not (force or info.stale(STALE_AFTER)):
-            raise Exit(f"{t.label}: the lock is {info.describe()}; it looks alive, "
+            raise Exit(f"{t.label}: the lock is {info.describe(hint=False)}; it looks alive, "
                        "pass --force to release it anyway", code=1)
         remote.run(cmd.lock_break())
-        print(f"{t.label}: released the deploy lock ({info.describe()})")
+        print(f"{t.label}: released the deploy lock ({info.describe(hint=False)})")
     _each(c, one)

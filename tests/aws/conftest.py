@@ -86,15 +86,27 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return home
 
 
-@pytest.fixture
-def clients() -> Iterator[Clients]:
-    """EC2 and SSM clients against moto in-process."""
+@pytest.fixture(scope="session")
+def _moto() -> Iterator[None]:
+    """One in-process moto for the session: resetting it per test costs about a second."""
     with mock_aws():
-        yield Clients(
-            region=REGION,
-            ec2=boto3.client("ec2", region_name=REGION),
-            ssm=boto3.client("ssm", region_name=REGION),
-        )
+        yield
+
+
+@pytest.fixture
+def clients(_moto: None) -> Clients:
+    """EC2 and SSM clients against moto in-process (tests use their own deployment names)."""
+    return Clients(
+        region=REGION,
+        ec2=boto3.client("ec2", region_name=REGION),
+        ssm=boto3.client("ssm", region_name=REGION),
+    )
+
+
+@pytest.fixture
+def name(request: pytest.FixtureRequest) -> str:
+    """A deployment name of this test's own, so tests sharing one moto never meet."""
+    return f"t{abs(hash(request.node.nodeid)) % 10**8}"
 
 
 def free_port() -> int:
@@ -105,14 +117,13 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_amis(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def moto_amis(tmp_path_factory: pytest.TempPathFactory, _moto: None) -> Path:
     """An AMI list for moto_server: Debian images, decoys, and the AL2023 image SSM names."""
-    with mock_aws():
-        ssm = boto3.client("ssm", region_name=REGION)
-        ec2 = boto3.client("ec2", region_name=REGION)
-        name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-        al2023_id = ssm.get_parameter(Name=name)["Parameter"]["Value"]
-        al2023 = ec2.describe_images(ImageIds=[al2023_id])["Images"][0]
+    ssm = boto3.client("ssm", region_name=REGION)
+    ec2 = boto3.client("ec2", region_name=REGION)
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    al2023_id = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+    al2023 = ec2.describe_images(ImageIds=[al2023_id])["Images"][0]
     amis = [_ami(*image) for image in DEBIAN_IMAGES]
     amis.append(_ami(al2023_id, al2023["Name"], al2023["OwnerId"], "x86_64", "2025-01-01"))
     path = tmp_path_factory.mktemp("moto") / "amis.json"

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -46,6 +48,18 @@ def fab(*args: str, env: dict[str, str]) -> Run:
     return run([str(VENV_BIN / "fab"), *args], env)
 
 
+def fab_many(commands: list[tuple[str, ...]], env: dict[str, str]) -> list[Run]:
+    """Run independent `fab` commands side by side (each start-up costs about a second)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda args: fab(*args, env=env), commands))
+
+
+def public_key() -> bytes:
+    """A fresh, valid OpenSSH ed25519 public key (moto checks the format on import)."""
+    key = Ed25519PrivateKey.generate().public_key()
+    return key.public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH)
+
+
 def fail_call(client: Any, operation: str, code: str, *, times: int | None = None) -> list[str]:
     """Make `client` raise ClientError `code` on `operation` (all calls, or the first `times`).
 
@@ -64,16 +78,19 @@ def fail_call(client: Any, operation: str, code: str, *, times: int | None = Non
 
 
 def answer_call(
-    client: Any,
-    operation: str,
-    response: dict[str, Any],
-    when: Callable[[dict[str, Any]], bool] = lambda params: True,
+    client: Any, operation: str, response: dict[str, Any], *, after: str | None = None
 ) -> None:
-    """Make `client` answer `operation` with `response` (where `when(params)`), skipping moto."""
+    """Make `client` answer `operation` with `response` instead of moto (once `after` ran)."""
+    armed = [after is None]
 
-    def handler(params: dict[str, Any], **_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
-        if not when(params):
+    def arm(**_: Any) -> None:
+        armed[0] = True
+
+    def handler(**_: Any) -> tuple[AWSResponse, dict[str, Any]] | None:
+        if not armed[0]:
             return None
         return AWSResponse("http://127.0.0.1/", 200, {}, None), response
 
+    if after is not None:
+        client.meta.events.register(f"after-call.ec2.{after}", arm)
     client.meta.events.register(f"before-call.ec2.{operation}", handler)

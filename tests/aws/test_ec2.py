@@ -31,23 +31,23 @@ PUBLIC_KEY = (
 
 
 def moto_ami(clients: Clients) -> str:
-    """Any x86_64 image moto ships (moto has no Debian images: see the CLI tests for those)."""
-    images = clients.ec2.describe_images(
-        Filters=[{"Name": "architecture", "Values": ["x86_64"]}], Owners=["amazon"]
-    )["Images"]
-    return images[0]["ImageId"]
+    """An x86_64 image moto has (moto has no Debian images: the CLI tests load some)."""
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    return clients.ssm.get_parameter(Name=name)["Parameter"]["Value"]
 
 
-def spec(clients: Clients, name: str = "demo", **kw: str) -> LaunchSpec:
+def spec(clients: Clients, name: str, **kw: str) -> LaunchSpec:
     return LaunchSpec(name=name, ssh_cidr=kw.pop("ssh_cidr", SSH), ami=moto_ami(clients), **kw)
 
 
-def group_of(clients: Clients, name: str = "demo") -> dict:
+def group_of(clients: Clients, name: str) -> dict:
     return find_deployment(clients, name).security_groups[0]
 
 
-def test_launch_creates_a_tagged_locked_down_host(clients: Clients, aws_env: Path) -> None:
-    result = launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
+def test_launch_creates_a_tagged_locked_down_host(
+    clients: Clients, aws_env: Path, name: str
+) -> None:
+    result = launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
     assert result.created
     host = result.host
     assert host.state == "running"
@@ -59,70 +59,77 @@ def test_launch_creates_a_tagged_locked_down_host(clients: Clients, aws_env: Pat
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
     assert tags == {
-        "Name": "pynet-demo",
+        "Name": f"pynet-{name}",
         "pynet:app": "pynet",
-        "pynet:deployment": "demo",
+        "pynet:deployment": name,
         "pynet:ssh-user": "admin",
     }
     volumes = clients.ec2.describe_volumes(
-        Filters=[{"Name": "tag:pynet:deployment", "Values": ["demo"]}]
+        Filters=[{"Name": "tag:pynet:deployment", "Values": [name]}]
     )["Volumes"]
     assert len(volumes) == 1
     assert volumes[0]["Encrypted"]
     assert volumes[0]["VolumeType"] == "gp3"
-    group = group_of(clients)
-    assert {t["Key"]: t["Value"] for t in group["Tags"]}["pynet:deployment"] == "demo"
+    group = group_of(clients, name)
+    assert {t["Key"]: t["Value"] for t in group["Tags"]}["pynet:deployment"] == name
     inbound = sorted(
         (p["FromPort"], r.get("CidrIp") or r.get("CidrIpv6"))
         for p in group["IpPermissions"]
         for r in p.get("IpRanges", []) + p.get("Ipv6Ranges", [])
     )
     assert inbound == [(22, SSH), (5050, "0.0.0.0/0"), (5050, "::/0")]
-    key_pairs = find_deployment(clients, "demo").key_pairs
-    assert [k["KeyName"] for k in key_pairs] == ["pynet-demo"]
+    key_pairs = find_deployment(clients, name).key_pairs
+    assert [k["KeyName"] for k in key_pairs] == [f"pynet-{name}"]
 
 
-def test_launch_twice_returns_the_same_instance(clients: Clients, aws_env: Path) -> None:
-    first = launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    second = launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
+def test_launch_twice_returns_the_same_instance(clients: Clients, aws_env: Path, name: str) -> None:
+    first = launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    second = launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
     assert not second.created
     assert second.host.instance_id == first.host.instance_id
-    assert len(find_instances(clients.ec2, "demo", LIVE_STATES)) == 1
-    assert len(find_deployment(clients, "demo").security_groups) == 1
+    assert len(find_instances(clients.ec2, name, LIVE_STATES)) == 1
+    assert len(find_deployment(clients, name).security_groups) == 1
 
 
-def test_relaunch_moves_the_ssh_rule_to_the_new_source(clients: Clients, aws_env: Path) -> None:
-    launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    launch(clients, spec(clients, ssh_cidr="198.51.100.4/32"), LocalKey(PUBLIC_KEY, None))
-    ssh = [p for p in group_of(clients)["IpPermissions"] if p["FromPort"] == 22]
+def test_relaunch_moves_the_ssh_rule_to_the_new_source(
+    clients: Clients, aws_env: Path, name: str
+) -> None:
+    launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    launch(clients, spec(clients, name, ssh_cidr="198.51.100.4/32"), LocalKey(PUBLIC_KEY, None))
+    ssh = [p for p in group_of(clients, name)["IpPermissions"] if p["FromPort"] == 22]
     assert [r["CidrIp"] for p in ssh for r in p["IpRanges"]] == ["198.51.100.4/32"]
 
 
-def test_launch_starts_a_stopped_instance(clients: Clients, aws_env: Path) -> None:
-    first = launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
+def test_launch_starts_a_stopped_instance(clients: Clients, aws_env: Path, name: str) -> None:
+    first = launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
     clients.ec2.stop_instances(InstanceIds=[first.host.instance_id])
-    again = launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    again = launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
     assert again.host.instance_id == first.host.instance_id
     assert again.host.state == "running"
 
 
-def test_deployments_are_kept_apart(clients: Clients, aws_env: Path) -> None:
-    launch(clients, spec(clients, "one"), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    launch(clients, spec(clients, "two"), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    assert sorted(h.name for h in list_hosts(clients)) == ["one", "two"]
-    destroy(clients, find_deployment(clients, "one"), home=aws_env)
-    assert [h.name for h in list_hosts(clients)] == ["two"]
+def test_deployments_are_kept_apart(clients: Clients, aws_env: Path, name: str) -> None:
+    one, two = f"{name}-1", f"{name}-2"
+    launch(clients, spec(clients, one), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    launch(clients, spec(clients, two), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    assert {one, two} <= {h.name for h in list_hosts(clients)}
+    destroy(clients, find_deployment(clients, one), home=aws_env)
+    names = {h.name for h in list_hosts(clients)}
+    assert one not in names
+    assert two in names
 
 
-def test_without_a_local_key_aws_makes_one_saved_0600(clients: Clients, aws_env: Path) -> None:
+def test_without_a_local_key_aws_makes_one_saved_0600(
+    clients: Clients, aws_env: Path, name: str
+) -> None:
     local = find_local_key(home=aws_env)
     assert local == LocalKey(None, None)
-    result = launch(clients, spec(clients), local, home=aws_env)
-    pem = aws_env / ".ssh" / "pynet-demo.pem"
+    result = launch(clients, spec(clients, name), local, home=aws_env)
+    pem = aws_env / ".ssh" / f"pynet-{name}.pem"
     assert result.private_key_file == pem
     assert stat.S_IMODE(pem.stat().st_mode) == 0o600
     assert pem.read_text().startswith("-----BEGIN")
-    destroy(clients, find_deployment(clients, "demo"), home=aws_env)
+    destroy(clients, find_deployment(clients, name), home=aws_env)
     assert not pem.exists()
 
 
@@ -146,30 +153,31 @@ def test_bad_key_file(aws_env: Path) -> None:
         find_local_key(str(bad))
 
 
-def test_half_failed_launch_leaves_only_tagged_things(clients: Clients, aws_env: Path) -> None:
-    fail_call(clients.ec2, "RunInstances", "InsufficientInstanceCapacity")
+def test_half_failed_launch_leaves_only_tagged_things(
+    clients: Clients, aws_env: Path, name: str
+) -> None:
+    fail_call(clients.ec2, "RunInstances", "InsufficientInstanceCapacity", times=1)
     with pytest.raises(CloudError, match="no capacity"):
-        launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    leftovers = find_deployment(clients, "demo")
+        launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    leftovers = find_deployment(clients, name)
     assert not leftovers.instances
     assert len(leftovers.security_groups) == 1
     assert len(leftovers.key_pairs) == 1
-    clients.ec2.meta.events.unregister("before-call.ec2.RunInstances")  # capacity is back
     # The next launch reuses the group and replaces the key pair: still one of each.
-    launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    again = find_deployment(clients, "demo")
+    launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    again = find_deployment(clients, name)
     assert (len(again.instances), len(again.security_groups), len(again.key_pairs)) == (1, 1, 1)
     destroy(clients, again, home=aws_env)
-    assert find_deployment(clients, "demo").empty()
+    assert find_deployment(clients, name).empty()
 
 
-def test_destroy_removes_everything(clients: Clients, aws_env: Path) -> None:
-    result = launch(clients, spec(clients), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    deployment = find_deployment(clients, "demo")
+def test_destroy_removes_everything(clients: Clients, aws_env: Path, name: str) -> None:
+    result = launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
+    deployment = find_deployment(clients, name)
     assert "security group" in deployment.describe()
     destroy(clients, deployment, home=aws_env)
-    assert find_deployment(clients, "demo").empty()
-    assert not find_instances(clients.ec2, "demo", DESTROYABLE_STATES)
+    assert find_deployment(clients, name).empty()
+    assert not find_instances(clients.ec2, name, DESTROYABLE_STATES)
     state = clients.ec2.describe_instances(InstanceIds=[result.host.instance_id])
     assert state["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
 

@@ -1,0 +1,130 @@
+"""Running Ansible and Molecule from tests, and talking to the chat like a client."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+ROLES = REPO / "roles"
+BIN = Path(sys.executable).parent  # the venv's ansible-playbook, molecule, linters
+
+
+def tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else name
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_FORCE_COLOR="0",
+        NO_COLOR="1",
+        PY_COLORS="0",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    env.update(extra)
+    return env
+
+
+def run(argv: list[str], cwd: Path = REPO, timeout: float = 900, **env: str):
+    """Run a command, returning the CompletedProcess with stdout and stderr merged."""
+    started = time.monotonic()
+    proc = subprocess.run(
+        argv,
+        cwd=cwd,
+        env=ansible_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    proc.duration = time.monotonic() - started  # type: ignore[attr-defined]
+    return proc
+
+
+RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+def recap(output: str) -> dict[str, dict[str, int]]:
+    """PLAY RECAP counters per host."""
+    return {
+        m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+        for m in RECAP.finditer(output)
+    }
+
+
+def write_inventory(path: Path, host, private_key: Path) -> Path:
+    path.write_text(
+        "all:\n  children:\n    chat:\n      hosts:\n"
+        f"        {host.name}:\n"
+        f"          ansible_host: 127.0.0.1\n"
+        f"          ansible_port: {host.ssh_port}\n"
+        f"          ansible_user: {host.user}\n"
+        f"          ansible_ssh_private_key_file: {private_key}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+class ChatClient:
+    """A line-based client of the chat protocol (docs: /work/shared/PROTOCOL.md)."""
+
+    def __init__(self, port: int, timeout: float = 3.0) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.lines = self.sock.makefile("rw", encoding="utf-8", newline="\n")
+        self.hello = self.readline()
+
+    def send(self, line: str) -> None:
+        self.lines.write(line + "\n")
+        self.lines.flush()
+
+    def readline(self) -> str:
+        line = self.lines.readline()
+        if not line:
+            raise ConnectionError("connection closed")
+        return line.rstrip("\n")
+
+    def read_until(self, prefix: str) -> str:
+        while not (line := self.readline()).startswith(prefix):
+            pass
+        return line
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ChatClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def ping(port: int) -> bool:
+    try:
+        with ChatClient(port, timeout=1.0) as client:
+            client.send("/ping")
+            return client.read_until("PONG") == "PONG"
+    except (OSError, ConnectionError):
+        return False
+
+
+def wait_for_pong(port: int, timeout: float = 30.0, interval: float = 0.05) -> float:
+    """Seconds until the chat on PORT answered /ping; AssertionError after TIMEOUT."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if ping(port):
+            return time.monotonic() - started
+        time.sleep(interval)
+    raise AssertionError(f"chat on 127.0.0.1:{port} did not answer /ping within {timeout:.0f}s")

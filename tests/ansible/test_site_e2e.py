@@ -1,0 +1,146 @@
+"""playbooks/site.yml over real SSH against one local EC2-like host, then faults on that host.
+
+The tests share one provisioned host (module scope) and run in file order: the failure cases
+come last and leave the host provisioned again.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from ansible_helpers import REPO, ChatClient, recap, run, tool, wait_for_pong, write_inventory
+
+pytestmark = pytest.mark.e2e
+
+SITE = str(REPO / "playbooks" / "site.yml")
+
+
+class Site:
+    """One host and the way to run site.yml against it."""
+
+    def __init__(self, host, inventory: Path, archive: Path) -> None:
+        self.host = host
+        self.inventory = inventory
+        self.archive = archive
+
+    def play(self, *extra: str, archive: Path | None = None):
+        return run(
+            [
+                tool("ansible-playbook"),
+                "-i",
+                str(self.inventory),
+                SITE,
+                "-e",
+                f"chat_image_archive={archive or self.archive}",
+                *extra,
+            ],
+            timeout=600,
+        )
+
+    def sh(self, script: str, check: bool = True):
+        return self.host.exec("sh", "-c", script, check=check)
+
+
+@pytest.fixture(scope="module")
+def site(host_image, ssh_keypair, chat_image_archive, tmp_path_factory) -> Site:
+    from pynet.local.host import start_host, stop_host
+
+    name = f"pynet-ansible-{uuid.uuid4().hex[:8]}"
+    host = start_host(name, ssh_keypair[1])
+    try:
+        inventory = write_inventory(
+            tmp_path_factory.mktemp("inv") / "hosts.yml", host, ssh_keypair[0]
+        )
+        site = Site(host, inventory, chat_image_archive)
+        first = site.play()
+        print(f"site.yml, first run: {first.duration:.0f} s")  # type: ignore[attr-defined]
+        assert first.returncode == 0, first.stdout[-8000:]
+        assert recap(first.stdout)[name]["failed"] == 0
+        yield site
+    finally:
+        stop_host(name)
+
+
+def test_second_run_changes_nothing(site: Site) -> None:
+    second = site.play()
+    print(f"site.yml, second run: {second.duration:.0f} s")  # type: ignore[attr-defined]
+    assert second.returncode == 0, second.stdout[-8000:]
+    assert recap(second.stdout)[site.host.name] == {
+        "ok": recap(second.stdout)[site.host.name]["ok"],
+        "changed": 0,
+        "unreachable": 0,
+        "failed": 0,
+    }, second.stdout[-8000:]
+
+
+def test_chat_answers_on_the_published_port(site: Site) -> None:
+    with ChatClient(site.host.app_port) as client:
+        assert client.hello.startswith("HELLO pynet")
+        client.send("/ping")
+        assert client.read_until("PONG") == "PONG"
+
+
+def _recovery(site: Site, fault: str, script: str) -> float:
+    wait_for_pong(site.host.app_port)
+    site.sh(script)
+    seconds = wait_for_pong(site.host.app_port, timeout=30)
+    print(f"chat serves again {seconds:.2f} s after {fault}")
+    return seconds
+
+
+def test_comes_back_after_docker_kill(site: Site) -> None:
+    assert _recovery(site, "docker kill", "docker kill pynet-chat") < 10
+
+
+def test_comes_back_after_kill_9_of_the_server(site: Site) -> None:
+    script = "kill -9 $(pgrep -f 'python3 -m chat.server' | head -n 1)"
+    assert _recovery(site, "kill -9 of the chat server process", script) < 10
+
+
+def test_comes_back_after_kill_9_of_the_docker_client(site: Site) -> None:
+    script = "kill -9 $(systemctl show --property MainPID --value pynet-chat.service)"
+    assert _recovery(site, "kill -9 of the unit's docker run client", script) < 10
+
+
+def test_reboot_keeps_history(site: Site) -> None:
+    text = f"before reboot {uuid.uuid4().hex[:8]}"
+    with ChatClient(site.host.app_port) as client:
+        client.send("/nick alice")
+        client.read_until("OK nick")
+        client.send(text)
+        sent = client.read_until("MSG ")
+    assert sent.endswith(text)
+    time.sleep(1.0)  # past the history flush interval, though a graceful stop flushes anyway
+
+    site.host.restart()
+    print(f"chat serves {wait_for_pong(site.host.app_port, timeout=120):.1f} s after sshd is up")
+
+    with ChatClient(site.host.app_port) as client:
+        client.send("/nick bob")
+        client.read_until("OK nick")
+        client.send("/since 0")
+        assert client.read_until(f"MSG {sent.split()[1]} ") == sent
+
+
+def test_broken_docker_config_fails_with_the_reason(site: Site) -> None:
+    broken = site.play("-e", '{"docker_daemon_options": {"no-such-option": true}}')
+    assert broken.returncode != 0
+    assert "Docker could not start" in broken.stdout, broken.stdout[-8000:]
+    assert "no-such-option" in broken.stdout, broken.stdout[-8000:]
+
+    repaired = site.play()
+    assert repaired.returncode == 0, repaired.stdout[-8000:]
+    wait_for_pong(site.host.app_port)
+
+
+def test_bad_image_archive_fails_with_the_reason(site: Site, tmp_path: Path) -> None:
+    bad = tmp_path / "pynet-chat-broken.tar.gz"
+    bad.write_bytes(b"this is not a docker save archive\n" * 100)
+    failed = site.play(archive=bad)
+    assert failed.returncode != 0
+    assert f"chat image archive {bad} could not be loaded" in failed.stdout, failed.stdout[-8000:]
+    # The running release is untouched.
+    wait_for_pong(site.host.app_port)

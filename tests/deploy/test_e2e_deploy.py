@@ -1,0 +1,321 @@
+"""`fab deploy` and friends over real SSH, against one EC2-like host provisioned by the playbook.
+
+One host for the whole module (provisioning is the slow part). The tests run in file order and
+build on each other, as an operator's day would: deploy, deploy again, ship a broken release,
+race two deploys, find a stale lock, roll back, look at logs and status, break things for doctor.
+The source deployed is a throwaway git copy of the repository's Dockerfile and chat/, whose
+`__version__` each test changes, so the chat HELLO line shows which release serves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pynet.deploy.probe import ProbeError, chat_hello
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SITE = REPO / "playbooks" / "site.yml"
+BROKEN_CMD = 'CMD ["python3", "-c", "raise SystemExit(\'broken on purpose\')"]\n'
+
+
+@dataclass
+class Rig:
+    """The provisioned host, the source tree we deploy from, and how to run `fab` at them."""
+
+    host: object  # pynet.local.host.Host
+    key: Path
+    src: Path
+    tmp: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "PYNET_DOCKER": "/usr/bin/docker",
+                "PYNET_BASE_IMAGE": "pynet-local/debian:bookworm",
+                "PYNET_APP_PORT": str(self.host.app_port)}  # type: ignore[attr-defined]
+
+    def fab(self, *args: str, key: Path | None = None, timeout: float = 180,
+            ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self.fab_argv(*args, key=key), cwd=REPO, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+
+    def fab_argv(self, *args: str, key: Path | None = None) -> list[str]:
+        target = f"admin@127.0.0.1:{self.host.ssh_port}"  # type: ignore[attr-defined]
+        return [str(BIN / "fab"), "-H", target, "-i", str(key or self.key), *args]
+
+    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.fab("deploy", "--context", str(self.src), *args)
+
+    def hello(self) -> str:
+        return chat_hello("127.0.0.1", self.host.app_port)  # type: ignore[attr-defined]
+
+    def root(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """A command on the host as root, behind SSH's back (fault injection)."""
+        return self.host.exec(*argv, check=check)  # type: ignore[attr-defined]
+
+    def commit(self, label: str, broken: bool = False) -> str:
+        """A new release of the source: HELLO will say `0.1.0+LABEL`. Returns its version."""
+        init = self.src / "chat" / "__init__.py"
+        init.write_text(re.sub(r'__version__ = "([^"+]*)[^"]*"', rf'__version__ = "\1+{label}"',
+                               init.read_text()))
+        dockerfile = self.src / "Dockerfile"
+        text = dockerfile.read_text().replace(BROKEN_CMD, "")
+        dockerfile.write_text(text + BROKEN_CMD if broken else text)
+        _git(self.src, "commit", "-qam", label)
+        return _git(self.src, "rev-parse", "--short=7", "HEAD")
+
+    def wait_serving(self, label: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                hello = self.hello()
+                if hello.endswith(f"+{label}"):
+                    return hello
+            except ProbeError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError(f"0.1.0+{label} not serving within {timeout}s")
+            time.sleep(0.3)
+
+
+def _git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=e2e@pynet.test",
+                           "-c", "user.name=e2e", *args],
+                          check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _source_copy(dest: Path) -> Path:
+    dest.mkdir()
+    shutil.copy(REPO / "Dockerfile", dest / "Dockerfile")
+    shutil.copy(REPO / ".dockerignore", dest / ".dockerignore")
+    shutil.copytree(REPO / "chat", dest / "chat",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    _git(dest, "init", "-q")
+    _git(dest, "add", "-A")
+    _git(dest, "commit", "-qm", "seed")
+    return dest
+
+
+def _provision(host: object, key: Path, archive: Path, tmp: Path) -> None:
+    """The real roles, the way a user provisions: ansible-playbook with an inventory file."""
+    inventory = tmp / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n    chat:\n      hosts:\n        e2e:\n"
+        "          ansible_host: 127.0.0.1\n"
+        f"          ansible_port: {host.ssh_port}\n"  # type: ignore[attr-defined]
+        "          ansible_user: admin\n"
+        f"          ansible_ssh_private_key_file: {key}\n")
+    playbook = SITE
+    if not SITE.exists():  # until playbooks/site.yml lands: the same roles, in its order
+        playbook = tmp / "site.yml"
+        playbook.write_text(
+            "- hosts: chat\n  become: true\n  roles: [docker, chat]\n")
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
+         "-e", f"chat_image_archive={archive}"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles")})
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def rig(host_image: str, ssh_keypair: tuple[Path, Path], chat_image_archive: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+    from pynet.local.host import start_host, stop_host
+
+    tmp = tmp_path_factory.mktemp("deploy-e2e")
+    name = f"pynet-deploy-e2e-{os.getpid()}"
+    host = start_host(name, ssh_keypair[1])
+    try:
+        _provision(host, ssh_keypair[0], chat_image_archive, tmp)
+        yield Rig(host, ssh_keypair[0], _source_copy(tmp / "src"), tmp)
+    finally:
+        stop_host(name)
+
+
+def test_provisioned_host_serves_the_seed_release(rig: Rig) -> None:
+    assert rig.hello().startswith("HELLO pynet ")
+    proc = rig.fab("status")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "pynet-chat: active (running)" in proc.stdout
+
+
+def test_deploy_ships_only_the_code_layer_and_serves_it(rig: Rig) -> None:
+    version = rig.commit("one")
+    proc = rig.deploy()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    shipped = re.search(r"shipping (\d+) of (\d+) layers \(([\d.]+) (B|kB|MB)", proc.stdout)
+    assert shipped, proc.stdout
+    assert int(shipped[1]) <= 1 < int(shipped[2])  # the base layers stayed home
+    assert shipped[4] in ("B", "kB")  # under 1 MB
+    assert f"{version} is serving" in proc.stdout
+    assert rig.hello().endswith("+one")
+    assert re.search(rf"^version +{version} \(up ", rig.fab("status").stdout, re.M)
+
+
+def test_second_deploy_and_the_history(rig: Rig) -> None:
+    first = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    version = rig.commit("two")
+    proc = rig.deploy()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"deploy: {first} -> {version}" in proc.stdout
+    assert rig.hello().endswith("+two")
+    history = rig.fab("releases").stdout
+    assert re.search(rf"^ +{first} .* deploy +ok$", history, re.M), history
+    assert re.search(rf"^\* +{version} .* deploy +ok$", history, re.M), history
+    assert f"current: {version}" in history
+
+
+def test_broken_release_rolls_back_on_its_own(rig: Rig) -> None:
+    good = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    bad = rig.commit("three", broken=True)
+    started = time.monotonic()
+    proc = rig.deploy("--timeout", "40")
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert f"deploy of {bad} failed" in proc.stderr
+    assert f"rolled back to {good}, which is serving" in proc.stderr
+    assert "broken on purpose" in proc.stderr  # the last log lines say why
+    assert time.monotonic() - started < 40  # the crash loop was noticed before the timeout
+    assert rig.hello().endswith("+two")
+    assert re.search(rf"^ +{bad} .* deploy +rolled-back$", rig.fab("releases").stdout, re.M)
+
+
+def test_concurrent_deploys_one_is_refused(rig: Rig) -> None:
+    version = rig.commit("four")
+    first = subprocess.Popen(rig.fab_argv("deploy", "--context", str(rig.src)), cwd=REPO,
+                             env=rig.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    deadline = time.monotonic() + 60
+    while rig.root("test", "-d", "/var/lib/pynet-deploy/lock", check=False).returncode:
+        assert first.poll() is None, "the first deploy ended before it took the lock"
+        assert time.monotonic() < deadline, "the first deploy never took the lock"
+        time.sleep(0.05)
+    second = rig.deploy()
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 0, out + err
+    assert second.returncode == 1
+    assert re.fullmatch(
+        rf"admin@127\.0\.0\.1:\d+: refused: the deploy lock on admin@127\.0\.0\.1:\d+ is held by "
+        rf"\S+, pid {first.pid}, deploy of {version} since \S+Z \(last heartbeat \d+s ago\)\n",
+        second.stderr)
+    assert rig.hello().endswith("+four")
+
+
+def test_stale_lock_is_reported_and_released(rig: Rig) -> None:
+    rig.root("sh", "-c", "mkdir /var/lib/pynet-deploy/lock && "
+             "echo '{\"user\": \"ghost@old-laptop\", \"pid\": 4242}' "
+             "> /var/lib/pynet-deploy/lock/owner.json && "
+             "touch -d '10 minutes ago' /var/lib/pynet-deploy/lock/heartbeat")
+    refused = rig.fab("rollback")
+    assert refused.returncode == 1
+    assert "held by ghost@old-laptop, pid 4242" in refused.stderr
+    assert "stale: no heartbeat for more than 120s" in refused.stderr
+    assert "`fab unlock`" in refused.stderr
+    released = rig.fab("unlock")
+    assert released.returncode == 0, released.stderr
+    assert "released the deploy lock (held by ghost@old-laptop" in released.stdout
+    assert rig.root("test", "-d", "/var/lib/pynet-deploy/lock", check=False).returncode == 1
+
+
+def test_a_live_lock_is_not_released_without_force(rig: Rig) -> None:
+    rig.root("sh", "-c", "mkdir /var/lib/pynet-deploy/lock && "
+             "touch /var/lib/pynet-deploy/lock/heartbeat")
+    kept = rig.fab("unlock")
+    assert kept.returncode == 1
+    assert "it looks alive, pass --force" in kept.stderr
+    assert rig.fab("unlock", "--force").returncode == 0
+
+
+def test_rollback_to_a_named_version(rig: Rig) -> None:
+    log = _git(rig.src, "log", "--format=%h %s", "--abbrev=7")
+    one = next(line.split()[0] for line in log.splitlines() if line.endswith(" one"))
+    proc = rig.fab("rollback", "--to", one)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert rig.hello().endswith("+one")
+    history = rig.fab("releases").stdout
+    assert re.search(rf"^\* +{one} .* rollback +ok$", history, re.M), history
+
+
+def test_rollback_to_a_version_not_on_the_host(rig: Rig) -> None:
+    proc = rig.fab("rollback", "--to", "deadbee")
+    assert proc.returncode == 1
+    assert "pynet-chat:deadbee is not on the host (releases there: " in proc.stderr
+    assert rig.hello().endswith("+one")
+
+
+def test_logs_and_status_tell_the_truth(rig: Rig) -> None:
+    logs = rig.fab("logs", "--lines", "30")
+    assert logs.returncode == 0
+    assert "chat.server start version=0.1.0+one" in logs.stdout
+    one = rig.fab("status")
+    assert one.returncode == 0
+    assert "unit       pynet-chat: active (running), restarts 0" in one.stdout
+    assert "answers: HELLO pynet 0.1.0+one" in one.stdout
+    rig.root("docker", "kill", "pynet-chat")  # systemd restarts it: status must show that
+    rig.wait_serving("one")
+    after = rig.fab("status").stdout
+    assert "restarts 1" in after, after
+
+
+def test_old_releases_are_pruned(rig: Rig) -> None:
+    rig.commit("five")
+    proc = rig.deploy("--keep", "2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    head = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    tags = rig.root("docker", "image", "ls", "--format", "{{.Tag}}", "pynet-chat").stdout.split()
+    assert "current" in tags
+    assert head in tags
+    assert len(tags) == 3, tags  # current + the two kept releases
+
+
+def test_wrong_key_is_one_line(rig: Rig, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
+    proc = rig.fab("status", key=other)
+    assert proc.returncode == 1
+    port = rig.host.ssh_port  # type: ignore[attr-defined]
+    assert proc.stderr.strip().splitlines() == [
+        f"admin@127.0.0.1:{port}: SSH authentication failed for user 'admin': check the key "
+        "(-i or ansible_ssh_private_key_file) and the user (`admin` on Debian)"]
+
+
+@pytest.mark.parametrize(("fault", "repair", "check", "diagnosis"), [
+    (["iptables", "-I", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
+     ["iptables", "-D", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
+     "port from here", "the security group (or a host firewall) blocks TCP"),
+    (["systemctl", "stop", "pynet-chat"], ["systemctl", "start", "pynet-chat"],
+     "service", "pynet-chat.service is not running"),
+    (["systemctl", "stop", "docker.socket", "docker"], ["systemctl", "start", "docker",
+                                                        "pynet-chat"],
+     "docker", "docker is not running"),
+    (["systemctl", "stop", "ssh"], ["systemctl", "start", "ssh"],
+     "ssh port", "SSH is refused"),
+], ids=["port-closed", "service-stopped", "docker-stopped", "ssh-refused"])
+def test_doctor_names_the_fault(rig: Rig, fault: list[str], repair: list[str], check: str,
+                                diagnosis: str) -> None:
+    rig.root(*fault)
+    try:
+        proc = rig.fab("doctor")
+    finally:
+        rig.root(*repair)
+    assert proc.returncode == 1, proc.stdout
+    assert re.search(rf"^  FAIL  {check} ", proc.stdout, re.M), proc.stdout
+    assert f"diagnosis: {diagnosis}" in proc.stdout
+    assert "\nfix: " in proc.stdout
+    rig.wait_serving("five")
+    healthy = rig.fab("doctor")
+    assert healthy.returncode == 0, healthy.stdout
+    assert healthy.stdout.endswith("diagnosis: all checks passed\n")

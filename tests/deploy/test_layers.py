@@ -1,0 +1,60 @@
+"""Which layers a shipment leaves out, and the slim archive itself (no Docker needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+from pynet.deploy.layers import parse_layer_lists, shared_prefix, slim_archive
+
+
+def test_shared_prefix_counts_whole_chains_only() -> None:
+    present = [["base", "deps", "code1"], ["other"]]
+    assert shared_prefix(["base", "deps", "code2"], present) == 2
+    assert shared_prefix(["base", "deps", "code1"], present) == 3
+    assert shared_prefix(["new-base", "deps", "code1"], present) == 0
+    # The same layer on another base is a different chain: it must be shipped.
+    assert shared_prefix(["other-base", "deps"], [["base", "deps"]]) == 0
+    assert shared_prefix(["base"], []) == 0
+
+
+def test_parse_layer_lists_skips_noise() -> None:
+    text = '["sha256:a","sha256:b"]\n\n["sha256:c"]\nWARNING: something\n'
+    assert parse_layer_lists(text) == [["sha256:a", "sha256:b"], ["sha256:c"]]
+
+
+def _fake_save(path: Path) -> None:
+    """The shape of a Docker 20.10 `docker save`: a dir per layer, config, manifest."""
+    files = {
+        "aaa/layer.tar": b"x" * 50_000, "aaa/json": b"{}", "aaa/VERSION": b"1.0",
+        "bbb/layer.tar": b"y" * 100, "bbb/json": b"{}", "bbb/VERSION": b"1.0",
+        "cfg.json": b"{}",
+        "manifest.json": json.dumps([{"Config": "cfg.json", "RepoTags": ["pynet-chat:v2"],
+                                      "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]).encode(),
+        "repositories": b"{}",
+    }
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_slim_archive_drops_the_layers_the_host_has(tmp_path: Path) -> None:
+    _fake_save(tmp_path / "full.tar")
+    size = slim_archive(tmp_path / "full.tar", tmp_path / "slim.tar.gz", skip=1)
+    with tarfile.open(tmp_path / "slim.tar.gz") as tar:
+        names = sorted(tar.getnames())
+        assert tar.extractfile("bbb/layer.tar").read() == b"y" * 100  # type: ignore[union-attr]
+    assert names == ["bbb/VERSION", "bbb/json", "bbb/layer.tar", "cfg.json", "manifest.json",
+                     "repositories"]
+    assert size == (tmp_path / "slim.tar.gz").stat().st_size
+
+
+def test_slim_archive_with_nothing_to_skip_keeps_everything(tmp_path: Path) -> None:
+    _fake_save(tmp_path / "full.tar")
+    slim_archive(tmp_path / "full.tar", tmp_path / "all.tar.gz", skip=0)
+    with tarfile.open(tmp_path / "all.tar.gz") as tar:
+        assert "aaa/layer.tar" in tar.getnames()
