@@ -23,6 +23,7 @@ SERVER_CPU = 0
 LOADGEN_CPU = 1
 
 # Server kinds: "pynet" is the real server under chat/, "baseline" the tutorial one in bench/.
+# BENCH_PYNET_MODULE=pkg.mod runs another module as "pynet" (to try a patched server).
 SERVER_MODULES = {"pynet": "chat.server", "baseline": "bench.baseline_threaded"}
 
 
@@ -176,7 +177,9 @@ def start_server(
     port = free_port()
     workdir = tempfile.TemporaryDirectory(prefix=f"pynet-bench-{kind}-")
     log = Path(workdir.name) / "server.log"
-    cmd = [sys.executable, "-m", SERVER_MODULES[kind], "--host", HOST, "--port", str(port)]
+    module = os.environ.get("BENCH_PYNET_MODULE", "") if kind == "pynet" else ""
+    module = module or SERVER_MODULES[kind]
+    cmd = [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
     cmd += extra_args or []
     with open(log, "wb") as logf:
         proc = subprocess.Popen(

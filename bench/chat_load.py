@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import signal
+import statistics
 import sys
 import time
 
@@ -44,6 +45,14 @@ TARGET_P99_MS = 50.0
 KEEPUP = 0.95  # delivered/offered needed for a point to count as sustained
 
 
+NOISY_PCT = 25.0
+
+
+def noise(points: list[dict]) -> float:
+    """Median CPU used by other processes during the points, % of one core."""
+    return statistics.median(max(0.0, p["other_cpu_pct"]) for p in points) if points else 0.0
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -61,6 +70,7 @@ def point_ok(r: dict, p99_ms: float) -> bool:
 def describe(kind: str, r: dict, ok: bool) -> str:
     flag = "ok " if ok else "   "
     lg = " lg-bound?" if r["lg_cpu_pct"] > 90 else ""
+    lg += f" lg-round p99 {r['lg_round_p99_ms']:.1f} ms" if r["lg_round_p99_ms"] >= 5 else ""
     return (
         f"{kind:8} {r['clients']:>6} {fmt_rate(r['rate']):>8} {fmt_rate(r['offered']):>9} "
         f"{fmt_rate(r['delivered_per_s']):>10} {fmt_ms(r['p50_ms']):>8} "
@@ -186,7 +196,8 @@ def summarize(results: dict, args: argparse.Namespace, cpus: tuple) -> int:
     )
     out(
         f"{'server':8} {'clients':>7} {'sustained deliv/s':>18} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv CPU':>8} {'srv RSS MiB':>11} {'peak deliv/s':>13} {'peak p99':>9}"
+        f"{'srv CPU':>8} {'srv RSS MiB':>11} {'peak deliv/s':>13} {'peak p99':>9} "
+        f"{'noise':>6}"
     )
     for (kind, n), res in results.items():
         b, pk = res["best"], res["peak"]
@@ -196,7 +207,16 @@ def summarize(results: dict, args: argparse.Namespace, cpus: tuple) -> int:
             f"{(b['srv_cpu_pct'] if b else 0):>7.0f}% "
             f"{(b or pk)['srv_rss'] / 2**20:>11.1f} "
             f"{fmt_rate(pk['delivered_per_s']):>13} "
-            f"{fmt_ms(pk['p99_ms']) if pk['p99_ms'] is not None else '>drain':>9}"
+            f"{fmt_ms(pk['p99_ms']) if pk['p99_ms'] is not None else '>drain':>9} "
+            f"{noise(res['points']):>5.0f}%"
+        )
+
+    worst = max(noise(r["points"]) for r in results.values())
+    if worst > NOISY_PCT:
+        out(
+            f"WARNING: other processes used up to {worst:.0f}% of a core (median per run, "
+            f"'noise'): latency and sustained figures are unreliable; rerun on a quiet machine "
+            f"(or with --rt 10)."
         )
 
     def sustained(kind: str, n: int) -> float:
@@ -275,7 +295,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-offered",
         type=float,
-        default=3_200_000,
+        default=6_400_000,
         help="highest offered load tried, deliveries/s",
     )
     p.add_argument(

@@ -273,7 +273,8 @@ class LoadGen:
         snap = None
         next_send = t0
         round_ns = self.round_ns
-        last_round = 0
+        last_poll = mono()
+        busy: list[int] = []  # ns spent per receive round: how long ready data can wait for us
         while True:
             now = mono()
             if snap is None and now >= tm0:
@@ -289,13 +290,16 @@ class LoadGen:
                     self.sent += g
                 next_send = now + tick
             t = mono()
-            if t - last_round < round_ns:
+            if round_ns and t - last_poll < round_ns:
                 # let more lines pile up per socket: fewer, bigger reads (<= round_ns of latency)
-                time.sleep(min(round_ns - (t - last_round), max(0, next_send - t)) / 1e9)
-            last_round = mono()
-            events = ep.poll(max(0.0, (next_send - last_round) / 1e9))
+                time.sleep(min(round_ns - (t - last_poll), max(0, next_send - t)) / 1e9)
+            last_poll = mono()
+            events = ep.poll(max(0.0, (next_send - last_poll) / 1e9))
             if events:
+                t = mono()
                 recv(events)
+                if snap is not None:
+                    busy.append(mono() - t)
         end = self._snapshot(gen)
         assert snap is not None
         # drain: keep flushing queued broadcasts and receiving until every one has arrived
@@ -314,7 +318,11 @@ class LoadGen:
             if events:
                 recv(events)
         drain_s = (mono() - d0) / 1e9
-        return self._figures(rate, snap, end, drain_s, shed)
+        fig = self._figures(rate, snap, end, drain_s, shed)
+        busy.sort()
+        fig["lg_round_p99_ms"] = busy[int(0.99 * len(busy))] / 1e6 if busy else 0.0
+        fig["lg_round_max_ms"] = busy[-1] / 1e6 if busy else 0.0
+        return fig
 
     def _snapshot(self, gen: int) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -37,7 +37,6 @@ from chat.protocol import (
     NickChanged,
     Pong,
     PrivateMessage,
-    Quit,
     Since,
     Unknown,
     WhoList,
@@ -102,7 +101,7 @@ class Terminal:
         self._readline = None
         if interactive:
             with contextlib.suppress(ImportError):
-                import readline  # noqa: PLC0415 - only wanted on a terminal
+                import readline
 
                 self._readline = readline
 
@@ -276,12 +275,14 @@ class ChatClient:
                 return False  # a duplicate
             self.terminal.note("the server's message ids restarted; its history was reset")
         elif first and last is not None and message.id > last + 1 and self.format is human:
-            self.terminal.note(f"{message.id - last - 1} older messages were not kept by the server")
+            self.terminal.note(
+                f"{message.id - last - 1} older messages were not kept by the server"
+            )
         self.last_id = message.id
         return True
 
-    async def quit_on_signal(self) -> None:
-        """Ctrl-C: say /quit, give the server a moment to answer, then stop."""
+    def request_quit(self) -> None:
+        """Ctrl-C: say /quit (the caller gives the server a moment to answer)."""
         self.quitting = True
         self.input.put_nowait("/quit")
 
@@ -310,7 +311,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "/msg NAME TEXT to one person, /who, /quit. Ctrl-C or end of input leaves.",
     )
     parser.add_argument("host")
-    parser.add_argument("port", nargs="?", type=int, default=int(os.environ.get("PYNET_PORT") or 5050))
+    parser.add_argument(
+        "port", nargs="?", type=int, default=int(os.environ.get("PYNET_PORT") or 5050)
+    )
     parser.add_argument("--nick", required=True, type=_nick, help="your nickname")
     parser.add_argument("--raw", action="store_true", help="print protocol lines as received")
     parser.add_argument(
@@ -343,7 +346,7 @@ async def amain(args: argparse.Namespace) -> int:
         if stopping:  # second Ctrl-C: leave at once
             raise SystemExit(130)
         stopping.append(True)
-        loop.create_task(client.quit_on_signal())
+        client.request_quit()
         loop.call_later(3.0, main_task.cancel)
 
     main_task = asyncio.current_task()

@@ -121,9 +121,8 @@ class ChatServer:
         self._server: asyncio.AbstractServer | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
         self._next_history_flush = 0.0
-        self._greeting = (
-            Hello(__version__).line() + Info("choose a nickname with /nick NAME").line()
-        )
+        self._hello = Hello(__version__).line()
+        self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
         self._handlers: dict[type, Callable[[Client, Any], None]] = {
             Say: self._on_say,
             Nick: self._on_nick,
@@ -156,7 +155,7 @@ class ChatServer:
 
     async def stop(self) -> None:
         """Stop accepting, say INFO + BYE restarting to everyone, flush history, close."""
-        deadline = self._loop.time() + self.settings.stop_timeout * 0.9
+        deadline = self._loop.time() + self.settings.stop_timeout * 0.8  # room to exit
         self._stopping = True
         if self._server is not None:
             self._server.close()
@@ -204,7 +203,7 @@ class ChatServer:
         s = self.settings
         if self._stopping or len(self.clients) >= s.max_clients:
             transport.write(
-                self._greeting
+                self._hello
                 + Error("server-full", "too many clients, try again later").line()
                 + Bye("server-full").line()
             )

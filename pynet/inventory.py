@@ -70,7 +70,8 @@ def read_hosts(path: str | os.PathLike[str] | None = None) -> list[Host]:
     except FileNotFoundError:
         return []
     except yaml.YAMLError as err:
-        raise ValueError(f"{file} is not valid YAML: {err}") from err
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{file} is not valid YAML: {reason}") from err
     group = _group(data)
     hosts = group.get("hosts") or {}
     return [Host.from_vars(name, variables) for name, variables in hosts.items()]

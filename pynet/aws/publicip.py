@@ -6,7 +6,7 @@ import os
 import urllib.request
 
 from pynet.aws.errors import CloudError
-from pynet.aws.requests import host_cidr
+from pynet.aws.requests import host_cidr, ssh_cidr
 
 #: Where to ask; PYNET_CHECKIP_URL overrides it (tests point it at 127.0.0.1).
 DEFAULT_URL = "https://checkip.amazonaws.com"
@@ -31,3 +31,8 @@ def detect_ssh_cidr(url: str | None = None, timeout: float = 5.0) -> str:
         raise CloudError(
             f"cannot detect your public IP from {url} ({reason}): pass --ssh-cidr YOUR.IP/32"
         ) from err
+
+
+def ssh_source(given: str | None, *, allow_anywhere: bool = False) -> str:
+    """Who may SSH in: --ssh-cidr checked, else the operator's detected address."""
+    return ssh_cidr(given, allow_anywhere=allow_anywhere) if given else detect_ssh_cidr()

@@ -33,7 +33,9 @@ _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$")
 
 def check_name(name: str) -> str:
     """Refuse deployment names that would make awkward tags, group names or file names."""
-    if not name or not _NAME.match(name):
+    if not name:
+        raise CloudError("--name is required (e.g. --name demo)")
+    if not _NAME.match(name):
         raise CloudError(
             f"bad deployment name {name!r}: use 1-32 lowercase letters, digits and inner dashes"
         )

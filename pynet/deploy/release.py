@@ -201,8 +201,14 @@ def wait_healthy(remote: Remote, image_id: str, timeout: float,
 
 def _point_at(remote: Remote, ref: str, image_id: str, timeout: float) -> str | None:
     remote.run(cmd.docker("tag", ref, cmd.CURRENT))
+    started = time.monotonic()
     remote.run(cmd.restart())
-    return wait_healthy(remote, image_id, timeout)
+    restarted = time.monotonic()
+    reason = wait_healthy(remote, image_id, timeout)
+    if not remote.dry_run:
+        remote.say(f"restart {restarted - started:.1f}s, healthy after "
+                   f"{time.monotonic() - restarted:.1f}s more")
+    return reason
 
 
 def activate(remote: Remote, version: str, action: str, timeout: float = HEALTH_TIMEOUT,
@@ -255,9 +261,11 @@ def deploy(remote: Remote, local: Local, docker: str, version: str,
     with DeployLock(remote, "deploy", version):
         started = time.monotonic()
         shipped = ship(remote, local, docker, version)
+        shipped_at = time.monotonic()
         outcome = activate(remote, version, "deploy", timeout, keep)
-        remote.say(f"deployed {version} in {time.monotonic() - started:.1f}s "
-                   f"({human(shipped)} shipped)")
+        done = time.monotonic()
+        remote.say(f"deployed {version} in {done - started:.1f}s: ship {shipped_at - started:.1f}s "
+                   f"({human(shipped)}), switch {done - shipped_at:.1f}s")
         return Outcome(version, shipped, outcome.previous)
 
 

@@ -21,8 +21,8 @@ from pynet.aws import ec2
 from pynet.aws.errors import CloudError
 from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
-from pynet.aws.publicip import detect_ssh_cidr
-from pynet.aws.requests import SSH_USERS, check_name, ssh_cidr
+from pynet.aws.publicip import ssh_source
+from pynet.aws.requests import check_name
 from pynet.aws.session import connect
 
 __all__ = ["destroy", "hosts", "launch"]
@@ -39,6 +39,15 @@ def _one_line_errors() -> Iterator[None]:
         raise Exit(
             "interrupted: run the same command again; it picks up where it stopped", code=130
         ) from None
+
+
+@contextmanager
+def _inventory_errors() -> Iterator[None]:
+    """A broken or unwritable inventory file is the operator's to fix: say which."""
+    try:
+        yield
+    except (ValueError, OSError) as err:
+        raise CloudError(f"cannot update the inventory: {err}") from err
 
 
 def _say(message: str) -> None:
@@ -68,6 +77,8 @@ def _display(path: Path | None) -> str:
 
 
 @task(
+    positional=[],
+    auto_shortflags=False,  # fab's own -i/-H mean identity and host; avoid look-alikes
     help={
         "name": "deployment name (tags, security group and key pair are named after it)",
         "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
@@ -81,11 +92,11 @@ def _display(path: Path | None) -> str:
         "disk-gib": "root volume size in GiB (encrypted gp3)",
         "wait-timeout": "seconds to wait for running + status checks",
         "inventory": "inventory file to write (default $PYNET_INVENTORY or inventory/hosts.yml)",
-    }
+    },
 )
 def launch(
     c: Context,
-    name: str,
+    name: str = "",
     region: str | None = None,
     instance_type: str = "t3.micro",
     os: str = "debian12",
@@ -99,69 +110,43 @@ def launch(
 ) -> None:
     """Launch the chat host (or find the one already running) and write the inventory."""
     with _one_line_errors():
-        _launch(
-            name,
-            region,
-            instance_type,
-            os,
-            ami,
-            ssh_cidr,
-            allow_ssh_from_anywhere,
-            key,
-            disk_gib,
-            wait_timeout,
-            inventory,
+        check_name(name)
+        check_os(os)
+        clients = connect(region)
+        source = ssh_source(ssh_cidr, allow_anywhere=allow_ssh_from_anywhere)
+        spec = ec2.LaunchSpec(
+            name=name,
+            ssh_cidr=source,
+            instance_type=instance_type,
+            os_name=os,
+            ami=ami,
+            disk_gib=disk_gib,
         )
+        result = ec2.launch(clients, spec, find_local_key(key), wait_timeout=wait_timeout, say=_say)
+        _report(result, clients.region, inventory)
 
 
-def _launch(
-    name: str,
-    region: str | None,
-    instance_type: str,
-    os_name: str,
-    ami: str | None,
-    cidr: str | None,
-    allow_anywhere: bool,
-    key: str | None,
-    disk_gib: int,
-    wait_timeout: int,
-    inventory_file: str | None,
-) -> None:
-    check_name(name)
-    check_os(os_name)
-    clients = connect(region)
-    source = ssh_cidr(cidr, allow_anywhere=allow_anywhere) if cidr else detect_ssh_cidr()
-    spec = ec2.LaunchSpec(
-        name=name,
-        ssh_cidr=source,
-        instance_type=instance_type,
-        os_name=os_name,
-        ami=ami,
-        disk_gib=disk_gib,
-    )
-    local_key = find_local_key(key)
-    result = ec2.launch(clients, spec, local_key, wait_timeout=wait_timeout, say=_say)
+def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> None:
+    """Write the inventory entry and tell the operator where the host is and what comes next."""
     host = result.host
     if not host.public_ip:
         raise CloudError(
             f"{host.instance_id} runs but has no public IPv4 address: the default VPC's subnet "
             "does not assign one; enable auto-assign public IPv4 on it, then destroy and relaunch"
         )
-    user = host.ssh_user if not result.created else SSH_USERS[os_name]
     key_file = result.private_key_file
-    path = inventory.upsert_host(
-        inventory.Host(
-            name=name,
-            address=host.public_ip,
-            user=user,
-            key_file=str(key_file) if key_file else None,
-        ),
-        inventory_file,
+    entry = inventory.Host(
+        name=host.name,
+        address=host.public_ip,
+        user=host.ssh_user,
+        key_file=str(key_file) if key_file else None,
     )
+    with _inventory_errors():
+        path = inventory.upsert_host(entry, inventory_file)
     verb = "launched" if result.created else "already there"
-    print(f"{name}: {verb}, {host.instance_id} ({host.instance_type}) in {clients.region}")
+    print(f"{host.name}: {verb}, {host.instance_id} ({host.instance_type}) in {region}")
     print(f"  address:   {host.public_ip}")
-    print(f"  ssh user:  {user}")
+    print(f"  ssh user:  {host.ssh_user}")
     print(f"  ssh key:   {_display(key_file)}")
     print(f"  inventory: {path} (group {inventory.GROUP})")
     custom = "" if path == inventory.DEFAULT_PATH else f" -i {path}"
@@ -169,17 +154,19 @@ def _launch(
 
 
 @task(
+    positional=[],
+    auto_shortflags=False,  # fab's own -i/-H mean identity and host; avoid look-alikes
     help={
         "name": "deployment name given to `fab launch`",
         "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
         "yes": "do not ask for confirmation",
         "wait-timeout": "seconds to wait for the instance to terminate",
         "inventory": "inventory file to update (default $PYNET_INVENTORY or inventory/hosts.yml)",
-    }
+    },
 )
 def destroy(
     c: Context,
-    name: str,
+    name: str = "",
     region: str | None = None,
     yes: bool = False,
     wait_timeout: int = 600,
@@ -202,13 +189,15 @@ def _destroy(
     clients = connect(region)
     deployment = ec2.find_deployment(clients, name)
     if deployment.empty():
-        inventory.remove_host(name, inventory_file)
+        with _inventory_errors():
+            inventory.remove_host(name, inventory_file)
         print(f"nothing to destroy: no pynet resources named {name!r} in {clients.region}")
         return
     if not yes:
         _confirm(name, clients.region, deployment, ask)
     ec2.destroy(clients, deployment, wait_timeout=wait_timeout, say=_say)
-    inventory.remove_host(name, inventory_file)
+    with _inventory_errors():
+        inventory.remove_host(name, inventory_file)
     print(f"{name}: destroyed in {clients.region}")
 
 

@@ -86,9 +86,10 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     return home
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def _moto() -> Iterator[None]:
-    """One in-process moto for the session: resetting it per test costs about a second."""
+    """One in-process moto per module (resetting it per test costs about a second; a session
+    -wide one would leak moto's fake credentials into other teams' tests)."""
     with mock_aws():
         yield
 
@@ -117,13 +118,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def moto_amis(tmp_path_factory: pytest.TempPathFactory, _moto: None) -> Path:
+def moto_amis(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An AMI list for moto_server: Debian images, decoys, and the AL2023 image SSM names."""
-    ssm = boto3.client("ssm", region_name=REGION)
-    ec2 = boto3.client("ec2", region_name=REGION)
-    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-    al2023_id = ssm.get_parameter(Name=name)["Parameter"]["Value"]
-    al2023 = ec2.describe_images(ImageIds=[al2023_id])["Images"][0]
+    with mock_aws():
+        ssm = boto3.client("ssm", region_name=REGION)
+        ec2 = boto3.client("ec2", region_name=REGION)
+        name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+        al2023_id = ssm.get_parameter(Name=name)["Parameter"]["Value"]
+        al2023 = ec2.describe_images(ImageIds=[al2023_id])["Images"][0]
     amis = [_ami(*image) for image in DEBIAN_IMAGES]
     amis.append(_ami(al2023_id, al2023["Name"], al2023["OwnerId"], "x86_64", "2025-01-01"))
     path = tmp_path_factory.mktemp("moto") / "amis.json"

@@ -48,10 +48,15 @@ def fab(*args: str, env: dict[str, str]) -> Run:
     return run([str(VENV_BIN / "fab"), *args], env)
 
 
-def fab_many(commands: list[tuple[str, ...]], env: dict[str, str]) -> list[Run]:
-    """Run independent `fab` commands side by side (each start-up costs about a second)."""
+def run_many(commands: list[list[str]], env: dict[str, str]) -> list[Run]:
+    """Run independent commands side by side (each fab start-up costs about a second)."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        return list(pool.map(lambda args: fab(*args, env=env), commands))
+        return list(pool.map(lambda args: run(args, env), commands))
+
+
+def fab_many(commands: list[tuple[str, ...]], env: dict[str, str]) -> list[Run]:
+    """Run independent `fab` commands side by side."""
+    return run_many([[str(VENV_BIN / "fab"), *args] for args in commands], env)
 
 
 def public_key() -> bytes:

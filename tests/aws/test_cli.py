@@ -15,7 +15,16 @@ import boto3
 
 from pynet import inventory
 
-from .helpers import NEWEST_DEBIAN_AMD64, REGION, VENV_BIN, Run, fab, fab_many, public_key, run
+from .helpers import (
+    NEWEST_DEBIAN_AMD64,
+    REGION,
+    VENV_BIN,
+    Run,
+    fab,
+    fab_many,
+    public_key,
+    run_many,
+)
 
 
 def ec2_client(env: dict[str, str]) -> Any:
@@ -67,20 +76,24 @@ def test_launch_twice_hosts_inventory_destroy(cli_env: dict[str, str], tmp_path:
     assert host.key_file == str(pem)
     assert stat.S_IMODE(pem.stat().st_mode) == 0o600
 
-    listed = fab("hosts", env=cli_env)
+    # Reads that do not change anything run side by side.
+    listed, graph, refused = run_many(
+        [
+            [str(VENV_BIN / "fab"), "hosts"],
+            [str(VENV_BIN / "ansible-inventory"), "-i", "inventory/aws_ec2.yml", "--graph"],
+            [str(VENV_BIN / "fab"), "destroy", "--name", "demo"],  # stdin is not a terminal
+        ],
+        cli_env,
+    )
     assert listed.code == 0, listed.err
     assert "demo" in listed.out
     assert instance["InstanceId"] in listed.out
     assert "running" in listed.out
 
-    graph = run(
-        [str(VENV_BIN / "ansible-inventory"), "-i", "inventory/aws_ec2.yml", "--graph"], cli_env
-    )
     assert graph.code == 0, graph.err
     assert "@chat:" in graph.out
     assert instance["PublicIpAddress"] in graph.out.split("@chat:")[1]
 
-    refused = fab("destroy", "--name", "demo", env=cli_env)
     assert "pass --yes" in one_line_error(refused)
     assert len(instances(cli_env, "demo")) == 1
 

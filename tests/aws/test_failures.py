@@ -185,6 +185,13 @@ def test_task_bad_name_and_os() -> None:
     assert "unknown --os 'windows'" in _exit_of(cloud.launch, "ok", os="windows").message
 
 
+def test_task_broken_inventory(hooked: Clients, name: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("all: [unclosed\n")
+    error = _exit_of(cloud.launch, name, ssh_cidr=SSH, ami=moto_ami(hooked), inventory=str(broken))
+    assert "cannot update the inventory" in error.message
+
+
 def test_task_destroy_needs_a_terminal_or_yes(hooked: Clients, name: str, aws_env: Path) -> None:
     launch(hooked, _spec(hooked, name), KEY, home=aws_env)
     error = _exit_of(cloud.destroy, name)

@@ -47,10 +47,15 @@ def test_good_names(name: str) -> None:
     assert check_name(name) == name
 
 
-@pytest.mark.parametrize("name", ["", "Demo", "-x", "x-", "a_b", "x" * 33, "a b", "../x"])
+@pytest.mark.parametrize("name", ["Demo", "-x", "x-", "a_b", "x" * 33, "a b", "../x"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(CloudError, match="bad deployment name"):
         check_name(name)
+
+
+def test_name_is_required() -> None:
+    with pytest.raises(CloudError, match="--name is required"):
+        check_name("")
 
 
 def test_run_instances_request() -> None:

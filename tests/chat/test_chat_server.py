@@ -6,7 +6,7 @@ import asyncio
 import time
 
 import pytest
-from chat_helpers import LineClient, ServerProcess
+from chat_helpers import ServerProcess
 
 from chat import __version__
 
@@ -190,7 +190,7 @@ def test_a_thousand_concurrent_clients(start_server) -> None:
     server.wait_for_log("clients=1000")
 
 
-def test_help_lists_every_option(server: ServerProcess) -> None:
+def test_help_lists_every_option() -> None:
     import subprocess
     import sys
 
@@ -232,8 +232,3 @@ def test_port_in_use_exits_with_error(server: ServerProcess) -> None:
     )
     assert proc.returncode == 1
     assert "error starting" in proc.stdout
-
-
-def test_clients_are_independent_of_line_client(server: ServerProcess) -> None:
-    client = LineClient(server.port)
-    client.close()
