@@ -81,16 +81,13 @@ def provision(host: Host, key: Path, tmp: Path, extra_vars: list[str]) -> None:
         f"          ansible_user: admin\n          ansible_ssh_private_key_file: {key}\n"
     )
     playbook = REPO / "playbooks" / "site.yml"
-    if not playbook.exists():  # until playbooks/site.yml lands: the same roles
-        playbook = tmp / "site.yml"
-        playbook.write_text("- hosts: chat\n  become: true\n  roles: [docker, chat]\n")
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook)],
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
+         *[arg for var in extra_vars for arg in ("-e", var)]],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(REPO / "roles")},
     )
     if proc.returncode:
         sys.exit(f"provisioning failed:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}")
@@ -195,6 +192,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="code-only deploys and kills")
     parser.add_argument("--keep-host", action="store_true", help="leave the host running")
+    parser.add_argument("--restart-sec", help="the chat role's chat_restart_sec (default: role's)")
     args = parser.parse_args()
 
     ensure_engine()
@@ -206,7 +204,8 @@ def main() -> int:
         print("booting and provisioning the host (no seed release) ...", flush=True)
         host = start_host(name, pub)
         try:
-            provision(host, key, tmp)
+            provision(host, key, tmp,
+                      [f"chat_restart_sec={args.restart_sec}"] if args.restart_sec else [])
             src = source_tree(tmp / "src")
 
             first = fab_deploy(host, key, src)

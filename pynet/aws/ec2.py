@@ -285,9 +285,8 @@ def launch(
     """Return the deployment's instance, creating it (and its group and key) only if none lives."""
     ec2, region = clients.ec2, clients.region
     existing = find_instances(ec2, spec.name, LIVE_STATES, region)
-    group_id = ensure_security_group(ec2, spec.name, spec.ssh_cidr, region)
-    say(f"security group {group_id}: ssh from {spec.ssh_cidr}, chat port open to all")
     if existing:
+        _ensure_group(ec2, spec, region, say)  # keeps the SSH rule on the current source
         instance = existing[0]
         if len(existing) > 1:
             others = ", ".join(i["InstanceId"] for i in existing[1:])
@@ -310,6 +309,7 @@ def launch(
     )
     say(f"image {image['ImageId']} ({image.get('Name', 'unnamed')})")
     key_name, private_key_file = ensure_key_pair(ec2, spec.name, local_key, home, region)
+    group_id = _ensure_group(ec2, spec, region, say)
     request = run_instances_request(
         spec.name,
         image=image,
@@ -324,6 +324,12 @@ def launch(
     say(f"launched {instance['InstanceId']}")
     ready = wait_ready(clients, instance["InstanceId"], timeout=wait_timeout, poll=poll, say=say)
     return Launched(Ec2Host.from_instance(ready), True, private_key_file)
+
+
+def _ensure_group(ec2: Any, spec: LaunchSpec, region: str, say: Say) -> str:
+    group_id = ensure_security_group(ec2, spec.name, spec.ssh_cidr, region)
+    say(f"security group {group_id}: ssh from {spec.ssh_cidr}, chat port open to all")
+    return group_id
 
 
 def _existing_key_file(spec: LaunchSpec, local_key: LocalKey, home: Path | None) -> Path | None:

@@ -17,7 +17,11 @@ from typing import Any
 from fabric import task
 from invoke.context import Context
 from invoke.exceptions import Exit
-from paramiko.ssh_exception import AuthenticationException, SSHException
+from paramiko.ssh_exception import (
+    AuthenticationException,
+    NoValidConnectionsError,
+    SSHException,
+)
 
 from pynet.deploy import commands as cmd
 from pynet.deploy import release
@@ -46,7 +50,8 @@ def _reason(exc: BaseException, target: Target) -> str | None:
                 "ansible_ssh_private_key_file) and the user (`admin` on Debian)")
     if isinstance(exc, socket.gaierror):
         return f"cannot resolve {conn.host!r}"
-    if isinstance(exc, (SSHException, OSError)):
+    if isinstance(exc, (SSHException, NoValidConnectionsError, ConnectionError, TimeoutError,
+                        EOFError)):
         text = str(exc) or type(exc).__name__
         return f"cannot reach the host over SSH ({text}); `fab doctor` says why"
     if isinstance(exc, DeployError):
