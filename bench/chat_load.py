@@ -190,7 +190,8 @@ def summarize(results: dict, args: argparse.Namespace, cpus: tuple) -> int:
     out("")
     out(
         f"PyNet chat_load: server pinned to CPU {sorted(srv_cpus) if srv_cpus else 'any'}, "
-        f"load generator on {sorted(lg_cpus) if lg_cpus else 'any'}; "
+        f"load generator on {sorted(lg_cpus) if lg_cpus else 'any'}"
+        f" ({f'SCHED_FIFO {args.rt}' if args.rt else f'nice {args.nice}'}); "
         f"{args.duration}s per point; sustained = p99 < {args.p99_ms:g} ms and "
         f">= {KEEPUP:.0%} delivered"
     )
@@ -212,7 +213,12 @@ def summarize(results: dict, args: argparse.Namespace, cpus: tuple) -> int:
         )
 
     worst = max(noise(r["points"]) for r in results.values())
-    if worst > NOISY_PCT:
+    if worst > NOISY_PCT and args.rt:
+        out(
+            f"note: other processes used up to {worst:.0f}% of a core (median per run, 'noise'); "
+            f"the server and load generator ran SCHED_FIFO, ahead of them."
+        )
+    elif worst > NOISY_PCT:
         out(
             f"WARNING: other processes used up to {worst:.0f}% of a core (median per run, "
             f"'noise'): latency and sustained figures are unreliable; rerun on a quiet machine "

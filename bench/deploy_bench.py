@@ -82,8 +82,13 @@ def provision(host: Host, key: Path, tmp: Path, extra_vars: list[str]) -> None:
     )
     playbook = REPO / "playbooks" / "site.yml"
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(playbook),
-         *[arg for var in extra_vars for arg in ("-e", var)]],
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(inventory),
+            str(playbook),
+            *[arg for var in extra_vars for arg in ("-e", var)],
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -204,8 +209,9 @@ def main() -> int:
         print("booting and provisioning the host (no seed release) ...", flush=True)
         host = start_host(name, pub)
         try:
-            provision(host, key, tmp,
-                      [f"chat_restart_sec={args.restart_sec}"] if args.restart_sec else [])
+            provision(
+                host, key, tmp, [f"chat_restart_sec={args.restart_sec}"] if args.restart_sec else []
+            )
             src = source_tree(tmp / "src")
 
             first = fab_deploy(host, key, src)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pynet import inventory
 from pynet.local import engine, host, images
+from pynet.local.aws import moto_server
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -73,31 +74,6 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def moto_server(port: int) -> Iterator[str]:
-    """`moto_server` on 127.0.0.1 only (it would bind every interface by default)."""
-    log = (WORK / "moto.log").open("w")
-    proc = subprocess.Popen(
-        [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            if proc.poll() is not None:
-                raise DemoFailed(f"moto_server exited; see {log.name}")
-            time.sleep(0.2)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
 
 
 def chat_exchange(port: int, lines: Sequence[str], expect: str, timeout: float = 10.0) -> str:
@@ -282,24 +258,6 @@ def _journey(
         "(README: 'The real AWS path')."
     )
     return 0
-
-
-def _demo_ami(env: dict[str, str]) -> str:
-    """An image id to launch: moto holds no Debian images, so register one the way AWS lists it."""
-    import boto3
-
-    ec2 = boto3.client(
-        "ec2", endpoint_url=env["AWS_ENDPOINT_URL"], region_name=env["AWS_DEFAULT_REGION"]
-    )
-    found = ec2.describe_images(Filters=[{"Name": "name", "Values": ["debian-12-amd64-demo"]}])
-    if found["Images"]:
-        return found["Images"][0]["ImageId"]
-    return ec2.register_image(
-        Name="debian-12-amd64-demo",
-        Architecture="x86_64",
-        RootDeviceName="/dev/xvda",
-        VirtualizationType="hvm",
-    )["ImageId"]
 
 
 if __name__ == "__main__":

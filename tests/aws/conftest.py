@@ -7,12 +7,9 @@ touches the real ~/.ssh or inventory/hosts.yml.
 from __future__ import annotations
 
 import http.server
-import json
 import os
 import socket
-import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +20,10 @@ from moto import mock_aws
 
 from pynet.aws.requests import DEBIAN_OWNER
 from pynet.aws.session import Clients
+from pynet.local.aws import ami_record, write_amis
+from pynet.local.aws import moto_server as local_moto_server
 
-from .helpers import REGION, VENV_BIN
+from .helpers import REGION
 
 #: Debian images as the Debian account publishes them, plus decoys the lookup must skip.
 DEBIAN_IMAGES = [
@@ -46,26 +45,6 @@ DEBIAN_IMAGES = [
         "2026-01-01",
     ),
 ]
-
-
-def _ami(ami_id: str, name: str, owner: str, arch: str, date: str) -> dict[str, object]:
-    return {
-        "ami_id": ami_id,
-        "name": name,
-        "description": name,
-        "owner_id": owner,
-        "public": True,
-        "virtualization_type": "hvm",
-        "architecture": arch,
-        "state": "available",
-        "platform": None,
-        "image_type": "machine",
-        "hypervisor": "xen",
-        "root_device_name": "/dev/xvda",
-        "root_device_type": "ebs",
-        "sriov": "simple",
-        "creation_date": f"{date}T12:00:00.000Z",
-    }
 
 
 @pytest.fixture(autouse=True)
@@ -126,39 +105,16 @@ def moto_amis(tmp_path_factory: pytest.TempPathFactory) -> Path:
         name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
         al2023_id = ssm.get_parameter(Name=name)["Parameter"]["Value"]
         al2023 = ec2.describe_images(ImageIds=[al2023_id])["Images"][0]
-    amis = [_ami(*image) for image in DEBIAN_IMAGES]
-    amis.append(_ami(al2023_id, al2023["Name"], al2023["OwnerId"], "x86_64", "2025-01-01"))
+    al2023_record = ami_record(al2023_id, al2023["Name"], al2023["OwnerId"], "x86_64", "2025-01-01")
     path = tmp_path_factory.mktemp("moto") / "amis.json"
-    path.write_text(json.dumps(amis))
-    return path
+    return write_amis(path, DEBIAN_IMAGES, [al2023_record])
 
 
 @pytest.fixture(scope="session")
 def moto_server(moto_amis: Path) -> Iterator[str]:
     """moto_server on 127.0.0.1 (a subprocess: MOTO_AMIS_PATH is read when moto is imported)."""
-    port = free_port()
-    env = {**os.environ, "MOTO_AMIS_PATH": str(moto_amis)}
-    process = subprocess.Popen(
-        [str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()  # noqa: S310
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError("moto_server did not start") from None
-                time.sleep(0.1)
+    with local_moto_server(moto_amis) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
 
 
 @pytest.fixture
