@@ -185,16 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _journey(
     journey: Journey, fab: str, inv: Path, key: Path, public_key: Path, keep: bool, v2: Path | None
 ) -> int:
-    env = journey.env
     with journey.step("fab launch: key pair, security group, instance (found again by tag)"):
-        ami = _demo_ami(env)
         launch = (
             fab,
             "launch",
             "--name",
             NAME,
-            "--ami",
-            ami,
             "--ssh-cidr",
             "127.0.0.1/32",
             "--key",
