@@ -85,8 +85,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"baseline listening on {args.host}:{args.port}", flush=True)
     while True:
         conn, _ = srv.accept()
-        if os.environ.get("BASELINE_NODELAY"):
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 

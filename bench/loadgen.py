@@ -232,7 +232,7 @@ class LoadGen:
         k = len(senders)
         generated = 0
         line = b"%d %s\n" % (now, self.pad)
-        for i, fd in enumerate(senders):
+        for i, fd in enumerate(list(senders)):
             count = due // k + (1 if i < due % k else 0)
             ob = self.outbuf[fd]
             if count and len(ob) < OUTBUF_CAP:

@@ -35,6 +35,7 @@ class Settings:
     max_clients: int = 20000
     max_backlog: int = 1 * MIB
     max_buffered: int = 256 * MIB
+    flush_delay: float = 0.005
     stop_timeout: float = 5.0
     log_level: str = "INFO"
     log_messages: bool = False
@@ -190,6 +191,14 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "unsent bytes allowed across all clients; past it the slowest readers are disconnected",
         "BYTES",
+    ),
+    Option(
+        "flush_delay",
+        "PYNET_FLUSH_DELAY",
+        _non_negative_float,
+        "longest wait used to batch broadcasts into fewer writes when fanning out is costly "
+        "(many clients); 0 writes at once",
+        "SEC",
     ),
     Option(
         "stop_timeout",

@@ -24,6 +24,7 @@ import logging
 import resource
 import signal
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -54,6 +55,8 @@ from chat.protocol import (
 log = logging.getLogger("chat.server")
 
 SLOW_CLOSE_GRACE = 5.0
+# Below this a timer costs more than it saves: write at the end of the tick instead.
+MIN_FLUSH_WAIT = 0.0005
 """Seconds a disconnected slow reader gets to read its BYE before the socket is cut."""
 RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 
@@ -115,6 +118,7 @@ class ChatServer:
         self._batch: list[bytes] = []
         self._forked: list[Client] = []
         self._flush_scheduled = False
+        self._flush_cost = 0.0  # seconds the last fan-out took
         self._stopping = False
         self._all_gone = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -349,8 +353,7 @@ class ChatServer:
             self._forked.append(client)
         out.append(data)
         if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
+            self._schedule_flush()
 
     def _broadcast(self, data: bytes) -> None:
         """Queue one encoded line for every named client."""
@@ -359,12 +362,28 @@ class ChatServer:
             if client.receiving:
                 client.out.append(data)  # type: ignore[union-attr]
         if not self._flush_scheduled:
-            self._flush_scheduled = True
+            self._schedule_flush()
+
+    def _schedule_flush(self) -> None:
+        """Flush at the end of this tick, or a little later when fan-out is costly.
+
+        Each write is a syscall (several microseconds on loopback), so with many clients one
+        fan-out takes milliseconds. Waiting about as long as the last fan-out took (capped by
+        `flush_delay`) lets the broadcasts that arrive meanwhile share the next write to each
+        client: throughput rises several-fold and latency stays bounded by the cap. With few
+        clients the last fan-out was quick and output leaves at once.
+        """
+        self._flush_scheduled = True
+        delay = min(self._flush_cost, self.settings.flush_delay)
+        if delay < MIN_FLUSH_WAIT:
             self._loop.call_soon(self._flush)
+        else:
+            self._loop.call_later(delay, self._flush)
 
     def _flush(self) -> None:
         """Write this iteration's output: one write per client."""
         self._flush_scheduled = False
+        began = time.perf_counter()
         limit = self.settings.max_backlog
         slow: list[Client] = []
         total = 0
@@ -399,6 +418,7 @@ class ChatServer:
             total += size
             if size > limit and size > limit + client.allowance:
                 slow.append(client)
+        self._flush_cost = time.perf_counter() - began
         if total > self.settings.max_buffered:
             slow.extend(self._biggest_backlogs(total))
         for client in slow:
