@@ -162,7 +162,8 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
             if loaded.ok:
                 break
             remote.run(["rm", "-f", remote_path], check=False)
-            if attempt_skip == 0:
+            # A layer we left out is missing after all (pruned in between): send them all.
+            if attempt_skip == 0 or "no such file or directory" not in loaded.stderr:
                 raise DeployError(f"docker load failed on the host: {loaded.stderr.strip()}")
             remote.say("the host lacks a layer it was expected to have; sending all layers")
     if not remote.dry_run and remote.output(cmd.image_id(cmd.image(version))) != local_id:

@@ -130,7 +130,10 @@ def releases(c: Context) -> None:
 @_clean
 def logs(c: Context, follow: bool = False, lines: int = 50) -> None:
     """The chat service's journal on the host."""
-    _each(c, lambda t: Remote(t.conn).run(cmd.journal(lines, follow), hide=False))
+    # A pty for --follow: Ctrl-C then reaches journalctl as SIGINT (without one Fabric cannot
+    # interrupt the remote command and waits for it forever).
+    _each(c, lambda t: Remote(t.conn).run(cmd.journal(lines, follow), hide=False, pty=follow,
+                                          check=not follow))
 
 
 @task(help={"app-port": "chat port as reachable from here (env PYNET_APP_PORT, default 5050)"})
