@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import io
-import json
 import tarfile
 from pathlib import Path
 
 from pynet.deploy.layers import parse_layer_lists, shared_prefix, slim_archive
+
+from .fakes import fake_docker_save
 
 
 def test_shared_prefix_counts_whole_chains_only() -> None:
@@ -25,25 +25,8 @@ def test_parse_layer_lists_skips_noise() -> None:
     assert parse_layer_lists(text) == [["sha256:a", "sha256:b"], ["sha256:c"]]
 
 
-def _fake_save(path: Path) -> None:
-    """The shape of a Docker 20.10 `docker save`: a dir per layer, config, manifest."""
-    files = {
-        "aaa/layer.tar": b"x" * 50_000, "aaa/json": b"{}", "aaa/VERSION": b"1.0",
-        "bbb/layer.tar": b"y" * 100, "bbb/json": b"{}", "bbb/VERSION": b"1.0",
-        "cfg.json": b"{}",
-        "manifest.json": json.dumps([{"Config": "cfg.json", "RepoTags": ["pynet-chat:v2"],
-                                      "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]).encode(),
-        "repositories": b"{}",
-    }
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-
-
 def test_slim_archive_drops_the_layers_the_host_has(tmp_path: Path) -> None:
-    _fake_save(tmp_path / "full.tar")
+    fake_docker_save(tmp_path / "full.tar")
     size = slim_archive(tmp_path / "full.tar", tmp_path / "slim.tar.gz", skip=1)
     with tarfile.open(tmp_path / "slim.tar.gz") as tar:
         names = sorted(tar.getnames())
@@ -54,7 +37,7 @@ def test_slim_archive_drops_the_layers_the_host_has(tmp_path: Path) -> None:
 
 
 def test_slim_archive_with_nothing_to_skip_keeps_everything(tmp_path: Path) -> None:
-    _fake_save(tmp_path / "full.tar")
+    fake_docker_save(tmp_path / "full.tar")
     slim_archive(tmp_path / "full.tar", tmp_path / "all.tar.gz", skip=0)
     with tarfile.open(tmp_path / "all.tar.gz") as tar:
         assert "aaa/layer.tar" in tar.getnames()

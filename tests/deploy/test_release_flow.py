@@ -20,7 +20,8 @@ from invoke.runners import Result
 from pynet.deploy import release
 from pynet.deploy.commands import Argv, render
 from pynet.deploy.remote import DeployError, Local, Remote
-from tests.deploy.test_layers import _fake_save
+
+from .fakes import fake_docker_save
 
 Answer = tuple[str, int] | Callable[[str], tuple[str, int]]
 
@@ -75,9 +76,9 @@ def test_an_unhealthy_release_is_rolled_back_and_the_reason_raised() -> None:
     host = ScriptedHost([IMAGES, CURRENT, _healthy_if("sha256:old"),
                          ("sudo -n journalctl", ("boom: the last words", 0))])
     with pytest.raises(DeployError) as err:
-        release.activate(host, "new", "deploy", timeout=0.5)
+        release.activate(host, "new", "deploy", timeout=1)
     message = str(err.value)
-    assert message.startswith("deploy of new failed: the health check did not pass within 0s; "
+    assert message.startswith("deploy of new failed: the health check did not pass within 1s; "
                               "rolled back to old, which is serving.")
     assert message.endswith("boom: the last words")
     tags = [line for line in host.log if " docker tag " in line]
@@ -112,7 +113,7 @@ class ScriptedLocal(Local):
     def run(self, argv: Argv, *, check: bool = True, quiet: bool = True,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         if argv[1] == "save":
-            _fake_save(Path(argv[3]))
+            fake_docker_save(Path(argv[3]))
             return subprocess.CompletedProcess(argv, 0, "", "")
         return subprocess.CompletedProcess(argv, 0, f"sha256:new {json.dumps(self.layers)}", "")
 
