@@ -9,9 +9,8 @@ Targets (issue 5): code-only deploy serving in < 15 s and shipping < 1 MB; recov
 
     .venv/bin/python bench/deploy_bench.py [--rounds 3] [--keep-host] [--restart-sec 100ms]
 
-Recovery is systemd's RestartSec plus `docker run` start-up (about 1.3 s here): with the chat
-role's default RestartSec=1 it lands near 2.4 s; `--restart-sec 100ms` shows what a lower
-setting buys.
+Recovery is systemd's RestartSec plus `docker run` start-up (about 1.2 s here): measured 2.3 to
+2.5 s with RestartSec=1, 1.4 to 1.5 s with the chat role's 200ms; `--restart-sec` tries others.
 """
 
 from __future__ import annotations

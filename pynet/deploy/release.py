@@ -17,8 +17,7 @@ from pathlib import Path
 
 from pynet.deploy import commands as cmd
 from pynet.deploy.layers import parse_layer_lists, shared_prefix, slim_archive
-from pynet.deploy.lock import DeployLock, whoami
-from pynet.deploy.lock import utcnow as _utcnow
+from pynet.deploy.lock import DeployLock, utcnow, whoami
 from pynet.deploy.remote import DeployError, Local, Remote, human
 
 HEALTH_TIMEOUT = 60.0
@@ -228,7 +227,7 @@ def activate(remote: Remote, version: str, action: str, timeout: float = HEALTH_
     entry = {"action": action, "version": version, "previous": previous, "user": whoami()}
     reason = _point_at(remote, cmd.image(version), target, timeout)
     if reason is None:
-        remote.run(cmd.record({**entry, "time": _utcnow(), "result": "ok"}))
+        remote.run(cmd.record({**entry, "time": utcnow(), "result": "ok"}))
         remote.say(f"{version} is serving")
         prune(remote, keep, protect={target, previous_id or target})
         return Outcome(version, previous=previous)
@@ -241,7 +240,7 @@ def activate(remote: Remote, version: str, action: str, timeout: float = HEALTH_
                  else f"the rollback to {previous or previous_id} failed too: {again}")
     else:
         result, after = "failed", "there was no previous release to go back to"
-    remote.run(cmd.record({**entry, "time": _utcnow(), "result": result, "reason": reason}))
+    remote.run(cmd.record({**entry, "time": utcnow(), "result": result, "reason": reason}))
     raise DeployError(f"{action} of {version} failed: {reason}; {after}.\n"
                       f"Last lines of `journalctl -u {cmd.SERVICE}`:\n{logs}")
 
