@@ -15,14 +15,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pynet import inventory
 from pynet.local import engine, host, images
-from pynet.local.aws import moto_server
+from pynet.local.aws import moto_server, write_amis
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -70,12 +69,6 @@ class Journey:
         return proc
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def chat_exchange(port: int, lines: Sequence[str], expect: str, timeout: float = 10.0) -> str:
     """Say LINES to the chat on 127.0.0.1:PORT and return what came back up to EXPECT."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -105,36 +98,40 @@ def wait_serving(port: int, timeout: float = 30.0) -> float:
 
 
 def second_version_tree() -> Path:
-    """A copy of the sources with one code change: the 'next version' to deploy."""
-    tree = Path(tempfile.mkdtemp(prefix="pynet-v2-", dir=WORK))
-    subprocess.run(
-        ["git", "worktree", "add", "--detach", "--force", str(tree)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    banner = tree / "chat" / "__init__.py"
-    banner.write_text(banner.read_text().replace('__version__ = "', '__version__ = "2.0.0.dev+'))
-    subprocess.run(
-        ["git", "commit", "-qam", "demo: the next version"],
-        cwd=tree,
-        check=True,
-        capture_output=True,
-        env={
-            **os.environ,
-            "GIT_AUTHOR_NAME": "demo",
-            "GIT_AUTHOR_EMAIL": "demo@localhost",
-            "GIT_COMMITTER_NAME": "demo",
-            "GIT_COMMITTER_EMAIL": "demo@localhost",
-        },
-    )
+    """A copy of what the image is built from, with one code change: the next version."""
+    tree = WORK / "next-version"
+    shutil.rmtree(tree, ignore_errors=True)
+    shutil.copytree(REPO / "chat", tree / "chat", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("Dockerfile", ".dockerignore"):
+        shutil.copy(REPO / name, tree / name)
+    init = tree / "chat" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "2.0.0-next+'))
     return tree
+
+
+def talk(journey: Journey, port: int) -> None:
+    """Two real clients (`python -m chat.client`): bob listens while ada speaks."""
+    client = (str(BIN / "python"), "-m", "chat.client", "127.0.0.1", str(port), "--raw")
+    print(f"    $ {shlex.join((*client, '--nick', 'bob', '--stay'))} &")
+    bob = subprocess.Popen([*client, "--nick", "bob", "--stay"], cwd=REPO, env=journey.env,
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        journey.run(*client, "--nick", "ada",
+                    stdin="hello bob, from the rehearsal\n/msg bob psst\n/who\n")
+        time.sleep(1.0)
+    finally:
+        bob.terminate()
+        heard, _ = bob.communicate(timeout=10)
+    print("    bob saw:\n      " + heard.strip().replace("\n", "\n      "))
+    if "hello bob, from the rehearsal" not in heard:
+        raise DemoFailed("bob did not receive ada's broadcast")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pynet.demo", description=__doc__)
     parser.add_argument(
-        "--keep", action="store_true", help="leave the host, moto and the inventory up at the end"
+        "--keep", action="store_true", help="leave the local host and its inventory in place"
     )
     args = parser.parse_args(argv)
 
@@ -158,101 +155,71 @@ def main(argv: Sequence[str] | None = None) -> int:
         env.pop(name, None)
     journey = Journey(env)
     fab = str(BIN / "fab")
-    v2: Path | None = None
     try:
         with journey.step("A Docker engine (started if installed but not running)"):
             engine.ensure_engine()
             print(f"    docker: {engine.DOCKER}")
         with journey.step("Local images: Debian 12 base and the EC2-like host (cached)"):
             print(f"    {images.ensure_base_image()}\n    {images.ensure_host_image()}")
-        with (
-            journey.step("AWS: moto_server on 127.0.0.1 plays the EC2 API"),
-            moto_server(_free_port()) as endpoint,
-        ):
-            env["AWS_ENDPOINT_URL"] = endpoint
-            print(f"    AWS_ENDPOINT_URL={endpoint}")
-            return _journey(journey, fab, inv, key, public_key, args.keep, v2)
-    except (DemoFailed, engine.EngineError) as exc:
+        with contextlib.ExitStack() as stack:
+            with journey.step("AWS: moto_server on 127.0.0.1 plays the EC2 API"):
+                amis = write_amis(WORK / "amis.json")
+                endpoint = stack.enter_context(moto_server(amis, log=WORK / "moto.log"))
+                env["AWS_ENDPOINT_URL"] = endpoint
+                print(f"    AWS_ENDPOINT_URL={endpoint} (log: {WORK / 'moto.log'})")
+            return _journey(journey, fab, inv, key, public_key, args.keep)
+    except RuntimeError as exc:  # DemoFailed, EngineError, moto_server not starting
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
     finally:
         if not args.keep:
             host.stop_host(HOST_CONTAINER)
-        with contextlib.suppress(subprocess.CalledProcessError):
-            subprocess.run(["git", "worktree", "prune"], cwd=REPO, check=False, capture_output=True)
 
 
-def _journey(
-    journey: Journey, fab: str, inv: Path, key: Path, public_key: Path, keep: bool, v2: Path | None
-) -> int:
+def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
+             keep: bool) -> int:
     with journey.step("fab launch: key pair, security group, instance (found again by tag)"):
-        launch = (
-            fab,
-            "launch",
-            "--name",
-            NAME,
-            "--ssh-cidr",
-            "127.0.0.1/32",
-            "--key",
-            str(public_key),
-            "--wait-timeout",
-            "60",
-        )
+        launch = (fab, "launch", "--name", NAME, "--ssh-cidr", "127.0.0.1/32",
+                  "--key", str(public_key), "--wait-timeout", "60")
         journey.run(*launch)
         print("    launching again finds the same instance:")
         journey.run(*launch)
         journey.run(fab, "hosts")
     with journey.step("The local EC2-like host stands in for that instance"):
         local = host.start_host(HOST_CONTAINER, public_key)
-        inventory.upsert_host(
-            inventory.Host(
-                name=NAME,
-                address="127.0.0.1",
-                user=local.user,
-                port=local.ssh_port,
-                key_file=str(key),
-            ),
-            inv,
-        )
-        print(
-            f"    ssh -p {local.ssh_port} -i {key} admin@127.0.0.1   (chat on 127.0.0.1:"
-            f"{local.app_port})"
-        )
-    with journey.step("ansible-playbook playbooks/site.yml: Docker, the chat unit, hygiene"):
+        inventory.upsert_host(inventory.Host(name=NAME, address="127.0.0.1", user=local.user,
+                                             port=local.ssh_port, key_file=str(key),
+                                             chat_port=local.app_port), inv)
+        print(f"    ssh -p {local.ssh_port} -i {key} admin@127.0.0.1")
+        print(f"    chat: 127.0.0.1:{local.app_port} (port 5050 on the host)")
+    with journey.step("ansible-playbook playbooks/site.yml: hygiene, Docker, the chat unit"):
         journey.run(str(BIN / "ansible-playbook"), "-i", str(inv), "playbooks/site.yml")
-    with journey.step("fab deploy: build, ship only new layers, restart, health-check"):
-        journey.run(fab, "deploy")
+    with journey.step("fab deploy: build, ship only missing layers, restart, health-check"):
+        journey.run(fab, "deploy", "--version", "1.0.0")
         journey.run(fab, "status")
     with journey.step("The chat answers from outside: two clients talk"):
-        text = chat_exchange(local.app_port, ["/nick ada", "hello from the demo", "/who"], "WHO")
-        print("    " + text.strip().replace("\n", "\n    "))
+        talk(journey, local.app_port)
     with journey.step("Kill the chat container: systemd brings it back"):
-        journey.run(
-            str(engine.DOCKER), "exec", HOST_CONTAINER, "docker", "kill", "pynet-chat", quiet=True
-        )
+        journey.run(engine.DOCKER, "exec", HOST_CONTAINER, "docker", "kill", "pynet-chat",
+                    quiet=True)
         print(f"    serving again after {wait_serving(local.app_port):.2f} s")
     with journey.step("Deploy a second version (a code change: only the code layer ships)"):
-        v2 = second_version_tree()
-        journey.run(fab, "-r", str(v2), "deploy")
-        print("    " + chat_exchange(local.app_port, [], "HELLO").strip())
-    with journey.step("fab rollback: back to the first version, same path as deploy"):
-        journey.run(fab, "rollback")
+        journey.run(fab, "deploy", "--context", str(second_version_tree()),
+                    "--version", "2.0.0")
+        print("    " + chat_exchange(local.app_port, [], "HELLO").splitlines()[0])
+    with journey.step("fab rollback: back to the first version, the same path as deploy"):
+        journey.run(fab, "rollback", "--to", "1.0.0")
         journey.run(fab, "releases")
-        print("    " + chat_exchange(local.app_port, [], "HELLO").strip())
+        print("    " + chat_exchange(local.app_port, [], "HELLO").splitlines()[0])
     if keep:
         print(f"\nleft running: host {HOST_CONTAINER}, inventory {inv}")
         return 0
-    with journey.step("Tear down: fab destroy, the local host"):
+    with journey.step("Tear down: fab destroy (twice: the second is a no-op), the local host"):
         journey.run(fab, "destroy", "--name", NAME, "--yes")
         journey.run(fab, "destroy", "--name", NAME, "--yes")
         host.stop_host(HOST_CONTAINER)
-    if v2 is not None:
-        shutil.rmtree(v2, ignore_errors=True)
-    total = time.monotonic() - journey.started
-    print(
-        f"\ndone in {total:.0f} s: the same commands, without the local parts, run on AWS "
-        "(README: 'The real AWS path')."
-    )
+    print(f"\ndone in {time.monotonic() - journey.started:.0f} s. On AWS the same commands run "
+          "without the local stand-ins (README: 'The real AWS path').")
     return 0
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 GROUP = "chat"
+CHAT_PORT = 5050
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "inventory" / "hosts.yml"
 
@@ -31,6 +32,7 @@ class Host:
     user: str
     port: int = 22
     key_file: str | None = None
+    chat_port: int = CHAT_PORT  # where the chat answers from here (a local rehearsal maps it)
 
     def to_vars(self) -> dict[str, Any]:
         """The Ansible host variables."""
@@ -41,6 +43,8 @@ class Host:
         }
         if self.key_file:
             variables["ansible_ssh_private_key_file"] = self.key_file
+        if self.chat_port != CHAT_PORT:
+            variables["pynet_chat_port"] = self.chat_port
         return variables
 
     @classmethod
@@ -53,6 +57,7 @@ class Host:
             user=str(variables.get("ansible_user", "admin")),
             port=int(variables.get("ansible_port", 22)),
             key_file=variables.get("ansible_ssh_private_key_file"),
+            chat_port=int(variables.get("pynet_chat_port", CHAT_PORT)),
         )
 
 

@@ -27,14 +27,15 @@ class Target:
     """A host to act on: the SSH connection, and where its chat port is reachable from here."""
 
     conn: Connection
+    chat_port: int = APP_PORT  # from the inventory's pynet_chat_port
 
     @property
     def label(self) -> str:
         return f"{self.conn.user}@{self.conn.host}:{self.conn.port}"
 
     def public_port(self, override: int | None = None) -> int:
-        """Option, else PYNET_APP_PORT (the local rehearsal maps it), else the service's port."""
-        return int(override or os.environ.get("PYNET_APP_PORT") or APP_PORT)
+        """Option, else PYNET_APP_PORT, else the inventory's port, else the service's port."""
+        return int(override or os.environ.get("PYNET_APP_PORT") or self.chat_port)
 
 
 def targets(c: Context, path: str | None = None) -> list[Target]:
@@ -51,6 +52,7 @@ def targets(c: Context, path: str | None = None) -> list[Target]:
     result = []
     for h in hosts:
         keys = {"key_filename": [str(Path(h.key_file).expanduser())]} if h.key_file else {}
-        result.append(Target(Connection(h.address, user=h.user, port=h.port, config=c.config,
-                                        connect_kwargs=keys)))
+        conn = Connection(h.address, user=h.user, port=h.port, config=c.config,
+                          connect_kwargs=keys)
+        result.append(Target(conn, chat_port=h.chat_port))
     return result
