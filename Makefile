@@ -24,9 +24,10 @@ lint: venv
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 
-bench: venv
-	$(BIN)/python bench/chat_load.py
-	$(BIN)/python bench/idle_connections.py
+bench: venv system-deps
+	$(BIN)/python -m bench.chat_load
+	$(BIN)/python -m bench.idle_connections
+	$(BIN)/python bench/deploy_bench.py
 
 venv: $(VENV)/.installed
 
