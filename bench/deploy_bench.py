@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import socket
 import statistics
 import subprocess
@@ -36,6 +35,7 @@ sys.path.insert(0, str(REPO))
 from pynet.local.engine import ensure_engine  # noqa: E402
 from pynet.local.host import Host, make_keypair, start_host, stop_host  # noqa: E402
 from pynet.local.images import ensure_base_image  # noqa: E402
+from pynet.local.provision import build_context_copy, playbook_argv, write_inventory  # noqa: E402
 
 UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
@@ -56,45 +56,6 @@ def git(repo: Path, *args: str) -> str:
         capture_output=True,
         text=True,
     ).stdout.strip()
-
-
-def source_tree(dest: Path) -> Path:
-    """A git copy of what the image is built from, so the bench can change code freely."""
-    dest.mkdir()
-    for name in ("Dockerfile", ".dockerignore"):
-        shutil.copy(REPO / name, dest / name)
-    shutil.copytree(
-        REPO / "chat", dest / "chat", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-    )
-    git(dest, "init", "-q")
-    git(dest, "add", "-A")
-    git(dest, "commit", "-qm", "bench")
-    return dest
-
-
-def provision(host: Host, key: Path, tmp: Path, extra_vars: list[str]) -> None:
-    inventory = tmp / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    chat:\n      hosts:\n        bench:\n"
-        f"          ansible_host: 127.0.0.1\n          ansible_port: {host.ssh_port}\n"
-        f"          ansible_user: admin\n          ansible_ssh_private_key_file: {key}\n"
-    )
-    playbook = REPO / "playbooks" / "site.yml"
-    proc = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            str(playbook),
-            *[arg for var in extra_vars for arg in ("-e", var)],
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode:
-        sys.exit(f"provisioning failed:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}")
 
 
 def hello(port: int, timeout: float = 1.0) -> bool:
@@ -208,10 +169,12 @@ def main() -> int:
         print("booting and provisioning the host (no seed release) ...", flush=True)
         host = start_host(name, pub)
         try:
-            provision(
-                host, key, tmp, [f"chat_restart_sec={args.restart_sec}"] if args.restart_sec else []
-            )
-            src = source_tree(tmp / "src")
+            extra = [f"chat_restart_sec={args.restart_sec}"] if args.restart_sec else []
+            proc = subprocess.run(playbook_argv(write_inventory(tmp / "hosts.yml", host), *extra),
+                                  cwd=REPO, capture_output=True, text=True, check=False)
+            if proc.returncode:
+                sys.exit(f"provisioning failed:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}")
+            src = build_context_copy(tmp / "src", commit=True)
 
             first = fab_deploy(host, key, src)
             print(

@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import shlex
-import shutil
 import socket
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 from pynet import inventory
 from pynet.local import engine, host, images
 from pynet.local.aws import moto_server, write_amis
+from pynet.local.provision import build_context_copy, inventory_entry, playbook_argv
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -99,11 +99,7 @@ def wait_serving(port: int, timeout: float = 30.0) -> float:
 
 def second_version_tree() -> Path:
     """A copy of what the image is built from, with one code change: the next version."""
-    tree = WORK / "next-version"
-    shutil.rmtree(tree, ignore_errors=True)
-    shutil.copytree(REPO / "chat", tree / "chat", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("Dockerfile", ".dockerignore"):
-        shutil.copy(REPO / name, tree / name)
+    tree = build_context_copy(WORK / "next-version")
     init = tree / "chat" / "__init__.py"
     init.write_text(init.read_text().replace('__version__ = "', '__version__ = "2.0.0-next+'))
     return tree
@@ -187,13 +183,11 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
         journey.run(fab, "hosts")
     with journey.step("The local EC2-like host stands in for that instance"):
         local = host.start_host(HOST_CONTAINER, public_key)
-        inventory.upsert_host(inventory.Host(name=NAME, address="127.0.0.1", user=local.user,
-                                             port=local.ssh_port, key_file=str(key),
-                                             chat_port=local.app_port), inv)
+        inventory.upsert_host(inventory_entry(local, name=NAME), inv)
         print(f"    ssh -p {local.ssh_port} -i {key} admin@127.0.0.1")
         print(f"    chat: 127.0.0.1:{local.app_port} (port 5050 on the host)")
     with journey.step("ansible-playbook playbooks/site.yml: hygiene, Docker, the chat unit"):
-        journey.run(str(BIN / "ansible-playbook"), "-i", str(inv), "playbooks/site.yml")
+        journey.run(*playbook_argv(inv))
     with journey.step("fab deploy: build, ship only missing layers, restart, health-check"):
         journey.run(fab, "deploy", "--version", "1.0.0")
         journey.run(fab, "status")

@@ -65,19 +65,6 @@ def recap(output: str) -> dict[str, dict[str, int]]:
     }
 
 
-def write_inventory(path: Path, host, private_key: Path) -> Path:
-    path.write_text(
-        "all:\n  children:\n    chat:\n      hosts:\n"
-        f"        {host.name}:\n"
-        f"          ansible_host: 127.0.0.1\n"
-        f"          ansible_port: {host.ssh_port}\n"
-        f"          ansible_user: {host.user}\n"
-        f"          ansible_ssh_private_key_file: {private_key}\n",
-        encoding="utf-8",
-    )
-    return path
-
-
 class ChatClient:
     """A line-based client of the chat protocol (docs: /work/shared/PROTOCOL.md)."""
 

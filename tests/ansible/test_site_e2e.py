@@ -12,19 +12,16 @@ from pathlib import Path
 
 import pytest
 from ansible_helpers import (
-    REPO,
     ChatClient,
     ping,
     recap,
     run,
-    tool,
     wait_for_pong,
-    write_inventory,
 )
 
-pytestmark = pytest.mark.e2e
+from pynet.local.provision import playbook_argv, write_inventory
 
-SITE = str(REPO / "playbooks" / "site.yml")
+pytestmark = pytest.mark.e2e
 
 
 class Site:
@@ -36,18 +33,8 @@ class Site:
         self.archive = archive
 
     def play(self, *extra: str, archive: Path | None = None):
-        return run(
-            [
-                tool("ansible-playbook"),
-                "-i",
-                str(self.inventory),
-                SITE,
-                "-e",
-                f"chat_image_archive={archive or self.archive}",
-                *extra,
-            ],
-            timeout=600,
-        )
+        argv = playbook_argv(self.inventory, f"chat_image_archive={archive or self.archive}")
+        return run([*argv, *extra], timeout=600)
 
     def sh(self, script: str, check: bool = True):
         return self.host.exec("sh", "-c", script, check=check)
@@ -60,9 +47,7 @@ def site(host_image, ssh_keypair, chat_image_archive, tmp_path_factory) -> Site:
     name = f"pynet-ansible-{uuid.uuid4().hex[:8]}"
     host = start_host(name, ssh_keypair[1])
     try:
-        inventory = write_inventory(
-            tmp_path_factory.mktemp("inv") / "hosts.yml", host, ssh_keypair[0]
-        )
+        inventory = write_inventory(tmp_path_factory.mktemp("inv") / "hosts.yml", host)
         site = Site(host, inventory, chat_image_archive)
         first = site.play()
         print(f"site.yml, first run: {first.duration:.0f} s")  # type: ignore[attr-defined]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,12 +23,12 @@ from pathlib import Path
 import pytest
 
 from pynet.deploy.probe import ProbeError, chat_hello
+from pynet.local.provision import build_context_copy, playbook_argv, write_inventory
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SITE = REPO / "playbooks" / "site.yml"
 BROKEN_CMD = 'CMD ["python3", "-c", "raise SystemExit(\'broken on purpose\')"]\n'
 
 
@@ -97,31 +96,11 @@ def _git(repo: Path, *args: str) -> str:
                           check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _source_copy(dest: Path) -> Path:
-    dest.mkdir()
-    shutil.copy(REPO / "Dockerfile", dest / "Dockerfile")
-    shutil.copy(REPO / ".dockerignore", dest / ".dockerignore")
-    shutil.copytree(REPO / "chat", dest / "chat",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    _git(dest, "init", "-q")
-    _git(dest, "add", "-A")
-    _git(dest, "commit", "-qm", "seed")
-    return dest
-
-
-def _provision(host: object, key: Path, archive: Path, tmp: Path) -> None:
+def _provision(host: object, archive: Path, tmp: Path) -> None:
     """The real roles, the way a user provisions: ansible-playbook with an inventory file."""
-    inventory = tmp / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    chat:\n      hosts:\n        e2e:\n"
-        "          ansible_host: 127.0.0.1\n"
-        f"          ansible_port: {host.ssh_port}\n"  # type: ignore[attr-defined]
-        "          ansible_user: admin\n"
-        f"          ansible_ssh_private_key_file: {key}\n")
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(inventory), str(SITE),
-         "-e", f"chat_image_archive={archive}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    inventory = write_inventory(tmp / "hosts.yml", host)  # type: ignore[arg-type]
+    proc = subprocess.run(playbook_argv(inventory, f"chat_image_archive={archive}"),
+                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
@@ -134,8 +113,8 @@ def rig(host_image: str, ssh_keypair: tuple[Path, Path], chat_image_archive: Pat
     name = f"pynet-deploy-e2e-{os.getpid()}"
     host = start_host(name, ssh_keypair[1])
     try:
-        _provision(host, ssh_keypair[0], chat_image_archive, tmp)
-        yield Rig(host, ssh_keypair[0], _source_copy(tmp / "src"))
+        _provision(host, chat_image_archive, tmp)
+        yield Rig(host, ssh_keypair[0], build_context_copy(tmp / "src", commit=True))
     finally:
         stop_host(name)
 
