@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pynet.aws.requests import DEBIAN_OWNER
+from pynet.local.host import free_port
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
@@ -47,16 +47,10 @@ def write_amis(path: Path, images: Sequence[tuple[str, str, str, str, str]] = DE
     return path
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def moto_server(amis: Path, log: Path | None = None, timeout: float = 30.0) -> Iterator[str]:
     """Run moto_server on 127.0.0.1 (never every interface) and yield its endpoint URL."""
-    port = _free_port()
+    port = free_port()
     out = log.open("ab") if log else subprocess.DEVNULL
     process = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
