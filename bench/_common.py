@@ -19,8 +19,6 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the benchmarks only ever talk to the loopback interface
-SERVER_CPU = 0
-LOADGEN_CPU = 1
 
 # Server kinds: "pynet" is the real server under chat/, "baseline" the tutorial one in bench/.
 # BENCH_PYNET_MODULE=pkg.mod runs another module as "pynet" (to try a patched server).
@@ -120,10 +118,6 @@ class Server:
 
     def rss(self) -> int:
         return self.ps.memory_info().rss
-
-    def cpu_seconds(self) -> float:
-        t = self.ps.cpu_times()
-        return t.user + t.system
 
     def log_tail(self, n: int = 20) -> str:
         try:

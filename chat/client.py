@@ -177,7 +177,6 @@ class ChatClient:
         self.quitting = False
         self.exit_code = 0
         self.input: asyncio.Queue[str | None] = asyncio.Queue()
-        self._stdin_done = False
 
     async def run(self) -> int:
         """Connect, talk, reconnect; returns the exit code."""
@@ -232,7 +231,6 @@ class ChatClient:
         while True:
             line = await self.input.get()
             if line is _EOF:
-                self._stdin_done = True
                 if self.stay:
                     return
                 line = "/quit"

@@ -152,8 +152,9 @@ def load(archive: str) -> Argv:
     return chain(docker("load", "--input", archive), ["rm", "-f", archive])
 
 
-def tag_current(version: str) -> Argv:
-    return docker("tag", image(version), CURRENT)
+def tag_current(ref: str) -> Argv:
+    """Point the service at REF (a version's image or an image id): what the unit runs next."""
+    return docker("tag", ref, CURRENT)
 
 
 def remove_images(versions: Iterable[str]) -> Argv:
@@ -188,10 +189,6 @@ def restart() -> Argv:
 def unit_show() -> Argv:
     return ["systemctl", "show", SERVICE, "--property",
             "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"]
-
-
-def is_active(unit: str) -> Argv:
-    return ["systemctl", "is-active", unit]
 
 
 def journal(lines: int = 20, follow: bool = False) -> Argv:

@@ -200,7 +200,7 @@ def wait_healthy(remote: Remote, image_id: str, timeout: float,
 
 
 def _point_at(remote: Remote, ref: str, image_id: str, timeout: float) -> str | None:
-    remote.run(cmd.docker("tag", ref, cmd.CURRENT))
+    remote.run(cmd.tag_current(ref))
     started = time.monotonic()
     remote.run(cmd.restart())
     restarted = time.monotonic()

@@ -42,10 +42,6 @@ class Host:
     user: str = SSH_USER
     address: str = "127.0.0.1"
 
-    @property
-    def container(self) -> str:
-        return self.name
-
     def as_json(self) -> str:
         return json.dumps(asdict(self))
 
@@ -95,20 +91,6 @@ def wait_for_ssh(host: Host, timeout: float = 60.0) -> None:
     logs = docker("logs", "--tail", "20", host.name, check=False).stdout
     raise EngineError(f"host {host.name}: sshd did not answer on 127.0.0.1:{host.ssh_port} "
                       f"within {timeout:.0f}s\n{logs}")
-
-
-def find_host(name: str, key_path: Path | str = "") -> Host | None:
-    """The running host NAME, with its published ports, or None."""
-    proc = docker("inspect", "--format", "{{json .NetworkSettings.Ports}}", name, check=False)
-    if proc.returncode:
-        return None
-    ports = json.loads(proc.stdout) or {}
-
-    def published(port: int) -> int:
-        return int(ports[f"{port}/tcp"][0]["HostPort"])
-
-    return Host(name=name, ssh_port=published(22), app_port=published(CHAT_PORT),
-                key_path=str(key_path))
 
 
 def start_host(

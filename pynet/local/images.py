@@ -45,10 +45,6 @@ ROOTFS_TRIM = (
 )
 
 
-def image_exists(tag: str) -> bool:
-    return docker("image", "inspect", tag, check=False).returncode == 0
-
-
 def recipe_digest(tag: str) -> str:
     """A digest of what TAG is made from: a changed recipe invalidates the cached image."""
     digest = hashlib.sha256(ROOTFS_PACKAGES.encode() + DEBIAN_MIRROR.encode())
