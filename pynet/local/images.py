@@ -105,6 +105,10 @@ def _cached(tag: str, build) -> str:
 
 
 def _debootstrap(rootfs: Path) -> None:
+    if os.geteuid() != 0:
+        raise EngineError("building the local Debian base image needs root (debootstrap): run "
+                          "this once as root, e.g. `sudo make demo`; later runs load it from "
+                          f"{CACHE}")
     if shutil.which("debootstrap") is None:
         raise EngineError("debootstrap is needed to build the local base image: "
                           "`sudo apt-get install debootstrap`")
