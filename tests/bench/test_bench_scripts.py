@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-HAS_PYNET_SERVER = (REPO / "chat" / "server.py").exists()
 
 
 def run_bench(*argv: str, timeout: float = 150) -> str:
@@ -47,7 +46,6 @@ def test_chat_load_against_the_baseline_prints_its_figures() -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.skipif(not HAS_PYNET_SERVER, reason="chat/server.py does not exist yet")
 def test_chat_load_compares_pynet_with_the_baseline() -> None:
     out = run_bench(
         "bench.chat_load",
@@ -72,8 +70,7 @@ def test_idle_connections_prints_rss_per_connection() -> None:
     out = run_bench("bench.idle_connections", "-n", "50", "--quick", "--servers", "pynet,baseline")
     assert "per conn KiB" in out
     assert "baseline connected       50" in out
-    if HAS_PYNET_SERVER:
-        assert out.count("target: ") == 2
+    assert out.count("target: ") == 2
 
 
 @pytest.mark.timeout(60)

@@ -178,16 +178,22 @@ def test_client_reconnects_restores_nick_and_misses_nothing(
         client.proc.wait()
 
 
-def test_client_sends_piped_lines_and_exits_at_eof(server, clients) -> None:
-    watcher = clients(server.port, "watcher")
-    proc = subprocess.run(
-        [sys.executable, "-m", "chat.client", "127.0.0.1", str(server.port), "--nick", "bot"],
+def run_client(port: int, nick: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    """`python -m chat.client` fed STDIN from a pipe, run to its exit."""
+    return subprocess.run(
+        [sys.executable, "-m", "chat.client", "127.0.0.1", str(port), "--nick", nick],
         cwd=ROOT,
-        input="hello from a pipe\n/who\n/msg watcher psst\n",
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=15,
+        check=False,
     )
+
+
+def test_client_sends_piped_lines_and_exits_at_eof(server, clients) -> None:
+    watcher = clients(server.port, "watcher")
+    proc = run_client(server.port, "bot", "hello from a pipe\n/who\n/msg watcher psst\n")
     assert proc.returncode == 0, proc.stderr
     assert watcher.until("MSG ") == ["JOIN bot", "MSG 1 bot hello from a pipe"]
     assert watcher.line() == "PRIV bot psst"
@@ -200,14 +206,7 @@ def test_client_sends_piped_lines_and_exits_at_eof(server, clients) -> None:
 
 def test_client_refuses_a_taken_nick(server, clients) -> None:
     clients(server.port, "taken")
-    proc = subprocess.run(
-        [sys.executable, "-m", "chat.client", "127.0.0.1", str(server.port), "--nick", "TAKEN"],
-        cwd=ROOT,
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=15,
-    )
+    proc = run_client(server.port, "TAKEN", "")
     assert proc.returncode == 1
     assert "nickname TAKEN is in use" in proc.stderr
 
