@@ -11,14 +11,15 @@ import argparse
 import contextlib
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from chat import healthcheck
 from pynet import inventory
+from pynet.deploy.probe import ProbeError, chat_hello
 from pynet.local import engine, host, images
 from pynet.local.aws import moto_server, write_amis
 from pynet.local.provision import build_context_copy, inventory_entry, playbook_argv
@@ -69,29 +70,12 @@ class Journey:
         return proc
 
 
-def chat_exchange(port: int, lines: Sequence[str], expect: str, timeout: float = 10.0) -> str:
-    """Say LINES to the chat on 127.0.0.1:PORT and return what came back up to EXPECT."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall("".join(f"{line}\n" for line in lines).encode())
-        received = b""
-        deadline = time.monotonic() + timeout
-        while expect.encode() not in received and time.monotonic() < deadline:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            received += chunk
-    text = received.decode(errors="replace")
-    if expect not in text:
-        raise DemoFailed(f"the chat did not answer {expect!r}; it said:\n{text}")
-    return text
-
-
 def wait_serving(port: int, timeout: float = 30.0) -> float:
-    """Seconds until the chat on 127.0.0.1:PORT answers /ping with PONG."""
+    """Seconds until the chat on 127.0.0.1:PORT answers /ping with PONG (its health check)."""
     began = time.monotonic()
     while time.monotonic() - began < timeout:
-        with contextlib.suppress(OSError, DemoFailed):
-            chat_exchange(port, ["/ping"], "PONG", timeout=1.0)
+        with contextlib.suppress(healthcheck.Unhealthy):
+            healthcheck.check("127.0.0.1", port, timeout=1.0)
             return time.monotonic() - began
         time.sleep(0.05)
     raise DemoFailed(f"the chat on 127.0.0.1:{port} did not come back within {timeout:.0f} s")
@@ -164,7 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 env["AWS_ENDPOINT_URL"] = endpoint
                 print(f"    AWS_ENDPOINT_URL={endpoint} (log: {WORK / 'moto.log'})")
             return _journey(journey, fab, inv, key, public_key, args.keep)
-    except RuntimeError as exc:  # DemoFailed, EngineError, moto_server not starting
+    except (RuntimeError, ProbeError) as exc:  # DemoFailed, EngineError, moto, a silent port
         print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
     finally:
@@ -200,11 +184,11 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
     with journey.step("Deploy a second version (a code change: only the code layer ships)"):
         journey.run(fab, "deploy", "--context", str(second_version_tree()),
                     "--version", "2.0.0")
-        print("    " + chat_exchange(local.app_port, [], "HELLO").splitlines()[0])
+        print("    " + chat_hello("127.0.0.1", local.app_port))
     with journey.step("fab rollback: back to the first version, the same path as deploy"):
         journey.run(fab, "rollback", "--to", "1.0.0")
         journey.run(fab, "releases")
-        print("    " + chat_exchange(local.app_port, [], "HELLO").splitlines()[0])
+        print("    " + chat_hello("127.0.0.1", local.app_port))
     if keep:
         print(f"\nleft running: host {HOST_CONTAINER}, inventory {inv}")
         return 0

@@ -7,6 +7,7 @@ run systemd and an inner Docker engine on these machines (`--privileged` does no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import subprocess
@@ -14,6 +15,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pynet.deploy.probe import ProbeError, ssh_banner
 from pynet.local.engine import EngineError, docker, ensure_engine
 from pynet.local.images import ensure_host_image
 
@@ -73,19 +75,11 @@ def _authorize(name: str, public_key: Path) -> None:
     docker("exec", "-i", name, "sh", "-c", script, input=public_key.read_bytes())
 
 
-def ssh_banner(address: str, port: int, timeout: float = 2.0) -> bytes:
-    """The first bytes sshd sends, or b'' when nothing answers."""
-    try:
-        with socket.create_connection((address, port), timeout=timeout) as sock:
-            return sock.recv(64)
-    except OSError:
-        return b""
-
-
 def wait_for_ssh(host: Host, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if ssh_banner(host.address, host.ssh_port).startswith(b"SSH-"):
+        with contextlib.suppress(ProbeError):
+            ssh_banner(host.address, host.ssh_port, timeout=2.0)
             return
         time.sleep(0.3)
     logs = docker("logs", "--tail", "20", host.name, check=False).stdout
