@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 sys.path.insert(0, str(REPO))
 
+from pynet.deploy.probe import ProbeError, chat_hello  # noqa: E402
 from pynet.local.engine import ensure_engine  # noqa: E402
 from pynet.local.host import Host, make_keypair, start_host, stop_host  # noqa: E402
 from pynet.local.images import ensure_base_image  # noqa: E402
@@ -61,10 +61,10 @@ def git(repo: Path, *args: str) -> str:
 def hello(port: int, timeout: float = 1.0) -> bool:
     """True when the chat answers with its HELLO line (a proxy may accept and then close)."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            return sock.recv(64).startswith(b"HELLO ")
-    except OSError:
+        chat_hello("127.0.0.1", port, timeout)
+    except ProbeError:
         return False
+    return True
 
 
 @dataclass

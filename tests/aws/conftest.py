@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import os
-import socket
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from pynet.aws.requests import DEBIAN_OWNER
 from pynet.aws.session import Clients
 from pynet.local.aws import ami_record, write_amis
 from pynet.local.aws import moto_server as local_moto_server
+from pynet.local.host import free_port
 
 from .helpers import REGION
 
@@ -87,13 +87,6 @@ def clients(_moto: None) -> Clients:
 def name(request: pytest.FixtureRequest) -> str:
     """A deployment name of this test's own, so tests sharing one moto never meet."""
     return f"t{abs(hash(request.node.nodeid)) % 10**8}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
