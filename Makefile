@@ -22,6 +22,7 @@ e2e: venv system-deps
 
 lint: venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/yamllint --strict .
 	ANSIBLE_INVENTORY=localhost, $(BIN)/ansible-lint --offline roles playbooks
 

@@ -170,8 +170,13 @@ def main() -> int:
         host = start_host(name, pub)
         try:
             extra = [f"chat_restart_sec={args.restart_sec}"] if args.restart_sec else []
-            proc = subprocess.run(playbook_argv(write_inventory(tmp / "hosts.yml", host), *extra),
-                                  cwd=REPO, capture_output=True, text=True, check=False)
+            proc = subprocess.run(
+                playbook_argv(write_inventory(tmp / "hosts.yml", host), *extra),
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
             if proc.returncode:
                 sys.exit(f"provisioning failed:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}")
             src = build_context_copy(tmp / "src", commit=True)

@@ -93,12 +93,19 @@ def talk(journey: Journey, port: int) -> None:
     """Two real clients (`python -m chat.client`): bob listens while ada speaks."""
     client = (str(BIN / "python"), "-m", "chat.client", "127.0.0.1", str(port), "--raw")
     print(f"    $ {shlex.join((*client, '--nick', 'bob', '--stay'))} &")
-    bob = subprocess.Popen([*client, "--nick", "bob", "--stay"], cwd=REPO, env=journey.env,
-                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    bob = subprocess.Popen(
+        [*client, "--nick", "bob", "--stay"],
+        cwd=REPO,
+        env=journey.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         time.sleep(1.0)
-        journey.run(*client, "--nick", "ada",
-                    stdin="hello bob, from the rehearsal\n/msg bob psst\n/who\n")
+        journey.run(
+            *client, "--nick", "ada", stdin="hello bob, from the rehearsal\n/msg bob psst\n/who\n"
+        )
         time.sleep(1.0)
     finally:
         bob.terminate()
@@ -156,11 +163,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             host.stop_host(HOST_CONTAINER)
 
 
-def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
-             keep: bool) -> int:
+def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path, keep: bool) -> int:
     with journey.step("fab launch: key pair, security group, instance (found again by tag)"):
-        launch = (fab, "launch", "--name", NAME, "--ssh-cidr", "127.0.0.1/32",
-                  "--key", str(public_key), "--wait-timeout", "60")
+        launch = (
+            fab,
+            "launch",
+            "--name",
+            NAME,
+            "--ssh-cidr",
+            "127.0.0.1/32",
+            "--key",
+            str(public_key),
+            "--wait-timeout",
+            "60",
+        )
         journey.run(*launch)
         print("    launching again finds the same instance:")
         journey.run(*launch)
@@ -178,12 +194,12 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
     with journey.step("The chat answers from outside: two clients talk"):
         talk(journey, local.app_port)
     with journey.step("Kill the chat container: systemd brings it back"):
-        journey.run(engine.DOCKER, "exec", HOST_CONTAINER, "docker", "kill", "pynet-chat",
-                    quiet=True)
+        journey.run(
+            engine.DOCKER, "exec", HOST_CONTAINER, "docker", "kill", "pynet-chat", quiet=True
+        )
         print(f"    serving again after {wait_serving(local.app_port):.2f} s")
     with journey.step("Deploy a second version (a code change: only the code layer ships)"):
-        journey.run(fab, "deploy", "--context", str(second_version_tree()),
-                    "--version", "2.0.0")
+        journey.run(fab, "deploy", "--context", str(second_version_tree()), "--version", "2.0.0")
         print("    " + chat_hello("127.0.0.1", local.app_port))
     with journey.step("fab rollback: back to the first version, the same path as deploy"):
         journey.run(fab, "rollback", "--to", "1.0.0")
@@ -196,8 +212,10 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
         journey.run(fab, "destroy", "--name", NAME, "--yes")
         journey.run(fab, "destroy", "--name", NAME, "--yes")
         host.stop_host(HOST_CONTAINER)
-    print(f"\ndone in {time.monotonic() - journey.started:.0f} s. On AWS the same commands run "
-          "without the local stand-ins (README: 'The real AWS path').")
+    print(
+        f"\ndone in {time.monotonic() - journey.started:.0f} s. On AWS the same commands run "
+        "without the local stand-ins (README: 'The real AWS path')."
+    )
     return 0
 
 

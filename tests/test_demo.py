@@ -14,8 +14,14 @@ pytestmark = pytest.mark.e2e
 
 
 def test_demo_runs_the_whole_journey() -> None:
-    proc = subprocess.run([sys.executable, "-m", "pynet.demo"], cwd=REPO, capture_output=True,
-                          text=True, timeout=1200, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pynet.demo"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        check=False,
+    )
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
     assert "launching again finds the same instance" in out

@@ -40,6 +40,7 @@ RELEASES_FILE = f"{STATE_DIR}/releases.jsonl"
 
 # --- combinators ------------------------------------------------------------------------------
 
+
 def render(argv: Argv) -> str:
     """The one way an argv becomes a command line (what runs and what --dry-run prints)."""
     return " ".join(w if isinstance(w, Op) else shlex.quote(w) for w in argv)
@@ -97,9 +98,14 @@ def image(version: str) -> str:
 
 # --- local (the laptop) -----------------------------------------------------------------------
 
+
 def local_build(
-    docker: str, version: str, context: str, base_image: str | None = None,
-    dockerfile: str | None = None, build_args: Mapping[str, str] | None = None,
+    docker: str,
+    version: str,
+    context: str,
+    base_image: str | None = None,
+    dockerfile: str | None = None,
+    build_args: Mapping[str, str] | None = None,
 ) -> Argv:
     """`docker build`; BASE_IMAGE only when asked, so users get the Dockerfile's default."""
     argv = [docker, "build", "-t", image(version)]
@@ -114,8 +120,14 @@ def local_build(
 
 
 def local_layers(docker: str, version: str) -> Argv:
-    return [docker, "image", "inspect", "--format", "{{.Id}} {{json .RootFS.Layers}}",
-            image(version)]
+    return [
+        docker,
+        "image",
+        "inspect",
+        "--format",
+        "{{.Id}} {{json .RootFS.Layers}}",
+        image(version),
+    ]
 
 
 def local_save(docker: str, version: str, path: str) -> Argv:
@@ -123,6 +135,7 @@ def local_save(docker: str, version: str, path: str) -> Argv:
 
 
 # --- remote: docker -------------------------------------------------------------------------
+
 
 def docker(*args: str) -> Argv:
     """Remote docker always through sudo: the deploy user need not be in the `docker` group."""
@@ -143,8 +156,7 @@ def host_layers() -> Argv:
 
 def release_images() -> Argv:
     """`TAG ID CREATED` for every pynet-chat image, newest first."""
-    return docker("image", "ls", "--no-trunc", "--format", "{{.Tag}} {{.ID}} {{.CreatedAt}}",
-                  IMAGE)
+    return docker("image", "ls", "--no-trunc", "--format", "{{.Tag}} {{.ID}} {{.CreatedAt}}", IMAGE)
 
 
 def load(archive: str) -> Argv:
@@ -163,8 +175,7 @@ def remove_images(versions: Iterable[str]) -> Argv:
 
 def running_container() -> Argv:
     """Image ID and start time of the running chat container."""
-    return docker("container", "inspect", "--format", "{{.Image}} {{.State.StartedAt}}",
-                  CONTAINER)
+    return docker("container", "inspect", "--format", "{{.Image}} {{.State.StartedAt}}", CONTAINER)
 
 
 def health(image_id_: str) -> Argv:
@@ -173,31 +184,50 @@ def health(image_id_: str) -> Argv:
     Checking the image too matters: right after a restart the old container may still answer.
     """
     running = output_of(docker("container", "inspect", "--format", "{{.Image}}", CONTAINER))
-    return chain(["test", *running, "=", image_id_],
-                 docker("exec", CONTAINER, "python3", "-m", "chat.healthcheck", "127.0.0.1",
-                        str(APP_PORT)))
+    return chain(
+        ["test", *running, "=", image_id_],
+        docker("exec", CONTAINER, "python3", "-m", "chat.healthcheck", "127.0.0.1", str(APP_PORT)),
+    )
 
 
 # --- remote: systemd --------------------------------------------------------------------------
 
+
 def restart() -> Argv:
     """reset-failed first: a unit that hit its start limit refuses a plain restart."""
-    return chain(sudo(["systemctl", "reset-failed", SERVICE]),
-                 sudo(["systemctl", "restart", SERVICE]))
+    return chain(
+        sudo(["systemctl", "reset-failed", SERVICE]), sudo(["systemctl", "restart", SERVICE])
+    )
 
 
 def unit_show() -> Argv:
-    return ["systemctl", "show", SERVICE, "--property",
-            "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"]
+    return [
+        "systemctl",
+        "show",
+        SERVICE,
+        "--property",
+        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp",
+    ]
 
 
 def journal(lines: int = 20, follow: bool = False) -> Argv:
-    argv = sudo(["journalctl", "--unit", SERVICE, "--lines", str(lines), "--no-pager",
-                 "--output", "short-iso"])
+    argv = sudo(
+        [
+            "journalctl",
+            "--unit",
+            SERVICE,
+            "--lines",
+            str(lines),
+            "--no-pager",
+            "--output",
+            "short-iso",
+        ]
+    )
     return [*argv, "--follow"] if follow else argv
 
 
 # --- remote: deploy state (lock, history) -----------------------------------------------------
+
 
 def ensure_state_dir(user: str) -> Argv:
     """Uploads, the lock and the history need no sudo when the user can write the state dir.
@@ -205,14 +235,19 @@ def ensure_state_dir(user: str) -> Argv:
     The chat role makes it `root:docker 2775` (the SSH user is in `docker`): leave that alone.
     Only a host the role never ran on gets one owned by the deploy user.
     """
-    return either(["test", "-w", ARCHIVE_DIR],
-                  sudo(["install", "-d", "-o", user, "-m", "0755", STATE_DIR, ARCHIVE_DIR]))
+    return either(
+        ["test", "-w", ARCHIVE_DIR],
+        sudo(["install", "-d", "-o", user, "-m", "0755", STATE_DIR, ARCHIVE_DIR]),
+    )
 
 
 def lock_acquire(owner: Mapping[str, object]) -> Argv:
     """mkdir is atomic: exactly one of two racing deploys creates the directory."""
-    return chain(["mkdir", LOCK_DIR], write(LOCK_OWNER, json.dumps(owner, sort_keys=True)),
-                 ["touch", LOCK_HEARTBEAT])
+    return chain(
+        ["mkdir", LOCK_DIR],
+        write(LOCK_OWNER, json.dumps(owner, sort_keys=True)),
+        ["touch", LOCK_HEARTBEAT],
+    )
 
 
 def lock_info() -> Argv:
@@ -221,10 +256,12 @@ def lock_info() -> Argv:
     Exit 3 when there is no lock. The heartbeat falls back to the directory's own mtime when a
     deploy died between mkdir and writing its files.
     """
-    return seq(either(["test", "-d", LOCK_DIR], ["exit", "3"]),
-               ["date", "+%s"],
-               either(quiet(["stat", "-c", "%Y", LOCK_HEARTBEAT]), ["stat", "-c", "%Y", LOCK_DIR]),
-               either(quiet(["cat", LOCK_OWNER]), ["echo", "{}"]))
+    return seq(
+        either(["test", "-d", LOCK_DIR], ["exit", "3"]),
+        ["date", "+%s"],
+        either(quiet(["stat", "-c", "%Y", LOCK_HEARTBEAT]), ["stat", "-c", "%Y", LOCK_DIR]),
+        either(quiet(["cat", LOCK_OWNER]), ["echo", "{}"]),
+    )
 
 
 def lock_heartbeat() -> Argv:
@@ -250,6 +287,7 @@ def read_releases() -> Argv:
 
 
 # --- remote: doctor's probes ------------------------------------------------------------------
+
 
 def port_listening(port: int = APP_PORT) -> Argv:
     return ["ss", "-Hltn", f"sport = :{port}"]

@@ -36,10 +36,14 @@ def _resolve(conn: Connection) -> Finding:
     try:
         infos = socket.getaddrinfo(conn.host, conn.port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        return Finding("address", False, f"{conn.host} does not resolve ({exc.strerror})",
-                       "the host name is wrong or its DNS record is gone",
-                       "check ansible_host in inventory/hosts.yml (or -H); after a stop/start "
-                       "an EC2 public address changes: run `fab launch` again to refresh it")
+        return Finding(
+            "address",
+            False,
+            f"{conn.host} does not resolve ({exc.strerror})",
+            "the host name is wrong or its DNS record is gone",
+            "check ansible_host in inventory/hosts.yml (or -H); after a stop/start "
+            "an EC2 public address changes: run `fab launch` again to refresh it",
+        )
     return Finding("address", True, f"{conn.host} -> {infos[0][4][0]}")
 
 
@@ -49,17 +53,26 @@ def _ssh_port(conn: Connection) -> Finding:
     except ProbeError as exc:
         text = str(exc)
         if "refused" in text:
-            why = (f"SSH is refused: nothing accepts connections on port {conn.port} "
-                   "(sshd is stopped, or the port is wrong)")
+            why = (
+                f"SSH is refused: nothing accepts connections on port {conn.port} "
+                "(sshd is stopped, or the port is wrong)"
+            )
         elif "did not answer" in text:
-            why = (f"SSH port {conn.port} does not answer: the security group or a firewall drops "
-                   "it, or the instance is stopped")
+            why = (
+                f"SSH port {conn.port} does not answer: the security group or a firewall drops "
+                "it, or the instance is stopped"
+            )
         else:
             why = f"SSH is refused: the port answers but sshd is not behind it ({text})"
-        return Finding("ssh port", False, text, why,
-                       "check the instance is running and the security group allows TCP "
-                       f"{conn.port} from your address; start sshd from the console "
-                       "(`sudo systemctl start ssh`) if it was stopped")
+        return Finding(
+            "ssh port",
+            False,
+            text,
+            why,
+            "check the instance is running and the security group allows TCP "
+            f"{conn.port} from your address; start sshd from the console "
+            "(`sudo systemctl start ssh`) if it was stopped",
+        )
     return Finding("ssh port", True, banner)
 
 
@@ -67,24 +80,39 @@ def _auth(conn: Connection) -> Finding:
     try:
         conn.open()
     except AuthenticationException:
-        return Finding("ssh auth", False, f"the host refused our key for user {conn.user!r}",
-                       "wrong key or wrong user",
-                       "pass the key the instance was launched with (-i KEY or "
-                       "ansible_ssh_private_key_file) and the image's user (`admin` on Debian)")
+        return Finding(
+            "ssh auth",
+            False,
+            f"the host refused our key for user {conn.user!r}",
+            "wrong key or wrong user",
+            "pass the key the instance was launched with (-i KEY or "
+            "ansible_ssh_private_key_file) and the image's user (`admin` on Debian)",
+        )
     except (SSHException, OSError) as exc:
-        return Finding("ssh auth", False, f"SSH handshake failed: {exc}",
-                       "sshd answered but the SSH session could not be set up",
-                       "retry; if it persists, check sshd's log from the console")
+        return Finding(
+            "ssh auth",
+            False,
+            f"SSH handshake failed: {exc}",
+            "sshd answered but the SSH session could not be set up",
+            "retry; if it persists, check sshd's log from the console",
+        )
     return Finding("ssh auth", True, f"logged in as {conn.user}")
 
 
 def _unit_active(remote: Remote, unit: str, what: str, fix: str) -> Finding:
-    show = parse_show(remote.output(["systemctl", "show", unit, "--property",
-                                     "LoadState,ActiveState,SubState"], check=False))
+    show = parse_show(
+        remote.output(
+            ["systemctl", "show", unit, "--property", "LoadState,ActiveState,SubState"], check=False
+        )
+    )
     if show.get("LoadState") == "not-found":
-        return Finding(what, False, f"{unit} is not installed",
-                       f"the host was not provisioned ({unit} is missing)",
-                       "run `ansible-playbook playbooks/site.yml` against it")
+        return Finding(
+            what,
+            False,
+            f"{unit} is not installed",
+            f"the host was not provisioned ({unit} is missing)",
+            "run `ansible-playbook playbooks/site.yml` against it",
+        )
     state = f"{show.get('ActiveState', '?')} ({show.get('SubState', '?')})"
     if show.get("ActiveState") != "active":
         return Finding(what, False, f"{unit} is {state}", f"{unit} is not running", fix)
@@ -94,37 +122,59 @@ def _unit_active(remote: Remote, unit: str, what: str, fix: str) -> Finding:
 def _listening(remote: Remote, port: int) -> Finding:
     if remote.output(cmd.port_listening(port), check=False):
         return Finding("port on host", True, f"something listens on :{port}")
-    return Finding("port on host", False, f"nothing listens on :{port} on the host",
-                   "the chat container runs but does not publish its port (or is still starting)",
-                   f"`fab logs` to see why; the unit must run the container with -p {port}:{port}")
+    return Finding(
+        "port on host",
+        False,
+        f"nothing listens on :{port} on the host",
+        "the chat container runs but does not publish its port (or is still starting)",
+        f"`fab logs` to see why; the unit must run the container with -p {port}:{port}",
+    )
 
 
 def _outside(conn: Connection, app_port: int) -> Finding:
     try:
         hello = chat_hello(conn.host, app_port)
     except ProbeError as exc:
-        return Finding("port from here", False, str(exc),
-                       f"the chat port listens on the host but is not reachable from here: the "
-                       f"security group (or a host firewall) blocks TCP {app_port}",
-                       f"allow inbound TCP {app_port} in the instance's security group "
-                       "(`fab launch` adds the rule); on the host check `sudo iptables -S`")
+        return Finding(
+            "port from here",
+            False,
+            str(exc),
+            f"the chat port listens on the host but is not reachable from here: the "
+            f"security group (or a host firewall) blocks TCP {app_port}",
+            f"allow inbound TCP {app_port} in the instance's security group "
+            "(`fab launch` adds the rule); on the host check `sudo iptables -S`",
+        )
     return Finding("port from here", True, hello)
 
 
 def _resources(remote: Remote) -> Finding:
     df = remote.output(cmd.disk_usage(), check=False).splitlines()
     used = int(df[-1].split()[4].rstrip("%")) if len(df) > 1 else 0
-    mem = {k.rstrip(":"): int(v) for k, v, *_ in
-           (line.split() for line in remote.output(cmd.memory(), check=False).splitlines())}
+    mem = {
+        k.rstrip(":"): int(v)
+        for k, v, *_ in (
+            line.split() for line in remote.output(cmd.memory(), check=False).splitlines()
+        )
+    }
     available = mem.get("MemAvailable", MEMORY_LOW_KB)
     detail = f"disk {used}% used, {available // 1024} MB memory available"
     if used >= DISK_FULL_PCT:
-        return Finding("resources", False, detail, "the disk holding docker's data is nearly full",
-                       "free space: `sudo docker image prune -a` (keeps images in use), lower "
-                       "`fab deploy --keep`, or grow the volume")
+        return Finding(
+            "resources",
+            False,
+            detail,
+            "the disk holding docker's data is nearly full",
+            "free space: `sudo docker image prune -a` (keeps images in use), lower "
+            "`fab deploy --keep`, or grow the volume",
+        )
     if available < MEMORY_LOW_KB:
-        return Finding("resources", False, detail, "the host is almost out of memory",
-                       "see `fab logs` for OOM kills; use a larger instance type")
+        return Finding(
+            "resources",
+            False,
+            detail,
+            "the host is almost out of memory",
+            "see `fab logs` for OOM kills; use a larger instance type",
+        )
     return Finding("resources", True, detail)
 
 
@@ -135,12 +185,19 @@ def diagnose(remote: Remote, app_port: int) -> Iterator[Finding]:
         lambda: _resolve(conn),
         lambda: _ssh_port(conn),
         lambda: _auth(conn),
-        lambda: _unit_active(remote, "docker", "docker",
-                             "`sudo systemctl start docker` (see `sudo journalctl -u docker -n 50` "
-                             "for why it stopped), then `fab status`"),
-        lambda: _unit_active(remote, f"{cmd.SERVICE}.service", "service",
-                             f"`fab logs` to see why, then `sudo systemctl start {cmd.SERVICE}` "
-                             "or `fab rollback`"),
+        lambda: _unit_active(
+            remote,
+            "docker",
+            "docker",
+            "`sudo systemctl start docker` (see `sudo journalctl -u docker -n 50` "
+            "for why it stopped), then `fab status`",
+        ),
+        lambda: _unit_active(
+            remote,
+            f"{cmd.SERVICE}.service",
+            "service",
+            f"`fab logs` to see why, then `sudo systemctl start {cmd.SERVICE}` or `fab rollback`",
+        ),
         lambda: _listening(remote, cmd.APP_PORT),
         lambda: _outside(conn, app_port),
         lambda: _resources(remote),

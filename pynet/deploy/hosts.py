@@ -47,12 +47,13 @@ def targets(c: Context, path: str | None = None) -> list[Target]:
     except ValueError as exc:
         raise NoHosts(str(exc)) from None
     if not hosts:
-        raise NoHosts(f"no hosts: pass -H user@host[:port] (and -i KEY), or run `fab launch` "
-                      f"to write {inventory.inventory_path(path)}")
+        raise NoHosts(
+            f"no hosts: pass -H user@host[:port] (and -i KEY), or run `fab launch` "
+            f"to write {inventory.inventory_path(path)}"
+        )
     result = []
     for h in hosts:
         keys = {"key_filename": [str(Path(h.key_file).expanduser())]} if h.key_file else {}
-        conn = Connection(h.address, user=h.user, port=h.port, config=c.config,
-                          connect_kwargs=keys)
+        conn = Connection(h.address, user=h.user, port=h.port, config=c.config, connect_kwargs=keys)
         result.append(Target(conn, chat_port=h.chat_port))
     return result

@@ -90,14 +90,26 @@ def read_lock(remote: Remote) -> LockInfo | None:
 class DeployLock:
     """`with DeployLock(remote, ...)`: hold the host's lock for the block, heartbeating."""
 
-    def __init__(self, remote: Remote, action: str, version: str,
-                 stale_after: float = STALE_AFTER, beat_every: float = HEARTBEAT_EVERY) -> None:
+    def __init__(
+        self,
+        remote: Remote,
+        action: str,
+        version: str,
+        stale_after: float = STALE_AFTER,
+        beat_every: float = HEARTBEAT_EVERY,
+    ) -> None:
         self.remote = remote
         self.stale_after = stale_after
         self.beat_every = beat_every
         self.token = secrets.token_hex(8)
-        self.owner = {"user": whoami(), "pid": os.getpid(), "since": utcnow(),
-                      "action": action, "version": version, "token": self.token}
+        self.owner = {
+            "user": whoami(),
+            "pid": os.getpid(),
+            "since": utcnow(),
+            "action": action,
+            "version": version,
+            "token": self.token,
+        }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -107,11 +119,12 @@ class DeployLock:
             info = read_lock(self.remote)
             if info is None:  # vanished between our mkdir and our look: just a fast holder
                 raise LockHeld("the deploy lock was busy; try again")
-            raise LockHeld(f"refused: the deploy lock on {self.remote.label} is "
-                           + info.describe(self.stale_after))
+            raise LockHeld(
+                f"refused: the deploy lock on {self.remote.label} is "
+                + info.describe(self.stale_after)
+            )
         if not self.remote.dry_run:
-            self._thread = threading.Thread(target=self._beat, name="deploy-heartbeat",
-                                            daemon=True)
+            self._thread = threading.Thread(target=self._beat, name="deploy-heartbeat", daemon=True)
             self._thread.start()
         return self
 
@@ -122,8 +135,12 @@ class DeployLock:
             except Exception:  # noqa: S112 - a missed beat is harmless; the next may work
                 continue
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)

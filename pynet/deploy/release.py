@@ -44,6 +44,7 @@ class Outcome:
 
 # --- reading host state -----------------------------------------------------------------------
 
+
 def parse_images(text: str) -> list[ReleaseImage]:
     images = []
     for line in text.splitlines():
@@ -66,8 +67,9 @@ def parse_history(text: str) -> list[dict[str, object]]:
     return entries
 
 
-def name_of(image_id: str | None, images: Sequence[ReleaseImage],
-            history: Sequence[dict[str, object]] = ()) -> str | None:
+def name_of(
+    image_id: str | None, images: Sequence[ReleaseImage], history: Sequence[dict[str, object]] = ()
+) -> str | None:
     """The version tag of IMAGE_ID (not `current`); the most recently deployed if several."""
     tags = [i.tag for i in images if i.id == image_id and i.tag != "current"]
     if not tags:
@@ -76,8 +78,12 @@ def name_of(image_id: str | None, images: Sequence[ReleaseImage],
     return min(tags, key=lambda t: recent.index(t) if t in recent else len(recent))
 
 
-def plan_prune(images: Sequence[ReleaseImage], history: Sequence[dict[str, object]],
-               keep: int, protect: set[str]) -> list[str]:
+def plan_prune(
+    images: Sequence[ReleaseImage],
+    history: Sequence[dict[str, object]],
+    keep: int,
+    protect: set[str],
+) -> list[str]:
     """Version tags to delete: all but the KEEP most recently deployed, never a protected ID.
 
     Recency is the last time a version appears in the history; versions never deployed by us
@@ -126,12 +132,22 @@ class HostState:
 
 # --- building and shipping --------------------------------------------------------------------
 
-def build(local: Local, docker: str, version: str, context: Path, base_image: str | None,
-          dockerfile: str | None = None, build_args: dict[str, str] | None = None) -> None:
+
+def build(
+    local: Local,
+    docker: str,
+    version: str,
+    context: Path,
+    base_image: str | None,
+    dockerfile: str | None = None,
+    build_args: dict[str, str] | None = None,
+) -> None:
     if not local.dry_run:
         print(f"[local] building {cmd.image(version)} from {context}", file=local.out, flush=True)
-    local.run(cmd.local_build(docker, version, str(context), base_image, dockerfile, build_args),
-              cwd=context)
+    local.run(
+        cmd.local_build(docker, version, str(context), base_image, dockerfile, build_args),
+        cwd=context,
+    )
 
 
 def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
@@ -154,8 +170,10 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
                 remote.say("shipping the layers the host lacks")
             else:
                 size = slim_archive(saved, archive, attempt_skip)
-                remote.say(f"shipping {len(layer_list) - attempt_skip} of {len(layer_list)} "
-                           f"layers ({human(size)} compressed)")
+                remote.say(
+                    f"shipping {len(layer_list) - attempt_skip} of {len(layer_list)} "
+                    f"layers ({human(size)} compressed)"
+                )
             remote.upload(archive, remote_path)
             loaded = remote.run(cmd.load(remote_path), check=False)
             if loaded.ok:
@@ -172,6 +190,7 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
 
 # --- activating a release ---------------------------------------------------------------------
 
+
 def _restarts(remote: Remote) -> int:
     text = remote.output(cmd.unit_show(), check=False)
     for line in text.splitlines():
@@ -180,8 +199,9 @@ def _restarts(remote: Remote) -> int:
     return 0
 
 
-def wait_healthy(remote: Remote, image_id: str, timeout: float,
-                 clock: Callable[[], float] = time.monotonic) -> str | None:
+def wait_healthy(
+    remote: Remote, image_id: str, timeout: float, clock: Callable[[], float] = time.monotonic
+) -> str | None:
     """None once IMAGE_ID serves and answers the health check, else why it did not."""
     if remote.dry_run:
         remote.run(cmd.health(image_id))
@@ -206,13 +226,16 @@ def _point_at(remote: Remote, ref: str, image_id: str, timeout: float) -> str | 
     restarted = time.monotonic()
     reason = wait_healthy(remote, image_id, timeout)
     if not remote.dry_run:
-        remote.say(f"restart {restarted - started:.1f}s, healthy after "
-                   f"{time.monotonic() - restarted:.1f}s more")
+        remote.say(
+            f"restart {restarted - started:.1f}s, healthy after "
+            f"{time.monotonic() - restarted:.1f}s more"
+        )
     return reason
 
 
-def activate(remote: Remote, version: str, action: str, timeout: float = HEALTH_TIMEOUT,
-             keep: int = KEEP) -> Outcome:
+def activate(
+    remote: Remote, version: str, action: str, timeout: float = HEALTH_TIMEOUT, keep: int = KEEP
+) -> Outcome:
     """Make VERSION current and healthy, or put the previous release back and raise."""
     state = HostState.read(remote)
     target = state.id_of(version) or ("sha256:<id>" if remote.dry_run else None)
@@ -236,13 +259,18 @@ def activate(remote: Remote, version: str, action: str, timeout: float = HEALTH_
         remote.say(f"{version} failed ({reason}); rolling back to {previous or previous_id}")
         again = _point_at(remote, previous_id, previous_id, timeout)
         result = "rolled-back" if again is None else "failed"
-        after = (f"rolled back to {previous or previous_id}, which is serving" if again is None
-                 else f"the rollback to {previous or previous_id} failed too: {again}")
+        after = (
+            f"rolled back to {previous or previous_id}, which is serving"
+            if again is None
+            else f"the rollback to {previous or previous_id} failed too: {again}"
+        )
     else:
         result, after = "failed", "there was no previous release to go back to"
     remote.run(cmd.record({**entry, "time": utcnow(), "result": result, "reason": reason}))
-    raise DeployError(f"{action} of {version} failed: {reason}; {after}.\n"
-                      f"Last lines of `journalctl -u {cmd.SERVICE}`:\n{logs}")
+    raise DeployError(
+        f"{action} of {version} failed: {reason}; {after}.\n"
+        f"Last lines of `journalctl -u {cmd.SERVICE}`:\n{logs}"
+    )
 
 
 def prune(remote: Remote, keep: int, protect: set[str]) -> None:
@@ -255,8 +283,15 @@ def prune(remote: Remote, keep: int, protect: set[str]) -> None:
 
 # --- the two entry points ---------------------------------------------------------------------
 
-def deploy(remote: Remote, local: Local, docker: str, version: str,
-           timeout: float = HEALTH_TIMEOUT, keep: int = KEEP) -> Outcome:
+
+def deploy(
+    remote: Remote,
+    local: Local,
+    docker: str,
+    version: str,
+    timeout: float = HEALTH_TIMEOUT,
+    keep: int = KEEP,
+) -> Outcome:
     """Ship VERSION (built already) and activate it, under the host's deploy lock."""
     with DeployLock(remote, "deploy", version):
         started = time.monotonic()
@@ -264,13 +299,16 @@ def deploy(remote: Remote, local: Local, docker: str, version: str,
         shipped_at = time.monotonic()
         outcome = activate(remote, version, "deploy", timeout, keep)
         done = time.monotonic()
-        remote.say(f"deployed {version} in {done - started:.1f}s: ship {shipped_at - started:.1f}s "
-                   f"({human(shipped)}), switch {done - shipped_at:.1f}s")
+        remote.say(
+            f"deployed {version} in {done - started:.1f}s: ship {shipped_at - started:.1f}s "
+            f"({human(shipped)}), switch {done - shipped_at:.1f}s"
+        )
         return Outcome(version, shipped, outcome.previous)
 
 
-def rollback(remote: Remote, to: str | None = None, timeout: float = HEALTH_TIMEOUT,
-             keep: int = KEEP) -> Outcome:
+def rollback(
+    remote: Remote, to: str | None = None, timeout: float = HEALTH_TIMEOUT, keep: int = KEEP
+) -> Outcome:
     """Activate TO (default: the release before the current one), under the deploy lock."""
     with DeployLock(remote, "rollback", to or "previous"):
         version = to or HostState.read(remote).previous_release()

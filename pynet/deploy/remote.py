@@ -24,8 +24,9 @@ class DeployError(RuntimeError):
 
 def _failure(line: str, exited: int, stderr: str, stdout: str = "") -> DeployError:
     detail = (stderr.strip() or stdout.strip()).splitlines()[-3:]
-    return DeployError(f"`{line}` failed (exit {exited})" + (": " + " / ".join(detail) if detail
-                                                             else ""))
+    return DeployError(
+        f"`{line}` failed (exit {exited})" + (": " + " / ".join(detail) if detail else "")
+    )
 
 
 @dataclass
@@ -35,8 +36,9 @@ class Local:
     dry_run: bool = False
     out: TextIO = field(default_factory=lambda: sys.stdout)
 
-    def run(self, argv: Argv, *, check: bool = True, quiet: bool = True,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Argv, *, check: bool = True, quiet: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         line = render(argv)
         if self.dry_run:
             print(f"[local] {line}", file=self.out, flush=True)
@@ -44,8 +46,9 @@ class Local:
         try:
             proc = subprocess.run(argv, cwd=cwd, text=True, check=False, capture_output=quiet)
         except FileNotFoundError:
-            raise DeployError(f"`{argv[0]}` not found here: install Docker (or set PYNET_DOCKER)"
-                              ) from None
+            raise DeployError(
+                f"`{argv[0]}` not found here: install Docker (or set PYNET_DOCKER)"
+            ) from None
         if check and proc.returncode:
             raise _failure(line, proc.returncode, proc.stderr or "", proc.stdout or "")
         return proc
@@ -66,8 +69,7 @@ class Remote:
     def say(self, message: str) -> None:
         print(f"[{self.conn.host}:{self.conn.port}] {message}", file=self.out, flush=True)
 
-    def run(self, argv: Argv, *, check: bool = True, hide: bool = True,
-            **kwargs: Any) -> Result:
+    def run(self, argv: Argv, *, check: bool = True, hide: bool = True, **kwargs: Any) -> Result:
         line = render(argv)
         if self.dry_run:
             print(f"[{self.conn.host}:{self.conn.port}] {line}", file=self.out, flush=True)
@@ -86,8 +88,11 @@ class Remote:
     def upload(self, local: Path, remote: str, progress: bool = True) -> None:
         """SFTP with a progress bar on a terminal (a single summary line otherwise)."""
         if self.dry_run:
-            print(f"[{self.conn.host}:{self.conn.port}] sftp put {local} {remote}",
-                  file=self.out, flush=True)
+            print(
+                f"[{self.conn.host}:{self.conn.port}] sftp put {local} {remote}",
+                file=self.out,
+                flush=True,
+            )
             return
         bar = ProgressBar(self.out, enabled=progress)
         self.conn.sftp().put(str(local), remote, callback=bar.update)
@@ -111,8 +116,10 @@ class ProgressBar:
             return
         self._last = pct
         filled = self.width * sent // total
-        self.out.write(f"\r  [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  "
-                       f"{human(sent)}/{human(total)}")
+        self.out.write(
+            f"\r  [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  "
+            f"{human(sent)}/{human(total)}"
+        )
         self.out.flush()
 
     def done(self) -> None:

@@ -40,17 +40,22 @@ def status(remote: Remote, app_port: int) -> tuple[str, bool]:
     state = HostState.read(remote)
     running = remote.run(cmd.running_container(), check=False)
     active = unit.get("ActiveState", "unknown")
-    lines = [f"unit       {cmd.SERVICE}: {active} ({unit.get('SubState', '?')}), "
-             f"restarts {unit.get('NRestarts', '?')}"]
+    lines = [
+        f"unit       {cmd.SERVICE}: {active} ({unit.get('SubState', '?')}), "
+        f"restarts {unit.get('NRestarts', '?')}"
+    ]
     healthy = active == "active"
     if running.ok:
         image_id, _, started = running.stdout.strip().partition(" ")
-        version = next((i.tag for i in state.images if i.id == image_id and i.tag != "current"),
-                       image_id[:19])
+        version = next(
+            (i.tag for i in state.images if i.id == image_id and i.tag != "current"), image_id[:19]
+        )
         lines.append(f"version    {version} (up {since(started)}, started {started[:19]}Z)")
         if image_id != state.current_id:
-            lines.append(f"           not the current release ({state.current or '?'}): "
-                         "a deploy is under way or the unit was not restarted")
+            lines.append(
+                f"           not the current release ({state.current or '?'}): "
+                "a deploy is under way or the unit was not restarted"
+            )
             healthy = False
     else:
         lines.append("version    no chat container is running")
@@ -79,13 +84,24 @@ def releases(remote: Remote) -> str:
         result = str(entry.get("result", "?"))
         if version not in on_host:
             result += " (pruned)"
-        rows.append((mark, version, str(entry.get("time", "?")), str(entry.get("user", "?")),
-                     str(entry.get("action", "?")), result))
+        rows.append(
+            (
+                mark,
+                version,
+                str(entry.get("time", "?")),
+                str(entry.get("user", "?")),
+                str(entry.get("action", "?")),
+                result,
+            )
+        )
     rows[1:] = reversed(rows[1:])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                      for r in rows)
+    table = "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
+    )
     others = [i.tag for i in state.images if i.tag != "current"]
-    return (f"{table}\ncurrent: {current or state.current_id or 'none'}"
-            f"{'' if marked or not current else ' (not deployed by fab: the seed release)'}\n"
-            f"on the host: {', '.join(others) or 'none'}")
+    return (
+        f"{table}\ncurrent: {current or state.current_id or 'none'}"
+        f"{'' if marked or not current else ' (not deployed by fab: the seed release)'}\n"
+        f"on the host: {', '.join(others) or 'none'}"
+    )

@@ -20,10 +20,12 @@ class VersionError(RuntimeError):
     """The source tree is not something we can name a release after."""
 
 
-def _git(repo: Path, *args: str,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          check=False, env=env)
+def _git(
+    repo: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["git", "-C", str(repo), *args], capture_output=True, text=True, check=False, env=env
+    )
 
 
 def tree_hash(repo: Path) -> str:

@@ -1,11 +1,11 @@
 """`python -m pynet.local`: the local harness from the shell (used by `make demo` and by hand).
 
-    python -m pynet.local engine              start a Docker engine if none runs
-    python -m pynet.local images              build or load the cached base and host images
-    python -m pynet.local chat-image VERSION  build pynet-chat:VERSION on the local base
-    python -m pynet.local host up NAME        boot an EC2-like host, print how to reach it (JSON)
-    python -m pynet.local host down NAME      remove it
-    python -m pynet.local host list           list the harness's hosts
+python -m pynet.local engine              start a Docker engine if none runs
+python -m pynet.local images              build or load the cached base and host images
+python -m pynet.local chat-image VERSION  build pynet-chat:VERSION on the local base
+python -m pynet.local host up NAME        boot an EC2-like host, print how to reach it (JSON)
+python -m pynet.local host down NAME      remove it
+python -m pynet.local host list           list the harness's hosts
 """
 
 from __future__ import annotations
@@ -20,8 +20,11 @@ DEFAULT_KEY = images.REPO / ".cache" / "ssh" / "id_ed25519"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pynet.local", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pynet.local",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("engine", help="start a Docker engine if none is running")
     sub.add_parser("images", help="build or load the base and host images")
@@ -30,8 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     hosts = sub.add_parser("host", help="manage EC2-like hosts")
     hosts.add_argument("action", choices=["up", "down", "list"])
     hosts.add_argument("name", nargs="?", default="pynet-local")
-    hosts.add_argument("--key", type=Path, default=DEFAULT_KEY,
-                       help="private key whose .pub is authorized (made if missing)")
+    hosts.add_argument(
+        "--key",
+        type=Path,
+        default=DEFAULT_KEY,
+        help="private key whose .pub is authorized (made if missing)",
+    )
     hosts.add_argument("--ssh-port", type=int, default=0)
     hosts.add_argument("--app-port", type=int, default=0)
     args = parser.parse_args(argv)

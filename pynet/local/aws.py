@@ -33,16 +33,29 @@ DEBIAN_IMAGES: tuple[tuple[str, str, str, str, str], ...] = (
 def ami_record(ami_id: str, name: str, owner: str, arch: str, date: str) -> dict[str, object]:
     """One entry of moto's image list (the format of MOTO_AMIS_PATH)."""
     return {
-        "ami_id": ami_id, "name": name, "description": name, "owner_id": owner, "public": True,
-        "virtualization_type": "hvm", "architecture": arch, "state": "available",
-        "platform": None, "image_type": "machine", "hypervisor": "xen",
-        "root_device_name": "/dev/xvda", "root_device_type": "ebs", "sriov": "simple",
+        "ami_id": ami_id,
+        "name": name,
+        "description": name,
+        "owner_id": owner,
+        "public": True,
+        "virtualization_type": "hvm",
+        "architecture": arch,
+        "state": "available",
+        "platform": None,
+        "image_type": "machine",
+        "hypervisor": "xen",
+        "root_device_name": "/dev/xvda",
+        "root_device_type": "ebs",
+        "sriov": "simple",
         "creation_date": f"{date}T12:00:00.000Z",
     }
 
 
-def write_amis(path: Path, images: Sequence[tuple[str, str, str, str, str]] = DEBIAN_IMAGES,
-               extra: Sequence[dict[str, object]] = ()) -> Path:
+def write_amis(
+    path: Path,
+    images: Sequence[tuple[str, str, str, str, str]] = DEBIAN_IMAGES,
+    extra: Sequence[dict[str, object]] = (),
+) -> Path:
     path.write_text(json.dumps([ami_record(*image) for image in images] + list(extra)))
     return path
 
@@ -55,7 +68,8 @@ def moto_server(amis: Path, log: Path | None = None, timeout: float = 30.0) -> I
     process = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, "MOTO_AMIS_PATH": str(amis)},
-        stdout=out, stderr=subprocess.STDOUT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     try:

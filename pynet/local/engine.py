@@ -17,8 +17,9 @@ from pathlib import Path
 # Debian's client matches the engine Debian ships; a newer client earlier on PATH prints warnings.
 DEBIAN_DOCKER = Path("/usr/bin/docker")
 DOCKER = str(DEBIAN_DOCKER) if DEBIAN_DOCKER.exists() else (shutil.which("docker") or "docker")
-DOCKERD_LOG = Path(os.environ.get("PYNET_DOCKERD_LOG")
-                   or Path(tempfile.gettempdir()) / "pynet-dockerd.log")
+DOCKERD_LOG = Path(
+    os.environ.get("PYNET_DOCKERD_LOG") or Path(tempfile.gettempdir()) / "pynet-dockerd.log"
+)
 
 
 class EngineError(RuntimeError):
@@ -95,5 +96,7 @@ def ensure_engine(timeout: float = 60.0) -> None:
             return
         time.sleep(0.5)
     tail = DOCKERD_LOG.read_text(errors="replace").splitlines()[-5:]
-    raise EngineError(f"dockerd did not come up in {timeout:.0f}s; its log ({DOCKERD_LOG}) ends:\n"
-                      + "\n".join(tail))
+    raise EngineError(
+        f"dockerd did not come up in {timeout:.0f}s; its log ({DOCKERD_LOG}) ends:\n"
+        + "\n".join(tail)
+    )

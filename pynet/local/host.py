@@ -24,12 +24,25 @@ SSH_USER = "admin"
 CHAT_PORT = 5050
 
 RUN_FLAGS = (
-    "--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-    "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-    "--tmpfs", "/run", "--tmpfs", "/run/lock", "--tmpfs", "/tmp:exec",  # noqa: S108 - the host's own /tmp
-    "-v", "/sys/fs/cgroup:/sys/fs/cgroup:ro",
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--security-opt",
+    "apparmor=unconfined",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+    "--tmpfs",
+    "/tmp:exec",  # noqa: S108 - the host's own /tmp
+    "-v",
+    "/sys/fs/cgroup:/sys/fs/cgroup:ro",
     # An anonymous volume: the inner dockerd needs a real filesystem for overlay2.
-    "-v", "/var/lib/docker",
+    "-v",
+    "/var/lib/docker",
 )
 
 
@@ -83,8 +96,10 @@ def wait_for_ssh(host: Host, timeout: float = 60.0) -> None:
             return
         time.sleep(0.3)
     logs = docker("logs", "--tail", "20", host.name, check=False).stdout
-    raise EngineError(f"host {host.name}: sshd did not answer on 127.0.0.1:{host.ssh_port} "
-                      f"within {timeout:.0f}s\n{logs}")
+    raise EngineError(
+        f"host {host.name}: sshd did not answer on 127.0.0.1:{host.ssh_port} "
+        f"within {timeout:.0f}s\n{logs}"
+    )
 
 
 def start_host(
@@ -109,10 +124,19 @@ def start_host(
         key_path=str(public_key.with_suffix("")),
     )
     docker(
-        "run", "-d", "--name", name, "--hostname", name, "--label", LABEL,
+        "run",
+        "-d",
+        "--name",
+        name,
+        "--hostname",
+        name,
+        "--label",
+        LABEL,
         *RUN_FLAGS,
-        "-p", f"127.0.0.1:{host.ssh_port}:22",
-        "-p", f"127.0.0.1:{host.app_port}:{CHAT_PORT}",
+        "-p",
+        f"127.0.0.1:{host.ssh_port}:22",
+        "-p",
+        f"127.0.0.1:{host.app_port}:{CHAT_PORT}",
         image,
     )
     _authorize(name, public_key)
@@ -134,6 +158,8 @@ def make_keypair(path: Path) -> tuple[Path, Path]:
     """An ed25519 key pair for the harness (PATH and PATH.pub), made once."""
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pynet-local",
-                        "-f", str(path)], check=True)
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pynet-local", "-f", str(path)],
+            check=True,
+        )
     return path, path.with_suffix(".pub")

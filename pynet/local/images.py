@@ -54,8 +54,14 @@ def recipe_digest(tag: str) -> str:
 
 
 def _label(tag: str) -> str:
-    proc = docker("image", "inspect", "--format", f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}',
-                  tag, check=False)
+    proc = docker(
+        "image",
+        "inspect",
+        "--format",
+        f'{{{{index .Config.Labels "{RECIPE_LABEL}"}}}}',
+        tag,
+        check=False,
+    )
     return proc.stdout.strip() if proc.returncode == 0 else ""
 
 
@@ -106,16 +112,27 @@ def _cached(tag: str, build) -> str:
 
 def _debootstrap(rootfs: Path) -> None:
     if os.geteuid() != 0:
-        raise EngineError("building the local Debian base image needs root (debootstrap): run "
-                          "this once as root, e.g. `sudo make demo`; later runs load it from "
-                          f"{CACHE}")
+        raise EngineError(
+            "building the local Debian base image needs root (debootstrap): run "
+            "this once as root, e.g. `sudo make demo`; later runs load it from "
+            f"{CACHE}"
+        )
     if shutil.which("debootstrap") is None:
-        raise EngineError("debootstrap is needed to build the local base image: "
-                          "`sudo apt-get install debootstrap`")
+        raise EngineError(
+            "debootstrap is needed to build the local base image: "
+            "`sudo apt-get install debootstrap`"
+        )
     subprocess.run(
-        ["debootstrap", "--variant=minbase", f"--include={ROOTFS_PACKAGES}",
-         "bookworm", str(rootfs), DEBIAN_MIRROR],
-        check=True, stdout=subprocess.DEVNULL,
+        [
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={ROOTFS_PACKAGES}",
+            "bookworm",
+            str(rootfs),
+            DEBIAN_MIRROR,
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
     )
     for rel in ROOTFS_TRIM:
         target = rootfs / rel
@@ -147,9 +164,19 @@ def _build_base() -> None:
 
 
 def _build_host() -> None:
-    docker("build", "-q", "-t", HOST_IMAGE, "--build-arg", f"BASE={ensure_base_image()}",
-           "--label", f"{RECIPE_LABEL}={recipe_digest(HOST_IMAGE)}",
-           "-f", str(FILES / "host.Dockerfile"), str(FILES))
+    docker(
+        "build",
+        "-q",
+        "-t",
+        HOST_IMAGE,
+        "--build-arg",
+        f"BASE={ensure_base_image()}",
+        "--label",
+        f"{RECIPE_LABEL}={recipe_digest(HOST_IMAGE)}",
+        "-f",
+        str(FILES / "host.Dockerfile"),
+        str(FILES),
+    )
 
 
 def ensure_base_image() -> str:
@@ -167,6 +194,13 @@ def ensure_host_image() -> str:
 def build_chat_image(version: str, base: str | None = None) -> str:
     """Build the repository's Dockerfile as `pynet-chat:VERSION` on the local base image."""
     tag = f"pynet-chat:{version}"
-    docker("build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={base or ensure_base_image()}",
-           str(REPO))
+    docker(
+        "build",
+        "-q",
+        "-t",
+        tag,
+        "--build-arg",
+        f"BASE_IMAGE={base or ensure_base_image()}",
+        str(REPO),
+    )
     return tag

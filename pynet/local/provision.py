@@ -23,8 +23,14 @@ BUILD_CONTEXT = ("Dockerfile", ".dockerignore", "chat")
 
 def inventory_entry(host: Host, name: str | None = None) -> inventory.Host:
     """The inventory entry that reaches HOST over SSH, with its published chat port."""
-    return inventory.Host(name=name or host.name, address=host.address, user=host.user,
-                          port=host.ssh_port, key_file=host.key_path, chat_port=host.app_port)
+    return inventory.Host(
+        name=name or host.name,
+        address=host.address,
+        user=host.user,
+        port=host.ssh_port,
+        key_file=host.key_path,
+        chat_port=host.app_port,
+    )
 
 
 def write_inventory(path: Path, *hosts: Host) -> Path:
@@ -34,8 +40,13 @@ def write_inventory(path: Path, *hosts: Host) -> Path:
 def playbook_argv(inventory_file: Path, *extra_vars: str) -> list[str]:
     """`ansible-playbook -i INVENTORY playbooks/site.yml -e VAR...` from this venv."""
     binary = Path(sys.executable).parent / "ansible-playbook"
-    return [str(binary), "-i", str(inventory_file), str(SITE),
-            *[arg for var in extra_vars for arg in ("-e", var)]]
+    return [
+        str(binary),
+        "-i",
+        str(inventory_file),
+        str(SITE),
+        *[arg for var in extra_vars for arg in ("-e", var)],
+    ]
 
 
 def build_context_copy(dest: Path, commit: bool = False) -> Path:
@@ -45,13 +56,21 @@ def build_context_copy(dest: Path, commit: bool = False) -> Path:
     for name in BUILD_CONTEXT:
         source = REPO / name
         if source.is_dir():
-            shutil.copytree(source, dest / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            shutil.copytree(
+                source, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+            )
         else:
             shutil.copy(source, dest / name)
     if commit:
-        git = ["git", "-C", str(dest), "-c", "user.email=local@pynet.invalid",
-               "-c", "user.name=pynet-local"]
+        git = [
+            "git",
+            "-C",
+            str(dest),
+            "-c",
+            "user.email=local@pynet.invalid",
+            "-c",
+            "user.name=pynet-local",
+        ]
         for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "build context copy"]):
             subprocess.run([*git, *args], check=True, capture_output=True)
     return dest

@@ -11,11 +11,22 @@ from pathlib import Path
 def fake_docker_save(path: Path) -> None:
     """The shape of a Docker 20.10 `docker save`: a dir per layer, config, manifest."""
     files = {
-        "aaa/layer.tar": b"x" * 50_000, "aaa/json": b"{}", "aaa/VERSION": b"1.0",
-        "bbb/layer.tar": b"y" * 100, "bbb/json": b"{}", "bbb/VERSION": b"1.0",
+        "aaa/layer.tar": b"x" * 50_000,
+        "aaa/json": b"{}",
+        "aaa/VERSION": b"1.0",
+        "bbb/layer.tar": b"y" * 100,
+        "bbb/json": b"{}",
+        "bbb/VERSION": b"1.0",
         "cfg.json": b"{}",
-        "manifest.json": json.dumps([{"Config": "cfg.json", "RepoTags": ["pynet-chat:v2"],
-                                      "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]).encode(),
+        "manifest.json": json.dumps(
+            [
+                {
+                    "Config": "cfg.json",
+                    "RepoTags": ["pynet-chat:v2"],
+                    "Layers": ["aaa/layer.tar", "bbb/layer.tar"],
+                }
+            ]
+        ).encode(),
         "repositories": b"{}",
     }
     with tarfile.open(path, "w") as tar:

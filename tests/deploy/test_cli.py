@@ -15,8 +15,15 @@ FAB = str(Path(sys.executable).with_name("fab"))
 def fab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     full_env = {**os.environ, "PYNET_DOCKER": "docker", **(env or {})}
     full_env.pop("PYNET_BASE_IMAGE", None)
-    return subprocess.run([FAB, *args], cwd=REPO, capture_output=True, text=True, timeout=60,
-                          env=full_env, check=False)
+    return subprocess.run(
+        [FAB, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        check=False,
+    )
 
 
 def closed_port() -> int:
@@ -32,12 +39,22 @@ def test_tasks_are_listed() -> None:
 
 
 def test_deploy_dry_run_prints_every_step_and_runs_none() -> None:
-    proc = fab("-H", "admin@127.0.0.1:1", "deploy", "--dry-run", "--version", "v9",
-               "--base-image", "pynet-local/debian:bookworm")
+    proc = fab(
+        "-H",
+        "admin@127.0.0.1:1",
+        "deploy",
+        "--dry-run",
+        "--version",
+        "v9",
+        "--base-image",
+        "pynet-local/debian:bookworm",
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == (f"[local] docker build -t pynet-chat:v9 --build-arg "
-                        f"BASE_IMAGE=pynet-local/debian:bookworm {REPO}")
+    assert lines[0] == (
+        f"[local] docker build -t pynet-chat:v9 --build-arg "
+        f"BASE_IMAGE=pynet-local/debian:bookworm {REPO}"
+    )
     text = proc.stdout
     for step in (
         "[127.0.0.1:1] mkdir /var/lib/pynet-deploy/lock && ",
@@ -68,7 +85,8 @@ def test_unreachable_host_is_one_line_and_no_traceback() -> None:
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"admin@127.0.0.1:{port}: cannot reach the host over SSH "
-        f"([Errno None] Unable to connect to port {port} on 127.0.0.1); `fab doctor` says why"]
+        f"([Errno None] Unable to connect to port {port} on 127.0.0.1); `fab doctor` says why"
+    ]
 
 
 def test_doctor_names_a_closed_ssh_port() -> None:
@@ -91,7 +109,8 @@ def test_hosts_come_from_the_inventory(tmp_path: Path) -> None:
     inventory.write_text(
         "all:\n  children:\n    chat:\n      hosts:\n        web1:\n"
         f"          ansible_host: 127.0.0.1\n          ansible_port: {port}\n"
-        "          ansible_user: admin\n          ansible_ssh_private_key_file: ~/k.pem\n")
+        "          ansible_user: admin\n          ansible_ssh_private_key_file: ~/k.pem\n"
+    )
     proc = fab("releases", env={"PYNET_INVENTORY": str(inventory)})
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"admin@127.0.0.1:{port}: cannot reach the host over SSH")

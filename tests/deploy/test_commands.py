@@ -20,62 +20,84 @@ def test_combinators() -> None:
 
 def test_local_build_passes_base_image_only_when_given() -> None:
     assert render(cmd.local_build("docker", "abc1234", "/src")) == (
-        "docker build -t pynet-chat:abc1234 /src")
-    assert render(cmd.local_build("/usr/bin/docker", "abc1234-dirty-1a2b3c4d", "/src",
-                                  "pynet-local/debian:bookworm", "Dockerfile.x")) == (
+        "docker build -t pynet-chat:abc1234 /src"
+    )
+    assert render(
+        cmd.local_build(
+            "/usr/bin/docker",
+            "abc1234-dirty-1a2b3c4d",
+            "/src",
+            "pynet-local/debian:bookworm",
+            "Dockerfile.x",
+        )
+    ) == (
         "/usr/bin/docker build -t pynet-chat:abc1234-dirty-1a2b3c4d -f Dockerfile.x "
-        "--build-arg BASE_IMAGE=pynet-local/debian:bookworm /src")
+        "--build-arg BASE_IMAGE=pynet-local/debian:bookworm /src"
+    )
 
 
 def test_local_inspect_and_save() -> None:
     assert render(cmd.local_layers("docker", "v1")) == (
-        "docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' pynet-chat:v1")
+        "docker image inspect --format '{{.Id}} {{json .RootFS.Layers}}' pynet-chat:v1"
+    )
     assert render(cmd.local_save("docker", "v1", "/tmp/x.tar")) == (
-        "docker save -o /tmp/x.tar pynet-chat:v1")
+        "docker save -o /tmp/x.tar pynet-chat:v1"
+    )
 
 
 def test_host_layers_lists_every_image() -> None:
     assert render(cmd.host_layers()) == (
         "sudo -n docker image ls --quiet --no-trunc | xargs -r sudo -n docker image inspect "
-        "--format '{{json .RootFS.Layers}}'")
+        "--format '{{json .RootFS.Layers}}'"
+    )
 
 
 def test_load_removes_the_partial_archive() -> None:
     assert render(cmd.load("/var/lib/pynet-deploy/archives/v1.tar.gz")) == (
         "sudo -n docker load --input /var/lib/pynet-deploy/archives/v1.tar.gz && "
-        "rm -f /var/lib/pynet-deploy/archives/v1.tar.gz")
+        "rm -f /var/lib/pynet-deploy/archives/v1.tar.gz"
+    )
 
 
 def test_switching_releases() -> None:
     assert render(cmd.tag_current(cmd.image("v2"))) == (
-        "sudo -n docker tag pynet-chat:v2 pynet-chat:current")
+        "sudo -n docker tag pynet-chat:v2 pynet-chat:current"
+    )
     assert render(cmd.restart()) == (
-        "sudo -n systemctl reset-failed pynet-chat && sudo -n systemctl restart pynet-chat")
+        "sudo -n systemctl reset-failed pynet-chat && sudo -n systemctl restart pynet-chat"
+    )
     assert render(cmd.remove_images(["v1", "v0"])) == (
-        "sudo -n docker image rm pynet-chat:v1 pynet-chat:v0")
+        "sudo -n docker image rm pynet-chat:v1 pynet-chat:v0"
+    )
     assert render(cmd.image_id("pynet-chat:current")) == (
-        "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:current")
+        "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:current"
+    )
     assert render(cmd.release_images()) == (
-        "sudo -n docker image ls --no-trunc --format '{{.Tag}} {{.ID}} {{.CreatedAt}}' pynet-chat")
+        "sudo -n docker image ls --no-trunc --format '{{.Tag}} {{.ID}} {{.CreatedAt}}' pynet-chat"
+    )
 
 
 def test_health_checks_the_image_and_the_ping() -> None:
     assert render(cmd.health("sha256:abc")) == (
         "test \"$( sudo -n docker container inspect --format '{{.Image}}' pynet-chat )\" = "
-        "sha256:abc && sudo -n docker exec pynet-chat python3 -m chat.healthcheck 127.0.0.1 5050")
+        "sha256:abc && sudo -n docker exec pynet-chat python3 -m chat.healthcheck 127.0.0.1 5050"
+    )
 
 
 def test_journal() -> None:
     assert render(cmd.journal()) == (
-        "sudo -n journalctl --unit pynet-chat --lines 20 --no-pager --output short-iso")
-    assert render(cmd.journal(5, follow=True)).endswith("--lines 5 --no-pager --output short-iso "
-                                                        "--follow")
+        "sudo -n journalctl --unit pynet-chat --lines 20 --no-pager --output short-iso"
+    )
+    assert render(cmd.journal(5, follow=True)).endswith(
+        "--lines 5 --no-pager --output short-iso --follow"
+    )
 
 
 def test_unit_probes() -> None:
     assert render(cmd.unit_show()) == (
         "systemctl show pynet-chat --property "
-        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp")
+        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"
+    )
     assert render(cmd.port_listening()) == "ss -Hltn 'sport = :5050'"
     assert render(cmd.disk_usage()) == "df -Pk /var/lib/docker 2>/dev/null || df -Pk /"
     assert render(cmd.memory()) == "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo"
@@ -84,29 +106,35 @@ def test_unit_probes() -> None:
 def test_state_dir_is_only_created_when_not_writable() -> None:
     assert render(cmd.ensure_state_dir("admin")) == (
         "test -w /var/lib/pynet-deploy/archives || sudo -n install -d -o admin -m 0755 "
-        "/var/lib/pynet-deploy /var/lib/pynet-deploy/archives")
+        "/var/lib/pynet-deploy /var/lib/pynet-deploy/archives"
+    )
 
 
 def test_lock_commands() -> None:
     assert render(cmd.lock_acquire({"user": "me@laptop", "token": "t1"})) == (
         "mkdir /var/lib/pynet-deploy/lock && "
-        "printf '%s\\n' '{\"token\": \"t1\", \"user\": \"me@laptop\"}' > "
-        "/var/lib/pynet-deploy/lock/owner.json && touch /var/lib/pynet-deploy/lock/heartbeat")
+        'printf \'%s\\n\' \'{"token": "t1", "user": "me@laptop"}\' > '
+        "/var/lib/pynet-deploy/lock/owner.json && touch /var/lib/pynet-deploy/lock/heartbeat"
+    )
     assert render(cmd.lock_info()) == (
         "test -d /var/lib/pynet-deploy/lock || exit 3 ; date +%s ; "
         "stat -c %Y /var/lib/pynet-deploy/lock/heartbeat 2>/dev/null || "
         "stat -c %Y /var/lib/pynet-deploy/lock ; "
-        "cat /var/lib/pynet-deploy/lock/owner.json 2>/dev/null || echo '{}'")
+        "cat /var/lib/pynet-deploy/lock/owner.json 2>/dev/null || echo '{}'"
+    )
     assert render(cmd.lock_heartbeat()) == "touch /var/lib/pynet-deploy/lock/heartbeat"
     assert render(cmd.lock_release("t1")) == (
-        "grep -qF t1 /var/lib/pynet-deploy/lock/owner.json && rm -rf /var/lib/pynet-deploy/lock")
+        "grep -qF t1 /var/lib/pynet-deploy/lock/owner.json && rm -rf /var/lib/pynet-deploy/lock"
+    )
     assert render(cmd.lock_break()) == "sudo -n rm -rf /var/lib/pynet-deploy/lock"
 
 
 def test_history_is_one_json_object_per_line() -> None:
     entry = {"version": "v1", "result": "ok", "user": "o'brien@laptop"}
     assert render(cmd.record(entry)) == (
-        "printf '%s\\n' '{\"result\": \"ok\", \"user\": \"o'\"'\"'brien@laptop\", "
-        "\"version\": \"v1\"}' >> /var/lib/pynet-deploy/releases.jsonl")
+        'printf \'%s\\n\' \'{"result": "ok", "user": "o\'"\'"\'brien@laptop", '
+        '"version": "v1"}\' >> /var/lib/pynet-deploy/releases.jsonl'
+    )
     assert render(cmd.read_releases()) == (
-        "cat /var/lib/pynet-deploy/releases.jsonl 2>/dev/null || true")
+        "cat /var/lib/pynet-deploy/releases.jsonl 2>/dev/null || true"
+    )

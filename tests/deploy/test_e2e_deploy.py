@@ -42,14 +42,28 @@ class Rig:
 
     @property
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYNET_DOCKER": "/usr/bin/docker",
-                "PYNET_BASE_IMAGE": "pynet-local/debian:bookworm",
-                "PYNET_APP_PORT": str(self.host.app_port)}  # type: ignore[attr-defined]
+        return {
+            **os.environ,
+            "PYNET_DOCKER": "/usr/bin/docker",
+            "PYNET_BASE_IMAGE": "pynet-local/debian:bookworm",
+            "PYNET_APP_PORT": str(self.host.app_port),
+        }  # type: ignore[attr-defined]
 
-    def fab(self, *args: str, key: Path | None = None, timeout: float = 180,
-            ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self.fab_argv(*args, key=key), cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+    def fab(
+        self,
+        *args: str,
+        key: Path | None = None,
+        timeout: float = 180,
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.fab_argv(*args, key=key),
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def fab_argv(self, *args: str, key: Path | None = None) -> list[str]:
         target = f"admin@127.0.0.1:{self.host.ssh_port}"  # type: ignore[attr-defined]
@@ -68,8 +82,11 @@ class Rig:
     def commit(self, label: str, broken: bool = False) -> str:
         """A new release of the source: HELLO will say `0.1.0+LABEL`. Returns its version."""
         init = self.src / "chat" / "__init__.py"
-        init.write_text(re.sub(r'__version__ = "([^"+]*)[^"]*"', rf'__version__ = "\1+{label}"',
-                               init.read_text()))
+        init.write_text(
+            re.sub(
+                r'__version__ = "([^"+]*)[^"]*"', rf'__version__ = "\1+{label}"', init.read_text()
+            )
+        )
         dockerfile = self.src / "Dockerfile"
         text = dockerfile.read_text().replace(BROKEN_CMD, "")
         dockerfile.write_text(text + BROKEN_CMD if broken else text)
@@ -91,22 +108,35 @@ class Rig:
 
 
 def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", "-C", str(repo), "-c", "user.email=e2e@pynet.test",
-                           "-c", "user.name=e2e", *args],
-                          check=True, capture_output=True, text=True).stdout.strip()
+    return subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=e2e@pynet.test", "-c", "user.name=e2e", *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
 
 
 def _provision(host: object, archive: Path, tmp: Path) -> None:
     """The real roles, the way a user provisions: ansible-playbook with an inventory file."""
     inventory = write_inventory(tmp / "hosts.yml", host)  # type: ignore[arg-type]
-    proc = subprocess.run(playbook_argv(inventory, f"chat_image_archive={archive}"),
-                          cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        playbook_argv(inventory, f"chat_image_archive={archive}"),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
-def rig(host_image: str, ssh_keypair: tuple[Path, Path], chat_image_archive: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(
+    host_image: str,
+    ssh_keypair: tuple[Path, Path],
+    chat_image_archive: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Rig]:
     from pynet.local.host import start_host, stop_host
 
     tmp = tmp_path_factory.mktemp("deploy-e2e")
@@ -168,9 +198,14 @@ def test_broken_release_rolls_back_on_its_own(rig: Rig) -> None:
 
 def test_concurrent_deploys_one_is_refused(rig: Rig) -> None:
     version = rig.commit("four")
-    first = subprocess.Popen(rig.fab_argv("deploy", "--context", str(rig.src)), cwd=REPO,
-                             env=rig.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        rig.fab_argv("deploy", "--context", str(rig.src)),
+        cwd=REPO,
+        env=rig.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while rig.root("test", "-d", "/var/lib/pynet-deploy/lock", check=False).returncode:
         assert first.poll() is None, "the first deploy ended before it took the lock"
@@ -183,15 +218,20 @@ def test_concurrent_deploys_one_is_refused(rig: Rig) -> None:
     assert re.fullmatch(
         rf"admin@127\.0\.0\.1:\d+: refused: the deploy lock on admin@127\.0\.0\.1:\d+ is held by "
         rf"\S+, pid {first.pid}, deploy of {version} since \S+Z \(last heartbeat \d+s ago\)\n",
-        second.stderr)
+        second.stderr,
+    )
     assert rig.hello().endswith("+four")
 
 
 def test_stale_lock_is_reported_and_released(rig: Rig) -> None:
-    rig.root("sh", "-c", "mkdir /var/lib/pynet-deploy/lock && "
-             "echo '{\"user\": \"ghost@old-laptop\", \"pid\": 4242}' "
-             "> /var/lib/pynet-deploy/lock/owner.json && "
-             "touch -d '10 minutes ago' /var/lib/pynet-deploy/lock/heartbeat")
+    rig.root(
+        "sh",
+        "-c",
+        "mkdir /var/lib/pynet-deploy/lock && "
+        'echo \'{"user": "ghost@old-laptop", "pid": 4242}\' '
+        "> /var/lib/pynet-deploy/lock/owner.json && "
+        "touch -d '10 minutes ago' /var/lib/pynet-deploy/lock/heartbeat",
+    )
     refused = rig.fab("rollback")
     assert refused.returncode == 1
     assert "held by ghost@old-laptop, pid 4242" in refused.stderr
@@ -204,8 +244,9 @@ def test_stale_lock_is_reported_and_released(rig: Rig) -> None:
 
 
 def test_a_live_lock_is_not_released_without_force(rig: Rig) -> None:
-    rig.root("sh", "-c", "mkdir /var/lib/pynet-deploy/lock && "
-             "touch /var/lib/pynet-deploy/lock/heartbeat")
+    rig.root(
+        "sh", "-c", "mkdir /var/lib/pynet-deploy/lock && touch /var/lib/pynet-deploy/lock/heartbeat"
+    )
     kept = rig.fab("unlock")
     assert kept.returncode == 1
     assert "it looks alive, pass --force" in kept.stderr
@@ -233,8 +274,13 @@ def test_logs_and_status_tell_the_truth(rig: Rig) -> None:
     logs = rig.fab("logs", "--lines", "30")
     assert logs.returncode == 0
     assert "chat.server start version=0.1.0+one" in logs.stdout
-    follow = subprocess.Popen(rig.fab_argv("logs", "--follow", "--lines", "0"), cwd=REPO,
-                              env=rig.env, stdout=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        rig.fab_argv("logs", "--follow", "--lines", "0"),
+        cwd=REPO,
+        env=rig.env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
 
     def read() -> None:
@@ -278,23 +324,38 @@ def test_wrong_key_is_one_line(rig: Rig, tmp_path: Path) -> None:
     port = rig.host.ssh_port  # type: ignore[attr-defined]
     assert proc.stderr.strip().splitlines() == [
         f"admin@127.0.0.1:{port}: SSH authentication failed for user 'admin': check the key "
-        "(-i or ansible_ssh_private_key_file) and the user (`admin` on Debian)"]
+        "(-i or ansible_ssh_private_key_file) and the user (`admin` on Debian)"
+    ]
 
 
-@pytest.mark.parametrize(("fault", "repair", "check", "diagnosis"), [
-    (["iptables", "-I", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
-     ["iptables", "-D", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
-     "port from here", "the security group (or a host firewall) blocks TCP"),
-    (["systemctl", "stop", "pynet-chat"], ["systemctl", "start", "pynet-chat"],
-     "service", "pynet-chat.service is not running"),
-    (["systemctl", "stop", "docker.socket", "docker"], ["systemctl", "start", "docker",
-                                                        "pynet-chat"],
-     "docker", "docker is not running"),
-    (["systemctl", "stop", "ssh"], ["systemctl", "start", "ssh"],
-     "ssh port", "SSH is refused"),
-], ids=["port-closed", "service-stopped", "docker-stopped", "ssh-refused"])
-def test_doctor_names_the_fault(rig: Rig, fault: list[str], repair: list[str], check: str,
-                                diagnosis: str) -> None:
+@pytest.mark.parametrize(
+    ("fault", "repair", "check", "diagnosis"),
+    [
+        (
+            ["iptables", "-I", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
+            ["iptables", "-D", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
+            "port from here",
+            "the security group (or a host firewall) blocks TCP",
+        ),
+        (
+            ["systemctl", "stop", "pynet-chat"],
+            ["systemctl", "start", "pynet-chat"],
+            "service",
+            "pynet-chat.service is not running",
+        ),
+        (
+            ["systemctl", "stop", "docker.socket", "docker"],
+            ["systemctl", "start", "docker", "pynet-chat"],
+            "docker",
+            "docker is not running",
+        ),
+        (["systemctl", "stop", "ssh"], ["systemctl", "start", "ssh"], "ssh port", "SSH is refused"),
+    ],
+    ids=["port-closed", "service-stopped", "docker-stopped", "ssh-refused"],
+)
+def test_doctor_names_the_fault(
+    rig: Rig, fault: list[str], repair: list[str], check: str, diagnosis: str
+) -> None:
     rig.root(*fault)
     try:
         proc = rig.fab("doctor")

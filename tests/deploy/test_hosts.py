@@ -15,10 +15,15 @@ from pynet.deploy.hosts import NoHosts, targets
 def test_inventory_hosts_carry_ssh_and_chat_ports(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.delenv("PYNET_APP_PORT", raising=False)
     path = tmp_path / "hosts.yml"
-    inventory.write_hosts([
-        inventory.Host("local", "127.0.0.1", "admin", port=2222, key_file="/k", chat_port=15050),
-        inventory.Host("aws", "198.51.100.7", "admin"),
-    ], path)
+    inventory.write_hosts(
+        [
+            inventory.Host(
+                "local", "127.0.0.1", "admin", port=2222, key_file="/k", chat_port=15050
+            ),
+            inventory.Host("aws", "198.51.100.7", "admin"),
+        ],
+        path,
+    )
     local, aws = targets(Context(Config()), str(path))
     assert (local.conn.host, local.conn.port, local.public_port()) == ("127.0.0.1", 2222, 15050)
     assert local.conn.connect_kwargs["key_filename"] == ["/k"]

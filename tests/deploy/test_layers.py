@@ -31,8 +31,14 @@ def test_slim_archive_drops_the_layers_the_host_has(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "slim.tar.gz") as tar:
         names = sorted(tar.getnames())
         assert tar.extractfile("bbb/layer.tar").read() == b"y" * 100  # type: ignore[union-attr]
-    assert names == ["bbb/VERSION", "bbb/json", "bbb/layer.tar", "cfg.json", "manifest.json",
-                     "repositories"]
+    assert names == [
+        "bbb/VERSION",
+        "bbb/json",
+        "bbb/layer.tar",
+        "cfg.json",
+        "manifest.json",
+        "repositories",
+    ]
     assert size == (tmp_path / "slim.tar.gz").stat().st_size
 
 

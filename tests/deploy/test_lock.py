@@ -6,13 +6,17 @@ from pynet.deploy.lock import LockInfo
 
 
 def test_parse_and_describe_a_live_lock() -> None:
-    owner = ('{"action": "deploy", "pid": 42, "since": "2026-01-01T00:00:00Z", '
-             '"user": "ann@laptop", "version": "abc1234"}')
+    owner = (
+        '{"action": "deploy", "pid": 42, "since": "2026-01-01T00:00:00Z", '
+        '"user": "ann@laptop", "version": "abc1234"}'
+    )
     info = LockInfo.parse(f"1000\n995\n{owner}\n")
     assert info.idle == 5
     assert not info.stale(120)
-    assert info.describe(120) == ("held by ann@laptop, pid 42, deploy of abc1234 since "
-                                  "2026-01-01T00:00:00Z (last heartbeat 5s ago)")
+    assert info.describe(120) == (
+        "held by ann@laptop, pid 42, deploy of abc1234 since "
+        "2026-01-01T00:00:00Z (last heartbeat 5s ago)"
+    )
 
 
 def test_a_silent_lock_is_stale_and_says_how_to_release_it() -> None:
@@ -20,7 +24,8 @@ def test_a_silent_lock_is_stale_and_says_how_to_release_it() -> None:
     assert info.stale(120)
     assert info.describe(120).endswith(
         "stale: no heartbeat for more than 120s (if that deploy is dead, release the lock with "
-        "`fab unlock`)")
+        "`fab unlock`)"
+    )
 
 
 def test_a_lock_without_owner_file_still_parses() -> None:

@@ -28,8 +28,10 @@ Answer = tuple[str, int] | Callable[[str], tuple[str, int]]
 
 class ScriptedHost(Remote):
     def __init__(self, answers: list[tuple[str, Answer]]) -> None:
-        super().__init__(SimpleNamespace(host="h", port=22, user="admin"),  # type: ignore[arg-type]
-                         out=io.StringIO())
+        super().__init__(
+            SimpleNamespace(host="h", port=22, user="admin"),  # type: ignore[arg-type]
+            out=io.StringIO(),
+        )
         self.answers = answers
         self.log: list[str] = []
         self.uploads: list[Path] = []
@@ -52,8 +54,10 @@ class ScriptedHost(Remote):
         self.log.append(f"upload {remote}")
 
 
-IMAGES = ("sudo -n docker image ls --no-trunc",
-          ("current sha256:old x\nold sha256:old x\nnew sha256:new x\n", 0))
+IMAGES = (
+    "sudo -n docker image ls --no-trunc",
+    ("current sha256:old x\nold sha256:old x\nnew sha256:new x\n", 0),
+)
 CURRENT = ("sudo -n docker image inspect --format '{{.Id}}' pynet-chat:current", ("sha256:old", 0))
 
 
@@ -66,40 +70,60 @@ def test_a_healthy_release_is_recorded_and_old_ones_pruned() -> None:
     outcome = release.activate(host, "new", "deploy", timeout=5, keep=5)
     assert outcome.previous == "old"
     assert host.log.index("sudo -n docker tag pynet-chat:new pynet-chat:current") < host.log.index(
-        "sudo -n systemctl reset-failed pynet-chat && sudo -n systemctl restart pynet-chat")
+        "sudo -n systemctl reset-failed pynet-chat && sudo -n systemctl restart pynet-chat"
+    )
     record = next(line for line in host.log if line.startswith("printf"))
     assert '"result": "ok"' in record
     assert '"previous": "old"' in record
 
 
 def test_an_unhealthy_release_is_rolled_back_and_the_reason_raised() -> None:
-    host = ScriptedHost([IMAGES, CURRENT, _healthy_if("sha256:old"),
-                         ("sudo -n journalctl", ("boom: the last words", 0))])
+    host = ScriptedHost(
+        [
+            IMAGES,
+            CURRENT,
+            _healthy_if("sha256:old"),
+            ("sudo -n journalctl", ("boom: the last words", 0)),
+        ]
+    )
     with pytest.raises(DeployError) as err:
         release.activate(host, "new", "deploy", timeout=1)
     message = str(err.value)
-    assert message.startswith("deploy of new failed: the health check did not pass within 1s; "
-                              "rolled back to old, which is serving.")
+    assert message.startswith(
+        "deploy of new failed: the health check did not pass within 1s; "
+        "rolled back to old, which is serving."
+    )
     assert message.endswith("boom: the last words")
     tags = [line for line in host.log if " docker tag " in line]
-    assert tags == ["sudo -n docker tag pynet-chat:new pynet-chat:current",
-                    "sudo -n docker tag sha256:old pynet-chat:current"]
+    assert tags == [
+        "sudo -n docker tag pynet-chat:new pynet-chat:current",
+        "sudo -n docker tag sha256:old pynet-chat:current",
+    ]
     record = next(line for line in host.log if line.startswith("printf"))
     assert '"result": "rolled-back"' in record
 
 
 def test_a_crash_loop_is_noticed_before_the_timeout() -> None:
     restarts = iter(range(100))
-    host = ScriptedHost([IMAGES, CURRENT, _healthy_if("sha256:old"),
-                         ("systemctl show", lambda _: (f"NRestarts={next(restarts)}\n", 0))])
+    host = ScriptedHost(
+        [
+            IMAGES,
+            CURRENT,
+            _healthy_if("sha256:old"),
+            ("systemctl show", lambda _: (f"NRestarts={next(restarts)}\n", 0)),
+        ]
+    )
     with pytest.raises(DeployError, match="the service crashed 3 times in a row"):
         release.activate(host, "new", "deploy", timeout=600)
 
 
 def test_a_release_that_is_not_on_the_host() -> None:
     host = ScriptedHost([IMAGES, CURRENT])
-    with pytest.raises(DeployError, match=r"pynet-chat:gone is not on the host \(releases there: "
-                                          r"old, new\)"):
+    with pytest.raises(
+        DeployError,
+        match=r"pynet-chat:gone is not on the host \(releases there: "
+        r"old, new\)",
+    ):
         release.activate(host, "gone", "rollback")
 
 
@@ -110,8 +134,9 @@ class ScriptedLocal(Local):
         super().__init__(out=io.StringIO())
         self.layers = layers
 
-    def run(self, argv: Argv, *, check: bool = True, quiet: bool = True,
-            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, argv: Argv, *, check: bool = True, quiet: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
         if argv[1] == "save":
             fake_docker_save(Path(argv[3]))
             return subprocess.CompletedProcess(argv, 0, "", "")
@@ -119,15 +144,26 @@ class ScriptedLocal(Local):
 
 
 def test_ship_sends_everything_when_the_slim_archive_does_not_load() -> None:
-    loads = iter([("open /var/lib/docker/tmp/x/aaa/layer.tar: no such file or directory", 1),
-                  ("Loaded image: pynet-chat:v2", 0)])
-    host = ScriptedHost([
-        ("sudo -n docker image inspect --format '{{.Id}}' pynet-chat:v2", lambda _: (
-            ("sha256:new", 0) if any(line.startswith("sudo -n docker load") for line in host.log)
-            else ("", 1))),
-        ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
-        ("sudo -n docker load", lambda _: next(loads)),
-    ])
+    loads = iter(
+        [
+            ("open /var/lib/docker/tmp/x/aaa/layer.tar: no such file or directory", 1),
+            ("Loaded image: pynet-chat:v2", 0),
+        ]
+    )
+    host = ScriptedHost(
+        [
+            (
+                "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:v2",
+                lambda _: (
+                    ("sha256:new", 0)
+                    if any(line.startswith("sudo -n docker load") for line in host.log)
+                    else ("", 1)
+                ),
+            ),
+            ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
+            ("sudo -n docker load", lambda _: next(loads)),
+        ]
+    )
     release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")
     shipped = host.out.getvalue()  # type: ignore[attr-defined]
     assert "shipping 1 of 2 layers" in shipped
@@ -137,10 +173,12 @@ def test_ship_sends_everything_when_the_slim_archive_does_not_load() -> None:
 
 
 def test_ship_does_not_retry_other_load_failures() -> None:
-    host = ScriptedHost([
-        ("sudo -n docker image inspect", ("", 1)),
-        ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
-        ("sudo -n docker load", ("write /var/lib/docker/tmp: no space left on device", 1)),
-    ])
+    host = ScriptedHost(
+        [
+            ("sudo -n docker image inspect", ("", 1)),
+            ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
+            ("sudo -n docker load", ("write /var/lib/docker/tmp: no space left on device", 1)),
+        ]
+    )
     with pytest.raises(DeployError, match="no space left on device"):
         release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")

@@ -55,6 +55,7 @@ def test_previous_release_is_the_last_good_one_still_on_the_host() -> None:
 
 
 def test_previous_release_falls_back_to_any_other_image() -> None:
-    state = HostState(parse_images("current sha256:2 x\nv2 sha256:2 x\nseed sha256:1 x\n"), [],
-                      "sha256:2")
+    state = HostState(
+        parse_images("current sha256:2 x\nv2 sha256:2 x\nseed sha256:1 x\n"), [], "sha256:2"
+    )
     assert state.previous_release() == "seed"

@@ -12,8 +12,11 @@ from pynet.deploy.version import VersionError, source_version
 
 
 def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t",
-                    *args], check=True, capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(repo), "-c", "user.email=t@example.com", "-c", "user.name=t", *args],
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture
@@ -26,8 +29,12 @@ def repo(tmp_path: Path) -> Path:
 
 
 def test_clean_tree_is_the_short_sha(repo: Path) -> None:
-    head = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short=7", "HEAD"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--short=7", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert source_version(repo) == head
 
 
@@ -46,8 +53,12 @@ def test_dirty_trees_differ_by_content_and_repeat_for_the_same_content(repo: Pat
 def test_untracked_files_count_and_the_index_is_untouched(repo: Path) -> None:
     (repo / "new.py").write_text("x = 1\n")
     assert "-dirty-" in source_version(repo)
-    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain"],
-                            capture_output=True, text=True, check=True).stdout
+    status = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert status == "?? new.py\n"
 
 

@@ -67,22 +67,29 @@ def run_chat(chat_image: str) -> Iterator:
 
 
 def test_image_holds_only_the_service(chat_image: str) -> None:
-    config = docker("image", "inspect", "--format",
-                    "{{.Config.User}} {{json .Config.Cmd}} {{json .Config.ExposedPorts}} "
-                    "{{json .Config.Volumes}}", chat_image).stdout
+    config = docker(
+        "image",
+        "inspect",
+        "--format",
+        "{{.Config.User}} {{json .Config.Cmd}} {{json .Config.ExposedPorts}} "
+        "{{json .Config.Volumes}}",
+        chat_image,
+    ).stdout
     assert config.split()[0] == "10001:10001"
     assert '["python3","-m","chat.server"]' in config
     assert '"5050/tcp"' in config
     assert '"/var/lib/pynet"' in config
-    listing = docker("run", "--rm", "--entrypoint", "find", chat_image, "/app", "-maxdepth", "2",
-                     "-name", "*.py").stdout.split()
+    listing = docker(
+        "run", "--rm", "--entrypoint", "find", chat_image, "/app", "-maxdepth", "2", "-name", "*.py"
+    ).stdout.split()
     assert "/app/chat/server.py" in listing
     assert all(path.startswith("/app/chat/") for path in listing), listing
 
 
 def test_container_serves_is_healthy_and_non_root(run_chat) -> None:
-    name, port = run_chat("--read-only", "--cap-drop", "ALL",
-                          "--security-opt", "no-new-privileges", "--tmpfs", "/tmp")
+    name, port = run_chat(
+        "--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--tmpfs", "/tmp"
+    )
     with connect(port) as sock:
         sock.sendall(b"/nick ada\nhello from a container\n")
         assert b"MSG 1 ada hello from a container" in read_until(sock, b"MSG 1 ")

@@ -17,7 +17,8 @@ def test_no_engine_and_no_dockerd_says_how_to_get_one(monkeypatch: pytest.Monkey
 
 
 def test_engine_not_running_and_not_root_says_how_to_start_it(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(engine, "engine_running", lambda: False)
     monkeypatch.setattr(engine.shutil, "which", lambda name: "/usr/sbin/dockerd")
     monkeypatch.setattr(engine.os, "geteuid", lambda: 1000)
@@ -33,7 +34,8 @@ def test_base_image_build_needs_root(monkeypatch: pytest.MonkeyPatch, tmp_path: 
 
 
 def test_a_changed_recipe_invalidates_only_the_images_built_from_it(
-        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     for name in images.RECIPES[images.HOST_IMAGE]:
         (tmp_path / name).write_text(f"# {name}\n")
     monkeypatch.setattr(images, "FILES", tmp_path)
@@ -43,4 +45,5 @@ def test_a_changed_recipe_invalidates_only_the_images_built_from_it(
     assert images.recipe_digest(images.BASE_IMAGE) == base
     assert images.recipe_digest(images.HOST_IMAGE) != host
     assert images._archive(images.HOST_IMAGE).name.endswith(
-        f"-{images.recipe_digest(images.HOST_IMAGE)}.tar.gz")
+        f"-{images.recipe_digest(images.HOST_IMAGE)}.tar.gz"
+    )
