@@ -85,17 +85,32 @@ def instance_filters(name: str | None, states: tuple[str, ...]) -> list[dict[str
 # --- SSH source and security group rules -----------------------------------------------------
 
 
+#: The widest SSH source accepted without --allow-ssh-from-anywhere: an IPv4 /16 (65,536
+#: addresses, a large campus or company) and an IPv6 /48 (the usual allocation to one site).
+#: Anything wider is an ISP's or a cloud region's worth of strangers.
+WIDEST_SSH_PREFIX = {4: 16, 6: 48}
+
+
 def ssh_cidr(value: str, *, allow_anywhere: bool = False) -> str:
-    """Normalise the SSH source; refuse the whole internet unless explicitly overridden."""
+    """Normalise the SSH source; refuse typos and networks wider than one site unless overridden."""
+    text = value.strip()
     try:
-        network = ipaddress.ip_network(value.strip(), strict=False)
+        network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         raise CloudError(
             f"bad --ssh-cidr {value!r}: give an address or CIDR like 203.0.113.7/32"
         ) from None
-    if network.prefixlen == 0 and not allow_anywhere:
+    address = ipaddress.ip_interface(text).ip
+    if network.network_address != address:
         raise CloudError(
-            f"refusing to open SSH to the whole internet ({network}): pass --ssh-cidr YOUR.IP/32, "
+            f"bad --ssh-cidr {value!r}: host bits are set; write {address}/{network.max_prefixlen} "
+            f"for that one address or {network} for the whole network"
+        )
+    widest = WIDEST_SSH_PREFIX[network.version]
+    if network.prefixlen < widest and not allow_anywhere:
+        what = "the whole internet" if network.prefixlen == 0 else f"wider than /{widest}"
+        raise CloudError(
+            f"refusing to open SSH to {network} ({what}): pass --ssh-cidr YOUR.IP/32, "
             "or --allow-ssh-from-anywhere if you really mean it"
         )
     return str(network)

@@ -162,12 +162,26 @@ def test_newest_image() -> None:
 
 def test_ssh_cidr_normalises_and_refuses_the_world() -> None:
     assert ssh_cidr("203.0.113.7") == "203.0.113.7/32"
-    assert ssh_cidr("198.51.100.9/24") == "198.51.100.0/24"
+    assert ssh_cidr(" 198.51.100.0/24 ") == "198.51.100.0/24"
     assert ssh_cidr("2001:db8::1") == "2001:db8::1/128"
-    for world in ("0.0.0.0/0", "::/0"):
+    assert ssh_cidr("10.1.0.0/16") == "10.1.0.0/16"  # the widest accepted without the override
+    assert ssh_cidr("2001:db8:1::/48") == "2001:db8:1::/48"
+    for world in ("0.0.0.0/0", "::/0", "0.0.0.0/1", "10.0.0.0/15", "2001:db8::/47"):
         with pytest.raises(CloudError, match="--allow-ssh-from-anywhere"):
             ssh_cidr(world)
         assert ssh_cidr(world, allow_anywhere=True) == world
+
+
+def test_ssh_cidr_refuses_host_bits_even_with_the_override() -> None:
+    """`10.0.0.5/8` used to become 10.0.0.0/8 silently: a typo for /32 opened a whole network."""
+    with pytest.raises(
+        CloudError, match=r"host bits are set; write 10\.0\.0\.5/32 .* 10\.0\.0\.0/8"
+    ):
+        ssh_cidr("10.0.0.5/8", allow_anywhere=True)
+    with pytest.raises(CloudError, match="host bits"):
+        ssh_cidr("198.51.100.9/24")
+    with pytest.raises(CloudError, match="host bits"):
+        ssh_cidr("2001:db8::1/64")
     with pytest.raises(CloudError, match="bad --ssh-cidr"):
         ssh_cidr("my-laptop")
 
