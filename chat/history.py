@@ -1,10 +1,16 @@
 """Broadcast history: ids, the retained lines for `/since`, and optional SQLite persistence.
 
-Replays are served from memory (the encoded `MSG` lines, ready to write). SQLite only makes
-them survive a restart: new rows are batched and written by one worker thread every
-`flush_interval`, so a broadcast never waits for the disk, and `close()` writes whatever is
-left, so a graceful shutdown loses nothing that was broadcast. After a crash, at most the last
-flush interval is lost.
+Replays are served from memory (the encoded `MSG` lines, ready to write). SQLite makes ids and
+lines survive a restart, and it is written by group commit: the server calls `commit()` once per
+flush, before the batch goes to any socket, so every line a client has seen is already in the
+database. A crash (SIGKILL, OOM kill) then loses nothing anyone saw and can never hand an id out
+twice. The commit is one transaction per flush, not per line, so its cost is shared by every
+broadcast of the batch.
+
+WAL with `synchronous=NORMAL`: a committed transaction is in the WAL file (the kernel's page
+cache) before `commit()` returns, which survives any crash of the process; only a power loss of
+the whole machine can lose the last transactions (`synchronous=FULL` would fsync each one).
+See https://www.sqlite.org/pragma.html#pragma_synchronous.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import logging
 import sqlite3
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
 from itertools import islice
 from pathlib import Path
 
@@ -33,6 +38,10 @@ CREATE TABLE IF NOT EXISTS messages (
 Row = tuple[int, str, str, float]
 
 
+class HistoryError(Exception):
+    """The history file cannot be used (not a database, no permission, disk full)."""
+
+
 class History:
     """The last `size` broadcasts, in memory, optionally persisted to `path`."""
 
@@ -43,8 +52,6 @@ class History:
         self._lines: deque[bytes] = deque(maxlen=size)
         self._store = _SqliteStore(path, size) if path else None
         self._pending: list[Row] = []
-        self._inflight: Future[None] | None = None
-        self._inflight_rows: list[Row] = []
         if self._store:
             self.last_id, rows = self._store.load()
             self._lines.extend(Message(i, name, text).line() for i, name, text, _ in rows)
@@ -54,7 +61,10 @@ class History:
         return f"{where} size={self.size} last_id={self.last_id}"
 
     def add(self, name: str, text: str) -> bytes:
-        """Assign the next id to a broadcast and return its encoded `MSG` line."""
+        """Assign the next id to a broadcast and return its encoded `MSG` line.
+
+        The line must not reach a client before the next `commit()`.
+        """
         self.last_id += 1
         line = Message(self.last_id, name, text).line()
         self._lines.append(line)
@@ -68,49 +78,49 @@ class History:
         start = max(after + 1, first) - first
         return list(islice(self._lines, start, None)) if start < len(self._lines) else []
 
-    def flush(self) -> None:
-        """Hand the pending rows to the writer thread (no-op in memory, or while it is busy)."""
-        if not self._store:
-            return
-        if self._inflight is not None:
-            if not self._inflight.done():
-                return  # the disk is slower than the interval: the next batch is bigger
-            self._check_inflight()
-        if self._pending:
-            self._inflight_rows, self._pending = self._pending, []
-            self._inflight = self._store.submit(self._inflight_rows)
+    @property
+    def uncommitted(self) -> int:
+        return len(self._pending)
 
-    def _check_inflight(self) -> None:
-        """Requeue the rows of a failed write (only as many as are retained)."""
-        assert self._inflight is not None
-        exc = self._inflight.exception()
-        if exc is not None:
-            log.error("history write failed error=%r rows=%d", exc, len(self._inflight_rows))
-            self._pending[:0] = self._inflight_rows[-max(self.size, 1) :]
-        self._inflight = None
-        self._inflight_rows = []
+    def commit(self) -> bool:
+        """Write the broadcasts added since the last commit in one transaction.
+
+        False when the write failed: the rows stay pending and are retried by the next commit.
+        The caller keeps serving (the ids stay unique while this process lives), and the error
+        is logged once per failure.
+        """
+        if not self._pending:
+            return True
+        assert self._store is not None
+        try:
+            self._store.write(self._pending)
+        except sqlite3.Error as exc:
+            log.error("history write failed error=%r rows=%d", exc, len(self._pending))
+            del self._pending[: max(0, len(self._pending) - max(self.size, 1))]
+            return False
+        self._pending.clear()
+        return True
 
     def close(self) -> None:
-        """Write everything still pending and close the database (blocking)."""
+        """Commit whatever is pending and close the database."""
         if self._store:
-            if self._inflight is not None:
-                self._inflight.exception()  # waits for it
-                self._check_inflight()
-            self._store.close(self._pending)
-            self._pending = []
+            self.commit()
+            self._store.close()
 
 
 class _SqliteStore:
-    """The SQLite file, written only from its own single worker thread after `load()`."""
+    """The SQLite file behind a `History`."""
 
     def __init__(self, path: str, size: int) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.size = size
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryError(f"cannot use {path} as the history database: {exc}") from None
 
     def load(self) -> tuple[int, list[Row]]:
         last = self._db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0]
@@ -120,10 +130,7 @@ class _SqliteStore:
         ).fetchall()
         return last, rows
 
-    def submit(self, rows: list[Row]) -> Future[None]:
-        return self._worker.submit(self._write, rows)
-
-    def _write(self, rows: list[Row]) -> None:
+    def write(self, rows: list[Row]) -> None:
         db = self._db
         db.execute("BEGIN")
         try:
@@ -135,8 +142,5 @@ class _SqliteStore:
             raise
         db.execute("COMMIT")
 
-    def close(self, rows: list[Row]) -> None:
-        self._worker.shutdown(wait=True)
-        if rows:
-            self._write(rows)
+    def close(self) -> None:
         self._db.close()

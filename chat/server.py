@@ -14,7 +14,9 @@ How fan-out stays cheap (the benchmark drives 1,000 clients):
 - one slow reader costs only its own buffer: past `max_backlog` unsent bytes it gets
   `BYE too-slow` and is cut; past `max_buffered` in total the biggest backlogs go first.
 - idle connections hold no task and no timer: one housekeeping callback per second checks
-  nickname timeouts and hands history to the SQLite writer.
+  nickname timeouts;
+- durable ids: each flush first commits the batch's history rows in one SQLite transaction
+  (`History.commit`), so no client ever sees an id that a crash could hand out again.
 """
 
 from __future__ import annotations
@@ -124,7 +126,6 @@ class ChatServer:
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
-        self._next_history_flush = 0.0
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
         self._handlers: dict[type, Callable[[Client, Any], None]] = {
@@ -186,16 +187,13 @@ class ChatServer:
                 await asyncio.sleep(0)
 
     def _housekeep(self) -> None:
-        """Once a period: drop connections that never chose a nickname, flush history."""
+        """Once a period: drop connections that never chose a nickname."""
         now = self._loop.time()
         s = self.settings
         limit = now - s.nick_timeout
         for client in [c for c in self.unnamed if c.connected_at <= limit]:
             self.drop(client, "nick-timeout", "")
-        if now >= self._next_history_flush:
-            self.history.flush()
-            self._next_history_flush = now + s.history_flush
-        period = min(1.0, s.history_flush, s.nick_timeout / 4)
+        period = min(1.0, s.nick_timeout / 4)
         self._housekeeping = self._loop.call_later(period, self._housekeep)
 
     # ---- connections ----------------------------------------------------------------------
@@ -384,6 +382,8 @@ class ChatServer:
         """Write this iteration's output: one write per client."""
         self._flush_scheduled = False
         began = time.perf_counter()
+        # Group commit: the batch is durable before any client sees an id from it.
+        self.history.commit()
         limit = self.settings.max_backlog
         slow: list[Client] = []
         total = 0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from chat import client, config
-from chat.history import History
+from chat.history import History, HistoryError
 from chat.protocol import Bye, Info, Message, Unknown
 
 
@@ -64,7 +64,7 @@ def test_sqlite_history_keeps_ids_and_retained_lines(tmp_path: Path) -> None:
     path = str(tmp_path / "sub" / "history.sqlite3")
     history = History(2, path)
     history.add("ann", "one")
-    history.flush()
+    assert history.commit()
     history.add("bob", "two")
     history.add("ann", "three")
     history.close()
@@ -79,8 +79,33 @@ def test_sqlite_history_keeps_ids_and_retained_lines(tmp_path: Path) -> None:
     zero.close()
 
 
+def test_sqlite_history_commit_survives_a_crash_without_close(tmp_path: Path) -> None:
+    """What `commit()` returned from is on disk even if the process never closes the file."""
+    path = str(tmp_path / "history.sqlite3")
+    history = History(10, path)
+    history.add("ann", "one")
+    history.add("bob", "two")
+    assert history.uncommitted == 2
+    assert history.commit()
+    assert history.uncommitted == 0
+    history.add("ann", "not committed")  # never committed: lost, but never seen by anyone
+    again = History(10, path)  # the first one is never closed, as after SIGKILL
+    assert again.last_id == 2
+    assert again.since(0) == [b"MSG 1 ann one\n", b"MSG 2 bob two\n"]
+    again.close()
+
+
+def test_history_file_that_is_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "history.sqlite3"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(
+        HistoryError, match=r"cannot use .*history\.sqlite3 as the history database"
+    ):
+        History(10, str(path))
+
+
 def test_client_shows_lines_for_people_and_is_safe() -> None:
-    assert client.human(Message(3, "ann", "hi\x1b[2J")).endswith("<ann> hi\ufffd[2J")
+    assert client.human(Message(3, "ann", "hi\x1b[2J")).endswith("<ann> hi\\u001b[2J")
     assert client.human(Bye("restarting")) == "-- server closed the connection: restarting"
     assert client.human(Info("welcome")) == "-- welcome"
     assert client.raw(Message(3, "ann", "hi")) == "MSG 3 ann hi"
