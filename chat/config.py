@@ -27,9 +27,14 @@ class Settings:
     port: int = 5050
     history: str | None = None
     history_size: int = 1000
-    history_flush: float = 0.5
     max_line: int = 4096
     nick_timeout: float = 30.0
+    line_timeout: float = 60.0
+    idle_timeout: float = 0.0
+    max_per_address: int = 64
+    keepalive_idle: int = 30
+    keepalive_interval: int = 10
+    keepalive_count: int = 3
     rate: float = 50.0
     rate_burst: int = 100
     max_clients: int = 20000
@@ -37,6 +42,9 @@ class Settings:
     max_buffered: int = 256 * MIB
     flush_delay: float = 0.005
     stop_timeout: float = 5.0
+    handover_socket: str | None = None
+    handover_timeout: float = 10.0
+    release: str = __version__
     log_level: str = "INFO"
     log_messages: bool = False
 
@@ -76,6 +84,28 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _keepalive_idle(text: str) -> int:
+    """Whole seconds (the kernel's unit, at most 32767); 0 turns keepalive off."""
+    value = int(text)
+    if not 0 <= value <= 32767:
+        raise ValueError("must be 0..32767 whole seconds")
+    return value
+
+
+def _keepalive_interval(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 32767:
+        raise ValueError("must be 1..32767 whole seconds")
+    return value
+
+
+def _keepalive_count(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 127:  # the kernel's limit for TCP_KEEPCNT
+        raise ValueError("must be 1..127")
+    return value
+
+
 def _line_limit(text: str) -> int:
     value = int(text)
     if value < 64:
@@ -97,6 +127,12 @@ def _bool(text: str) -> bool:
     if lowered in {"0", "false", "no", "off", ""}:
         return False
     raise ValueError("must be true or false")
+
+
+def _release(text: str) -> str:
+    if not 0 < len(text) <= 128 or not text.isprintable() or " " in text:
+        raise ValueError("must be 1 to 128 printable characters without spaces")
+    return text
 
 
 def _path(text: str) -> str | None:
@@ -137,13 +173,6 @@ OPTIONS: tuple[Option, ...] = (
         "N",
     ),
     Option(
-        "history_flush",
-        "PYNET_HISTORY_FLUSH",
-        _positive_float,
-        "seconds between batched history writes to SQLite (also flushed on shutdown)",
-        "SEC",
-    ),
-    Option(
         "max_line",
         "PYNET_MAX_LINE",
         _line_limit,
@@ -156,6 +185,56 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         "close connections that have not sent /nick within this many seconds",
         "SEC",
+    ),
+    Option(
+        "line_timeout",
+        "PYNET_LINE_TIMEOUT",
+        _non_negative_float,
+        "close connections that hold a started line (no newline yet) this many seconds "
+        "(BYE line-timeout); clients send whole lines, so only a stalled or hostile peer "
+        "waits this long; 0 = never",
+        "SEC",
+    ),
+    Option(
+        "idle_timeout",
+        "PYNET_IDLE_TIMEOUT",
+        _non_negative_float,
+        "close named connections that send nothing for this many seconds (BYE idle-timeout); "
+        "0 = never: a reader who never talks is legitimate, and dead peers are found by "
+        "TCP keepalive",
+        "SEC",
+    ),
+    Option(
+        "max_per_address",
+        "PYNET_MAX_PER_ADDRESS",
+        _non_negative_int,
+        "connections one client address may hold (IPv6: one /64); more get ERR server-full; "
+        "0 = no limit",
+        "N",
+    ),
+    Option(
+        "keepalive_idle",
+        "PYNET_KEEPALIVE_IDLE",
+        _keepalive_idle,
+        "seconds a connection may be silent before TCP keepalive probes it (keep it under the "
+        "idle timeout of NATs and load balancers: 350 s on an AWS NLB); 0 = no keepalive",
+        "SEC",
+    ),
+    Option(
+        "keepalive_interval",
+        "PYNET_KEEPALIVE_INTERVAL",
+        _keepalive_interval,
+        "seconds between unanswered keepalive probes",
+        "SEC",
+    ),
+    Option(
+        "keepalive_count",
+        "PYNET_KEEPALIVE_COUNT",
+        _keepalive_count,
+        "unanswered probes before a peer is dead: its session ends and its nickname is free "
+        "after idle + interval x count seconds, which also bounds unacknowledged data "
+        "(TCP_USER_TIMEOUT)",
+        "N",
     ),
     Option(
         "rate",
@@ -206,6 +285,28 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         "seconds a graceful shutdown (SIGTERM/SIGINT) may take before connections are cut",
         "SEC",
+    ),
+    Option(
+        "handover_socket",
+        "PYNET_HANDOVER_SOCKET",
+        _path,
+        "unix socket through which a new release takes over the listener and every client "
+        "connection from the one serving (zero-downtime deploys); empty = off",
+        "PATH",
+    ),
+    Option(
+        "handover_timeout",
+        "PYNET_HANDOVER_TIMEOUT",
+        _positive_float,
+        "seconds a handover step may take before the serving release gives up and serves on",
+        "SEC",
+    ),
+    Option(
+        "release",
+        "PYNET_RELEASE",
+        _release,
+        "name of this release, for logs and the handover record",
+        "NAME",
     ),
     Option("log_level", "PYNET_LOG_LEVEL", _log_level, "DEBUG, INFO, WARNING or ERROR", "LEVEL"),
     Option(

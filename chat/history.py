@@ -78,6 +78,17 @@ class History:
         start = max(after + 1, first) - first
         return list(islice(self._lines, start, None)) if start < len(self._lines) else []
 
+    def adopt(self, last_id: int, lines: list[bytes]) -> None:
+        """Continue where a predecessor left off (a handover): its ids and retained lines.
+
+        With a file, both read the same committed rows, so this changes nothing; in memory
+        it is the only way `/since` and the ids survive the switch.
+        """
+        if last_id > self.last_id:
+            self.last_id = last_id
+            self._lines.clear()
+            self._lines.extend(lines[-self.size :] if self.size else [])
+
     @property
     def uncommitted(self) -> int:
         return len(self._pending)

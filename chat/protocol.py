@@ -1,4 +1,4 @@
-"""The PyNet chat protocol (see PROTOCOL.md), sans-I/O.
+"""The PyNet chat protocol (docs/protocol.md), sans-I/O.
 
 Nothing here touches sockets, threads or asyncio: bytes go in (`receive_data`), events come out
 (`events_received`) and bytes to write come out (`data_to_send`). The server adapter, the
@@ -29,11 +29,12 @@ __all__ = [
     "ServerConnection",
     "State",
     "UsageError",
+    "bad_text",
     "valid_nick",
 ]
 
 MAX_LINE = 4096
-"""Default maximum line length in bytes, newline included (PROTOCOL.md, Framing)."""
+"""Default maximum line length in bytes, newline included (docs/protocol.md, Framing)."""
 
 NICK_MAX = 32
 ERROR_CODES = frozenset(
@@ -44,16 +45,32 @@ ERROR_CODES = frozenset(
         "no-such-nick",
         "line-too-long",
         "bad-encoding",
+        "bad-text",
         "unknown-command",
         "bad-argument",
         "rate-limited",
         "server-full",
+        "unavailable",
     }
 )
 
 _UNKNOWN_TEXT = "unknown command; try /nick /msg /who /since /ping /quit, or // to send a /"
 _NICK_RE = re.compile(rf"[A-Za-z0-9_-]{{1,{NICK_MAX}}}")
 _ID_RE = re.compile(r"[0-9]{1,18}")
+# Characters that text relayed to others must not hold (docs/protocol.md, Framing): C0 except
+# TAB, DEL and C1. They drive terminals (escape sequences, BEL, a bare CR over the line).
+_BAD_TEXT = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_BAD_TEXT_REPLY = "text must not contain control characters (C0 except TAB, DEL, C1)"
+
+
+def bad_text(text: str) -> bool:
+    """True when TEXT holds a character no one may send to others.
+
+    `str.isprintable()` (C speed) is true for nearly every chat line, and every character the
+    regex looks for is unprintable, so the regex runs only for the rare rest (a TAB, a space
+    other than U+0020, a format character).
+    """
+    return not text.isprintable() and _BAD_TEXT.search(text) is not None
 
 
 class UsageError(Exception):
@@ -360,6 +377,11 @@ class _LineSplitter:
         """Bytes held for an incomplete line (bounded by max_line)."""
         return len(self._buf)
 
+    @property
+    def partial(self) -> bool:
+        """True between the first byte of a line and its newline."""
+        return self._discarding or bool(self._buf)
+
 
 # --------------------------------------------------------------------------------------------
 # The server side of one connection.
@@ -473,6 +495,8 @@ class ServerConnection:
     def _say(self, text: str) -> ServerEvent:
         if "say" not in ALLOWED[self.state]:
             return self._refuse("need-nick", "choose a nickname first with /nick NAME")
+        if bad_text(text):
+            return self._refuse("bad-text", _BAD_TEXT_REPLY)
         return Say(text)
 
     def _nick(self, arg: str) -> ServerEvent:
@@ -487,6 +511,8 @@ class ServerConnection:
             return self._refuse("bad-argument", "usage: /msg NAME TEXT")
         if not valid_nick(name):
             return self._refuse("no-such-nick", "no such nickname")
+        if bad_text(text):
+            return self._refuse("bad-text", _BAD_TEXT_REPLY)
         return Private(name, text)
 
     def _who(self, arg: str) -> ServerEvent:
@@ -502,8 +528,11 @@ class ServerConnection:
         self._out.append(b"PONG\n")
 
     def _quit(self, arg: str) -> ServerEvent:
+        reason = arg.strip(" ")
+        if bad_text(reason):
+            return self._refuse("bad-text", _BAD_TEXT_REPLY)
         self.close("quit")
-        return Quit(arg.strip(" "))
+        return Quit(reason)
 
     def _refuse(self, code: str, text: str) -> Refused:
         self._out.append(f"ERR {code} {text}\n".encode())
@@ -566,6 +595,42 @@ class ServerConnection:
     def buffered(self) -> int:
         """Input bytes held for an incomplete line."""
         return self._split.buffered
+
+    @property
+    def partial(self) -> bool:
+        """True while a line has begun and not ended (held, or an over-long one being skipped).
+
+        The server times such a line out, so a peer cannot hold a connection by never finishing
+        one.
+        """
+        return self._split.partial
+
+    # ---- handover (chat.handover carries these across releases) -----------------------------
+
+    def snapshot(self) -> tuple[float, float, bytes, bool]:
+        """(tokens, seconds since the bucket was last filled, partial input, discarding)."""
+        stamp_age = self._clock() - self._stamp if self.rate else 0.0
+        return self._tokens, stamp_age, self._split._buf, self._split._discarding
+
+    def restore(
+        self,
+        state: State,
+        nick: str | None,
+        tokens: float,
+        stamp_age: float,
+        partial: bytes,
+        discarding: bool,
+    ) -> None:
+        """Continue a session that another process began (the inverse of `snapshot`)."""
+        if nick is not None and not valid_nick(nick):
+            raise UsageError(f"invalid nickname {nick!r}")
+        if len(partial) >= self._split.max_line:
+            raise UsageError("a partial line longer than the line limit")
+        self.state, self.nick = state, nick
+        self._tokens = min(float(self.burst), max(0.0, tokens))
+        if self.rate:
+            self._stamp = self._clock() - max(0.0, stamp_age)
+        self._split._buf, self._split._discarding = partial, discarding
 
 
 _COMMANDS: dict[str, Callable[[ServerConnection, str], ServerEvent | None]] = {
@@ -664,7 +729,8 @@ def _two(rest: str) -> tuple[str, str]:
 
 def _parse_err(rest: str) -> Error | None:
     code, text = _two(rest)
-    return Error(code, text) if code else None
+    # A code this version does not know (a newer server) stays an `Unknown` line, shown as is.
+    return Error(code, text) if code in ERROR_CODES else None
 
 
 def _parse_nick(rest: str) -> NickChanged | None:

@@ -22,17 +22,22 @@ How fan-out stays cheap (the benchmark drives 1,000 clients):
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
+import os
 import resource
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from chat import __version__, config
+from chat import __version__, config, keepalive
 from chat.config import Settings
-from chat.history import History
+from chat.handover import HandoverError, Session
+from chat.history import History, HistoryError
 from chat.protocol import (
     Bye,
     Error,
@@ -53,25 +58,38 @@ from chat.protocol import (
     Who,
     WhoList,
 )
+from chat.takeover import BUSY, HandoverPoint, Inheritance, take, unsent
 
 log = logging.getLogger("chat.server")
 
+BACKLOG = 4096
 SLOW_CLOSE_GRACE = 5.0
 # Below this a timer costs more than it saves: write at the end of the tick instead.
 MIN_FLUSH_WAIT = 0.0005
 """Seconds a disconnected slow reader gets to read its BYE before the socket is cut."""
 RESTART_NOTICE = "server restarting, reconnect in a few seconds"
+RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
+"""A stop says BYE to at least RESTART_BATCH clients at a time, in at most RESTART_BATCHES
+batches RESTART_PAUSE seconds apart."""
+SWITCH_RECORD = "last-switch.json"
+HANDED_OVER_EXIT = 99
+"""Exit status after a successor took over: the unit must not restart this release
+(`RestartPreventExitStatus=` in the chat role's unit)."""
 
 
 class Client(asyncio.Protocol):
     """One TCP connection. Small on purpose: 10,000 idle ones must fit in ~100 MB."""
 
     __slots__ = (
+        "address",
+        "adopted",
         "allowance",
         "close_after_flush",
         "conn",
         "connected_at",
+        "last_seen",
         "out",
+        "partial_since",
         "peer",
         "reason",
         "receiving",
@@ -82,6 +100,7 @@ class Client(asyncio.Protocol):
     def __init__(self, server: ChatServer) -> None:
         self.server = server
         self.conn: ServerConnection | None = None  # None: refused (server full)
+        self.adopted: Session | None = None  # set while taking over from a predecessor
         self.transport: asyncio.Transport
         self.out: list[bytes] | None = None  # this iteration's lines when forked
         self.receiving = False  # named: gets broadcasts
@@ -90,6 +109,9 @@ class Client(asyncio.Protocol):
         self.reason = ""
         self.connected_at = 0.0
         self.peer = "?"
+        self.address = ""  # what the per-address cap counts (address_key of the peer)
+        self.last_seen = 0.0  # loop time of the last bytes received
+        self.partial_since = 0.0  # loop time the unfinished line began; 0.0: none
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -123,9 +145,13 @@ class ChatServer:
         self._flush_cost = 0.0  # seconds the last fan-out took
         self._stopping = False
         self._all_gone = asyncio.Event()
+        self.release = settings.release
+        self.handed_over = asyncio.Event()  # set once a successor took every connection
+        self._handover_point: HandoverPoint | None = None
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.AbstractServer | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
+        self._per_address: dict[str, int] = {}  # connections held per address_key
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
         self._handlers: dict[type, Callable[[Client, Any], None]] = {
@@ -140,17 +166,29 @@ class ChatServer:
 
     # ---- lifecycle ------------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def start(self, listener: socket.socket | None = None) -> None:
+        """Serve on LISTENER (handed over by a predecessor) or on a new socket.
+
+        `reuse_port`: a release that cannot take over from the one serving (another handover
+        version) still starts next to it and shares the port until the old one stops, so no
+        connect is refused (with `net.ipv4.tcp_migrate_req=1` not even those in its queue).
+        """
         s = self.settings
-        self._server = await self._loop.create_server(
-            lambda: Client(self), s.host, s.port, backlog=4096
-        )
+        if listener is None:
+            self._server = await self._loop.create_server(
+                lambda: Client(self), s.host, s.port, backlog=BACKLOG, reuse_port=True
+            )
+        else:
+            self._server = await self._loop.create_server(
+                lambda: Client(self), sock=listener, backlog=BACKLOG
+            )
         sockname = self._server.sockets[0].getsockname()
         self.port = sockname[1]
         self._housekeep()
         log.info(
-            "start version=%s listen=%s:%d loop=%s history=%s %s",
+            "start version=%s release=%s listen=%s:%d loop=%s history=%s %s",
             __version__,
+            self.release,
             sockname[0],
             self.port,
             type(self._loop).__module__.split(".")[0],
@@ -167,13 +205,20 @@ class ChatServer:
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         notice = Info(RESTART_NOTICE)
-        for client in list(self.clients):
-            conn = client.conn
-            assert conn is not None
-            if conn.state is not State.CLOSING:
-                conn.send(notice)
-            self.drop(client, "restarting", "", announce=False)
-        self._flush()
+        clients = list(self.clients)
+        # In batches, so a thousand clients do not all reconnect in the same millisecond.
+        size = max(RESTART_BATCH, len(clients) // RESTART_BATCHES + 1)
+        for start in range(0, len(clients), size):
+            if start:
+                await asyncio.sleep(RESTART_PAUSE)
+            for client in clients[start : start + size]:
+                conn = client.conn
+                if conn is None:
+                    continue
+                if conn.state is not State.CLOSING:
+                    conn.send(notice)
+                self.drop(client, "restarting", "", announce=False)
+            self._flush()
         self.history.close()
         if self.clients:
             try:
@@ -193,12 +238,161 @@ class ChatServer:
         limit = now - s.nick_timeout
         for client in [c for c in self.unnamed if c.connected_at <= limit]:
             self.drop(client, "nick-timeout", "")
-        period = min(1.0, s.nick_timeout / 4)
+        self._cut_stalled(now)
+        timeouts = (s.nick_timeout, s.line_timeout, s.idle_timeout)
+        period = min(1.0, *(t / 4 for t in timeouts if t))
         self._housekeeping = self._loop.call_later(period, self._housekeep)
+
+    def _cut_stalled(self, now: float) -> None:
+        """Close connections stuck in the middle of a line, and idle ones if configured."""
+        line_timeout, idle_timeout = self.settings.line_timeout, self.settings.idle_timeout
+        if line_timeout:
+            limit = now - line_timeout
+            for client in [c for c in self.clients if 0.0 < c.partial_since <= limit]:
+                self.drop(client, "line-timeout", "line-timeout")
+        if idle_timeout:
+            limit = now - idle_timeout
+            for client in [c for c in self.named.values() if c.last_seen <= limit]:
+                self.drop(client, "idle-timeout", "idle-timeout")
+
+    # ---- handover (chat.takeover drives these) ----------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    def open_handover_point(self, path: str) -> None:
+        """Listen for a successor on PATH (the next release's takeover request)."""
+        self._handover_point = HandoverPoint(self, path, self.settings.handover_timeout)
+        log.info("handover listening path=%s", path)
+
+    def close_handover_point(self) -> None:
+        if self._handover_point is not None:
+            self._handover_point.close()
+            self._handover_point = None
+
+    def stop_accepting(self) -> socket.socket:
+        """Close the listener for asyncio but keep the socket (and its queue) in a duplicate."""
+        assert self._server is not None
+        listener = socket.socket(fileno=os.dup(self._server.sockets[0].fileno()))
+        self._server.close()
+        self._server = None
+        return listener
+
+    def freeze(self) -> list[tuple[Session, int]]:
+        """Stop reading, write what is queued, and describe every connection as it stands."""
+        for client in self.clients:
+            client.transport.pause_reading()
+        self._flush()  # commits the history, then hands every queued line to the transports
+        now = self._loop.time()
+        items = []
+        for client in self.clients:
+            conn = client.conn
+            assert conn is not None
+            tokens, stamp_age, partial, discarding = conn.snapshot()
+            session = Session(
+                state=conn.state.value,
+                nick=conn.nick,
+                peer=client.peer,
+                connected_age=now - client.connected_at,
+                tokens=tokens,
+                stamp_age=stamp_age,
+                partial=partial,
+                discarding=discarding,
+                unsent=unsent(client.transport) + conn.data_to_send(),
+                allowance=client.allowance,
+                closing=client.close_after_flush,
+                extra={
+                    "last_seen_age": now - client.last_seen,
+                    "partial_age": now - client.partial_since if client.partial_since else None,
+                },
+            )
+            items.append((session, client.transport.get_extra_info("socket").fileno()))
+        return items
+
+    async def thaw(self, listener: socket.socket) -> None:
+        """The successor failed: accept and read again as if nothing happened."""
+        await self.start(listener)
+        for client in self.clients:
+            if not client.transport.is_closing():
+                client.transport.resume_reading()
+
+    def let_go(self) -> None:
+        """The successor owns every connection now: close ours without a word (no FIN: the
+        successor holds its own descriptor of each socket) and stop."""
+        for client in self.clients:
+            client.conn = None  # connection_lost is ours to ignore now
+            client.transport.abort()
+        self.clients.clear()
+        self.unnamed.clear()
+        self.named.clear()
+        self._per_address.clear()
+        self._batch.clear()
+        self._forked.clear()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+        self._stopping = True
+        self.handed_over.set()
+
+    async def adopt(self, inheritance: Inheritance) -> None:
+        """Serve what a predecessor handed over: every session first, then the listener."""
+        s = self.settings
+        for session, sock in inheritance.sessions:
+            conn = ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
+            conn.restore(
+                State(session.state),
+                session.nick,
+                session.tokens,
+                session.stamp_age,
+                session.partial,
+                session.discarding,
+            )
+            client = Client(self)
+            client.adopted, client.conn = session, conn
+            sock.setblocking(False)
+            await self._loop.connect_accepted_socket(lambda c=client: c, sock=sock)
+        for client in self.clients:
+            if not client.transport.is_closing():
+                client.transport.resume_reading()
+        await self.start(inheritance.listener)
+
+    def _adopted(self, client: Client, session: Session) -> None:
+        """Register a handed-over connection: unsent output first, then whatever comes next."""
+        client.adopted = None
+        transport = client.transport
+        transport.pause_reading()  # until every session is back: no broadcast may miss one
+        now = self._loop.time()
+        client.peer = session.peer
+        client.connected_at = now - session.connected_age
+        last_seen_age = session.extra.get("last_seen_age")
+        client.last_seen = now - (last_seen_age if isinstance(last_seen_age, float) else 0.0)
+        partial_age = session.extra.get("partial_age")
+        client.partial_since = now - partial_age if isinstance(partial_age, float) else 0.0
+        client.allowance = session.allowance
+        key = address_key(transport.get_extra_info("peername"))
+        self._per_address[key] = self._per_address.get(key, 0) + 1
+        client.address = key
+        self.clients.add(client)
+        if session.unsent:
+            transport.write(session.unsent)
+        conn = client.conn
+        assert conn is not None
+        if session.closing or conn.state is State.CLOSING:
+            client.close_after_flush = True
+            transport.close()
+        elif conn.state is State.NAMED:
+            assert conn.nick is not None
+            self.named[conn.nick.lower()] = client
+            client.receiving = True
+        else:
+            self.unnamed.add(client)
 
     # ---- connections ----------------------------------------------------------------------
 
     def connected(self, client: Client) -> None:
+        if client.adopted is not None:
+            self._adopted(client, client.adopted)
+            return
         transport = client.transport
         peer = transport.get_extra_info("peername")
         client.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -214,12 +408,42 @@ class ChatServer:
                 "refuse peer=%s reason=server-full clients=%d", client.peer, len(self.clients)
             )
             return
+        if not self._admit_address(client, peer):
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keepalive.enable(sock, s.keepalive_idle, s.keepalive_interval, s.keepalive_count)
         client.conn = ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
-        client.connected_at = self._loop.time()
+        client.connected_at = client.last_seen = self._loop.time()
         self.clients.add(client)
         self.unnamed.add(client)
         self._send(client, self._greeting)
         log.info("connect peer=%s clients=%d", client.peer, len(self.clients))
+
+    def _admit_address(self, client: Client, peer: object) -> bool:
+        """Count the connection against its address; refuse it past `max_per_address`."""
+        key = address_key(peer)
+        count = self._per_address.get(key, 0)
+        cap = self.settings.max_per_address
+        if cap and count >= cap:
+            client.transport.write(
+                self._hello
+                + Error(
+                    "server-full", f"too many connections from your address (limit {cap})"
+                ).line()
+                + Bye("too-many-connections").line()
+            )
+            client.transport.close()
+            log.warning("refuse peer=%s reason=too-many-connections limit=%d", client.peer, cap)
+            return False
+        self._per_address[key] = count + 1
+        client.address = key
+        return True
+
+    def _release_address(self, client: Client) -> None:
+        count = self._per_address.pop(client.address, 0) - 1
+        if count > 0:
+            self._per_address[client.address] = count
 
     def received(self, client: Client, data: bytes) -> None:
         conn = client.conn
@@ -231,6 +455,12 @@ class ChatServer:
             self._pump(client)  # replies the protocol made before this event go first
             handlers[type(event)](client, event)
         self._pump(client)
+        now = client.last_seen = self._loop.time()
+        if conn.partial:  # a line has begun: time it from its first byte
+            if not client.partial_since or b"\n" in data:
+                client.partial_since = now
+        elif client.partial_since:
+            client.partial_since = 0.0
 
     def drop(self, client: Client, reason: str, left: str, *, announce: bool = True) -> None:
         """Say `BYE reason` and close after the next flush; others see `LEFT nick left`."""
@@ -249,7 +479,8 @@ class ChatServer:
         if client.conn is None:
             return
         self.clients.discard(client)
-        reason = client.reason or ("connection reset" if exc else "connection closed")
+        self._release_address(client)
+        reason = client.reason or _lost_reason(exc)
         self._forget(client, reason, announce=not self._stopping)
         log.info(
             "disconnect peer=%s nick=%s reason=%s clients=%d",
@@ -445,6 +676,32 @@ class ChatServer:
         return chosen
 
 
+def _lost_reason(exc: Exception | None) -> str:
+    if exc is None:
+        return "connection closed"
+    if isinstance(exc, TimeoutError):  # keepalive or TCP_USER_TIMEOUT gave the peer up
+        return "timed out"
+    return "connection reset"
+
+
+def address_key(peer: object) -> str:
+    """The address a connection counts against for `max_per_address`.
+
+    IPv4: the address. IPv6: its /64, since one host or home usually gets a whole /64 and
+    could otherwise pick a new address per connection. IPv4-mapped IPv6 counts as IPv4.
+    """
+    host = peer[0] if isinstance(peer, tuple) and peer else peer
+    try:
+        ip = ipaddress.ip_address(str(host).partition("%")[0])
+    except ValueError:
+        return str(host)
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point.
 
@@ -480,15 +737,59 @@ def setup_logging(level: str) -> None:
 
 
 async def serve(settings: Settings) -> int:
-    """Run until SIGTERM or SIGINT, then shut down gracefully. Returns the exit code."""
-    history = History(settings.history_size, settings.history)
+    """Take over from the release serving now, or start fresh; run until SIGTERM/SIGINT or
+    until a successor takes over. Returns the exit status."""
+    began = time.perf_counter()
+    inheritance, how, why = None, "fresh", ""
+    if settings.handover_socket:
+        try:
+            inheritance = take(
+                settings.handover_socket, settings.release, settings.handover_timeout
+            )
+        except (HandoverError, OSError, EOFError) as exc:
+            how, why = "fallback", str(exc) or type(exc).__name__
+            if BUSY in why:
+                log.error("error starting: the serving release refused: %s", why)
+                return 1
+            log.warning("handover impossible reason=%s: starting next to the serving release", why)
+    try:
+        history = History(settings.history_size, settings.history)
+    except HistoryError as exc:
+        log.error("error starting: %s", exc)
+        if inheritance is not None:
+            inheritance.refuse(f"successor failed: {exc}")
+        return 1
     server = ChatServer(settings, history)
     try:
-        await server.start()
-    except OSError as exc:
+        if inheritance is not None:
+            if not inheritance.confirm():
+                history.close()
+                return 1
+            history.adopt(inheritance.begin.last_id, inheritance.begin.history)
+            await server.adopt(inheritance)
+            how = "handover"
+        else:
+            await server.start()
+        if settings.handover_socket:
+            server.open_handover_point(settings.handover_socket)
+    except (OSError, HandoverError) as exc:
         log.error("error starting: %s", exc)
         history.close()
         return 1
+    record = {
+        "how": how,
+        "release": settings.release,
+        "sessions": len(server.clients),
+        "ms": round((time.perf_counter() - began) * 1000, 1),
+        "time": time.time(),
+    }
+    if inheritance is not None:
+        record["from"] = inheritance.begin.release
+    if why:
+        record["reason"] = why
+    log.info("switch %s", " ".join(f"{k}={v}" for k, v in record.items()))
+    if settings.handover_socket:
+        write_switch_record(settings.handover_socket, record)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
@@ -499,11 +800,33 @@ async def serve(settings: Settings) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
-    await stop.wait()
+    handed = asyncio.ensure_future(server.handed_over.wait())
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({handed, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    handed.cancel()
+    stopped.cancel()
+    if server.handed_over.is_set():
+        history.close()
+        log.info("stop version=%s release=%s handed over", __version__, settings.release)
+        return HANDED_OVER_EXIT
     log.info("stopping signal=%s clients=%d", received[0], len(server.clients))
+    server.close_handover_point()
     await server.stop()
     log.info("stop version=%s last_id=%d", __version__, history.last_id)
     return 0
+
+
+def write_switch_record(handover_socket: str, record: dict[str, object]) -> None:
+    """`last-switch.json` beside the handover socket: how this release took over (for
+    `fab releases`). Best effort: a failure to write it is logged, never fatal."""
+    path = os.path.join(os.path.dirname(handover_socket), SWITCH_RECORD)
+    try:
+        tmp = f"{path}.tmp"
+        with open(tmp, "w", encoding="utf-8") as file:
+            json.dump(record, file, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("switch record not written path=%s error=%s", path, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,233 @@
+"""Taking over from the release that serves now, and giving the service to the next one.
+
+`take` is the successor's side (blocking, before its event loop serves anything); `HandoverPoint`
+is the predecessor's: a unix socket it listens on, and `give`, which pauses every connection,
+sends them with their state (`chat.handover`, over `chat.fdpass`) and lets go only once the
+successor has everything. The races this avoids, in order: connections accepted but whose
+transport asyncio has not built yet (a short settle after closing the listener), output queued
+but not written (flushed, and the transport's unsent bytes carried), input read but not parsed
+(the partial line carried), and a FIN sent by accident (sockets are never shut down, only closed,
+and the successor holds its own descriptor by then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from chat import fdpass, handover
+from chat.handover import Begin, HandoverError, Session
+
+if TYPE_CHECKING:
+    from chat.server import ChatServer
+
+log = logging.getLogger("chat.takeover")
+
+ACCEPT_SETTLE = 0.02
+"""Seconds to let asyncio finish building transports of sockets accepted just before the
+listener closed (it does so in follow-up callbacks), so none is left out of the snapshot."""
+
+BUSY = "a takeover is already in progress"
+
+T = TypeVar("T")
+
+
+def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --- the successor ----------------------------------------------------------------------------
+
+
+@dataclass
+class Inheritance:
+    """Everything a predecessor handed over; the successor owns none of it until `confirm`."""
+
+    begin: Begin
+    listener: socket.socket
+    sessions: list[tuple[Session, socket.socket]]
+    channel: fdpass.Channel
+    started: float = field(default_factory=time.perf_counter)
+
+    def confirm(self) -> bool:
+        """Say `ready`; True once the predecessor lets go (`commit`, or it is gone)."""
+        try:
+            self.channel.send(handover.ready(len(self.sessions)))
+            handover.expect(self.channel.recv(), "commit")
+        except EOFError:
+            log.warning("handover the predecessor went away after ready: taking over")
+        except (HandoverError, OSError) as exc:
+            log.error("handover aborted by the predecessor reason=%s", exc)
+            self.discard()
+            return False
+        self.channel.close()
+        return True
+
+    def refuse(self, reason: str) -> None:
+        """Tell the predecessor to serve on, and close every descriptor received."""
+        with contextlib.suppress(OSError):
+            self.channel.send(handover.abort(reason))
+        self.discard()
+
+    def discard(self) -> None:
+        # Closing our copies never reaches the clients: the predecessor holds its own.
+        self.listener.close()
+        for _, sock in self.sessions:
+            sock.close()
+        self.channel.close()
+
+
+def take(path: str, release: str, timeout: float) -> Inheritance | None:
+    """Ask the release serving on PATH for its sockets; None when nothing serves there.
+
+    Raises HandoverError (refused, another version, garbage) or OSError/TimeoutError; then the
+    predecessor, if any, still serves and the caller falls back to binding the port itself.
+    """
+    channel = fdpass.connect(path, timeout)
+    if channel is None:
+        return None
+    try:
+        channel.send(handover.hello(release))
+        begin = Begin.parse(channel.recv())
+        handover.expect(channel.recv(), "listener")
+        (listener_fd,) = channel.take_fds(1)
+        listener = socket.socket(fileno=listener_fd)
+        sessions: list[tuple[Session, socket.socket]] = []
+        while True:
+            message = channel.recv()
+            if message.get("t") == "end":
+                break
+            batch = handover.parse_sessions(message)
+            for session, fd in zip(batch, channel.take_fds(len(batch)), strict=True):
+                sessions.append((session, socket.socket(fileno=fd)))
+        if len(sessions) != begin.sessions:
+            raise HandoverError(f"announced {begin.sessions} sessions, sent {len(sessions)}")
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            channel.send(handover.abort(f"successor failed: {exc}"))
+        channel.close()
+        raise
+    return Inheritance(begin, listener, sessions, channel)
+
+
+# --- the predecessor --------------------------------------------------------------------------
+
+
+class HandoverPoint:
+    """The unix socket a successor connects to. One takeover at a time; the rest is refused."""
+
+    def __init__(self, server: ChatServer, path: str, timeout: float) -> None:
+        self.server = server
+        self.path = path
+        self.timeout = timeout
+        self.busy = False
+        self._loop = asyncio.get_running_loop()
+        self._sock, self._inode = fdpass.bind(path)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    def close(self) -> None:
+        if self._sock.fileno() >= 0:
+            self._loop.remove_reader(self._sock.fileno())
+            self._sock.close()
+            fdpass.unlink_if_ours(self.path, self._inode)
+
+    def _accept(self) -> None:
+        try:
+            conn, _ = self._sock.accept()
+        except OSError:
+            return
+        task = self._loop.create_task(self._serve(conn))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, conn: socket.socket) -> None:
+        channel = fdpass.Channel(conn, self.timeout)
+        try:
+            uid = fdpass.peer_uid(conn)
+            if uid not in (os.getuid(), 0):
+                raise HandoverError(f"peer uid {uid} is not this service's user")
+            if self.busy:
+                raise HandoverError(BUSY)
+            if self.server.stopping:
+                raise HandoverError("this server is stopping")
+            conn.setblocking(False)
+            data = await asyncio.wait_for(self._loop.sock_recv(conn, 1 << 12), self.timeout)
+            conn.settimeout(self.timeout)
+            messages = list(handover.FrameReader().feed(data))
+            if not messages:
+                raise HandoverError("no complete hello")
+            successor = handover.check_hello(messages[0])
+        except (HandoverError, OSError, TimeoutError) as exc:
+            log.warning("handover refused reason=%s", exc or "timeout")
+            with contextlib.suppress(OSError):
+                conn.settimeout(1.0)
+                channel.send(handover.refuse(str(exc) or "timeout"))
+            channel.close()
+            return
+        self.busy = True
+        try:
+            if await give(self.server, channel, successor):
+                self.close()
+        finally:
+            self.busy = False
+
+
+async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> bool:
+    """Hand every socket and session to SUCCESSOR. True once it took them; else serve on."""
+    began = time.perf_counter()
+    listener = server.stop_accepting()
+    await asyncio.sleep(ACCEPT_SETTLE)
+    items = server.freeze()
+    history = server.history
+    try:
+        channel.send(handover.begin(server.release, len(items), history.last_id, history.since(0)))
+        channel.send(handover.listener(), [listener.fileno()])
+        for batch in _chunks(items, handover.FDS_PER_MESSAGE):
+            channel.send(handover.sessions([s for s, _ in batch]), [fd for _, fd in batch])
+        channel.send(handover.end())
+        handover.expect(channel.recv(), "ready")
+        channel.send(handover.commit())
+    except (HandoverError, OSError, EOFError, ValueError) as exc:
+        reason = str(exc) or type(exc).__name__
+        with contextlib.suppress(OSError):
+            channel.send(handover.abort(reason))
+        channel.close()
+        await server.thaw(listener)
+        log.warning("handover aborted successor=%s reason=%s: serving on", successor, reason)
+        return False
+    channel.close()
+    server.let_go()
+    listener.close()
+    log.info(
+        "handover gave successor=%s sessions=%d ms=%.1f",
+        successor,
+        len(items),
+        (time.perf_counter() - began) * 1000,
+    )
+    return True
+
+
+def unsent(transport: asyncio.BaseTransport) -> bytes:
+    """Bytes a transport accepted but the kernel has not taken yet.
+
+    asyncio has no public way to take them back; the selector transports of CPython keep them
+    in `_buffer` (a bytearray up to 3.11, a deque of memoryviews after). Anything else (another
+    loop) must have drained before the snapshot, which `freeze` checks.
+    """
+    buffer = getattr(transport, "_buffer", None)
+    if isinstance(buffer, bytearray | bytes):
+        return bytes(buffer)
+    if buffer is not None:
+        return b"".join(bytes(part) for part in buffer)
+    if transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0:
+        raise HandoverError(f"cannot read the unsent output of {type(transport).__name__}")
+    return b""
