@@ -152,6 +152,7 @@ def server_env(kind: str, port: int, workdir: str, max_clients: int) -> dict[str
             "PYNET_RATE": "0",
             "PYNET_NICK_TIMEOUT": "600",  # idle_connections holds un-named clients a while
             "PYNET_MAX_CLIENTS": str(max(20000, max_clients + 100)),
+            "PYNET_MAX_PER_ADDRESS": "0",  # every bench client comes from the same address
         }
         for k, v in defaults.items():
             env.setdefault(k, v)

@@ -163,7 +163,7 @@ def test_many_senders_keep_order(server: ServerProcess) -> None:
 
 @pytest.mark.usefixtures("many_files")
 def test_a_thousand_concurrent_clients(start_server) -> None:
-    server = start_server("--rate", "0")
+    server = start_server("--rate", "0", "--max-per-address", "0")
     count = 1000
 
     async def scenario() -> float:
