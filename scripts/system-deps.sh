@@ -10,6 +10,8 @@ command -v debootstrap >/dev/null || needed+=(debootstrap)
 command -v ssh >/dev/null || needed+=(openssh-client)
 command -v ssh-keygen >/dev/null || needed+=(openssh-client)
 command -v gzip >/dev/null || needed+=(gzip)
+# A real Redis for the cluster tests (tests/chat/test_backplane_redis.py and the cluster tests).
+command -v redis-server >/dev/null || needed+=(redis-server)
 
 if [ ${#needed[@]} -eq 0 ]; then
     exit 0

@@ -1,0 +1,659 @@
+"""The shared conversation of a cluster of chat servers, kept in Redis Streams.
+
+Why streams and not pub/sub: a stream is read from an id, so a host cut off from Redis resumes
+where it stopped and loses nothing; pub/sub drops what was published meanwhile.
+
+Layout (all keys under one prefix, `pynet:` by default):
+- `room`: the stream of broadcasts and presence lines. A broadcast gets the id `<n>-0`, where
+  n is the protocol's message id (one Lua script takes the next n and adds the entry, so ids
+  are integers, increasing, never reused); a presence line (JOIN, LEFT, NICK) gets `<n>-<k>`
+  with k > 0, so it sorts after the broadcast it followed. Trimmed with `MAXLEN ~`.
+- `counter`: the last message id. The script never goes below the highest id the calling host
+  has seen, nor below the stream's last entry, so ids continue even if Redis lost its data.
+- `nick:<lower>`: a lease `<host>\\t<Name>` with an expiry the owning host renews; a host that
+  dies loses its nicknames within `LEASE_MS`.
+- `who:<host>`: that host's nicknames (a hash with the same expiry); `hosts`: the set of hosts.
+- `inbox:<host>`: a stream of private messages for the users of one host.
+- `seq:<host>`: the last operation applied for a host. Every mutation carries a per-host
+  sequence number, so a batch retried after a lost connection is never applied twice.
+
+Each host reads `room` and its inbox with one `XREAD BLOCK` loop over its own connection, from
+the last id it saw, and serves `/since` from the retained lines in memory (loaded with
+`XREVRANGE` at start, kept current by the loop). Writes are queued and sent as one script call
+per batch: one round trip however many lines arrived meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from chat.protocol import Message, PrivateMessage
+
+log = logging.getLogger("chat.backplane")
+
+LEASE_MS = 30_000
+"""A nickname held by a host that stopped renewing it is free again after this long."""
+RENEW_EVERY = LEASE_MS / 3000
+"""Seconds between lease renewals: two renewals may fail before a lease lapses."""
+BLOCK_MS = 1000
+"""How long one XREAD waits for news; the socket timeout is a few seconds longer."""
+MAX_QUEUE = 10_000
+"""Operations held while Redis is slow or away; past this, broadcasts get ERR unavailable."""
+MAX_BATCH = 1000
+"""Operations sent in one script call."""
+MIN_VERSION = (7, 0)  # XADD with an explicit time and automatic sequence (`<n>-*`)
+
+
+class BackplaneError(Exception):
+    """Redis cannot serve as the backplane (unreachable, wrong password, not Redis...)."""
+
+
+class Unavailable(Exception):
+    """Redis cannot take this operation right now; the client may try again."""
+
+
+class Sink(Protocol):
+    """What the backplane calls on the chat server (all on the event loop)."""
+
+    def deliver(self, lines: list[bytes]) -> None:
+        """Broadcast lines (MSG, JOIN, LEFT, NICK) in stream order, for every local client."""
+
+    def deliver_private(self, to: str, line: bytes) -> None:
+        """A PRIV line for the local user whose lower-cased nickname is `to`."""
+
+    def status(self, available: bool) -> None:
+        """Redis went away (False) or came back (True)."""
+
+    def nicks_lost(self, nicks: list[str]) -> None:
+        """Leases this host can no longer hold (another host took them while Redis was away)."""
+
+    def nicks_held(self) -> list[str]:
+        """The nicknames of this host's clients, as they are spelled."""
+
+
+def validate_url(text: str) -> str:
+    """`redis://[:PASSWORD@]HOST:PORT/DB` or `rediss://...`; raises ValueError saying why."""
+    parts = urlsplit(text)
+    if parts.scheme not in {"redis", "rediss"}:
+        raise ValueError("must start with redis:// or rediss://")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number 0..65535") from None
+    if not parts.hostname:
+        raise ValueError("needs a host, e.g. redis://10.0.0.5:6379/0")
+    if port == 0:
+        raise ValueError("needs a port 1..65535")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"has database {db!r}; expected a number, e.g. /0")
+    return text
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    netloc = f"{user}:***@" + parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=netloc).geturl()
+
+
+def host_id() -> str:
+    """A name for this process, unique across restarts: `hostname-pid-random`."""
+    name = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40]
+    return f"{name or 'host'}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+# One call applies a batch of operations, in order, atomically.
+# ARGV: prefix, host, floor, maxlen, lease_ms, then 5 fields per operation:
+# kind, seq, a, b, c. Returns one result per operation.
+_APPLY = r"""
+local P, H = ARGV[1], ARGV[2]
+local floor, maxlen, lease = tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local room, counter = P .. 'room', P .. 'counter'
+local seqkey = P .. 'seq:' .. H
+local done = tonumber(redis.call('GET', seqkey) or '0')
+local base = tonumber(redis.call('GET', counter) or '0')
+if base < floor then base = floor end
+local last = redis.call('XREVRANGE', room, '+', '-', 'COUNT', 1)[1]
+if last then
+  local ms = tonumber(string.match(last[1], '^(%d+)'))
+  if ms > base then base = ms end
+end
+local mine = H .. '\t'
+local who = P .. 'who:' .. H
+local function owned(v) return v and string.sub(v, 1, #mine) == mine end
+local function release(low)
+  local key = P .. 'nick:' .. low
+  if owned(redis.call('GET', key)) then redis.call('DEL', key) end
+  redis.call('HDEL', who, low)
+end
+local out = {}
+for i = 6, #ARGV, 5 do
+  local kind, seq = ARGV[i], tonumber(ARGV[i + 1])
+  local a, b, c = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local r = 0
+  if seq <= done then
+    r = -1
+  elseif kind == 'say' then
+    base = base + 1
+    redis.call('XADD', room, 'MAXLEN', '~', maxlen, base .. '-0', 'n', a, 't', b)
+    r = base
+  elseif kind == 'line' then
+    redis.call('XADD', room, 'MAXLEN', '~', maxlen, base .. '-*', 'l', a)
+  elseif kind == 'claim' then
+    local key = P .. 'nick:' .. a
+    local v = redis.call('GET', key)
+    if v and not owned(v) then
+      r = 0
+    else
+      redis.call('SET', key, mine .. b, 'PX', lease)
+      redis.call('HSET', who, a, b)
+      redis.call('PEXPIRE', who, lease)
+      redis.call('SADD', P .. 'hosts', H)
+      if c ~= '' and c ~= a then release(c) end
+      r = 1
+    end
+  elseif kind == 'release' then
+    release(a)
+  elseif kind == 'priv' then
+    local v = redis.call('GET', P .. 'nick:' .. a)
+    if v then
+      local host = string.match(v, '^([^\t]*)')
+      redis.call('XADD', P .. 'inbox:' .. host, 'MAXLEN', '~', 10000, '*',
+                 'to', a, 'f', b, 't', c, 'a', base)
+      redis.call('PEXPIRE', P .. 'inbox:' .. host, lease)
+      r = 1
+    end
+  elseif kind == 'who' then
+    r = {}
+    for _, h in ipairs(redis.call('SMEMBERS', P .. 'hosts')) do
+      local names = redis.call('HVALS', P .. 'who:' .. h)
+      if #names == 0 then redis.call('SREM', P .. 'hosts', h) end
+      for _, n in ipairs(names) do r[#r + 1] = n end
+    end
+  end
+  if seq > done then done = seq end
+  out[#out + 1] = r
+end
+if base > tonumber(redis.call('GET', counter) or '0') then redis.call('SET', counter, base) end
+redis.call('SET', seqkey, done, 'PX', 86400000)
+return out
+"""
+
+# Renew this host's leases; re-take the ones Redis forgot (after a restart without data).
+# ARGV: prefix, host, lease_ms, then lower/Name pairs. Returns the lower names now held by
+# another host.
+_RENEW = r"""
+local P, H, lease = ARGV[1], ARGV[2], ARGV[3]
+local mine = H .. '\t'
+local who = P .. 'who:' .. H
+local lost = {}
+for i = 4, #ARGV, 2 do
+  local low, name = ARGV[i], ARGV[i + 1]
+  local key = P .. 'nick:' .. low
+  local v = redis.call('GET', key)
+  if v and string.sub(v, 1, #mine) ~= mine then
+    lost[#lost + 1] = low
+    redis.call('HDEL', who, low)
+  else
+    redis.call('SET', key, mine .. name, 'PX', lease)
+    redis.call('HSET', who, low, name)
+  end
+end
+if #ARGV >= 4 then
+  redis.call('PEXPIRE', who, lease)
+  redis.call('SADD', P .. 'hosts', H)
+end
+redis.call('PEXPIRE', P .. 'inbox:' .. H, lease)
+return lost
+"""
+
+
+@dataclass(slots=True)
+class _Op:
+    """One queued mutation; `future` is set when the caller waits for its result."""
+
+    kind: str
+    seq: int
+    a: str = ""
+    b: str = ""
+    c: str = ""
+    future: asyncio.Future[Any] | None = None
+
+
+@dataclass(slots=True)
+class _Retained:
+    """The last `size` broadcasts as encoded MSG lines, for `/since`."""
+
+    size: int
+    lines: deque[bytes] = field(default_factory=deque)
+    last_id: int = 0
+
+    def add(self, msg_id: int, line: bytes) -> None:
+        if self.size:
+            # Ids from the stream increase; a gap (trimmed while away) restarts the window.
+            if self.lines and msg_id != self.last_id + 1:
+                self.lines.clear()
+            self.lines.append(line)
+            if len(self.lines) > self.size:
+                self.lines.popleft()
+        self.last_id = msg_id
+
+    def since(self, after: int) -> list[bytes]:
+        first = self.last_id - len(self.lines) + 1
+        start = max(after + 1, first) - first
+        return list(islice(self.lines, start, None)) if start < len(self.lines) else []
+
+
+Connect = Callable[[str, float], Any]
+"""(url, socket_timeout) -> a `redis.asyncio.Redis`; tests pass fakeredis here."""
+
+
+def _connect(url: str, timeout: float) -> Any:
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    # One immediate retry on a fresh connection, so a pooled socket that went stale while
+    # Redis restarted is not mistaken for Redis being away. Safe: every write carries its
+    # sequence number and is applied at most once.
+    return Redis.from_url(
+        url,
+        socket_timeout=timeout,
+        socket_connect_timeout=3.0,
+        retry=Retry(NoBackoff(), 1),
+        health_check_interval=0,
+    )
+
+
+class RedisBackplane:
+    """A host's link to the shared conversation. Call `start()` before serving."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        history_size: int = 1000,
+        prefix: str = "pynet:",
+        connect: Connect | None = None,
+        check_version: bool = True,
+        lease_ms: int = LEASE_MS,
+        max_queue: int = MAX_QUEUE,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.host = host_id()
+        self.available = False
+        self.lease_ms = lease_ms
+        self.max_queue = max_queue
+        self._connect = connect or _connect
+        self._check_version = check_version
+        self._retained = _Retained(history_size)
+        self._maxlen = str(max(2 * history_size, 100))
+        self._room = prefix + "room"
+        self._inbox = f"{prefix}inbox:{self.host}"
+        self._room_pos = "0-0"
+        self._inbox_pos = "0-0"
+        self._seq = 0
+        self._queue: deque[_Op] = deque()
+        self._wake = asyncio.Event()
+        self._sink: Sink | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._renew_due = 0.0
+        self._cmd: Any = None
+        self._reader: Any = None
+        self._sha: dict[str, str] = {}
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def last_id(self) -> int:
+        return self._retained.last_id
+
+    def describe(self) -> str:
+        return f"redis:{redact(self.url)} host={self.host} last_id={self.last_id}"
+
+    async def start(self, sink: Sink) -> None:
+        """Check Redis, load the retained history, start reading. Raises BackplaneError."""
+        from redis import exceptions as rx
+
+        self._sink = sink
+        self._cmd = self._connect(self.url, 5.0)
+        self._reader = self._connect(self.url, BLOCK_MS / 1000 + 5.0)
+        where = redact(self.url)
+        try:
+            await self._cmd.ping()
+            if self._check_version:
+                await self._require_version()
+            await self._load()
+        except BackplaneError:
+            await self._close_clients()
+            raise
+        except rx.AuthenticationError as exc:
+            await self._close_clients()
+            raise BackplaneError(f"Redis at {where} refused the password: {exc}") from None
+        except rx.ResponseError as exc:
+            await self._close_clients()
+            text = str(exc)
+            if "NOAUTH" in text or "WRONGPASS" in text or "AUTH" in text.upper()[:40]:
+                raise BackplaneError(f"Redis at {where} refused the password: {text}") from None
+            raise BackplaneError(f"{where} answered like no Redis server: {text}") from None
+        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            await self._close_clients()
+            reason = str(exc) or type(exc).__name__
+            if isinstance(exc, rx.ConnectionError) and "Protocol" in reason:
+                raise BackplaneError(f"{where} is not a Redis server: {reason}") from None
+            raise BackplaneError(f"cannot reach Redis at {where}: {reason}") from None
+        except rx.RedisError as exc:
+            await self._close_clients()
+            raise BackplaneError(f"{where} is not a usable Redis server: {exc}") from None
+        self.available = True
+        loop = asyncio.get_running_loop()
+        self._renew_due = loop.time() + RENEW_EVERY
+        self._tasks = [
+            asyncio.create_task(self._read_loop(), name="backplane-read"),
+            asyncio.create_task(self._write_loop(), name="backplane-write"),
+        ]
+
+    async def stop(self, timeout: float = 2.0) -> None:
+        """Send what is queued (within `timeout`), then close the connections."""
+        if self._closing:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._drain(), timeout)
+        self._closing = True
+        self._wake.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for op in self._queue:
+            if op.future is not None and not op.future.done():
+                op.future.set_exception(Unavailable("shutting down"))
+        if self._queue:
+            log.warning("backplane stop unsent=%d", len(self._queue))
+        await self._close_clients()
+
+    async def _drain(self) -> None:
+        while self._queue and self.available:
+            await asyncio.sleep(0.01)
+
+    async def _close_clients(self) -> None:
+        for client in (self._cmd, self._reader):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    async def _require_version(self) -> None:
+        info = await self._cmd.info("server")
+        text = str(info.get("redis_version", "")) if isinstance(info, dict) else ""
+        try:
+            version = tuple(int(x) for x in text.split(".")[:2])
+        except ValueError:
+            version = ()
+        if len(version) != 2:
+            raise BackplaneError(f"{redact(self.url)} did not report a Redis version")
+        if version < MIN_VERSION:
+            need = ".".join(map(str, MIN_VERSION))
+            raise BackplaneError(
+                f"Redis at {redact(self.url)} is version {text}; the backplane needs >= {need}"
+            )
+
+    async def _load(self) -> None:
+        """The newest retained broadcasts, and the position to read from."""
+        count = int(self._maxlen)
+        entries = await self._cmd.xrevrange(self._room, "+", "-", count=count)
+        counter = int(await self._cmd.get(self.prefix + "counter") or 0)
+        if entries:
+            self._room_pos = entries[0][0].decode()
+        for entry_id, fields in reversed(entries):
+            self._entry(entry_id, fields, None)
+        if self._retained.last_id < counter:
+            self._retained.last_id = counter
+
+    # ---- what the server calls -----------------------------------------------------------
+
+    def since(self, after: int) -> list[bytes]:
+        return self._retained.since(after)
+
+    def say(self, nick: str, text: str) -> bool:
+        """Queue a broadcast. False: it cannot be placed now (answer ERR unavailable)."""
+        return self._enqueue("say", nick, text) is not None
+
+    def line(self, line: bytes) -> None:
+        """Queue a presence line (JOIN, LEFT, NICK) for every host."""
+        self._enqueue("line", line.decode())
+
+    def release(self, nick: str) -> None:
+        """Give a nickname back (queued: it need not wait)."""
+        self._enqueue("release", nick.lower())
+
+    def claim(self, name: str, old: str | None) -> asyncio.Future[Any]:
+        """Take `name` across the cluster (releasing `old`). Result: True, or False if taken."""
+        return self._ask("claim", name.lower(), name, (old or "").lower())
+
+    def private(self, sender: str, to: str, text: str) -> asyncio.Future[Any]:
+        """Send a PRIV to a user on any host. Result: True, or False if no such nickname."""
+        return self._ask("priv", to.lower(), sender, text)
+
+    def who(self) -> asyncio.Future[Any]:
+        """Result: the nicknames of every host."""
+        return self._ask("who")
+
+    def _ask(self, kind: str, a: str = "", b: str = "", c: str = "") -> asyncio.Future[Any]:
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        if not self.available or len(self._queue) >= self.max_queue:
+            future.set_exception(Unavailable("the shared store is unavailable"))
+            return future
+        self._enqueue(kind, a, b, c, future)
+        return future
+
+    def _enqueue(
+        self,
+        kind: str,
+        a: str = "",
+        b: str = "",
+        c: str = "",
+        future: asyncio.Future[Any] | None = None,
+    ) -> _Op | None:
+        if len(self._queue) >= self.max_queue or self._closing:
+            return None
+        self._seq += 1
+        op = _Op(kind, self._seq, a, b, c, future)
+        self._queue.append(op)
+        self._wake.set()
+        return op
+
+    # ---- writing --------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        from redis import exceptions as rx
+
+        loop = asyncio.get_running_loop()
+        delay = 0.05
+        while not self._closing:
+            if not self._queue:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        self._wake.wait(), max(0.0, self._renew_due - loop.time())
+                    )
+            try:
+                if loop.time() >= self._renew_due or not self.available:
+                    await self._renew()
+                    self._renew_due = loop.time() + RENEW_EVERY
+                if self._queue:
+                    await self._apply(list(islice(self._queue, MAX_BATCH)))
+            except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                self._lost(exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            except rx.RedisError as exc:  # a script error: drop the batch, keep going
+                log.error("backplane write failed error=%s", exc)
+                self._fail_batch(MAX_BATCH)
+                continue
+            delay = 0.05
+            self._back()
+
+    async def _script(self, name: str, source: str, args: list[Any]) -> Any:
+        from redis import exceptions as rx
+
+        sha = self._sha.get(name)
+        if sha is not None:
+            try:
+                return await self._cmd.evalsha(sha, 0, *args)
+            except rx.NoScriptError:
+                pass  # Redis restarted and forgot it
+        self._sha[name] = await self._cmd.script_load(source)
+        return await self._cmd.evalsha(self._sha[name], 0, *args)
+
+    async def _apply(self, batch: list[_Op]) -> None:
+        args: list[Any] = [self.prefix, self.host, self.last_id, self._maxlen, self.lease_ms]
+        for op in batch:
+            args += (op.kind, op.seq, op.a, op.b, op.c)
+        try:
+            results = await self._script("apply", _APPLY, args)
+        except BaseException:
+            # Unknown whether it was applied: questions fail (the user may ask again),
+            # broadcasts and releases stay queued and are resent with the same seq.
+            self._fail_questions()
+            raise
+        for _ in batch:
+            self._queue.popleft()
+        for op, result in zip(batch, results, strict=True):
+            if op.future is None or op.future.done():
+                continue
+            if op.kind == "who":
+                op.future.set_result(sorted((n.decode() for n in result), key=str.lower))
+            else:
+                op.future.set_result(result == 1)
+
+    def _fail_questions(self) -> None:
+        kept: deque[_Op] = deque()
+        for op in self._queue:
+            if op.future is None:
+                kept.append(op)
+            elif not op.future.done():
+                op.future.set_exception(Unavailable("the shared store went away"))
+        self._queue = kept
+
+    def _fail_batch(self, size: int) -> None:
+        for _ in range(min(size, len(self._queue))):
+            op = self._queue.popleft()
+            if op.future is not None and not op.future.done():
+                op.future.set_exception(Unavailable("the shared store refused it"))
+
+    async def _renew(self) -> None:
+        assert self._sink is not None
+        args: list[Any] = [self.prefix, self.host, self.lease_ms]
+        for name in self._sink.nicks_held():
+            args += (name.lower(), name)
+        lost = await self._script("renew", _RENEW, args)
+        if lost:
+            self._sink.nicks_lost([n.decode() for n in lost])
+
+    # ---- reading --------------------------------------------------------------------------
+
+    async def _read_loop(self) -> None:
+        from redis import exceptions as rx
+
+        delay = 0.05
+        while not self._closing:
+            try:
+                reply = await self._reader.xread(
+                    {self._room: self._room_pos, self._inbox: self._inbox_pos},
+                    count=MAX_BATCH,
+                    block=BLOCK_MS,
+                )
+            except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                self._lost(exc)
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            delay = 0.05
+            self._back()
+            if reply:
+                self._dispatch(reply)
+
+    def _dispatch(self, reply: Any) -> None:
+        """Room entries in order; each private one after the room entries it followed."""
+        room: list[Any] = []
+        inbox: list[Any] = []
+        for stream, entries in reply:
+            (room if stream.decode() == self._room else inbox).extend(entries)
+        lines: list[bytes] = []
+        privates: list[tuple[str, bytes]] = []
+        i = 0
+        for entry_id, fields in inbox:
+            after = int(fields.get(b"a", b"0"))
+            while i < len(room) and int(room[i][0].split(b"-", 1)[0]) <= after:
+                self._entry(room[i][0], room[i][1], lines)
+                i += 1
+            self._flush_lines(lines, privates)
+            self._inbox_pos = entry_id.decode()
+            line = PrivateMessage(fields[b"f"].decode(), fields[b"t"].decode()).line()
+            privates.append((fields[b"to"].decode(), line))
+            self._flush_lines(lines, privates)
+        for entry_id, fields in room[i:]:
+            self._entry(entry_id, fields, lines)
+        self._flush_lines(lines, privates)
+
+    def _flush_lines(self, lines: list[bytes], privates: list[tuple[str, bytes]]) -> None:
+        assert self._sink is not None
+        if lines:
+            self._sink.deliver(lines.copy())
+            lines.clear()
+        for to, line in privates:
+            self._sink.deliver_private(to, line)
+        privates.clear()
+
+    def _entry(self, entry_id: bytes, fields: dict[bytes, bytes], out: list[bytes] | None) -> None:
+        ms, _, seq = entry_id.decode().partition("-")
+        self._room_pos = entry_id.decode()
+        if seq == "0" and b"n" in fields:
+            msg_id = int(ms)
+            if msg_id <= self._retained.last_id and out is not None:
+                return  # already seen (cannot happen with a sane stream; never repeat one)
+            line = Message(msg_id, fields[b"n"].decode(), fields[b"t"].decode()).line()
+            self._retained.add(msg_id, line)
+        elif b"l" in fields and out is not None:
+            line = fields[b"l"]
+        else:
+            return
+        if out is not None:
+            out.append(line)
+
+    # ---- availability ---------------------------------------------------------------------
+
+    def _lost(self, exc: BaseException) -> None:
+        if self.available:
+            self.available = False
+            log.warning("backplane lost redis=%s error=%s", redact(self.url), exc or type(exc))
+            if self._sink is not None:
+                self._sink.status(False)
+
+    def _back(self) -> None:
+        if not self.available:
+            self.available = True
+            log.info("backplane back redis=%s last_id=%d", redact(self.url), self.last_id)
+            self._renew_due = 0.0  # re-take the leases at once: Redis may have lost them
+            self._wake.set()
+            if self._sink is not None:
+                self._sink.status(True)

@@ -1,0 +1,296 @@
+"""The Redis backplane on its own, against fakeredis (its Lua runs the real scripts).
+
+Two `RedisBackplane` objects on one fake server stand for two chat hosts. What fakeredis
+cannot show faithfully (a real socket going away, a wrong password, a server that is not Redis)
+is tested against a real redis-server in test_backplane_redis.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import fakeredis
+import pytest
+
+from chat.backplane import (
+    BackplaneError,
+    RedisBackplane,
+    Unavailable,
+    redact,
+    validate_url,
+)
+
+URL = "redis://:secret@127.0.0.1:6379/0"
+
+
+class Recorder:
+    """A Sink that remembers what the backplane delivered."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.privates: list[tuple[str, bytes]] = []
+        self.statuses: list[bool] = []
+        self.lost: list[str] = []
+        self.held: list[str] = []
+
+    def deliver(self, lines: list[bytes]) -> None:
+        self.lines.extend(lines)
+
+    def deliver_private(self, to: str, line: bytes) -> None:
+        self.privates.append((to, line))
+
+    def status(self, available: bool) -> None:
+        self.statuses.append(available)
+
+    def nicks_lost(self, nicks: list[str]) -> None:
+        self.lost.extend(nicks)
+
+    def nicks_held(self) -> list[str]:
+        return list(self.held)
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def fake_connect(server: fakeredis.FakeServer) -> Callable[[str, float], Any]:
+    return lambda url, timeout: fakeredis.FakeAsyncRedis(server=server)
+
+
+async def host(
+    server: fakeredis.FakeServer, size: int = 100, **kwargs: Any
+) -> tuple[RedisBackplane, Recorder]:
+    backplane = RedisBackplane(
+        URL, history_size=size, connect=fake_connect(server), check_version=False, **kwargs
+    )
+    sink = Recorder()
+    await backplane.start(sink)
+    return backplane, sink
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def msgs(lines: list[bytes]) -> list[bytes]:
+    return [line for line in lines if line.startswith(b"MSG ")]
+
+
+def test_broadcasts_from_two_hosts_share_one_id_sequence() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        (a, sa), (b, sb) = await host(server), await host(server)
+        for i in range(5):
+            assert a.say("ann", f"a{i}")
+            assert b.say("bob", f"b{i}")
+        await until(lambda: len(msgs(sa.lines)) == 10 and len(msgs(sb.lines)) == 10)
+        assert sa.lines == sb.lines  # both hosts see one order
+        ids = [int(line.split()[1]) for line in sa.lines]
+        assert ids == list(range(1, 11))
+        # each sender's lines keep their order
+        assert [ln.split()[3] for ln in sa.lines if b" ann " in ln] == [
+            f"a{i}".encode() for i in range(5)
+        ]
+        assert a.last_id == b.last_id == 10
+        await a.stop()
+        await b.stop()
+
+    run(body)
+
+
+def test_since_replays_what_any_host_posted_and_a_new_host_loads_it() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        a, sa = await host(server, size=3)
+        for i in range(5):
+            a.say("ann", f"m{i}")
+        await until(lambda: len(sa.lines) == 5)
+        assert a.since(3) == [b"MSG 4 ann m3\n", b"MSG 5 ann m4\n"]
+        assert a.since(0) == sa.lines[-3:]  # three retained
+        assert a.since(5) == []
+        late, _ = await host(server, size=3)
+        assert late.last_id == 5
+        assert late.since(2) == [b"MSG 3 ann m2\n", b"MSG 4 ann m3\n", b"MSG 5 ann m4\n"]
+        await a.stop()
+        await late.stop()
+
+    run(body)
+
+
+def test_ids_never_go_back_even_if_redis_forgets_its_data() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        a, sa = await host(server)
+        for i in range(3):
+            a.say("ann", f"m{i}")
+        await until(lambda: len(sa.lines) == 3)
+        flush = fakeredis.FakeAsyncRedis(server=server)
+        await flush.flushall()  # a Redis restarted without persistence
+        a.say("ann", "after")
+        await until(lambda: len(sa.lines) == 4)
+        assert sa.lines[-1] == b"MSG 4 ann after\n"
+        await a.stop()
+
+    run(body)
+
+
+def test_presence_lines_reach_every_host_in_order_with_messages() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        (a, _), (b, sb) = await host(server), await host(server)
+        a.line(b"JOIN ann\n")
+        a.say("ann", "hi")
+        a.line(b"LEFT ann bye\n")
+        await until(lambda: len(sb.lines) == 3)
+        assert sb.lines == [b"JOIN ann\n", b"MSG 1 ann hi\n", b"LEFT ann bye\n"]
+        assert b.since(0) == [b"MSG 1 ann hi\n"]  # presence is not replayed
+        await a.stop()
+        await b.stop()
+
+    run(body)
+
+
+def test_nicks_are_unique_across_hosts_case_insensitively_and_released() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        (a, sa), (b, _) = await host(server), await host(server)
+        assert await a.claim("Ann", None) is True
+        sa.held.append("Ann")
+        assert await b.claim("ANN", None) is False
+        assert await a.claim("ann", "Ann") is True  # the holder may change case
+        sa.held[:] = ["ann"]
+        assert await a.claim("Anna", "ann") is True  # rename frees the old one
+        assert await b.claim("Ann", None) is True
+        assert await b.who() == ["Ann", "Anna"]
+        a.release("Anna")
+        await until(lambda: not a._queue)
+        assert await b.claim("anna", None) is True
+        assert await a.who() == ["Ann", "anna"]
+        await a.stop()
+        await b.stop()
+
+    run(body)
+
+
+def test_a_dead_hosts_nicks_expire_with_its_lease() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        a, _ = await host(server, lease_ms=300)
+        b, _ = await host(server)
+        assert await a.claim("ann", None) is True
+        await a.stop()  # dies without releasing: only the lease frees the name
+        assert await b.claim("ann", None) is False
+        await asyncio.sleep(0.4)
+        assert await b.who() == []
+        assert await b.claim("ann", None) is True
+        await b.stop()
+
+    run(body)
+
+
+def test_private_messages_reach_a_user_on_another_host_after_earlier_broadcasts() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        (a, sa), (b, sb) = await host(server), await host(server)
+        assert await b.claim("bob", None) is True
+        a.say("ann", "first")
+        assert await a.private("ann", "BOB", "psst") is True
+        assert await a.private("ann", "nobody", "psst") is False
+        await until(lambda: bool(sb.privates))
+        assert sb.privates == [("bob", b"PRIV ann psst\n")]
+        assert sa.privates == []
+        assert b"MSG 1 ann first\n" in sb.lines
+        await a.stop()
+        await b.stop()
+
+    run(body)
+
+
+def test_renewal_reports_a_nick_another_host_took_while_the_lease_lapsed() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        (a, sa), (b, _) = await host(server), await host(server)
+        assert await a.claim("ann", None) is True
+        sa.held.append("ann")
+        raw = fakeredis.FakeAsyncRedis(server=server)
+        await raw.delete("pynet:nick:ann")  # the lease lapsed
+        assert await b.claim("ann", None) is True
+        await a._renew()
+        assert sa.lost == ["ann"]
+        await a.stop()
+        await b.stop()
+
+    run(body)
+
+
+def test_a_batch_resent_after_a_lost_reply_is_applied_once() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        a, sa = await host(server)
+        a.say("ann", "once")
+        await until(lambda: len(sa.lines) == 1)
+        # The same operation (same seq) sent again, as after a reply lost in transit.
+        again = await a._script(
+            "apply",
+            "",
+            [a.prefix, a.host, 0, a._maxlen, a.lease_ms, "say", 1, "ann", "once", ""],
+        )
+        assert again == [-1]
+        await asyncio.sleep(0.05)
+        assert sa.lines == [b"MSG 1 ann once\n"]
+        await a.stop()
+
+    run(body)
+
+
+def test_questions_fail_at_once_when_redis_is_away_and_the_queue_is_bounded() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        a, _ = await host(server, max_queue=3)
+        a.available = False
+        with pytest.raises(Unavailable):
+            await a.who()
+        for task in a._tasks:
+            task.cancel()  # nothing drains the queue from here on
+        assert [a.say("ann", str(i)) for i in range(4)] == [True, True, True, False]
+        await a.stop(timeout=0.1)
+
+    run(body)
+
+
+def test_unreachable_at_start_is_one_clear_error() -> None:
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        server.connected = False
+        backplane = RedisBackplane(URL, connect=fake_connect(server), check_version=False)
+        with pytest.raises(BackplaneError, match=r"cannot reach Redis at redis://:\*\*\*@"):
+            await backplane.start(Recorder())
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("http://x:6379", "redis://"),
+        ("redis://", "needs a host"),
+        ("redis://h:port/0", "not a number"),
+        ("redis://h:6379/x", "database 'x'"),
+    ],
+)
+def test_bad_urls_say_what_was_expected(url: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        validate_url(url)
+
+
+def test_good_urls_and_redaction() -> None:
+    for url in ("redis://10.0.0.5:6379/0", "rediss://:pw@host:6380/2", "redis://u:pw@h"):
+        assert validate_url(url) == url
+    assert redact("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact("rediss://user:pw@h/1") == "rediss://user:***@h/1"
+    assert redact("redis://h:6379/0") == "redis://h:6379/0"
