@@ -35,7 +35,12 @@ from pynet.deploy.probe import ProbeError, chat_hello  # noqa: E402
 from pynet.local.engine import ensure_engine  # noqa: E402
 from pynet.local.host import Host, make_keypair, start_host, stop_host  # noqa: E402
 from pynet.local.images import ensure_base_image  # noqa: E402
-from pynet.local.provision import build_context_copy, playbook_argv, write_inventory  # noqa: E402
+from pynet.local.provision import (  # noqa: E402
+    build_context_copy,
+    playbook_argv,
+    write_inventory,
+    write_ssh_config,
+)
 
 UNITS = {"B": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}
 
@@ -111,6 +116,8 @@ def fab_deploy(host: Host, key: Path, src: Path) -> Deploy:
     proc = subprocess.run(
         [
             str(BIN / "fab"),
+            "-S",
+            str(write_ssh_config(key.parent / "ssh_config", host)),
             "-H",
             f"admin@127.0.0.1:{host.ssh_port}",
             "-i",

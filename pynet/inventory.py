@@ -9,16 +9,28 @@ is how tests and the local rehearsal keep out of the real file.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pynet.hostkeys import ssh_options
+
 GROUP = "chat"
 CHAT_PORT = 5050
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "inventory" / "hosts.yml"
+KNOWN_HOSTS_VAR = "pynet_known_hosts"
+_OWN_VARS = {
+    "ansible_host",
+    "ansible_port",
+    "ansible_user",
+    "ansible_ssh_private_key_file",
+    "ansible_ssh_common_args",
+    "pynet_chat_port",
+    KNOWN_HOSTS_VAR,
+}
 
 _HEADER = "# Written by `fab launch` (pynet/inventory.py); git-ignored. Edit freely or re-launch.\n"
 
@@ -33,6 +45,8 @@ class Host:
     port: int = 22
     key_file: str | None = None
     chat_port: int = CHAT_PORT  # where the chat answers from here (a local rehearsal maps it)
+    known_hosts: str | None = None  # the file pinning this host's key (pynet/hostkeys.py)
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # more host variables
 
     def to_vars(self) -> dict[str, Any]:
         """The Ansible host variables."""
@@ -45,6 +59,11 @@ class Host:
             variables["ansible_ssh_private_key_file"] = self.key_file
         if self.chat_port != CHAT_PORT:
             variables["pynet_chat_port"] = self.chat_port
+        if self.known_hosts:
+            # OpenSSH (Ansible) checks the host against the pinned key only, strictly.
+            variables["ansible_ssh_common_args"] = ssh_options(self.known_hosts)
+            variables[KNOWN_HOSTS_VAR] = self.known_hosts
+        variables.update(self.extra)
         return variables
 
     @classmethod
@@ -58,6 +77,8 @@ class Host:
             port=int(variables.get("ansible_port", 22)),
             key_file=variables.get("ansible_ssh_private_key_file"),
             chat_port=int(variables.get("pynet_chat_port", CHAT_PORT)),
+            known_hosts=variables.get(KNOWN_HOSTS_VAR),
+            extra={k: v for k, v in variables.items() if k not in _OWN_VARS},
         )
 
 

@@ -18,6 +18,7 @@ from pynet.deploy import commands as cmd
 from pynet.deploy.probe import ProbeError, chat_hello, ssh_banner
 from pynet.deploy.remote import Remote
 from pynet.deploy.status import parse_show
+from pynet.deploy.trust import HostKeyError
 
 DISK_FULL_PCT = 90
 MEMORY_LOW_KB = 64 * 1024
@@ -79,6 +80,14 @@ def _ssh_port(conn: Connection) -> Finding:
 def _auth(conn: Connection) -> Finding:
     try:
         conn.open()
+    except HostKeyError as exc:
+        return Finding(
+            "ssh auth",
+            False,
+            str(exc),
+            "the host key is not the one pinned for this host",
+            "check the fingerprint as the line above says before trusting the host",
+        )
     except AuthenticationException:
         return Finding(
             "ssh auth",

@@ -3,6 +3,8 @@
 Fabric 3 hands a task a `Connection` when hosts come from `-H` (with `-i` already in its
 config) and a plain `Context` otherwise; in that case we build the connections from the
 inventory `fab launch` writes (`pynet.inventory`), keeping any `-i` keys from the config.
+Either way the connection checks the host key strictly (`pynet.deploy.trust`): against the file
+`fab launch` pinned it in, else the user's known_hosts, as `ssh` would.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from invoke.context import Context
 
 from pynet import inventory
 from pynet.deploy.commands import APP_PORT
+from pynet.deploy.trust import strict, user_files
 
 
 class NoHosts(RuntimeError):
@@ -41,7 +44,7 @@ class Target:
 def targets(c: Context, path: str | None = None) -> list[Target]:
     """The host(s) a task should act on."""
     if isinstance(c, Connection):
-        return [Target(c)]
+        return [Target(strict(c, user_files(c.ssh_config)))]
     try:
         hosts = inventory.read_hosts(path)
     except ValueError as exc:
@@ -55,5 +58,6 @@ def targets(c: Context, path: str | None = None) -> list[Target]:
     for h in hosts:
         keys = {"key_filename": [str(Path(h.key_file).expanduser())]} if h.key_file else {}
         conn = Connection(h.address, user=h.user, port=h.port, config=c.config, connect_kwargs=keys)
-        result.append(Target(conn, chat_port=h.chat_port))
+        pinned = [Path(h.known_hosts).expanduser()] if h.known_hosts else None
+        result.append(Target(strict(conn, pinned or user_files(conn.ssh_config)), h.chat_port))
     return result

@@ -1,20 +1,26 @@
 """The local EC2-like host: a container that boots systemd with sshd, reached over SSH.
 
 Ansible and Fabric talk to it exactly as they would to a Debian EC2 instance
-(`admin@127.0.0.1:PORT` with a key); only the address differs. The flags are the ones known to
-run systemd and an inner Docker engine on these machines (`--privileged` does not work here).
+(`admin@127.0.0.1:PORT` with a key); only the address differs. As `fab launch` does for an
+instance, the harness makes the host's SSH key here, puts it on the host before sshd first
+starts, and pins it in a known_hosts file of its own: every connection checks it strictly.
+The flags are the ones known to run systemd and an inner Docker engine on these machines
+(`--privileged` does not work here).
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import socket
 import subprocess
+import tarfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from pynet import hostkeys
 from pynet.deploy.probe import ProbeError, ssh_banner
 from pynet.local.engine import EngineError, docker, ensure_engine
 from pynet.local.images import ensure_host_image
@@ -56,6 +62,28 @@ class Host:
     key_path: str
     user: str = SSH_USER
     address: str = "127.0.0.1"
+    known_hosts: str = ""  # the file that pins this host's key
+
+    @property
+    def host_key(self) -> str:
+        """The pinned public host key ("ssh-ed25519 AAAA...")."""
+        return hostkeys.pinned_key(Path(self.known_hosts), self.name) or ""
+
+    def ssh_argv(self, *command: str) -> list[str]:
+        """`ssh` to this host with its key pinned and checked strictly."""
+        options = hostkeys.ssh_options(self.known_hosts).replace("'", "").split()
+        return [
+            "ssh",
+            "-p",
+            str(self.ssh_port),
+            "-i",
+            self.key_path,
+            "-o",
+            "BatchMode=yes",
+            *options,
+            f"{self.user}@{self.address}",
+            *command,
+        ]
 
     def as_json(self) -> str:
         return json.dumps(asdict(self))
@@ -88,6 +116,35 @@ def _authorize(name: str, public_key: Path) -> None:
     docker("exec", "-i", name, "sh", "-c", script, input=public_key.read_bytes())
 
 
+#: sshd offers only the key made here, as a cloud-init host given `ssh_keys:` does.
+HOST_KEY_CONF = b"HostKey /etc/ssh/ssh_host_ed25519_key\n"
+
+
+def _host_key_tar(pair: hostkeys.HostKeyPair) -> bytes:
+    """A tar of /etc/ssh with the host key files (root-owned, private key 0600), in memory."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data, mode in (
+            ("ssh_host_ed25519_key", pair.private.encode(), 0o600),
+            ("ssh_host_ed25519_key.pub", f"{pair.public} root@pynet-local\n".encode(), 0o644),
+            ("sshd_config.d/20-pynet-hostkey.conf", HOST_KEY_CONF, 0o644),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.uid, info.gid = len(data), mode, 0, 0
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def install_host_key(name: str, pair: hostkeys.HostKeyPair) -> None:
+    """Put the host key into container NAME's /etc/ssh (before boot, or to swap it in tests)."""
+    docker("cp", "-", f"{name}:/etc/ssh", input=_host_key_tar(pair))
+
+
+def default_known_hosts(key_path: Path) -> Path:
+    """The harness's own known_hosts: next to the harness's client key."""
+    return key_path.parent / hostkeys.KNOWN_HOSTS_NAME
+
+
 def wait_for_ssh(host: Host, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -108,24 +165,28 @@ def start_host(
     ssh_port: int = 0,
     app_port: int = 0,
     timeout: float = 60.0,
+    known_hosts: Path | None = None,
 ) -> Host:
-    """Boot host NAME (replacing any old one) and wait until SSH answers.
+    """Boot host NAME (replacing any old one) with a host key made here, and wait for SSH.
 
-    Ports are chosen here rather than by Docker so they survive a restart (a "reboot").
+    Ports are chosen here rather than by Docker so they survive a restart (a "reboot"). The
+    host key is pinned in KNOWN_HOSTS (default: known_hosts beside the client key).
     """
     ensure_engine()
     image = ensure_host_image()
-    stop_host(name)
+    stop_host(name, known_hosts)
     public_key = Path(public_key_path).resolve()
+    pins = (known_hosts or default_known_hosts(public_key)).resolve()
     host = Host(
         name=name,
         ssh_port=ssh_port or free_port(),
         app_port=app_port or free_port(),
         key_path=str(public_key.with_suffix("")),
+        known_hosts=str(pins),
     )
+    pair = hostkeys.HostKeyPair.generate()
     docker(
-        "run",
-        "-d",
+        "create",
         "--name",
         name,
         "--hostname",
@@ -139,14 +200,19 @@ def start_host(
         f"127.0.0.1:{host.app_port}:{CHAT_PORT}",
         image,
     )
+    install_host_key(name, pair)
+    hostkeys.pin(pins, name, host.address, host.ssh_port, pair.public)
+    docker("start", name)
     _authorize(name, public_key)
     wait_for_ssh(host, timeout)
     return host
 
 
-def stop_host(name: str) -> None:
-    """Remove host NAME and its disks; a no-op when there is none."""
+def stop_host(name: str, known_hosts: Path | None = None) -> None:
+    """Remove host NAME and its disks (and its pinned key); a no-op when there is none."""
     docker("rm", "-f", "-v", name, check=False)
+    if known_hosts is not None:
+        hostkeys.unpin(known_hosts, name)
 
 
 def list_hosts() -> list[str]:

@@ -30,11 +30,27 @@ def inventory_entry(host: Host, name: str | None = None) -> inventory.Host:
         port=host.ssh_port,
         key_file=host.key_path,
         chat_port=host.app_port,
+        known_hosts=host.known_hosts or None,
     )
 
 
 def write_inventory(path: Path, *hosts: Host) -> Path:
     return inventory.write_hosts([inventory_entry(h) for h in hosts], path)
+
+
+def write_ssh_config(path: Path, *hosts: Host) -> Path:
+    """An ssh_config for `fab -S PATH -H admin@127.0.0.1:PORT`: the hosts' pinned keys file.
+
+    Fabric reads it as `ssh` would, so `-H` connections check the key strictly against the
+    harness's known_hosts instead of the user's ~/.ssh/known_hosts.
+    """
+    files = sorted({h.known_hosts for h in hosts if h.known_hosts})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "Host 127.0.0.1 localhost\n"
+    if files:
+        text += f"    UserKnownHostsFile {' '.join(files)}\n"
+    path.write_text(text + "    StrictHostKeyChecking yes\n", encoding="utf-8")
+    return path
 
 
 def playbook_argv(inventory_file: Path, *extra_vars: str) -> list[str]:

@@ -31,6 +31,7 @@ from pynet.deploy.lock import STALE_AFTER, read_lock
 from pynet.deploy.remote import DeployError, Local, Remote
 from pynet.deploy.status import releases as releases_report
 from pynet.deploy.status import status as status_report
+from pynet.deploy.trust import HostKeyError
 from pynet.deploy.version import VersionError, repo_root, source_version
 
 __all__ = ["deploy", "doctor", "logs", "releases", "rollback", "status", "unlock"]
@@ -45,6 +46,8 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 def _reason(exc: BaseException, target: Target) -> str | None:
     """One line for the failures a person can act on; None for real bugs (keep the traceback)."""
     conn = target.conn
+    if isinstance(exc, HostKeyError):  # already says what to check and how to pin
+        return str(exc)
     if isinstance(exc, AuthenticationException):
         return (
             f"SSH authentication failed for user {conn.user!r}: check the key (-i or "

@@ -23,7 +23,12 @@ from pathlib import Path
 import pytest
 
 from pynet.deploy.probe import ProbeError, chat_hello
-from pynet.local.provision import build_context_copy, playbook_argv, write_inventory
+from pynet.local.provision import (
+    build_context_copy,
+    playbook_argv,
+    write_inventory,
+    write_ssh_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -39,6 +44,7 @@ class Rig:
     host: object  # pynet.local.host.Host
     key: Path
     src: Path
+    ssh_config: Path  # points `fab -H` at the harness's pinned host keys
 
     @property
     def env(self) -> dict[str, str]:
@@ -67,7 +73,16 @@ class Rig:
 
     def fab_argv(self, *args: str, key: Path | None = None) -> list[str]:
         target = f"admin@127.0.0.1:{self.host.ssh_port}"  # type: ignore[attr-defined]
-        return [str(BIN / "fab"), "-H", target, "-i", str(key or self.key), *args]
+        return [
+            str(BIN / "fab"),
+            "-S",
+            str(self.ssh_config),
+            "-H",
+            target,
+            "-i",
+            str(key or self.key),
+            *args,
+        ]
 
     def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.fab("deploy", "--context", str(self.src), *args)
@@ -144,7 +159,12 @@ def rig(
     host = start_host(name, ssh_keypair[1])
     try:
         _provision(host, chat_image_archive, tmp)
-        yield Rig(host, ssh_keypair[0], build_context_copy(tmp / "src", commit=True))
+        yield Rig(
+            host,
+            ssh_keypair[0],
+            build_context_copy(tmp / "src", commit=True),
+            write_ssh_config(tmp / "ssh_config", host),
+        )
     finally:
         stop_host(name)
 
