@@ -68,18 +68,32 @@ class Host:
 
     @classmethod
     def from_vars(cls, name: str, variables: dict[str, Any] | None) -> Host:
-        """A host from its Ansible variables (the name doubles as the address if none is set)."""
+        """A host from its Ansible variables (the name doubles as the address if none is set).
+
+        ValueError names the host and the variable when a port is not a port number.
+        """
         variables = variables or {}
         return cls(
             name=name,
             address=str(variables.get("ansible_host", name)),
             user=str(variables.get("ansible_user", "admin")),
-            port=int(variables.get("ansible_port", 22)),
+            port=_port(name, variables, "ansible_port", 22),
             key_file=variables.get("ansible_ssh_private_key_file"),
-            chat_port=int(variables.get("pynet_chat_port", CHAT_PORT)),
+            chat_port=_port(name, variables, "pynet_chat_port", CHAT_PORT),
             known_hosts=variables.get(KNOWN_HOSTS_VAR),
             extra={k: v for k, v in variables.items() if k not in _OWN_VARS},
         )
+
+
+def _port(host: str, variables: dict[str, Any], key: str, default: int) -> int:
+    value = variables.get(key, default)
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        port = -1
+    if isinstance(value, bool) or not 1 <= port <= 65535:
+        raise ValueError(f"host {host}: {key} is {value!r}, expected a port number 1-65535")
+    return port
 
 
 def inventory_path(override: str | os.PathLike[str] | None = None) -> Path:
@@ -89,23 +103,57 @@ def inventory_path(override: str | os.PathLike[str] | None = None) -> Path:
 
 
 def read_hosts(path: str | os.PathLike[str] | None = None) -> list[Host]:
-    """The hosts of group `chat`; an absent file means no hosts yet."""
+    """The hosts of group `chat`; an absent file means no hosts yet.
+
+    ValueError (one line naming the file and what is wrong) for a file that cannot be read, is not
+    YAML, or is YAML of another shape than an Ansible inventory.
+    """
     file = inventory_path(path)
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
+    except (OSError, UnicodeDecodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ValueError(f"cannot read the inventory {file}: {reason}") from err
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         reason = " ".join(str(err).split())
         raise ValueError(f"{file} is not valid YAML: {reason}") from err
-    group = _group(data)
-    hosts = group.get("hosts") or {}
-    return [Host.from_vars(name, variables) for name, variables in hosts.items()]
+    try:
+        hosts = _mapping(data, "the file")
+        for key in ("all", "children", GROUP, "hosts"):
+            hosts = _mapping(hosts.get(key), key)
+        return [Host.from_vars(str(name), _mapping(v, f"host {name}")) for name, v in hosts.items()]
+    except ValueError as err:
+        raise ValueError(f"{file} is not an Ansible YAML inventory: {err}") from err
 
 
-def _group(data: dict[str, Any]) -> dict[str, Any]:
-    children = (data.get("all") or {}).get("children") or {}
-    return children.get(GROUP) or {}
+def _mapping(value: object, where: str) -> dict[str, Any]:
+    """VALUE as a mapping (absent = empty); anything else is a ValueError naming WHERE."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is a {type(value).__name__}, expected a mapping")
+    return value
+
+
+def check_writable(path: str | os.PathLike[str] | None = None) -> Path:
+    """Read the file and prove it can be replaced, before anything is created that it must record.
+
+    Raises ValueError or OSError (each one line) instead of failing after an instance exists.
+    """
+    file = inventory_path(path)
+    read_hosts(file)
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        probe = file.with_name(file.name + ".partial")
+        probe.write_text("", encoding="utf-8")
+        probe.unlink()
+    except OSError as err:
+        raise ValueError(f"cannot write the inventory {file}: {err.strerror or err}") from err
+    return file
 
 
 def write_hosts(hosts: list[Host], path: str | os.PathLike[str] | None = None) -> Path:

@@ -22,8 +22,26 @@ from typing import Any
 from pynet.deploy import commands as cmd
 from pynet.deploy.remote import DeployError, Remote
 
-STALE_AFTER = float(os.environ.get("PYNET_LOCK_STALE_AFTER", "120"))
+STALE_AFTER = 120.0  # default; PYNET_LOCK_STALE_AFTER overrides it (see stale_after_setting)
 HEARTBEAT_EVERY = 10.0
+
+
+def stale_after_setting() -> float:
+    """PYNET_LOCK_STALE_AFTER, read when a lock is judged: a bad value is one line, not a crash
+    of every `fab` command at import."""
+    raw = os.environ.get("PYNET_LOCK_STALE_AFTER")
+    if raw is None or raw == "":
+        return STALE_AFTER
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise DeployError(
+            f"environment variable PYNET_LOCK_STALE_AFTER={raw!r}: expected seconds > 0 "
+            f"(default {STALE_AFTER:.0f})"
+        )
+    return value
 
 
 class LockHeld(DeployError):
@@ -61,10 +79,11 @@ class LockInfo:
         """Seconds since the holder last showed signs of life."""
         return max(0, self.now - self.heartbeat)
 
-    def stale(self, stale_after: float = STALE_AFTER) -> bool:
-        return self.idle > stale_after
+    def stale(self, stale_after: float | None = None) -> bool:
+        return self.idle > (stale_after_setting() if stale_after is None else stale_after)
 
-    def describe(self, stale_after: float = STALE_AFTER, hint: bool = True) -> str:
+    def describe(self, stale_after: float | None = None, hint: bool = True) -> str:
+        stale_after = stale_after_setting() if stale_after is None else stale_after
         o = self.owner
         who = o.get("user", "an unknown holder")
         what = f", {o['action']} of {o['version']}" if o.get("action") else ""
@@ -95,11 +114,11 @@ class DeployLock:
         remote: Remote,
         action: str,
         version: str,
-        stale_after: float = STALE_AFTER,
+        stale_after: float | None = None,
         beat_every: float = HEARTBEAT_EVERY,
     ) -> None:
         self.remote = remote
-        self.stale_after = stale_after
+        self.stale_after = stale_after_setting() if stale_after is None else stale_after
         self.beat_every = beat_every
         self.token = secrets.token_hex(8)
         self.owner = {

@@ -11,19 +11,20 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from fabric import task
 from invoke.context import Context
 from invoke.exceptions import Exit
 
-from pynet import inventory
+from pynet import inventory as hosts_file
 from pynet.aws import ec2
-from pynet.aws.errors import CloudError
+from pynet.aws.errors import CloudError, explained
 from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
 from pynet.aws.publicip import ssh_source
-from pynet.aws.requests import check_name
-from pynet.aws.session import connect
+from pynet.aws.requests import SSH_USERS, WIDEST_SSH_PREFIX, check_name
+from pynet.aws.session import Clients, connect
+from pynet.tasks.options import task
 
 __all__ = ["destroy", "hosts", "launch"]
 
@@ -76,17 +77,24 @@ def _display(path: Path | None) -> str:
     return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
 
 
+#: gp3 volumes are 1 GiB to 16 TiB.
+DISK_GIB = (1, 16384)
+
+
 @task(
     positional=[],
-    auto_shortflags=False,  # fab's own -i/-H mean identity and host; avoid look-alikes
+    bounds={"disk_gib": DISK_GIB},
     help={
-        "name": "deployment name (tags, security group and key pair are named after it)",
+        "name": "deployment name (tags, security group and key pair are named after it; "
+        "required, no default)",
         "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
-        "instance-type": "EC2 instance type; Graviton types (t4g, m7g...) get arm64 images",
+        "instance-type": "EC2 instance type; Graviton types (t4g, m7g...) get arm64 images "
+        "(default t3.micro)",
         "os": "debian12 (default; SSH user admin) or al2023 (SSH user ec2-user)",
-        "ami": "launch this AMI instead of the latest image of --os",
+        "ami": "launch this AMI instead of the latest image of --os (default: none)",
         "ssh-cidr": "who may SSH in (default: your public IP as /32, detected)",
-        "allow-ssh-from-anywhere": "permit --ssh-cidr 0.0.0.0/0 (not recommended)",
+        "allow-ssh-from-anywhere": f"permit an --ssh-cidr wider than /{WIDEST_SSH_PREFIX[4]} "
+        f"(IPv4) or /{WIDEST_SSH_PREFIX[6]} (IPv6), 0.0.0.0/0 included (not recommended)",
         "key": "public key to import (default ~/.ssh/id_ed25519.pub or id_rsa.pub; "
         "else AWS makes one, saved as ~/.ssh/pynet-NAME.pem)",
         "disk-gib": "root volume size in GiB (encrypted gp3)",
@@ -112,6 +120,8 @@ def launch(
     with _one_line_errors():
         check_name(name)
         check_os(os)
+        with _inventory_errors():  # read and writable now, not after an instance exists
+            hosts_file.check_writable(inventory)
         clients = connect(region)
         source = ssh_source(ssh_cidr, allow_anywhere=allow_ssh_from_anywhere)
         spec = ec2.LaunchSpec(
@@ -122,8 +132,68 @@ def launch(
             ami=ami,
             disk_gib=disk_gib,
         )
-        result = ec2.launch(clients, spec, find_local_key(key), wait_timeout=wait_timeout, say=_say)
+        local_key = find_local_key(key)
+        try:
+            result = ec2.launch(clients, spec, local_key, wait_timeout=wait_timeout, say=_say)
+        except CloudError as err:
+            raise CloudError(f"{err}{_left_behind(clients, name)}") from err
+        if not result.created:
+            _say_unapplied(clients, spec, result.host)
         _report(result, clients.region, inventory)
+
+
+def _left_behind(clients: Clients, name: str) -> str:
+    """What a failed launch leaves in the account, and how to finish or remove it."""
+    try:
+        deployment = ec2.find_deployment(clients, name)
+    except CloudError:
+        return ""  # the listing fails the same way; the error already says why
+    if deployment.empty():
+        return "; nothing was created"
+    return (
+        f"; left behind: {deployment.describe()} (run the same launch again to carry on, "
+        f"or `fab destroy --name {name}` to remove them)"
+    )
+
+
+def unapplied(spec: ec2.LaunchSpec, instance: dict[str, Any], disk_gib: int | None) -> list[str]:
+    """The launch options an existing instance does not match: they only apply to a new one."""
+    found = ec2.Ec2Host.from_instance(instance)
+    os_name = next((o for o, user in SSH_USERS.items() if user == found.ssh_user), "")
+    notes = []
+    if found.instance_type != spec.instance_type:
+        notes.append(f"--instance-type {spec.instance_type} (it is {found.instance_type})")
+    if os_name != spec.os_name:
+        notes.append(f"--os {spec.os_name} (it runs {os_name or found.ssh_user})")
+    if spec.ami and instance.get("ImageId") != spec.ami:
+        notes.append(f"--ami {spec.ami} (it runs {instance.get('ImageId')})")
+    if disk_gib is not None and disk_gib != spec.disk_gib:
+        notes.append(f"--disk-gib {spec.disk_gib} (it has {disk_gib} GiB)")
+    return notes
+
+
+def _say_unapplied(clients: Clients, spec: ec2.LaunchSpec, host: ec2.Ec2Host) -> None:
+    """Relaunching with other options reuses the instance: say which options did not apply."""
+    with explained("describing the instance", clients.region):
+        reply = clients.ec2.describe_instances(InstanceIds=[host.instance_id])
+        instance = reply["Reservations"][0]["Instances"][0]
+        root = instance.get("RootDeviceName")
+        volumes = [
+            m["Ebs"]["VolumeId"]
+            for m in instance.get("BlockDeviceMappings", [])
+            if m.get("DeviceName") == root and "Ebs" in m
+        ]
+        size = None
+        if volumes:
+            size = clients.ec2.describe_volumes(VolumeIds=volumes[:1])["Volumes"][0]["Size"]
+    notes = unapplied(spec, instance, size)
+    if notes:
+        print(
+            f"note: {spec.name} already exists, so these options did not apply: "
+            f"{'; '.join(notes)}. To change them: `fab destroy --name {spec.name}`, then launch "
+            "again",
+            flush=True,
+        )
 
 
 def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> None:
@@ -135,29 +205,29 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
             "does not assign one; enable auto-assign public IPv4 on it, then destroy and relaunch"
         )
     key_file = result.private_key_file
-    entry = inventory.Host(
+    entry = hosts_file.Host(
         name=host.name,
         address=host.public_ip,
         user=host.ssh_user,
         key_file=str(key_file) if key_file else None,
     )
     with _inventory_errors():
-        path = inventory.upsert_host(entry, inventory_file)
+        path = hosts_file.upsert_host(entry, inventory_file)
     verb = "launched" if result.created else "already there"
     print(f"{host.name}: {verb}, {host.instance_id} ({host.instance_type}) in {region}")
     print(f"  address:   {host.public_ip}")
     print(f"  ssh user:  {host.ssh_user}")
     print(f"  ssh key:   {_display(key_file)}")
-    print(f"  inventory: {path} (group {inventory.GROUP})")
-    custom = "" if path == inventory.DEFAULT_PATH else f" -i {path}"
-    print(f"next: ansible-playbook{custom} playbooks/site.yml")
+    print(f"  inventory: {path} (group {hosts_file.GROUP})")
+    custom = path != hosts_file.DEFAULT_PATH
+    playbook = f"ansible-playbook{f' -i {path}' if custom else ''} playbooks/site.yml"
+    print(f"next: {playbook}, then fab deploy{f' --inventory {path}' if custom else ''}")
 
 
 @task(
     positional=[],
-    auto_shortflags=False,  # fab's own -i/-H mean identity and host; avoid look-alikes
     help={
-        "name": "deployment name given to `fab launch`",
+        "name": "deployment name given to `fab launch` (required, no default)",
         "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
         "yes": "do not ask for confirmation",
         "wait-timeout": "seconds to wait for the instance to terminate",
@@ -190,14 +260,14 @@ def _destroy(
     deployment = ec2.find_deployment(clients, name)
     if deployment.empty():
         with _inventory_errors():
-            inventory.remove_host(name, inventory_file)
+            hosts_file.remove_host(name, inventory_file)
         print(f"nothing to destroy: no pynet resources named {name!r} in {clients.region}")
         return
     if not yes:
         _confirm(name, clients.region, deployment, ask)
     ec2.destroy(clients, deployment, wait_timeout=wait_timeout, say=_say)
     with _inventory_errors():
-        inventory.remove_host(name, inventory_file)
+        hosts_file.remove_host(name, inventory_file)
     print(f"{name}: destroyed in {clients.region}")
 
 

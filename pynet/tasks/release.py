@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import socket
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
 from typing import Any
 
-from fabric import task
 from invoke.context import Context
 from invoke.exceptions import Exit
 from paramiko.ssh_exception import (
@@ -27,17 +28,26 @@ from pynet.deploy import commands as cmd
 from pynet.deploy import release
 from pynet.deploy.doctor import diagnose, report
 from pynet.deploy.hosts import NoHosts, Target, targets
-from pynet.deploy.lock import STALE_AFTER, read_lock
+from pynet.deploy.lock import read_lock
 from pynet.deploy.remote import DeployError, Local, Remote
 from pynet.deploy.status import releases as releases_report
 from pynet.deploy.status import status as status_report
 from pynet.deploy.trust import HostKeyError
 from pynet.deploy.version import VersionError, repo_root, source_version
+from pynet.tasks.options import PORT, env_int, task
 
 __all__ = ["deploy", "doctor", "logs", "releases", "rollback", "status", "unlock"]
 
-DOCKER = os.environ.get("PYNET_DOCKER", "docker")
 CONNECT_TIMEOUT = 10
+#: A release name is a Docker tag and a file name on the host: no slashes, no leading dot or dash.
+VERSION = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+INVENTORY_HELP = (
+    "inventory file to read the hosts from when -H is not given "
+    "(default $PYNET_INVENTORY or inventory/hosts.yml)"
+)
+APP_PORT_HELP = (
+    "chat port as reachable from here (0: $PYNET_APP_PORT, else the inventory's, else 5050)"
+)
 
 # paramiko logs a failed handshake with a traceback from its own thread; we report it in one line.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
@@ -65,9 +75,9 @@ def _reason(exc: BaseException, target: Target) -> str | None:
     return None
 
 
-def _each(c: Context | list[Target], body: Callable[[Target], object]) -> None:
+def _each(hosts: list[Target], body: Callable[[Target], object]) -> None:
     """Run BODY for each host; a failure a person can act on ends the task in one line."""
-    for target in c if isinstance(c, list) else targets(c):
+    for target in hosts:
         target.conn.connect_timeout = target.conn.connect_timeout or CONNECT_TIMEOUT
         try:
             body(target)
@@ -93,43 +103,99 @@ def _clean(fn: Callable[..., None]) -> Callable[..., None]:
     return wrapper
 
 
+def _bad(message: str) -> Exit:
+    return Exit(f"error: {message}", code=1)
+
+
+def _release_name(flag: str, value: str) -> str:
+    """A --version or --to value: it becomes a Docker tag and a file name on the host."""
+    if value and not VERSION.match(value):
+        raise _bad(
+            f"flag {flag} got {value!r}: expected a release name of letters, digits, '_', '.' "
+            "and '-' (at most 128, not starting with '.' or '-')"
+        )
+    return value
+
+
+def _docker(dry_run: bool) -> str:
+    """PYNET_DOCKER (default docker), found on PATH unless only printing commands."""
+    docker = os.environ.get("PYNET_DOCKER") or "docker"
+    if not dry_run and shutil.which(docker) is None:
+        raise _bad(
+            f"environment variable PYNET_DOCKER got {docker!r}: expected a docker command "
+            "found on PATH (install Docker, or point PYNET_DOCKER at it)"
+        )
+    return docker
+
+
+def _source(context: str, dockerfile: str) -> tuple[Path, Path | None]:
+    """The build context and Dockerfile, checked before anything is built."""
+    source = Path(context).expanduser().resolve() if context else repo_root(Path.cwd())
+    if not source.is_dir():
+        raise _bad(f"flag --context got {context!r}: expected a directory to build")
+    if not dockerfile:
+        return source, None
+    file = Path(dockerfile).expanduser()
+    if not file.is_file():
+        raise _bad(f"flag --dockerfile got {dockerfile!r}: expected a Dockerfile that exists")
+    return source, file
+
+
+def _port(app_port: int) -> int | None:
+    """--app-port, else PYNET_APP_PORT (checked), else None (the inventory's port)."""
+    return app_port or env_int("PYNET_APP_PORT", PORT)
+
+
+def _reach(hosts: list[Target]) -> None:
+    """Open every SSH connection now: an unreachable host fails in seconds, not after a build."""
+    _each(hosts, lambda t: t.conn.open())
+
+
 @task(
+    bounds={"timeout": (1, None), "keep": (1, None)},
     help={
-        "base-image": "base for the chat image (build arg BASE_IMAGE; env PYNET_BASE_IMAGE)",
+        "base-image": "base for the chat image (build arg BASE_IMAGE; default $PYNET_BASE_IMAGE, "
+        "else the Dockerfile's)",
         "timeout": "seconds to wait for the health check before rolling back",
-        "keep": "how many releases (images) to keep on the host",
+        "keep": "how many releases (images) to keep on the host, the current one included",
         "dry-run": "print the commands instead of running them",
         "context": "source tree to build (default: the git work tree here)",
         "dockerfile": "Dockerfile to build (default: the context's)",
         "version": "release name (default: git short sha, -dirty-HASH when changed)",
-    }
+        "inventory": INVENTORY_HELP,
+    },
 )
 @_clean
 def deploy(
     c: Context,
     base_image: str = "",
-    timeout: float = release.HEALTH_TIMEOUT,
+    timeout: int = int(release.HEALTH_TIMEOUT),
     keep: int = release.KEEP,
     dry_run: bool = False,
     context: str = "",
     dockerfile: str = "",
     version: str = "",
+    inventory: str = "",
 ) -> None:
     """Build the chat image here, ship it over SSH, switch to it, roll back if it is unhealthy."""
-    hosts = targets(c)  # "no hosts" fails before a long build, not after
-    source = Path(context).resolve() if context else repo_root(Path.cwd())
+    _release_name("--version", version)
+    docker = _docker(dry_run)
+    hosts = targets(c, inventory or None)  # "no hosts" fails before a long build, not after
+    source, file = _source(context, dockerfile)
     name = version or source_version(source)
+    if not dry_run:
+        _reach(hosts)  # so does an unreachable host
     local = Local(dry_run)
     release.build(
         local,
-        DOCKER,
+        docker,
         name,
         source,
         base_image or os.environ.get("PYNET_BASE_IMAGE"),
-        dockerfile or None,
+        str(file) if file else None,
     )
     _each(
-        hosts, lambda t: release.deploy(Remote(t.conn, dry_run), local, DOCKER, name, timeout, keep)
+        hosts, lambda t: release.deploy(Remote(t.conn, dry_run), local, docker, name, timeout, keep)
     )
 
 
@@ -138,71 +204,103 @@ def deploy(
         "to": "version to go back to (default: the release before the current one)",
         "timeout": "seconds to wait for the health check",
         "dry-run": "print the commands instead of running them",
-    }
+        "inventory": INVENTORY_HELP,
+    },
 )
 @_clean
 def rollback(
-    c: Context, to: str = "", timeout: float = release.HEALTH_TIMEOUT, dry_run: bool = False
+    c: Context,
+    to: str = "",
+    timeout: int = int(release.HEALTH_TIMEOUT),
+    dry_run: bool = False,
+    inventory: str = "",
 ) -> None:
     """Point the service back at a release already on the host (same path as deploy)."""
-    _each(c, lambda t: release.rollback(Remote(t.conn, dry_run), to or None, timeout))
+    _release_name("--to", to)
+    _each(
+        targets(c, inventory or None),
+        lambda t: release.rollback(Remote(t.conn, dry_run), to or None, timeout),
+    )
 
 
-@task
+@task(help={"inventory": INVENTORY_HELP})
 @_clean
-def releases(c: Context) -> None:
+def releases(c: Context, inventory: str = "") -> None:
     """The deploy history on the host: version, when, by whom, result; * marks the current one."""
-    _each(c, lambda t: print(f"{t.label}\n{releases_report(Remote(t.conn))}"))
+    _each(
+        targets(c, inventory or None),
+        lambda t: print(f"{t.label}\n{releases_report(Remote(t.conn))}"),
+    )
 
 
-@task(help={"follow": "keep printing new lines", "lines": "how many lines to show"})
+@task(
+    bounds={"lines": (0, None)},
+    help={
+        "follow": "keep printing new lines",
+        "lines": "how many lines to show",
+        "inventory": INVENTORY_HELP,
+    },
+)
 @_clean
-def logs(c: Context, follow: bool = False, lines: int = 50) -> None:
+def logs(c: Context, follow: bool = False, lines: int = 50, inventory: str = "") -> None:
     """The chat service's journal on the host."""
     # A pty for --follow: Ctrl-C then reaches journalctl as SIGINT (without one Fabric cannot
     # interrupt the remote command and waits for it forever).
     _each(
-        c,
+        targets(c, inventory or None),
         lambda t: Remote(t.conn).run(
             cmd.journal(lines, follow), hide=False, pty=follow, check=not follow
         ),
     )
 
 
-@task(help={"app-port": "chat port as reachable from here (env PYNET_APP_PORT, default 5050)"})
+@task(
+    bounds={"app_port": (0, 65535)},
+    help={"app-port": APP_PORT_HELP, "inventory": INVENTORY_HELP},
+)
 @_clean
-def status(c: Context, app_port: int = 0) -> None:
+def status(c: Context, app_port: int = 0, inventory: str = "") -> None:
     """Unit state, running version, uptime, restarts, and whether the port answers from here."""
+    port = _port(app_port)
 
     def one(t: Target) -> None:
-        text, healthy = status_report(Remote(t.conn), t.public_port(app_port))
+        text, healthy = status_report(Remote(t.conn), t.public_port(port))
         print(f"{t.label}\n{text}")
         if not healthy:
             raise Exit(code=1)
 
-    _each(c, one)
+    _each(targets(c, inventory or None), one)
 
 
-@task(help={"app-port": "chat port as reachable from here (env PYNET_APP_PORT, default 5050)"})
+@task(
+    bounds={"app_port": (0, 65535)},
+    help={"app-port": APP_PORT_HELP, "inventory": INVENTORY_HELP},
+)
 @_clean
-def doctor(c: Context, app_port: int = 0) -> None:
+def doctor(c: Context, app_port: int = 0, inventory: str = "") -> None:
     """Check the path from here to the chat port in order; name the first fault and its fix."""
+    port = _port(app_port)
 
     def one(t: Target) -> None:
-        print(f"doctor: {t.label}, chat port {t.conn.host}:{t.public_port(app_port)}")
+        print(f"doctor: {t.label}, chat port {t.conn.host}:{t.public_port(port)}")
         findings = []
-        for finding in diagnose(Remote(t.conn), t.public_port(app_port)):
+        for finding in diagnose(Remote(t.conn), t.public_port(port)):
             findings.append(finding)
         print(report(findings))
         if not findings[-1].ok:
             raise Exit(code=1)
 
-    _each(c, one)
+    _each(targets(c, inventory or None), one)
 
 
-@task(help={"force": "release even a lock whose holder still sends heartbeats"})
+@task(
+    help={
+        "force": "release even a lock whose holder still sends heartbeats",
+        "inventory": INVENTORY_HELP,
+    }
+)
 @_clean
-def unlock(c: Context, force: bool = False) -> None:
+def unlock(c: Context, force: bool = False, inventory: str = "") -> None:
     """Release the deploy lock left by an interrupted deploy."""
 
     def one(t: Target) -> None:
@@ -211,7 +309,7 @@ def unlock(c: Context, force: bool = False) -> None:
         if info is None:
             print(f"{t.label}: no deploy lock")
             return
-        if not (force or info.stale(STALE_AFTER)):
+        if not (force or info.stale()):
             raise Exit(
                 f"{t.label}: the lock is {info.describe(hint=False)}; it looks alive, "
                 "pass --force to release it anyway",
@@ -220,4 +318,4 @@ def unlock(c: Context, force: bool = False) -> None:
         remote.run(cmd.lock_break())
         print(f"{t.label}: released the deploy lock ({info.describe(hint=False)})")
 
-    _each(c, one)
+    _each(targets(c, inventory or None), one)
