@@ -147,3 +147,58 @@ class LineClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class ClientProcess:
+    """`python -m chat.client HOST PORT ARGS` with pipes; stdout and stderr read as lines.
+
+    `prefix` goes before the command (e.g. `ip netns exec NAME` to run it in a namespace).
+    """
+
+    def __init__(
+        self, port: int, *args: str, host: str = "127.0.0.1", prefix: tuple[str, ...] = ()
+    ) -> None:
+        self.proc = subprocess.Popen(
+            [*prefix, sys.executable, "-m", "chat.client", host, str(port), *args],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self.errors: list[str] = []
+        for stream, into in ((self.proc.stdout, self.lines), (self.proc.stderr, self.errors)):
+            threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
+
+    @staticmethod
+    def _read(stream: object, into: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            into.append(line.rstrip("\n"))
+
+    def wait_for(self, line: str, count: int = 1, timeout: float = 10) -> None:
+        """Until stdout has shown LINE COUNT times."""
+        deadline = time.monotonic() + timeout
+        while self.lines.count(line) < count:
+            assert time.monotonic() < deadline, f"no {line!r} in {self.lines} {self.errors}"
+            time.sleep(0.02)
+
+    def wait_for_error(self, text: str, timeout: float = 10) -> str:
+        """The first stderr line containing TEXT, waiting for it if needed."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in list(self.errors):
+                if text in line:
+                    return line
+            assert time.monotonic() < deadline, f"no {text!r} in {self.errors}"
+            time.sleep(0.02)
+
+    def type(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
