@@ -29,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 
 from chat import keepalive
+from chat.config import OneLineParser
 from chat.protocol import (
     Bye,
     ClientConnection,
@@ -360,7 +361,9 @@ class _Session:
 
 def _nick(text: str) -> str:
     if not valid_nick(text):
-        raise argparse.ArgumentTypeError("use 1 to 32 characters of A-Z a-z 0-9 _ -")
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected 1 to 32 characters of A-Z a-z 0-9 _ -"
+        )
     return text
 
 
@@ -374,15 +377,56 @@ def _seconds(text: str) -> float:
     return value
 
 
+#: --max-backoff bounds. Each wait is drawn from [cap/2, cap], so at 0.1 s a server that is down
+#: sees at most 20 attempts a second per client; 0 meant ~540 a second, a reconnect storm.
+MAX_BACKOFF = (0.1, 3600.0)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a port 1-65535")
+    return value
+
+
+def _backoff(text: str) -> float:
+    low, high = MAX_BACKOFF
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not low <= value <= high:  # also refuses nan
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: expected seconds from {low:g} to {high:g}"
+        )
+    return value
+
+
+def _default_port(parser: argparse.ArgumentParser) -> int:
+    """PYNET_PORT, checked like the argument (it stands in for it)."""
+    raw = os.environ.get("PYNET_PORT") or "5050"
+    try:
+        return _port(raw)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"environment variable PYNET_PORT: {exc}")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m chat.client",
         description="Chat from a terminal or a script. Type text to talk to everyone, "
         "/msg NAME TEXT to one person, /who, /quit. Ctrl-C or end of input leaves.",
     )
-    parser.add_argument("host")
+    parser.add_argument("host", help="server name or address")
     parser.add_argument(
-        "port", nargs="?", type=int, default=int(os.environ.get("PYNET_PORT") or 5050)
+        "port",
+        nargs="?",
+        type=_port,
+        default=_default_port(parser),
+        help="server port (default $PYNET_PORT, else 5050)",
     )
     parser.add_argument("--nick", required=True, type=_nick, help="your nickname")
     parser.add_argument("--raw", action="store_true", help="print protocol lines as received")
@@ -393,7 +437,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--no-reconnect", action="store_true", help="exit when the connection drops"
     )
     parser.add_argument(
-        "--max-backoff", type=float, default=30.0, help="longest wait between reconnects (s)"
+        "--max-backoff",
+        type=_backoff,
+        default=30.0,
+        metavar="SEC",
+        help=f"longest wait between reconnects, {MAX_BACKOFF[0]:g} to {MAX_BACKOFF[1]:g} "
+        "seconds (default 30)",
     )
     parser.add_argument(
         "--ping-interval",

@@ -11,7 +11,8 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 from chat import __version__
 
@@ -27,6 +28,7 @@ class Settings:
     port: int = 5050
     history: str | None = None
     history_size: int = 1000
+    backplane: str | None = None
     max_line: int = 4096
     nick_timeout: float = 30.0
     line_timeout: float = 60.0
@@ -49,36 +51,53 @@ class Settings:
     log_messages: bool = False
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("must be a whole number") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise ValueError("must be a finite number")
+    return value
+
+
 def _positive_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 1:
         raise ValueError("must be >= 1")
     return value
 
 
 def _non_negative_int(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 0:
         raise ValueError("must be >= 0")
     return value
 
 
 def _port(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 0 <= value <= 65535:
         raise ValueError("must be 0..65535")
     return value
 
 
 def _non_negative_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value >= 0:  # also refuses nan
         raise ValueError("must be >= 0")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    value = _number(text)
     if not value > 0:
         raise ValueError("must be > 0")
     return value
@@ -86,28 +105,28 @@ def _positive_float(text: str) -> float:
 
 def _keepalive_idle(text: str) -> int:
     """Whole seconds (the kernel's unit, at most 32767); 0 turns keepalive off."""
-    value = int(text)
+    value = _whole(text)
     if not 0 <= value <= 32767:
         raise ValueError("must be 0..32767 whole seconds")
     return value
 
 
 def _keepalive_interval(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 1 <= value <= 32767:
         raise ValueError("must be 1..32767 whole seconds")
     return value
 
 
 def _keepalive_count(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if not 1 <= value <= 127:  # the kernel's limit for TCP_KEEPCNT
         raise ValueError("must be 1..127")
     return value
 
 
 def _line_limit(text: str) -> int:
-    value = int(text)
+    value = _whole(text)
     if value < 64:
         raise ValueError("must be >= 64")
     return value
@@ -135,8 +154,40 @@ def _release(text: str) -> str:
     return text
 
 
+def _backplane(text: str) -> str | None:
+    """A Redis URL (chat/backplane.py checks its form); empty = single host."""
+    if not text:
+        return None
+    from chat.backplane import validate_url
+
+    return validate_url(text)
+
+
 def _path(text: str) -> str | None:
     return text or None
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _history(text: str) -> str | None:
+    """A SQLite file we can open, or one we can create: checked before the server starts."""
+    if not text:
+        return None
+    path = Path(text)
+    if path.is_dir():
+        raise ValueError("is a directory, must be a SQLite database file")
+    if path.exists():
+        try:
+            with path.open("rb") as file:
+                head = file.read(len(_SQLITE_MAGIC))
+        except OSError as exc:
+            raise ValueError(f"cannot be read ({exc.strerror})") from None
+        if head and head != _SQLITE_MAGIC:
+            raise ValueError("is not a SQLite database (give a new file name or an existing one)")
+    elif not path.parent.is_dir():
+        raise ValueError(f"directory {str(path.parent)!r} does not exist")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,7 +211,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "history",
         "PYNET_HISTORY",
-        _path,
+        _history,
         "SQLite file keeping broadcast history across restarts "
         "(e.g. /var/lib/pynet/history.sqlite3); empty = memory only",
         "PATH",
@@ -171,6 +222,14 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative_int,
         "broadcasts retained for /since replay",
         "N",
+    ),
+    Option(
+        "backplane",
+        "PYNET_BACKPLANE",
+        _backplane,
+        "Redis shared by a cluster of chat servers, redis://[:PASSWORD@]HOST:PORT/DB or "
+        "rediss:// (TLS); empty = this server alone (needs the redis package: pynet[cluster])",
+        "URL",
     ),
     Option(
         "max_line",
@@ -321,9 +380,17 @@ OPTIONS: tuple[Option, ...] = (
 assert {o.field for o in OPTIONS} == {f.name for f in fields(Settings)}, "OPTIONS out of sync"
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad value in one line (the flag, the value, what it must be),
+    without the usage block around it; `--help` still shows everything."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m chat.server` parser; flags not given are left out of the result."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m chat.server",
         description=f"PyNet chat server {__version__}. Every option can also be set with the "
         "environment variable shown; a flag wins over the variable.",
@@ -368,13 +435,23 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
             try:
                 values[option.field] = option.parse(env[option.env])
             except ValueError as exc:
-                parser.error(f"{option.env}={env[option.env]!r}: {exc}")
+                parser.error(
+                    f"environment variable {option.env}: invalid value {env[option.env]!r}: {exc}"
+                )
     return Settings(**values)
 
 
 def describe(settings: Settings) -> str:
     """The settings as `key=value` words for the start log line."""
-    return " ".join(f"{f.name}={getattr(settings, f.name)}" for f in fields(settings))
+    words = []
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if f.name == "backplane" and value:
+            from chat.backplane import redact
+
+            value = redact(value)  # never log the password
+        words.append(f"{f.name}={value}")
+    return " ".join(words)
 
 
 def log_level(settings: Settings) -> int:
