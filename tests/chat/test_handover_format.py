@@ -1,0 +1,159 @@
+"""The handover's wire format without sockets: frames, messages, and what a bad peer sends."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from chat import handover
+from chat.handover import Begin, FrameReader, HandoverError, Session
+from chat.protocol import ServerConnection, State
+
+
+def session(**changes: object) -> Session:
+    fields: dict[str, object] = {
+        "state": "named",
+        "nick": "ann",
+        "peer": "127.0.0.1:4000",
+        "connected_age": 12.5,
+        "tokens": 3.0,
+        "stamp_age": 0.25,
+        "partial": b"half a li",
+        "discarding": False,
+        "unsent": b"MSG 1 bob hi\n",
+        "allowance": 0,
+        "closing": False,
+        "extra": {"last_seen_age": 1.0},
+    }
+    fields.update(changes)
+    return Session(**fields)  # type: ignore[arg-type]
+
+
+def read_all(data: bytes, step: int) -> list[dict[str, object]]:
+    reader = FrameReader()
+    out: list[dict[str, object]] = []
+    for start in range(0, len(data), step):
+        out.extend(reader.feed(data[start : start + step]))
+    assert reader.pending == 0
+    return out
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_frames_arrive_whole_however_the_bytes_are_cut(step: int) -> None:
+    messages = [handover.hello("v1"), handover.sessions([session()]), handover.end()]
+    data = b"".join(handover.frame(m) for m in messages)
+    assert read_all(data, step) == messages
+
+
+def test_sessions_survive_the_wire_exactly() -> None:
+    original = [session(), session(nick=None, state="connected", partial=b"", unsent=b"\xff\x00")]
+    wire = handover.frame(handover.sessions(original))
+    (message,) = read_all(wire, 7)
+    assert handover.parse_sessions(message) == original
+
+
+@given(
+    partial=st.binary(max_size=64),
+    unsent=st.binary(max_size=256),
+    tokens=st.floats(min_value=0, max_value=100),
+)
+def test_any_bytes_in_a_session_round_trip(partial: bytes, unsent: bytes, tokens: float) -> None:
+    original = session(partial=partial, unsent=unsent, tokens=tokens)
+    (message,) = read_all(handover.frame(handover.sessions([original])), 5)
+    assert handover.parse_sessions(message) == [original]
+
+
+def test_begin_carries_history_and_counts() -> None:
+    lines = [b"MSG 1 ann one\n", b"MSG 2 bob two\n"]
+    message = json.loads(json.dumps(handover.begin("v1", 2, 2, lines)))
+    parsed = Begin.parse(message)
+    assert parsed == Begin("v1", 2, 2, lines)
+
+
+@pytest.mark.parametrize(
+    ("hello", "reason"),
+    [
+        ({"t": "hello", "proto": "http", "version": 1, "release": "x"}, "not a PyNet release"),
+        ({"t": "GET / HTTP/1.1"}, "not a PyNet release"),
+        ({"t": "hello", "proto": "pynet-handover", "version": 2, "release": "x"}, "version 2"),
+        ({"t": "hello", "proto": "pynet-handover", "version": "1", "release": "x"}, "version"),
+        ({"t": "hello", "proto": "pynet-handover", "version": 1}, "names no release"),
+        ({"t": "hello", "proto": "pynet-handover", "version": 1, "release": ""}, "no release"),
+    ],
+)
+def test_a_hello_that_is_not_ours_is_refused_with_a_reason(
+    hello: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(HandoverError, match=reason):
+        handover.check_hello(hello)
+
+
+def test_our_hello_names_the_release() -> None:
+    assert handover.check_hello(handover.hello("abc123")) == "abc123"
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (struct.pack(">I", handover.MAX_FRAME + 1), "exceeds"),
+        (struct.pack(">I", 4) + b"\xff\xfe{}", "not JSON"),
+        (struct.pack(">I", 2) + b"[]", "without a message type"),
+        (struct.pack(">I", 8) + b'{"t": 1}', "without a message type"),
+    ],
+)
+def test_garbage_frames_are_errors_not_crashes(data: bytes, reason: str) -> None:
+    with pytest.raises(HandoverError, match=reason):
+        list(FrameReader().feed(data))
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"state": "flying"}, "unknown state"),
+        ({"state": "named", "nick": None}, "without a nickname"),
+        ({"tokens": "many"}, "'tokens'"),
+        ({"allowance": True}, "'allowance'"),
+        ({"partial": "not base64!"}, "bad field"),
+        ({"extra": []}, "'extra'"),
+    ],
+)
+def test_a_malformed_session_is_refused(change: dict[str, object], reason: str) -> None:
+    item = {**session().to_json(), **change}
+    with pytest.raises(HandoverError, match=reason):
+        handover.parse_sessions({"t": "sessions", "items": [item]})
+
+
+def test_refuse_and_abort_become_errors_with_their_reason() -> None:
+    with pytest.raises(HandoverError, match="refuse: busy"):
+        handover.expect(handover.refuse("busy"), "begin")
+    with pytest.raises(HandoverError, match="abort: gone"):
+        handover.expect(handover.abort("gone"), "ready")
+    with pytest.raises(HandoverError, match="expected 'ready'"):
+        handover.expect(handover.end(), "ready")
+
+
+def test_a_protocol_session_continues_where_it_stopped() -> None:
+    """snapshot/restore carry the nick, the rate allowance and a half-received line."""
+    now = [100.0]
+    old = ServerConnection(rate=1.0, burst=2, clock=lambda: now[0])
+    old.receive_data(b"/nick ann\n")
+    list(old.events_received())
+    old.accept_nick("ann")
+    old.receive_data(b"one\ntwo\nthr")
+    assert [type(e).__name__ for e in old.events_received()] == ["Say", "Refused"]
+    tokens, stamp_age, partial, discarding = old.snapshot()
+    assert partial == b"thr"
+    new = ServerConnection(rate=1.0, burst=2, clock=lambda: now[0])
+    new.restore(State.NAMED, "ann", tokens, stamp_age, partial, discarding)
+    new.receive_data(b"ee\n")
+    assert [type(e).__name__ for e in new.events_received()] == ["Refused"]  # rate-limited
+    now[0] += 1.0
+    new.receive_data(b"four\n")
+    events = list(new.events_received())
+    assert [getattr(e, "text", None) for e in events] == ["four"]
+    assert new.nick == "ann"
+    assert new.state is State.NAMED

@@ -1,0 +1,371 @@
+"""Handover between two real server processes, with live clients on real sockets.
+
+What a client must not notice: a disconnect, a BYE, a second HELLO, a lost, repeated or
+reordered line, even one it was half-way through sending. What must not happen to the serving
+release when the successor fails, is not ours, or a second one knocks: anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from chat import fdpass, handover
+from tests.chat.chat_helpers import LineClient, ServerProcess
+
+Start = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def sock_path(tmp_path: Path) -> str:
+    return str(tmp_path / "run" / "handover.sock")
+
+
+def start_release(
+    start_server: Start, path: str, release: str, *args: str, port: int = 0
+) -> ServerProcess:
+    return start_server("--handover-socket", path, "--release", release, *args, port=port)
+
+
+def test_handover_keeps_every_session_line_and_partial_line(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    old = start_release(start_server, sock_path, "v1")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    lurker = clients(old.port)  # connected, never named
+    ann.send("before")
+    assert bob.until("MSG")[-1] == "MSG 1 ann before"
+    ann.sock.sendall(b"split acr")  # half a line in the old process ...
+    new = start_release(start_server, sock_path, "v2", port=old.port)
+    assert "how=handover" in new.wait_for_log("switch ")
+    assert old.proc.wait(10) == 99  # handed over: the unit must not restart it
+    ann.sock.sendall(b"oss the handover\n")  # ... the rest to the new one
+    bob.send("after")
+    ann_saw = ann.until("MSG 3")
+    bob_saw = bob.until("MSG 3")
+    expected = ["MSG 1 ann before", "MSG 2 ann split across the handover", "MSG 3 bob after"]
+    assert [line for line in ann_saw if line.startswith("MSG")] == expected
+    assert [line for line in bob_saw if line.startswith("MSG")] == expected[1:]
+    bob.send("/who", "/since 0")
+    assert bob.line() == "WHO ann bob"
+    assert bob.lines(3) == [
+        "MSG 1 ann before",
+        "MSG 2 ann split across the handover",
+        "MSG 3 bob after",
+    ]
+    lurker.send("/nick cat")
+    assert lurker.until("OK nick")[-1] == "OK nick cat"
+    assert lurker.line() == "JOIN cat"
+    late = clients(old.port, "dan")  # the listener moved too
+    assert late.hello.startswith("HELLO pynet")
+    record = json.loads((Path(sock_path).parent / "last-switch.json").read_text())
+    assert record["how"] == "handover"
+    assert record["from"] == "v1"
+    assert record["sessions"] == 3
+    bob.send("/ping")
+    bob_saw += bob.until("PONG")
+    # Nobody saw a BYE, an INFO or a second HELLO.
+    assert not [line for line in ann_saw + bob_saw if line.split()[0] in ("BYE", "INFO", "HELLO")]
+
+
+def test_unsent_output_of_a_slow_reader_crosses_in_order(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    """Output the old process queued but the kernel had not taken arrives first, intact."""
+    old = start_release(start_server, sock_path, "v1", "--rate", "0", "--max-backlog", "8000000")
+    slow = clients(old.port, "slow", rcvbuf=4096)
+    ann = clients(old.port, "ann")
+    text = "x" * 3000
+    for i in range(300):  # ~1 MB: far more than the socket buffers hold
+        ann.send(f"{i} {text}")
+    ann.until("MSG 300")
+    new = start_release(start_server, sock_path, "v2", port=old.port)
+    new.wait_for_log("how=handover")
+    ann.send("last")
+    slow.until("JOIN ann")
+    got = [slow.line() for _ in range(301)]
+    assert got == [f"MSG {i + 1} ann {i} {text}" for i in range(300)] + ["MSG 301 ann last"]
+
+
+@pytest.mark.usefixtures("many_files")
+def test_a_thousand_clients_move_in_several_fd_batches(start_server: Start, sock_path: str) -> None:
+    old = start_release(start_server, sock_path, "v1", "--max-per-address", "0")
+    socks = []
+    for _ in range(1000):
+        s = socket.create_connection(("127.0.0.1", old.port))
+        socks.append(s)
+    for s in socks:
+        s.settimeout(10)
+        assert s.recv(4096).startswith(b"HELLO pynet")
+    new = start_release(start_server, sock_path, "v2", port=old.port)
+    assert "sessions=1000" in new.wait_for_log("how=handover")
+    assert old.proc.wait(10) == 99
+    for s in socks:  # every one answers in the new process
+        s.sendall(b"/ping\n")
+    for s in socks:
+        assert s.recv(4096) == b"PONG\n"
+        s.close()
+
+
+class FakeSuccessor:
+    """A successor that stops wherever the test says: what a crash mid-handover looks like."""
+
+    def __init__(self, path: str, hello: dict[str, object] | bytes | None = None) -> None:
+        channel = fdpass.connect(path, 5)
+        assert channel is not None
+        self.channel = channel
+        if isinstance(hello, bytes):
+            channel.sock.sendall(hello)
+        else:
+            channel.send(hello or handover.hello("fake"))
+
+    def receive_all(self) -> list[dict[str, object]]:
+        messages = [self.channel.recv()]
+        while messages[-1]["t"] not in ("end", "refuse"):
+            messages.append(self.channel.recv())
+        return messages
+
+    def close(self) -> None:
+        self.channel.close()
+
+
+def assert_still_serving(old: ServerProcess, ann: LineClient, bob: LineClient, n: int) -> None:
+    ann.send(f"still here {n}")
+    assert bob.until("MSG")[-1].endswith(f"ann still here {n}")
+    fresh = LineClient(old.port, f"new{n}")
+    fresh.close()
+    assert old.proc.poll() is None
+
+
+def test_successor_dying_mid_handover_leaves_the_old_one_serving(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    old = start_release(start_server, sock_path, "v1")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    ann.sock.sendall(b"half")
+    fake = FakeSuccessor(sock_path)
+    messages = fake.receive_all()  # everything arrived, fds included ...
+    assert [m["t"] for m in messages][:2] == ["begin", "listener"]
+    fake.close()  # ... and it died before `ready`
+    old.wait_for_log("handover aborted")
+    ann.sock.sendall(b" done\n")
+    assert bob.until("MSG")[-1] == "MSG 1 ann half done"
+    assert_still_serving(old, ann, bob, 1)
+
+
+def test_successor_that_never_says_ready_times_out_and_nothing_changes(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    old = start_release(start_server, sock_path, "v1", "--handover-timeout", "1")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    fake = FakeSuccessor(sock_path)
+    fake.receive_all()
+    old.wait_for_log("handover aborted", timeout=5)
+    fake.close()
+    assert_still_serving(old, ann, bob, 1)
+
+
+@pytest.mark.parametrize(
+    ("hello", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", "exceeds"),
+        (b"\x00\x00\x00\x40{}", "no complete hello"),
+        (b"\x00\x00\x00\x05hello", "not JSON"),
+        ({"t": "hello", "proto": "pynet-handover", "version": 99, "release": "x"}, "version 99"),
+        ({"t": "hello", "proto": "other", "version": 1, "release": "x"}, "not a PyNet release"),
+    ],
+)
+def test_a_peer_that_is_not_a_compatible_release_is_refused_and_changes_nothing(
+    start_server: Start,
+    clients: Callable[..., LineClient],
+    sock_path: str,
+    hello: dict[str, object] | bytes,
+    reason: str,
+) -> None:
+    old = start_release(start_server, sock_path, "v1")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    fake = FakeSuccessor(sock_path, hello)
+    answer = fake.receive_all()
+    assert answer[-1]["t"] == "refuse"
+    assert reason in str(answer[-1]["reason"])
+    assert reason in old.wait_for_log("handover refused")
+    fake.close()
+    assert_still_serving(old, ann, bob, 1)
+
+
+def test_a_second_takeover_while_one_runs_is_refused(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    old = start_release(start_server, sock_path, "v1", "--handover-timeout", "3")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    first = FakeSuccessor(sock_path)
+    # The old one blocks on `ready` from the first; the second waits in the accept queue and is
+    # refused as soon as the first is done, whatever its hello says.
+    results: list[list[dict[str, object]]] = []
+    second_thread = threading.Thread(
+        target=lambda: results.append(FakeSuccessor(sock_path).receive_all())
+    )
+    first.receive_all()
+    second_thread.start()
+    time.sleep(0.2)  # the second connects while the first holds the handover
+    first.close()
+    second_thread.join(10)
+    old.wait_for_log("handover aborted")
+    assert results and results[0][-1]["t"] in ("refuse", "end")
+    assert_still_serving(old, ann, bob, 1)
+
+
+def test_handover_socket_is_private_to_the_service_user(
+    start_server: Start, sock_path: str
+) -> None:
+    start_release(start_server, sock_path, "v1")
+    mode = os.stat(sock_path).st_mode & 0o777
+    assert mode == 0o600
+    assert os.stat(Path(sock_path).parent).st_mode & 0o777 == 0o700
+
+
+def test_no_predecessor_starts_fresh_and_a_stale_socket_file_is_replaced(
+    start_server: Start, sock_path: str
+) -> None:
+    Path(sock_path).parent.mkdir(mode=0o700)
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(sock_path)  # bound, never listening: what a killed release leaves
+    stale.close()
+    server = start_release(start_server, sock_path, "v1")
+    assert "how=fresh" in server.wait_for_log("switch ")
+    client = LineClient(server.port, "ann")
+    client.close()
+
+
+def test_refused_handover_falls_back_to_an_overlap_without_refused_connects(
+    start_server: Start, clients: Callable[..., LineClient], tmp_path: Path
+) -> None:
+    """Another handover version: the new release binds next to the old (SO_REUSEPORT), the old
+    one is then stopped and says BYE restarting; no connect is refused at any moment."""
+    old = start_server("--release", "v1")
+    ann = clients(old.port, "ann")
+    path = str(tmp_path / "other" / "handover.sock")
+    Path(path).parent.mkdir(mode=0o700)
+    refuser = socket.socket(socket.AF_UNIX)
+    refuser.bind(path)
+    refuser.listen()
+
+    def refuse_once() -> None:
+        conn, _ = refuser.accept()
+        conn.recv(4096)
+        conn.sendall(handover.frame(handover.refuse("handover version 1 is not 2")))
+        conn.close()
+
+    threading.Thread(target=refuse_once, daemon=True).start()
+    refused = attempts = 0
+    stop = threading.Event()
+
+    def connect_loop() -> None:
+        nonlocal refused, attempts
+        while not stop.is_set() and attempts < 5000:
+            attempts += 1
+            try:
+                s = socket.create_connection(("127.0.0.1", old.port), timeout=5)
+                s.recv(64)
+                s.close()
+            except ConnectionRefusedError:
+                refused += 1
+            time.sleep(0.002)
+
+    loop = threading.Thread(target=connect_loop)
+    loop.start()
+    new = start_release(start_server, path, "v2", port=old.port)
+    assert "how=fallback" in new.wait_for_log("switch ")
+    assert "version 1 is not 2" in new.wait_for_log("switch ")
+    assert old.terminate() == 0
+    assert ann.until("BYE")[-2:] == [
+        "INFO server restarting, reconnect in a few seconds",
+        "BYE restarting",
+    ]
+    time.sleep(0.3)
+    stop.set()
+    loop.join()
+    refuser.close()
+    assert attempts > 50
+    assert refused == 0
+    LineClient(old.port, "back").close()  # served by the new release
+
+
+def seen_ids(port: int, stop: threading.Event, seen: dict[int, str]) -> None:
+    """Collect every MSG this client receives, reconnecting across crashes."""
+    while not stop.is_set():
+        try:
+            c = LineClient(port, None, timeout=0.5)
+        except OSError:
+            time.sleep(0.02)
+            continue
+        try:
+            c.send("/nick w" + str(random.randrange(10**6)), f"/since {max(seen, default=0)}")
+            while not stop.is_set():
+                line = c.line()
+                if line.startswith("MSG "):
+                    _, ident, _, text = line.split(" ", 3)
+                    previous = seen.setdefault(int(ident), text)
+                    assert previous == text, f"id {ident} reused: {previous!r} then {text!r}"
+        except (AssertionError, OSError) as exc:
+            if "reused" in str(exc):
+                raise
+        finally:
+            c.close()
+
+
+def test_sigkill_at_random_moments_never_loses_a_seen_message_or_reuses_an_id(
+    start_server: Start, tmp_path: Path
+) -> None:
+    history = str(tmp_path / "history.sqlite3")
+    keep = ("--history", history, "--history-size", "100000", "--rate", "0")
+    server = start_server(*keep)
+    port = server.port
+    seen: dict[int, str] = {}
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def watch() -> None:
+        try:
+            seen_ids(port, stop, seen)
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    rng = random.Random(8)
+    sent = 0
+    for round_ in range(6):
+        sender = LineClient(port, f"s{round_}")
+        deadline = time.monotonic() + rng.uniform(0.2, 0.6)
+        while time.monotonic() < deadline:
+            sent += 1
+            sender.send(f"m{sent}")
+        server.proc.send_signal(signal.SIGKILL)  # mid-stream, whatever it was doing
+        server.proc.wait()
+        sender.close()
+        server = start_server(*keep, port=port)
+    time.sleep(0.5)
+    stop.set()
+    watcher.join(10)
+    assert not errors, errors
+    assert len(seen) > 100
+    check = LineClient(port, "check")
+    check.send("/since 0")
+    last = max(seen)
+    replay: dict[int, str] = {}
+    while max(replay, default=0) < last:
+        _, ident, _, text = check.line().split(" ", 3)
+        replay[int(ident)] = text
+    assert list(replay) == list(range(1, len(replay) + 1))  # no gap, no repeat
+    for ident, text in seen.items():
+        assert replay.get(ident) == text, (ident, text, replay.get(ident))
