@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import os
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,9 +21,33 @@ import psutil
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the benchmarks only ever talk to the loopback interface
 
-# Server kinds: "pynet" is the real server under chat/, "baseline" the tutorial one in bench/.
+# Server kinds: "pynet" is the real server under chat/ with memory-only history, "pynet-sqlite"
+# the same with its history in a SQLite file (durable ids), "baseline" the tutorial server in
+# bench/, "redis" Debian's redis-server (pub/sub, the C reference).
 # BENCH_PYNET_MODULE=pkg.mod runs another module as "pynet" (to try a patched server).
-SERVER_MODULES = {"pynet": "chat.server", "baseline": "bench.baseline_threaded"}
+SERVER_MODULES = {
+    "pynet": "chat.server",
+    "pynet-sqlite": "chat.server",
+    "baseline": "bench.baseline_threaded",
+}
+SERVER_KINDS = ("pynet", "pynet-sqlite", "baseline", "redis")
+REDIS_INSTALL = (
+    "redis-server not found: install it (Debian/Ubuntu: apt-get install redis-server, "
+    "or run scripts/system-deps.sh as root)"
+)
+
+
+def protocol(kind: str) -> str:
+    """The load generator's wire protocol for a server kind."""
+    return "resp" if kind == "redis" else "chat"
+
+
+def redis_server() -> str | None:
+    """Path of redis-server, or None."""
+    return shutil.which("redis-server") or next(
+        (p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if os.path.exists(p)),
+        None,
+    )
 
 
 def raise_nofile() -> int:
@@ -143,12 +168,14 @@ def server_env(kind: str, port: int, workdir: str, max_clients: int) -> dict[str
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYNET_HOST"] = HOST
     env["PYNET_PORT"] = str(port)
-    if kind == "pynet":
-        # Benchmark settings for the real server (chat/config.py): history in SQLite as in
-        # production but in a scratch directory, no per-client rate limit (a few senders carry
-        # the whole offered load), room for every client. Values set by the user win.
+    if kind.startswith("pynet"):
+        # Benchmark settings for the real server (chat/config.py): no per-client rate limit (a
+        # few senders carry the whole offered load), room for every client. Values set by the
+        # user win, except the history, which the kind names: memory, or a scratch SQLite file.
+        env["PYNET_HISTORY"] = (
+            os.path.join(workdir, "history.sqlite3") if kind == "pynet-sqlite" else ""
+        )
         defaults = {
-            "PYNET_HISTORY": os.path.join(workdir, "history.sqlite3"),
             "PYNET_RATE": "0",
             "PYNET_NICK_TIMEOUT": "600",  # idle_connections holds un-named clients a while
             "PYNET_MAX_CLIENTS": str(max(20000, max_clients + 100)),
@@ -172,9 +199,17 @@ def start_server(
     port = free_port()
     workdir = tempfile.TemporaryDirectory(prefix=f"pynet-bench-{kind}-")
     log = Path(workdir.name) / "server.log"
-    module = os.environ.get("BENCH_PYNET_MODULE", "") if kind == "pynet" else ""
-    module = module or SERVER_MODULES[kind]
-    cmd = [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
+    if kind == "redis":
+        exe = redis_server()
+        if exe is None:
+            raise RuntimeError(REDIS_INSTALL)
+        # no persistence (a pub/sub reference, not a store), loopback only, room for everyone
+        cmd = [exe, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+        cmd += ["--dir", workdir.name, "--maxclients", str(max_clients + 100)]
+    else:
+        module = os.environ.get("BENCH_PYNET_MODULE", "") if kind.startswith("pynet") else ""
+        module = module or SERVER_MODULES[kind]
+        cmd = [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
     cmd += extra_args or []
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
@@ -205,13 +240,15 @@ def wait_ready(server: Server, timeout: float) -> None:
             )
         try:
             with socket.create_connection((HOST, server.port), timeout=2) as s:
+                if server.kind == "redis":
+                    s.sendall(b"PING\r\n")
                 data = b""
                 while b"\n" not in data:
                     chunk = s.recv(4096)
                     if not chunk:
                         break
                     data += chunk
-                if data.startswith(b"HELLO"):
+                if data.startswith((b"HELLO", b"+PONG")):
                     return
                 last = data.decode(errors="replace")
         except OSError as exc:

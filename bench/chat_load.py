@@ -1,17 +1,22 @@
-"""Broadcast throughput and latency of the chat server, against the threaded tutorial baseline.
+"""Broadcast throughput and latency of the chat server, against reference servers.
 
-For each client count (default 100 and 1,000) and each server (PyNet ``chat.server`` and
-``bench/baseline_threaded.py``) this starts the server in its own process pinned to one core,
-and a load generator (``bench/loadgen.py``) in another process on the other core. The load
-generator connects the clients (all /nick), then a few senders offer broadcasts at a controlled
-rate, each carrying its send time (``time.monotonic_ns``); every client counts the lines it
-receives and sampled clients record latency. The offered rate is searched (doubling, then
-bisecting) for the highest *sustainable* point: every broadcast delivered to every client at
-the offered rate (>= 95 %) with p99 latency under the bound. It prints per point: delivered
-messages/s (lines received by all clients), p50/p99 latency, server CPU and RSS (psutil on the
-server pid), then the baseline ratio and PASS/MISS per target.
+For each client count (default 100, 1,000 and 10,000) and each server this starts the server in
+its own process pinned to one core, and a load generator (``bench/loadgen.py``) in another
+process on the other core. Servers: PyNet (``chat.server``) with memory history (``pynet``) or
+with a SQLite history file (``pynet-sqlite``, durable ids), the threaded tutorial server
+(``baseline``) and Redis pub/sub (``redis``, Debian's ``redis-server``, the C reference). The
+same load generator drives them all: N clients receive every broadcast, ten senders offer
+broadcasts at a controlled rate, one per send burst carrying its send time.
 
-    .venv/bin/python -m bench.chat_load            # full run, about 3 minutes
+Per server and client count, each run measures
+- a latency curve: p50/p99 post-to-delivery at fixed offered loads (``--curve``), and
+- the highest sustained load: doubling from ``--start`` until a point fails, then bisecting;
+  there is no ceiling. When the load generator's own CPU was the limit (>= 90 % of its core)
+  the figure is a floor, and is printed as ">= X".
+Runs (``--runs``) give min/median. Then the ratios (PyNet over Redis and the baseline) and
+PASS/MISS per target.
+
+    .venv/bin/python -m bench.chat_load            # everything, ~30 minutes
     .venv/bin/python -m bench.chat_load --quick    # smoke run, a few seconds per server
 """
 
@@ -25,39 +30,48 @@ import signal
 import statistics
 import sys
 import time
+from typing import Any, NoReturn
 
 from bench._common import (
+    REDIS_INSTALL,
+    SERVER_KINDS,
     cpu_plan,
     default_nice,
     fmt_ms,
     fmt_rate,
     pin_self,
-    pynet_server_available,
+    protocol,
     raise_nofile,
+    redis_server,
     start_server,
     verdict,
 )
 from bench.loadgen import LoadGenProcess
 
-TARGET_RATIO = 10.0
+TARGET_RATIO = 10.0  # PyNet / baseline, sustained, at 1,000 clients
+TARGET_REDIS_RATIO = 3.0  # PyNet / Redis, sustained, at 1,000 clients
+TARGET_P99_VS_REDIS = 1.2  # PyNet p99 / Redis p99 at each curve load Redis sustains
 TARGET_DELIVERIES = 300_000
-TARGET_P99_MS = 50.0
+TARGET_P99_MS = 50.0  # at TARGET_DELIVERIES, from the latency curve
+SEARCH_P99_MS = 500.0  # a point whose queue grows over the window fails this
 KEEPUP = 0.95  # delivered/offered needed for a point to count as sustained
-
-
+LG_BOUND = 90.0  # load generator CPU %, above which a point measures the generator
 NOISY_PCT = 25.0
+DEFAULT_CURVE = "50000,200000,300000,1000000,3000000"
 
-
-def noise(points: list[dict]) -> float:
-    """Median CPU used by other processes during the points, % of one core."""
-    return statistics.median(max(0.0, p["other_cpu_pct"]) for p in points) if points else 0.0
+Point = dict[str, Any]
 
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def point_ok(r: dict, p99_ms: float) -> bool:
+def noise(points: list[Point]) -> float:
+    """Median CPU used by other processes during the points, % of one core."""
+    return statistics.median(max(0.0, p["other_cpu_pct"]) for p in points) if points else 0.0
+
+
+def point_ok(r: Point, p99_ms: float) -> bool:
     return (
         r["p99_ms"] is not None
         and r["p99_ms"] < p99_ms
@@ -67,12 +81,16 @@ def point_ok(r: dict, p99_ms: float) -> bool:
     )
 
 
-def describe(kind: str, r: dict, ok: bool) -> str:
+def lg_bound(r: Point) -> bool:
+    return bool(r["lg_cpu_pct"] >= LG_BOUND)
+
+
+def describe(kind: str, r: Point, ok: bool) -> str:
     flag = "ok " if ok else "   "
-    lg = " lg-bound?" if r["lg_cpu_pct"] > 90 else ""
+    lg = " lg-bound" if lg_bound(r) else ""
     lg += f" lg-round p99 {r['lg_round_p99_ms']:.1f} ms" if r["lg_round_p99_ms"] >= 5 else ""
     return (
-        f"{kind:8} {r['clients']:>6} {fmt_rate(r['rate']):>8} {fmt_rate(r['offered']):>9} "
+        f"{kind:12} {r['clients']:>6} {fmt_rate(r['rate']):>8} {fmt_rate(r['offered']):>9} "
         f"{fmt_rate(r['delivered_per_s']):>10} {fmt_ms(r['p50_ms']):>8} "
         f"{fmt_ms(r['p99_ms']) if r['p99_ms'] is not None else '>drain':>8} "
         f"{r['srv_cpu_pct']:>6.0f}% {r['srv_rss'] / 2**20:>8.1f} {r['lg_cpu_pct']:>5.0f}% "
@@ -82,60 +100,64 @@ def describe(kind: str, r: dict, ok: bool) -> str:
 
 
 HEADER = (
-    f"{'server':8} {'clients':>6} {'bcast/s':>8} {'offered':>9} {'delivered':>10} "
+    f"{'server':12} {'clients':>6} {'bcast/s':>8} {'offered':>9} {'delivered':>10} "
     f"{'p50 ms':>8} {'p99 ms':>8} {'srvCPU':>7} {'RSS MiB':>8} {'lgCPU':>6} {'other':>6}"
 )
 
 
-def search(lg: LoadGenProcess, kind: str, n: int, args: argparse.Namespace) -> dict:
-    """Find the highest sustainable offered rate; return all points and the best one.
+def measure(lg: LoadGenProcess, kind: str, n: int, rate: float, args: argparse.Namespace) -> Point:
+    """One point; a failing one is run again before it counts (the machine is shared)."""
+    r: Point = {}
+    for attempt in range(1 + args.retries):
+        r = lg.call("step", rate, args.warmup, args.duration, args.drain)
+        r.update(ok=point_ok(r, args.p99_ms), server=kind, attempt=attempt, lg_bound=lg_bound(r))
+        log(describe(kind, r, r["ok"]) + (" (retry)" if attempt else ""))
+        if r["ok"] or r["closed"]:
+            break
+    return r
 
-    Doubling from ``--start`` while points pass, then bisecting (geometric) between the last
-    pass and the first fail; halving instead when the very first point fails. A failing point
-    is run a second time before it counts as a fail (neighbours on a shared machine are noisy).
+
+def search(lg: LoadGenProcess, kind: str, n: int, args: argparse.Namespace) -> Point:
+    """The highest sustained offered rate: double until a point fails, then bisect.
+
+    No ceiling: the search goes up until the server (or the load generator) fails to sustain.
+    The result is a floor when the failing point above it was load-generator bound, or when
+    ``--max-steps`` ran out before anything failed.
     """
-    points: list[dict] = []
+    points: list[Point] = []
     lo: float | None = None  # highest passing broadcast rate
-    hi: float | None = None  # lowest failing broadcast rate
+    hi: Point | None = None  # lowest failing point
     rate = args.start / n
-    min_rate = 1.0
-    max_rate = args.max_offered / n
     steps = 0
     while steps < args.max_steps:
-        for attempt in range(1 + args.retries):
-            r = lg.call("step", rate, args.warmup, args.duration, args.drain)
-            steps += 1
-            ok = point_ok(r, args.p99_ms)
-            r.update(ok=ok, server=kind, attempt=attempt)
-            points.append(r)
-            log(describe(kind, r, ok) + (" (retry)" if attempt else ""))
-            if ok or r["closed"] or steps >= args.max_steps:
-                break
+        r = measure(lg, kind, n, rate, args)
+        steps += 1 + r["attempt"]
+        points.append(r)
         if r["closed"]:
             log(f"  {r['closed']} clients were disconnected: {r['errors'][:3]}")
             break
-        if ok:
+        if r["ok"]:
             lo = rate
-        else:
-            hi = rate
+        elif hi is None or rate < hi["rate"]:
+            hi = r
         if lo is None:
-            rate = rate / 2
-            if rate < min_rate:
+            rate /= 2
+            if rate * n < 1000:
                 break
         elif hi is None:
-            if rate >= max_rate:
-                break
-            rate = min(rate * 2, max_rate)
+            rate *= 2
         else:
-            if hi / lo < 1.3:
+            if hi["rate"] / lo < 1.3:
                 break
-            rate = math.sqrt(lo * hi)
+            rate = math.sqrt(lo * hi["rate"])
     best = max((p for p in points if p["ok"]), key=lambda p: p["delivered_per_s"], default=None)
     peak = max(points, key=lambda p: p["delivered_per_s"], default=None)
-    return {"points": points, "best": best, "peak": peak}
+    floor = best is not None and (hi is None or hi["lg_bound"] or best["lg_bound"])
+    return {"points": points, "best": best, "peak": peak, "floor": floor}
 
 
-def run_one(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
+def run_server(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
+    """Start one server, connect n clients, then per run: the latency curve and the search."""
     srv_cpus, lg_cpus = cpus
     log(f"-- {kind}: starting server, {n} clients")
     server = start_server(kind, srv_cpus, max_clients=n, nice=args.nice, rt=args.rt)
@@ -147,6 +169,7 @@ def run_one(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
             lg_cpus,
             args.nice,
             args.rt,
+            proto=protocol(kind),
             senders=args.senders,
             payload=args.payload,
             round_ms=args.round_ms,
@@ -158,23 +181,18 @@ def run_one(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
             f"{info['senders']} senders, {info['samplers']} sampled clients"
         )
         log(HEADER)
-        res = search(lg, kind, n, args)
-        fixed = None
-        if kind == "pynet" and n == max(args.clients) and args.fixed > 0:
-            for attempt in range(1 + args.retries):
-                fixed = lg.call("step", args.fixed / n, args.warmup, args.duration, args.drain)
-                fixed.update(ok=point_ok(fixed, args.p99_ms), server=kind, attempt=attempt)
-                log(
-                    describe(kind, fixed, fixed["ok"])
-                    + f" <- fixed {fmt_rate(args.fixed)}/s load"
-                    + (" (retry)" if attempt else "")
-                )
-                if fixed["ok"]:
-                    break
-        res.update(kind=kind, clients=n, connect=info, rss_idle=rss_idle, fixed=fixed)
-        if server.proc.poll() is not None:
-            raise RuntimeError(f"{kind} server died:\n{server.log_tail()}")
-        return res
+        runs = []
+        for i in range(args.runs):
+            curve = {}
+            for load in args.curve:
+                curve[load] = measure(lg, kind, n, load / n, args)
+            log(f"   run {i + 1}/{args.runs}: search")
+            res = search(lg, kind, n, args)
+            res["curve"] = curve
+            runs.append(res)
+            if server.proc.poll() is not None:
+                raise RuntimeError(f"{kind} server died:\n{server.log_tail()}")
+        return {"kind": kind, "clients": n, "connect": info, "rss_idle": rss_idle, "runs": runs}
     except Exception:
         log(f"!! {kind} with {n} clients failed; server log tail:\n{server.log_tail()}")
         raise
@@ -184,7 +202,37 @@ def run_one(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
         server.stop()
 
 
-def summarize(results: dict, args: argparse.Namespace, cpus: tuple) -> int:
+# ---- summary --------------------------------------------------------------------------------
+
+
+def sustained(res: dict | None) -> tuple[float, float, bool]:
+    """(median, min) of the sustained deliveries/s over the runs, and whether it is a floor."""
+    if not res:
+        return 0.0, 0.0, False
+    vals = [r["best"]["delivered_per_s"] if r["best"] else 0.0 for r in res["runs"]]
+    return statistics.median(vals), min(vals), any(r["floor"] for r in res["runs"])
+
+
+def curve_point(res: dict, load: float) -> tuple[float | None, float | None, bool, bool]:
+    """Median p50, p99 over the runs at one curve load (None: never delivered), kept up?, lg?"""
+    pts = [r["curve"][load] for r in res["runs"] if load in r["curve"]]
+    if not pts:
+        return None, None, False, False
+
+    def med(key: str) -> float | None:
+        vals = [math.inf if p[key] is None else p[key] for p in pts]
+        m = statistics.median(vals)
+        return None if math.isinf(m) else m
+
+    kept = statistics.median(p["delivered_per_s"] / p["offered"] for p in pts) >= KEEPUP
+    return med("p50_ms"), med("p99_ms"), kept, any(p["lg_bound"] for p in pts)
+
+
+def fmt_sustained(value: float, floor: bool) -> str:
+    return (">=" if floor else "") + fmt_rate(value)
+
+
+def summarize(results: dict[tuple[str, int], dict], args: argparse.Namespace, cpus: tuple) -> int:
     out = print
     srv_cpus, lg_cpus = cpus
     out("")
@@ -192,187 +240,296 @@ def summarize(results: dict, args: argparse.Namespace, cpus: tuple) -> int:
         f"PyNet chat_load: server pinned to CPU {sorted(srv_cpus) if srv_cpus else 'any'}, "
         f"load generator on {sorted(lg_cpus) if lg_cpus else 'any'}"
         f" ({f'SCHED_FIFO {args.rt}' if args.rt else f'nice {args.nice}'}); "
-        f"{args.duration}s per point; sustained = p99 < {args.p99_ms:g} ms and "
-        f">= {KEEPUP:.0%} delivered"
+        f"{args.duration}s per point, {args.runs} run(s); sustained = p99 < {args.p99_ms:g} ms "
+        f"and >= {KEEPUP:.0%} delivered; '>=' = the load generator was the limit (a floor)"
     )
     out(
-        f"{'server':8} {'clients':>7} {'sustained deliv/s':>18} {'p50 ms':>7} {'p99 ms':>7} "
-        f"{'srv CPU':>8} {'srv RSS MiB':>11} {'peak deliv/s':>13} {'peak p99':>9} "
+        f"{'server':12} {'clients':>7} {'sustained deliv/s':>18} {'min':>9} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'srv CPU':>8} {'lg CPU':>7} {'srv RSS MiB':>11} {'peak deliv/s':>13} "
         f"{'noise':>6}"
     )
     for (kind, n), res in results.items():
-        b, pk = res["best"], res["peak"]
+        med, low, floor = sustained(res)
+        bests = [r["best"] for r in res["runs"] if r["best"]]
+        b = min(bests, key=lambda p: abs(p["delivered_per_s"] - med), default=None)
+        pk = max((r["peak"] for r in res["runs"] if r["peak"]), key=lambda p: p["delivered_per_s"])
+        pts = [p for r in res["runs"] for p in r["points"]]
         out(
-            f"{kind:8} {n:>7} {fmt_rate(b['delivered_per_s'] if b else 0):>18} "
+            f"{kind:12} {n:>7} {fmt_sustained(med, floor):>18} {fmt_rate(low):>9} "
             f"{fmt_ms(b['p50_ms'] if b else None):>7} {fmt_ms(b['p99_ms'] if b else None):>7} "
-            f"{(b['srv_cpu_pct'] if b else 0):>7.0f}% "
-            f"{(b or pk)['srv_rss'] / 2**20:>11.1f} "
-            f"{fmt_rate(pk['delivered_per_s']):>13} "
-            f"{fmt_ms(pk['p99_ms']) if pk['p99_ms'] is not None else '>drain':>9} "
-            f"{noise(res['points']):>5.0f}%"
+            f"{(b['srv_cpu_pct'] if b else 0):>7.0f}% {(b['lg_cpu_pct'] if b else 0):>6.0f}% "
+            f"{(b or pk)['srv_rss'] / 2**20:>11.1f} {fmt_rate(pk['delivered_per_s']):>13} "
+            f"{noise(pts):>5.0f}%"
         )
 
-    worst = max(noise(r["points"]) for r in results.values())
-    if worst > NOISY_PCT and args.rt:
+    if args.curve:
+        out("")
+        out("latency p50/p99 ms by offered load (deliveries/s), median over runs; ")
+        out("  '*' = under 95 % delivered, '!' = load generator bound, '-' = never delivered")
+        for n in args.clients:
+            kinds = [k for k in args.servers if (k, n) in results]
+            out(f"{n} clients: " + " | ".join(f"{k:>17}" for k in kinds))
+            for load in args.curve:
+                cells = []
+                for k in kinds:
+                    p50, p99, kept, lgb = curve_point(results[(k, n)], load)
+                    mark = ("" if kept else "*") + ("!" if lgb else "")
+                    cells.append(f"{fmt_ms(p50):>7} /{fmt_ms(p99):>7}{mark:<2}")
+                out(f"  {fmt_rate(load):>9}: " + " | ".join(cells))
+
+    pts = [p for res in results.values() for r in res["runs"] for p in r["points"]]
+    worst = noise(pts)
+    if worst > NOISY_PCT:
         out(
-            f"note: other processes used up to {worst:.0f}% of a core (median per run, 'noise'); "
-            f"the server and load generator ran SCHED_FIFO, ahead of them."
-        )
-    elif worst > NOISY_PCT:
-        out(
-            f"WARNING: other processes used up to {worst:.0f}% of a core (median per run, "
-            f"'noise'): latency and sustained figures are unreliable; rerun on a quiet machine "
-            f"(or with --rt 10)."
+            f"WARNING: other processes used {worst:.0f}% of a core (median over all points, "
+            f"'noise'): figures are unreliable; rerun on a quiet machine"
+            + (" (the measured processes ran SCHED_FIFO, ahead of them)" if args.rt else ".")
         )
 
-    def sustained(kind: str, n: int) -> float:
-        res = results.get((kind, n))
-        return res["best"]["delivered_per_s"] if res and res["best"] else 0.0
-
+    out("")
     for n in args.clients:
-        if ("pynet", n) in results and ("baseline", n) in results:
-            base = sustained("baseline", n)
-            ratio = sustained("pynet", n) / base if base else math.inf
-            out(f"ratio pynet/baseline at {n} clients (sustained deliveries/s): {ratio:.1f}x")
+        pyn = sustained(results.get(("pynet", n)))
+        for ref in ("redis", "baseline", "pynet-sqlite"):
+            if ("pynet", n) in results and (ref, n) in results:
+                base = sustained(results[(ref, n)])
+                bound = ">=" if pyn[2] and not base[2] else ("~" if pyn[2] else "")
+                shown = f"{bound}{pyn[0] / base[0]:.1f}x" if base[0] else "n/a"
+                out(
+                    f"ratio pynet/{ref} at {n} clients (sustained deliveries/s): {shown} "
+                    f"({fmt_sustained(pyn[0], pyn[2])} vs {fmt_sustained(base[0], base[2])})"
+                )
+    return targets(results, args)
 
-    n = max(args.clients)
+
+def targets(results: dict[tuple[str, int], dict], args: argparse.Namespace) -> int:
+    out = print
+    n = 1000 if 1000 in args.clients else max(args.clients)
     if ("pynet", n) not in results:
-        out("targets: not evaluated (the PyNet server was not run)")
+        out("targets: not evaluated (the pynet server was not run)")
         return 0
     out("")
     out(f"targets (at {n} clients):")
-    rows = []
-    if ("baseline", n) in results:
-        base = sustained("baseline", n)
-        ratio = sustained("pynet", n) / base if base else math.inf
-        rows.append((f">= {TARGET_RATIO:g}x the baseline", f"{ratio:.1f}x", ratio >= TARGET_RATIO))
-    best = sustained("pynet", n)
+    rows: list[tuple[str, str, bool]] = []
+    pyn, _, pfloor = sustained(results[("pynet", n)])
+    for ref, want in (("baseline", TARGET_RATIO), ("redis", TARGET_REDIS_RATIO)):
+        if (ref, n) in results:
+            base = sustained(results[(ref, n)])[0]
+            ratio = pyn / base if base else math.nan
+            rows.append(
+                (
+                    f">= {want:g}x {ref}, sustained",
+                    f"{'>=' if pfloor else ''}{ratio:.1f}x" if base else f"{ref} sustained nothing",
+                    ratio >= want,
+                )
+            )
     rows.append(
         (
             f">= {fmt_rate(TARGET_DELIVERIES)} deliveries/s, server on one core",
-            f"{fmt_rate(best)}/s sustained",
-            best >= TARGET_DELIVERIES,
+            f"{fmt_sustained(pyn, pfloor)}/s sustained",
+            pyn >= TARGET_DELIVERIES,
         )
     )
-    fixed = results[("pynet", n)]["fixed"]
-    if fixed is not None:
-        p99 = fixed["p99_ms"]
-        kept = fixed["delivered_per_s"] >= KEEPUP * fixed["offered"]
-        shown = (
-            f"{fmt_ms(p99) if p99 is not None else '>drain'} ms at "
-            f"{fmt_rate(fixed['offered'])}/s offered, "
-            f"{fmt_rate(fixed['delivered_per_s'])}/s delivered"
-        )
+    if TARGET_DELIVERIES in args.curve:
+        _, p99, kept, _ = curve_point(results[("pynet", n)], TARGET_DELIVERIES)
         rows.append(
             (
-                f"p99 < {args.p99_ms:g} ms at {fmt_rate(args.fixed)}/s",
-                shown,
-                p99 is not None and p99 < args.p99_ms and kept,
+                f"p99 < {TARGET_P99_MS:g} ms at {fmt_rate(TARGET_DELIVERIES)}/s",
+                f"{fmt_ms(p99)} ms" + ("" if kept else " (under 95 % delivered)"),
+                p99 is not None and p99 < TARGET_P99_MS and kept,
             )
         )
+    if ("redis", n) in results:
+        redis_max = sustained(results[("redis", n)])[0]
+        for load in args.curve:
+            if load > redis_max:
+                continue
+            _, mine, kept, _ = curve_point(results[("pynet", n)], load)
+            _, theirs, _, their_lg = curve_point(results[("redis", n)], load)
+            if theirs is None:
+                continue
+            ok = mine is not None and kept and mine <= TARGET_P99_VS_REDIS * theirs
+            rows.append(
+                (
+                    f"p99 <= {TARGET_P99_VS_REDIS:g}x redis at {fmt_rate(load)}/s",
+                    f"{fmt_ms(mine)} vs {fmt_ms(theirs)} ms"
+                    + (" (redis point load-generator bound)" if their_lg else ""),
+                    ok,
+                )
+            )
     for name, shown, ok in rows:
         out(f"  {verdict(ok)}  {name:42} {shown}")
     return 0
 
 
+# ---- arguments ------------------------------------------------------------------------------
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad input: one line saying what was wrong, exit 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: type, lo: float, what: str, inclusive: bool = True) -> Any:
+    def conv(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if math.isnan(value) or value < lo or (not inclusive and value == lo):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    return conv
+
+
+def _list(item: Any, what: str) -> Any:
+    def conv(text: str) -> list:
+        parts = [x.strip() for x in text.split(",") if x.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what}")
+        return [item(x) for x in parts]
+
+    return conv
+
+
+def _server(text: str) -> str:
+    if text not in SERVER_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown server {text!r} (expected some of {', '.join(SERVER_KINDS)})"
+        )
+    return text
+
+
+POS_INT = _number(int, 1, "a positive integer")
+POS_FLOAT = _number(float, 0, "a positive number", inclusive=False)
+NONNEG_FLOAT = _number(float, 0, "a number >= 0")
+NONNEG_INT = _number(int, 0, "an integer >= 0")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--clients", default="100,1000", help="comma-separated client counts")
+    p = Parser(prog="chat_load", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--clients",
+        type=_list(POS_INT, "comma-separated positive integers"),
+        default=[100, 1000, 10000],
+        help="comma-separated client counts (default 100,1000,10000)",
+    )
     p.add_argument(
         "--servers",
-        default="pynet,baseline",
-        help="comma-separated: pynet (chat.server), baseline (bench/baseline_threaded)",
+        type=_list(_server, "comma-separated server names"),
+        default=["pynet", "pynet-sqlite", "redis", "baseline"],
+        help=f"comma-separated, from: {', '.join(SERVER_KINDS)} (default: all)",
     )
-    p.add_argument("--duration", type=float, default=2.0, help="measured seconds per point")
-    p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds per point")
-    p.add_argument("--drain", type=float, default=4.0, help="max seconds to wait for stragglers")
     p.add_argument(
-        "--max-steps",
-        type=int,
-        default=10,
-        help="points per server and client count (retries included)",
+        "--curve",
+        type=_list(POS_FLOAT, "comma-separated positive loads"),
+        default=[float(x) for x in DEFAULT_CURVE.split(",")],
+        help=f"fixed offered loads (deliveries/s) for the latency curve (default {DEFAULT_CURVE})",
+    )
+    p.add_argument("--no-curve", action="store_true", help="skip the latency curve")
+    p.add_argument("--runs", type=POS_INT, default=3, help="runs per server and client count")
+    p.add_argument("--duration", type=POS_FLOAT, default=2.0, help="measured seconds per point")
+    p.add_argument("--warmup", type=NONNEG_FLOAT, default=0.5, help="unmeasured seconds per point")
+    p.add_argument(
+        "--drain", type=POS_FLOAT, default=4.0, help="max seconds to wait for stragglers"
+    )
+    p.add_argument(
+        "--max-steps", type=POS_INT, default=14, help="search points per run (retries included)"
     )
     p.add_argument(
         "--start",
-        type=float,
-        default=50_000,
-        help="first offered load, deliveries/s (broadcasts/s x clients)",
+        type=POS_FLOAT,
+        default=100_000,
+        help="first offered load of the search, deliveries/s (broadcasts/s x clients)",
     )
-    p.add_argument(
-        "--max-offered",
-        type=float,
-        default=6_400_000,
-        help="highest offered load tried, deliveries/s",
-    )
-    p.add_argument(
-        "--fixed",
-        type=float,
-        default=TARGET_DELIVERIES,
-        help="also run PyNet at this fixed offered load (deliveries/s) at the "
-        "largest client count; 0 to skip",
-    )
-    p.add_argument("--senders", type=int, default=10, help="clients that send the broadcasts")
-    p.add_argument("--payload", type=int, default=32, help="padding bytes per broadcast text")
+    p.add_argument("--senders", type=POS_INT, default=10, help="clients that send the broadcasts")
+    p.add_argument("--payload", type=NONNEG_INT, default=32, help="padding bytes per broadcast")
     p.add_argument(
         "--round-ms",
-        type=float,
+        type=NONNEG_FLOAT,
         default=0.0,
         help="load generator: minimum time between receive rounds (batches reads)",
     )
     p.add_argument(
-        "--retries", type=int, default=1, help="runs of a failing point before it counts as failed"
+        "--retries",
+        type=NONNEG_INT,
+        default=1,
+        help="extra runs of a failing point before it counts as failed",
     )
     p.add_argument(
         "--nice",
-        type=int,
+        type=_number(int, -20, "a nice value from -20 to 19"),
         default=default_nice(),
         help="nice value for the server and load generator (default -10 as root: "
         "keeps them ahead of other work on a shared machine; 0 to leave as is)",
     )
     p.add_argument(
         "--rt",
-        type=int,
+        type=_number(int, 0, "a priority from 0 to 99"),
         default=0,
         metavar="PRIO",
         help="run the server and load generator SCHED_FIFO at this priority (needs root): "
         "cleaner figures on a busy shared machine, at the neighbours' expense; 0 = off",
     )
-    p.add_argument("--p99-ms", type=float, default=TARGET_P99_MS)
+    p.add_argument(
+        "--p99-ms",
+        type=POS_FLOAT,
+        default=SEARCH_P99_MS,
+        help="a sustained point also needs p99 under this (default %(default)g ms)",
+    )
     p.add_argument("--json", metavar="PATH", help="also write every point as JSON")
     p.add_argument(
         "--quick",
         action="store_true",
-        help="smoke run: short points, few steps (figures are rough)",
+        help="smoke run: short points, one run, few steps (figures are rough)",
     )
     args = p.parse_args(argv)
-    args.clients = [int(x) for x in args.clients.split(",") if x]
-    args.servers = [x.strip() for x in args.servers.split(",") if x.strip()]
+    if args.nice > 19:
+        p.error(f"argument --nice: {args.nice} is not a nice value from -20 to 19")
+    if args.rt > 99:
+        p.error(f"argument --rt: {args.rt} is not a priority from 0 to 99")
+    if args.no_curve:
+        args.curve = []
     if args.quick:
         args.duration = min(args.duration, 0.5)
         args.warmup = min(args.warmup, 0.2)
         args.drain = min(args.drain, 2.0)
         args.max_steps = min(args.max_steps, 3)
         args.retries = 0
-    for s in args.servers:
-        if s not in ("pynet", "baseline"):
-            p.error(f"unknown server {s!r}")
+        args.runs = 1
+    args.clients = list(dict.fromkeys(args.clients))
+    args.servers = list(dict.fromkeys(args.servers))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    raise_nofile()
+    if "redis" in args.servers and redis_server() is None:
+        print(f"chat_load: {REDIS_INSTALL}", file=sys.stderr)
+        return 1
+    limit = raise_nofile()
+    need = max(args.clients) + args.senders + 100
+    if need > limit:
+        print(
+            f"chat_load: --clients {max(args.clients)} needs ~{need} open files, the limit is "
+            f"{limit} (raise the hard limit: ulimit -Hn, or /etc/security/limits.conf)",
+            file=sys.stderr,
+        )
+        return 1
     cpus = cpu_plan()
     pin_self(cpus[1])  # keep this (mostly sleeping) driver off the server's core
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    if "pynet" in args.servers and not pynet_server_available():
-        log("chat/server.py does not exist yet: running the baseline only")
-        args.servers = [s for s in args.servers if s != "pynet"]
     t0 = time.monotonic()
     results: dict[tuple[str, int], dict] = {}
-    for n in args.clients:
-        for kind in args.servers:
-            results[(kind, n)] = run_one(kind, n, args, cpus)
+    try:
+        for n in args.clients:
+            for kind in args.servers:
+                results[(kind, n)] = run_server(kind, n, args, cpus)
+    except RuntimeError as exc:
+        print(f"chat_load: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     rc = summarize(results, args, cpus)
     log(f"(total {time.monotonic() - t0:.0f}s)")
     if args.json:

@@ -1,15 +1,23 @@
 """Load generator for the chat benchmarks. Runs in its own process, driven over a Pipe.
 
-Built for throughput so that it is not the bottleneck: one raw ``select.epoll`` loop over
-non-blocking sockets, ``os.readv`` into one preallocated buffer, and delivered lines are counted
-with ``bytearray.count(b"\\n")`` (C speed, no parsing). Only a few "sample" clients (the senders
-plus receivers spread evenly over the connection order) split lines and parse the send timestamp
-carried in each broadcast to record latency.
+Built to cost as little as possible per delivery, so that the figures are the server's: one raw
+``select.epoll`` loop over non-blocking sockets, ``os.readv`` into one preallocated buffer, and
+deliveries are counted with ``bytearray.count(b"\\n")`` (C speed, no parsing). Latency: each
+send burst (one per millisecond) carries one *marked* broadcast, ``@@<send time, 19 digits>``;
+the others are padding of the same length. A few sampled clients (spread over the connection
+order, so early and late positions in the server's fan-out are both represented) look for the
+mark with ``bytearray.find``; nothing splits lines.
+
+Two wire protocols, the same load:
+- ``chat`` (PyNet and the threaded baseline): N clients ``/nick``; ten of them also send
+  ``<text>`` lines; every client (the senders too) receives ``MSG ID NAME TEXT``: 1 newline each.
+- ``resp`` (Redis pub/sub): N clients ``SUBSCRIBE c``; ten more connections ``PUBLISH c <text>``
+  and have their ``:N`` replies read and discarded; each ``message`` reply has 7 newlines.
 
 Commands (tuples sent by the parent; each gets one reply):
-    ("connect", n, nick)   open n clients (and /nick them), wait until quiet -> dict
+    ("connect", n, nick)   open n clients and the senders, wait until quiet -> dict
     ("step", rate, warmup, duration, drain_max) -> dict of figures (see ``step``)
-    ("close",)             close everything and exit
+    ("close",)       close everything and exit
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import select
 import socket
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 import psutil
 
@@ -30,6 +39,18 @@ from bench._common import HOST, pin_self, raise_nofile
 NL = b"\n"
 EPOLLIN = select.EPOLLIN
 OUTBUF_CAP = 1 << 20  # per sender: stop generating when this much is queued (server not reading)
+MARK = b"@@"
+MARK_LEN = len(MARK) + 19  # "@@" + send time in monotonic ns, zero-padded to 19 digits
+PROTOCOLS = ("chat", "resp")
+# fd roles in the receive loop (absent = plain receiver: count only)
+SAMPLED, PUBLISHER = 1, 2
+
+
+def encode(proto: str, text: bytes) -> bytes:
+    """One broadcast as the sender writes it."""
+    if proto == "resp":
+        return b"*3\r\n$7\r\nPUBLISH\r\n$1\r\nc\r\n$%d\r\n%s\r\n" % (len(text), text)
+    return text + NL
 
 
 class LoadGen:
@@ -37,108 +58,157 @@ class LoadGen:
         self,
         port: int,
         server_pid: int,
+        proto: str = "chat",
         senders: int = 10,
         samplers: int = 40,
         payload: int = 32,
         round_ms: float = 0.0,
     ) -> None:
+        if proto not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {proto!r}")
+        self.proto = proto
+        self.per_delivery = 7 if proto == "resp" else 1  # newlines per delivered broadcast
         self.round_ns = int(round_ms * 1e6)
         self.port = port
         self.server = psutil.Process(server_pid)
         self.n_senders = senders
         self.n_samplers = samplers
         self.pad = b"x" * max(0, payload)
+        self.plain = encode(proto, b"x" * MARK_LEN + self.pad)
         self.ep = select.epoll()
         self.socks: dict[int, socket.socket] = {}
-        self.order: list[int] = []  # fds in connection order
-        self.sample: dict[int, bytearray] = {}  # fd -> partial line buffer, for sampled clients
+        self.receivers = 0  # clients that get every broadcast
+        self.role: dict[int, int] = {}  # fd -> SAMPLED / PUBLISHER
+        self.tails: dict[int, bytes] = {}  # sampled fd -> last bytes (a mark split across reads)
         self.senders: list[int] = []
         self.outbuf: dict[int, bytearray] = {}
         self.buf = bytearray(1 << 18)
         self.bufs = [self.buf]
-        self.lines = 0  # lines received by all clients since connect finished
+        self.newlines = 0  # newlines received by all receivers since connect finished
         self.sent = 0  # broadcasts written (or queued) since connect finished
-        self.alive = 0
+        self.marked = 0  # marked broadcasts sent inside the measured window
         self.closed = 0
         self.errors: list[str] = []
         self.lat: list[int] = []
         self.win = (0, 0)  # send-time window whose latencies are recorded
+        self.mark_turn = 0
 
     # -- setup -------------------------------------------------------------------------------
-    def connect(self, n: int, nick: bool, batch: int = 256, timeout: float | None = None) -> dict:
+    def _open(self) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.setblocking(False)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        rc = s.connect_ex((HOST, self.port))
+        if rc not in (0, errno.EINPROGRESS):
+            s.close()
+            raise RuntimeError(f"connect to {HOST}:{self.port}: {os.strerror(rc)}")
+        self.socks[s.fileno()] = s
+        return s
+
+    def _greet(self, idx: int, sender: bool, nick: bool) -> tuple[bytes, bytes]:
+        """(first line to wait for or b"", what to send then, or b"" to send nothing)."""
+        if self.proto == "resp":
+            return b"", (b"PING\r\n" if sender else b"SUBSCRIBE c\r\n")
+        return b"HELLO", (b"/nick c%d\n" % idx if nick else b"")
+
+    def _ready(self, pend: bytearray, sender: bool, nick: bool) -> bool:
+        if self.proto == "resp":  # +PONG, or the 3-element subscribe confirmation
+            return pend.count(NL) >= (1 if sender else 6)
+        return b"\nOK nick " in pend if nick else True
+
+    def connect(
+        self, n: int, nick: bool = True, batch: int = 256, timeout: float | None = None
+    ) -> dict:
+        """Open n receivers (chat: the first of them also send; resp: plus the publishers).
+
+        ``nick=False`` (chat only) stops after ``HELLO``: connected but not named.
+        """
         t0 = time.monotonic()
         deadline = t0 + (timeout if timeout is not None else 30 + n / 100)
-        stage: dict[int, int] = {}  # 0 wait HELLO, 1 wait OK nick, 2 ready
-        pend: dict[int, bytearray] = {}
-        names: dict[int, int] = {}
+        extra = self.n_senders if self.proto == "resp" else 0
+        total = n + extra
+        state: dict[int, list[Any]] = {}  # fd -> [idx, pending bytes, sent?, sender?]
+        order: list[int] = []
         started = ready = 0
-        while ready < n:
+        while ready < total:
             now = time.monotonic()
             if now > deadline:
-                raise RuntimeError(f"connect: only {ready}/{n} clients ready after {now - t0:.0f}s")
-            while started < n and started - ready < batch:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.setblocking(False)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                rc = s.connect_ex((HOST, self.port))
-                if rc not in (0, errno.EINPROGRESS):
-                    raise RuntimeError(f"connect #{started}: {os.strerror(rc)}")
+                raise RuntimeError(
+                    f"connect: only {ready}/{total} clients ready after {now - t0:.0f}s"
+                )
+            while started < total and started - ready < batch:
+                s = self._open()
                 fd = s.fileno()
-                self.socks[fd] = s
-                self.order.append(fd)
-                stage[fd] = 0
-                pend[fd] = bytearray()
-                names[fd] = started
-                self.ep.register(fd, EPOLLIN)
+                state[fd] = [started, bytearray(), False, started >= n]
+                order.append(fd)
+                self.ep.register(fd, EPOLLIN | select.EPOLLOUT)
                 started += 1
-            for fd, _ev in self.ep.poll(0.2):
+            for fd, ev in self.ep.poll(0.2):
+                st = state.get(fd)
+                if st is None:  # ready: discard what others' setup broadcasts (JOIN lines)
+                    with contextlib.suppress(BlockingIOError, InterruptedError):
+                        os.read(fd, 1 << 18)
+                    continue
+                idx, pend, said, sender = st
+                (
+                    expect,
+                    say,
+                ) = self._greet(idx, sender, nick)
+                if ev & select.EPOLLOUT:
+                    self.ep.modify(fd, EPOLLIN)
+                    if not expect and not said:
+                        self.socks[fd].send(say)
+                        st[2] = said = True
+                if not ev & (EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                    continue
                 try:
                     data = os.read(fd, 65536)
                 except BlockingIOError:
                     continue
                 except OSError as exc:
-                    raise RuntimeError(f"client {names.get(fd)}: {exc}") from exc
+                    raise RuntimeError(f"client {idx}: {exc}") from exc
                 if not data:
                     raise RuntimeError(
-                        f"client {names.get(fd)}: closed by server during setup "
-                        f"({bytes(pend.get(fd, b''))[-200:]!r})"
+                        f"client {idx}: closed by the server during setup ({bytes(pend)[-200:]!r})"
                     )
-                if stage[fd] == 2:
-                    continue
-                pb = pend[fd]
-                pb += data
-                while stage[fd] < 2 and NL in pb:
-                    i = pb.index(NL)
-                    line = bytes(pb[:i])
-                    del pb[: i + 1]
-                    if line.startswith(b"ERR") or line.startswith(b"BYE"):
-                        raise RuntimeError(f"client {names[fd]}: {line!r}")
-                    if stage[fd] == 0 and line.startswith(b"HELLO"):
-                        if nick:
-                            self.socks[fd].send(b"/nick c%d\n" % names[fd])
-                            stage[fd] = 1
-                        else:
-                            stage[fd] = 2
-                    elif stage[fd] == 1 and line.startswith(b"OK nick"):
-                        stage[fd] = 2
-                if stage[fd] == 2:
+                pend += data
+                if pend.startswith((b"ERR", b"BYE", b"-")) or b"\nERR" in pend or b"\n-" in pend:
+                    raise RuntimeError(f"client {idx}: {bytes(pend)[:200]!r}")
+                if expect and not said and NL in pend:
+                    if not pend.startswith(expect):
+                        raise RuntimeError(f"client {idx}: {bytes(pend)[:200]!r}")
+                    if say:
+                        self.socks[fd].send(say)
+                    st[2] = said = True
+                if said and self._ready(pend, sender, nick):
                     ready += 1
-                    pend[fd] = bytearray()
+                    del state[fd]
         connect_s = time.monotonic() - t0
         quiet_s = self.quiesce()
-        self.alive = n
+        receivers = order[:n]
+        self.receivers = n
+        if self.proto == "resp":
+            self.senders = order[n:]
+            self.role = dict.fromkeys(self.senders, PUBLISHER)
+        else:
+            self.senders = receivers[: min(n, self.n_senders)]
+            self.role = {}
         n_samp = min(n, self.n_samplers)
-        picks = {self.order[(i * n) // n_samp] for i in range(n_samp)}
-        self.senders = self.order[: min(n, self.n_senders)] if nick else []
-        picks.update(self.senders)
-        self.sample = {fd: bytearray() for fd in picks}
+        for i in range(n_samp):
+            self.role[receivers[(i * n) // n_samp]] = SAMPLED
+        if self.proto == "chat" and not nick:
+            self.senders = []
+        if self.proto == "chat":
+            for fd in self.senders:  # a sender also receives: sample its own echo
+                self.role[fd] = SAMPLED
+        self.tails = {fd: b"" for fd, r in self.role.items() if r == SAMPLED}
         self.outbuf = {fd: bytearray() for fd in self.senders}
-        self.lines = self.sent = 0
+        self.newlines = self.sent = 0
         return {
             "connected": n,
             "connect_s": connect_s,
             "quiesce_s": quiet_s,
-            "samplers": len(self.sample),
+            "samplers": len(self.tails),
             "senders": len(self.senders),
         }
 
@@ -167,10 +237,12 @@ class LoadGen:
         if s is not None:
             s.close()
             self.closed += 1
-            self.alive -= 1
+            if self.role.get(fd) != PUBLISHER:
+                self.receivers -= 1
             if len(self.errors) < 20:
                 self.errors.append(f"fd {fd}: {why}")
-        self.sample.pop(fd, None)
+        self.role.pop(fd, None)
+        self.tails.pop(fd, None)
         self.outbuf.pop(fd, None)
         if fd in self.senders:
             self.senders.remove(fd)
@@ -179,10 +251,9 @@ class LoadGen:
     def _receive(self, events: list[tuple[int, int]]) -> None:
         buf = self.buf
         bufs = self.bufs
-        sample = self.sample
+        role = self.role
         readv = os.readv
-        lines = 0
-        now = 0
+        newlines = 0
         for fd, _ev in events:
             try:
                 n = readv(fd, bufs)
@@ -194,49 +265,69 @@ class LoadGen:
             if n == 0:
                 self._drop(fd, "closed by server")
                 continue
-            lines += buf.count(NL, 0, n)
-            pb = sample.get(fd)
-            if pb is not None:
-                if not now:
-                    now = time.monotonic_ns()
-                self._parse(fd, pb, buf[:n], now)
-        self.lines += lines
+            r = role.get(fd)
+            if r is None:
+                newlines += buf.count(NL, 0, n)
+            elif r == SAMPLED:
+                newlines += buf.count(NL, 0, n)
+                self._marks(fd, n)
+            elif buf.startswith(b"-", 0, n):  # a publisher's reply: only errors matter
+                self._note(bytes(buf[:n]))
+        self.newlines += newlines
 
-    def _parse(self, fd: int, pb: bytearray, data: bytearray, now: int) -> None:
-        pb += data
-        if NL not in data:
-            return
-        parts = pb.split(NL)
-        rest = parts.pop()
+    def _marks(self, fd: int, n: int) -> None:
+        """Record the latency of every mark in the ``n`` bytes just read (and one split before)."""
+        buf = self.buf
+        now = time.monotonic_ns()
         lo, hi = self.win
         lat = self.lat
-        for line in parts:
-            if line.startswith(b"MSG "):
-                f = line.split(b" ", 4)
-                if len(f) >= 4:
-                    try:
-                        ts = int(f[3])
-                    except ValueError:
-                        continue
-                    if lo <= ts < hi:
-                        lat.append(now - ts)
-            elif line and len(self.errors) < 20 and line.startswith((b"ERR", b"BYE")):
-                self.errors.append(line.decode(errors="replace")[:200])
-        pb[:] = rest
+        tail = self.tails[fd]
+        if tail:  # a mark that began in the previous read
+            head = tail + bytes(buf[: min(n, MARK_LEN)])
+            i = head.find(MARK)
+            while 0 <= i < len(tail) and i + MARK_LEN <= len(head):
+                ts = int(head[i + 2 : i + MARK_LEN])
+                if lo <= ts < hi:
+                    lat.append(now - ts)
+                i = head.find(MARK, i + 1)
+        i = buf.find(MARK, 0, n)
+        while i >= 0 and i + MARK_LEN <= n:
+            ts = int(buf[i + 2 : i + MARK_LEN])
+            if lo <= ts < hi:
+                lat.append(now - ts)
+            i = buf.find(MARK, i + MARK_LEN, n)
+        keep = MARK_LEN - 1
+        self.tails[fd] = bytes(buf[n - keep : n]) if n >= keep else (tail + bytes(buf[:n]))[-keep:]
+
+    def _note(self, data: bytes) -> None:
+        if len(self.errors) < 20:
+            self.errors.append(data.decode(errors="replace")[:200])
 
     def _send(self, due: int, now: int) -> int:
-        """Generate ``due`` broadcasts now, round-robin over the senders; flush queues."""
+        """Write ``due`` broadcasts now over the senders, the first one marked; flush queues."""
         senders = self.senders
         if not senders:
             return 0
         k = len(senders)
         generated = 0
-        line = b"%d %s\n" % (now, self.pad)
-        for i, fd in enumerate(list(senders)):
-            count = due // k + (1 if i < due % k else 0)
+        first = self.mark_turn % k
+        if due:
+            self.mark_turn += 1
+            lo, hi = self.win
+            if lo <= now < hi:
+                self.marked += 1
+        plain = self.plain
+        for j in range(k):
+            i = (first + j) % k
+            fd = senders[i]
+            count = due // k + (1 if j < due % k else 0)
             ob = self.outbuf[fd]
             if count and len(ob) < OUTBUF_CAP:
-                ob += line * count
+                if j == 0:
+                    ob += encode(self.proto, MARK + b"%019d" % now + self.pad)
+                    count -= 1
+                    generated += 1
+                ob += plain * count
                 generated += count
             if ob:
                 try:
@@ -255,14 +346,15 @@ class LoadGen:
     def step(self, rate: float, warmup: float, duration: float, drain_max: float) -> dict:
         """Offer ``rate`` broadcasts/s for warmup+duration seconds, then drain.
 
-        Latency is recorded for broadcasts sent inside the measured window, including those
-        received during the drain; ones never received count as infinitely late.
+        Latency is recorded for the marked broadcasts sent inside the measured window,
+        including those received during the drain; ones never received count as infinitely late.
         """
         ep = self.ep
         recv = self._receive
         mono = time.monotonic_ns
         tick = 1_000_000  # 1 ms between send bursts
         self.lat = []
+        self.marked = 0
         t0 = mono()
         tm0 = t0 + int(warmup * 1e9)
         tm1 = tm0 + int(duration * 1e9)
@@ -288,10 +380,12 @@ class LoadGen:
                     gen += g
                     shed += due - g
                     self.sent += g
+                elif self._pending_out():
+                    self._send(0, now)
                 next_send = now + tick
             t = mono()
             if round_ns and t - last_poll < round_ns:
-                # let more lines pile up per socket: fewer, bigger reads (<= round_ns of latency)
+                # let more bytes pile up per socket: fewer, bigger reads (<= round_ns of latency)
                 time.sleep(min(round_ns - (t - last_poll), max(0, next_send - t)) / 1e9)
             last_poll = mono()
             events = ep.poll(max(0.0, (next_send - last_poll) / 1e9))
@@ -309,8 +403,8 @@ class LoadGen:
             pending_out = self._pending_out()
             if pending_out:
                 self._send(0, 0)
-            expected = self.sent * self.alive
-            if self.lines >= expected and not pending_out:
+            expected = self.sent * self.receivers * self.per_delivery
+            if self.newlines >= expected and not pending_out:
                 break
             if mono() >= d_end:
                 break
@@ -331,7 +425,7 @@ class LoadGen:
         return {
             "busy": sum(sysw) - sysw.idle - getattr(sysw, "iowait", 0.0),
             "t": time.monotonic(),
-            "lines": self.lines,
+            "newlines": self.newlines,
             "gen": gen,
             "lg_cpu": ru.ru_utime + ru.ru_stime,
             "lg_sys": ru.ru_stime,
@@ -343,8 +437,8 @@ class LoadGen:
         dt = b["t"] - a["t"]
         sent_win = b["gen"] - a["gen"]
         lat = sorted(self.lat)
-        # every sampled client should hold one sample per broadcast sent in the window
-        expected_samples = sent_win * len(self.sample)
+        # every sampled client should hold one sample per marked broadcast sent in the window
+        expected_samples = self.marked * len(self.tails)
         missing = max(0, expected_samples - len(lat))
 
         def pct(p: float) -> float | None:
@@ -357,10 +451,10 @@ class LoadGen:
 
         return {
             "rate": rate,
-            "clients": self.alive,
-            "offered": rate * self.alive,
+            "clients": self.receivers,
+            "offered": rate * self.receivers,
             "sent_per_s": sent_win / dt,
-            "delivered_per_s": (b["lines"] - a["lines"]) / dt,
+            "delivered_per_s": (b["newlines"] - a["newlines"]) / self.per_delivery / dt,
             "p50_ms": pct(0.50),
             "p99_ms": pct(0.99),
             "max_ms": (lat[-1] / 1e6) if lat and not missing else None,

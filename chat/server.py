@@ -36,6 +36,7 @@ from typing import Any
 
 from chat import __version__, config, keepalive
 from chat.config import Settings
+from chat.flush_policy import FlushPolicy
 from chat.handover import HandoverError, Session
 from chat.history import History, HistoryError
 from chat.protocol import (
@@ -64,8 +65,6 @@ log = logging.getLogger("chat.server")
 
 BACKLOG = 4096
 SLOW_CLOSE_GRACE = 5.0
-# Below this a timer costs more than it saves: write at the end of the tick instead.
-MIN_FLUSH_WAIT = 0.0005
 """Seconds a disconnected slow reader gets to read its BYE before the socket is cut."""
 RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
@@ -142,7 +141,7 @@ class ChatServer:
         self._batch: list[bytes] = []
         self._forked: list[Client] = []
         self._flush_scheduled = False
-        self._flush_cost = 0.0  # seconds the last fan-out took
+        self._flush_policy = FlushPolicy(settings.flush_delay)
         self._stopping = False
         self._all_gone = asyncio.Event()
         self.release = settings.release
@@ -594,17 +593,16 @@ class ChatServer:
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        """Flush at the end of this tick, or a little later when fan-out is costly.
+        """Flush at the end of this tick while fan-outs keep up, a little later when they do not.
 
-        Each write is a syscall (several microseconds on loopback), so with many clients one
-        fan-out takes milliseconds. Waiting about as long as the last fan-out took (capped by
-        `flush_delay`) lets the broadcasts that arrive meanwhile share the next write to each
-        client: throughput rises several-fold and latency stays bounded by the cap. With few
-        clients the last fan-out was quick and output leaves at once.
+        The policy (chat/flush_policy.py) writes at once when the server has been idle since the
+        last fan-out, so a quiet server adds no wait; when broadcasts arrive faster than a
+        fan-out completes it waits up to one fan-out's cost (capped by `flush_delay`) so the
+        broadcasts arriving meanwhile share one write per client.
         """
         self._flush_scheduled = True
-        delay = min(self._flush_cost, self.settings.flush_delay)
-        if delay < MIN_FLUSH_WAIT:
+        delay = self._flush_policy.delay(time.perf_counter())
+        if delay <= 0.0:
             self._loop.call_soon(self._flush)
         else:
             self._loop.call_later(delay, self._flush)
@@ -649,7 +647,7 @@ class ChatServer:
             total += size
             if size > limit and size > limit + client.allowance:
                 slow.append(client)
-        self._flush_cost = time.perf_counter() - began
+        self._flush_policy.flushed(began, time.perf_counter())
         if total > self.settings.max_buffered:
             slow.extend(self._biggest_backlogs(total))
         for client in slow:

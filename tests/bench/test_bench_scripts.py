@@ -3,6 +3,7 @@ figures and exit 0. They check the scripts work, not how fast anything is."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -10,6 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from bench.loadgen import MARK, SAMPLED, LoadGen
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,29 +43,89 @@ def test_chat_load_against_the_baseline_prints_its_figures() -> None:
         "2000",
         "--max-steps",
         "2",
+        "--no-curve",
     )
     assert "sustained deliv/s" in out
-    assert "baseline      20" in out
+    assert "baseline          20" in out
 
 
-@pytest.mark.timeout(180)
-def test_chat_load_compares_pynet_with_the_baseline() -> None:
+@pytest.mark.timeout(240)
+def test_chat_load_compares_pynet_with_redis_sqlite_history_and_the_baseline() -> None:
     out = run_bench(
         "bench.chat_load",
         "--quick",
         "--clients",
         "20",
+        "--servers",
+        "pynet,pynet-sqlite,redis,baseline",
         "--start",
         "2000",
         "--max-steps",
         "2",
-        "--fixed",
+        "--curve",
         "2000",
     )
-    assert "pynet         20" in out
-    assert "ratio pynet/baseline at 20 clients" in out
+    for kind in ("pynet", "pynet-sqlite", "redis", "baseline"):
+        assert f"\n{kind:12}      20 " in out, kind
+    for ref in ("redis", "baseline", "pynet-sqlite"):
+        assert f"ratio pynet/{ref} at 20 clients" in out
+    assert "20 clients:" in out  # the latency curve
     assert "targets (at 20 clients):" in out
-    assert out.count("PASS") + out.count("MISS") == 3
+    # >= 10x baseline, >= 3x redis, >= 300k/s, and p99 vs redis at the 2k/s curve point
+    assert out.count("PASS") + out.count("MISS") == 4
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["--clients", "0"], "argument --clients: '0' is not a positive integer"),
+        (["--clients", "10,x"], "argument --clients: 'x' is not a positive integer"),
+        (["--servers", "pynet,nginx"], "unknown server 'nginx'"),
+        (["--duration", "-1"], "argument --duration: '-1' is not a positive number"),
+        (["--curve", "nan"], "argument --curve: 'nan' is not a positive number"),
+        (["--runs", "0"], "argument --runs: '0' is not a positive integer"),
+        (["--nice", "40"], "argument --nice: 40 is not a nice value"),
+    ],
+)
+def test_chat_load_refuses_bad_arguments_in_one_line(argv: list[str], said: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.chat_load", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=25,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("chat_load: error: ")
+    assert said in lines[0]
+
+
+def test_loadgen_finds_marks_also_when_split_across_reads() -> None:
+    gen = LoadGen(port=1, server_pid=os.getpid(), proto="chat", payload=4)
+    fd = 7
+    gen.role = {fd: SAMPLED}
+    gen.tails = {fd: b""}
+    gen.win = (1_000, 10**18)
+    stream = b"".join(
+        b"MSG %d c1 %s%019d xxxx\n" % (i, MARK, ts)
+        for i, ts in enumerate((5_000, 6_000, 10**18 + 1, 7_000), start=1)
+    )
+    now = time.monotonic_ns()
+    for cut in (0, 9, 14, 15, 20, 31, len(stream) - 3):  # in the mark, its digits, anywhere
+        gen.lat = []
+        gen.tails[fd] = b""
+        for part in (stream[:cut], stream[cut:]):
+            gen.buf[: len(part)] = part
+            gen._marks(fd, len(part))
+        # three marks inside the window, one sent after it; each counted once
+        assert len(gen.lat) == 3, cut
+        assert all(now - 7_000 <= lat for lat in gen.lat)
+    gen.close()
 
 
 @pytest.mark.timeout(180)
