@@ -10,6 +10,10 @@ command -v debootstrap >/dev/null || needed+=(debootstrap)
 command -v ssh >/dev/null || needed+=(openssh-client)
 command -v ssh-keygen >/dev/null || needed+=(openssh-client)
 command -v gzip >/dev/null || needed+=(gzip)
+# Network namespaces for the dead-peer tests (tests/chat/test_chat_dead_peers.py): ip, ss, iptables.
+command -v ip >/dev/null || needed+=(iproute2)
+command -v ss >/dev/null || needed+=(iproute2)
+command -v iptables >/dev/null || needed+=(iptables)
 # A real Redis for the cluster tests (tests/chat/test_backplane_redis.py and the cluster tests).
 command -v redis-server >/dev/null || needed+=(redis-server)
 

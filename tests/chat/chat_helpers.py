@@ -17,14 +17,24 @@ LISTEN = re.compile(r"listen=[^ ]*:(\d+)")
 
 
 class ServerProcess:
-    """`python -m chat.server` on 127.0.0.1 with an ephemeral port read from its start line."""
+    """`python -m chat.server` on 127.0.0.1 with an ephemeral port read from its start line.
 
-    def __init__(self, *args: str, port: int = 0, env: dict[str, str] | None = None) -> None:
+    `prefix` goes before the command (e.g. `ip netns exec NAME` to run it in a namespace).
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        port: int = 0,
+        env: dict[str, str] | None = None,
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.args = args
         self.lines: list[str] = []
         self._done = False
         self.proc = subprocess.Popen(
             [
+                *prefix,
                 sys.executable,
                 "-m",
                 "chat.server",
@@ -81,13 +91,19 @@ class LineClient:
     """A blocking client speaking raw protocol lines, for asserting exact server output."""
 
     def __init__(
-        self, port: int, nick: str | None = None, *, timeout: float = 5, rcvbuf: int | None = None
+        self,
+        port: int,
+        nick: str | None = None,
+        *,
+        timeout: float = 5,
+        rcvbuf: int | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
+        self.sock.connect((host, port))
         self._buf = b""
         self.hello = self.line()
         if nick is not None:
