@@ -167,6 +167,16 @@ for i = 6, #ARGV, 5 do
       if c ~= '' and c ~= a then release(c) end
       r = 1
     end
+  elseif kind == 'adopt' then
+    local key = P .. 'nick:' .. a
+    local v = redis.call('GET', key)
+    if v and not owned(v) then
+      redis.call('HDEL', P .. 'who:' .. string.match(v, '^([^\t]*)'), a)
+    end
+    redis.call('SET', key, mine .. b, 'PX', lease)
+    redis.call('HSET', who, a, b)
+    redis.call('PEXPIRE', who, lease)
+    redis.call('SADD', P .. 'hosts', H)
   elseif kind == 'release' then
     release(a)
   elseif kind == 'priv' then
@@ -311,6 +321,7 @@ class RedisBackplane:
         self._seq = 0
         self._queue: deque[_Op] = deque()
         self._wake = asyncio.Event()
+        self._retry = asyncio.Event()
         self._sink: Sink | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -444,6 +455,10 @@ class RedisBackplane:
         """Give a nickname back (queued: it need not wait)."""
         self._enqueue("release", nick.lower())
 
+    def adopt(self, name: str) -> None:
+        """Hold `name` whoever holds it now: its connection was handed over to this host."""
+        self._enqueue("adopt", name.lower(), name)
+
     def claim(self, name: str, old: str | None) -> asyncio.Future[Any]:
         """Take `name` across the cluster (releasing `old`). Result: True, or False if taken."""
         return self._ask("claim", name.lower(), name, (old or "").lower())
@@ -502,7 +517,9 @@ class RedisBackplane:
                     await self._apply(list(islice(self._queue, MAX_BATCH)))
             except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
                 self._lost(exc)
-                await asyncio.sleep(delay)
+                self._retry.clear()
+                with contextlib.suppress(TimeoutError):  # cut short when the reader is back
+                    await asyncio.wait_for(self._retry.wait(), delay)
                 delay = min(1.0, delay * 2)
                 continue
             except rx.RedisError as exc:  # a script error: drop the batch, keep going
@@ -655,5 +672,6 @@ class RedisBackplane:
             log.info("backplane back redis=%s last_id=%d", redact(self.url), self.last_id)
             self._renew_due = 0.0  # re-take the leases at once: Redis may have lost them
             self._wake.set()
+            self._retry.set()
             if self._sink is not None:
                 self._sink.status(True)

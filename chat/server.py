@@ -32,7 +32,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chat import __version__, config, keepalive
 from chat.config import Settings
@@ -60,6 +60,9 @@ from chat.protocol import (
     WhoList,
 )
 from chat.takeover import BUSY, HandoverPoint, Inheritance, take, unsent
+
+if TYPE_CHECKING:
+    from chat.cluster import Cluster
 
 log = logging.getLogger("chat.server")
 
@@ -151,6 +154,8 @@ class ChatServer:
         self._server: asyncio.AbstractServer | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
         self._per_address: dict[str, int] = {}  # connections held per address_key
+        self.cluster: Cluster | None = None  # the shared conversation (chat/cluster.py)
+        self.waiting: set[Client] = set()  # their next lines wait for an answer from Redis
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
         self._handlers: dict[type, Callable[[Client, Any], None]] = {
@@ -219,6 +224,8 @@ class ChatServer:
                 self.drop(client, "restarting", "", announce=False)
             self._flush()
         self.history.close()
+        if self.cluster is not None:
+            await self.cluster.stop()  # sends the queued releases, closes Redis connections
         if self.clients:
             try:
                 await asyncio.wait_for(
@@ -450,10 +457,14 @@ class ChatServer:
             return
         conn.receive_data(data)
         handlers = self._handlers
-        for event in conn.events_received():
-            self._pump(client)  # replies the protocol made before this event go first
-            handlers[type(event)](client, event)
-        self._pump(client)
+        waiting = self.waiting
+        if client not in waiting:
+            for event in conn.events_received():
+                self._pump(client)  # replies the protocol made before this event go first
+                handlers[type(event)](client, event)
+                if client in waiting:
+                    break  # the rest stays buffered until the answer is there
+            self._pump(client)
         now = client.last_seen = self._loop.time()
         if conn.partial:  # a line has begun: time it from its first byte
             if not client.partial_since or b"\n" in data:
@@ -499,7 +510,9 @@ class ChatServer:
             nick = client.conn.nick  # type: ignore[union-attr]
             assert nick is not None
             del self.named[nick.lower()]
-            if announce:
+            if self.cluster is not None:
+                self.cluster.left(nick, left, announce)
+            elif announce:
                 self._broadcast(Left(nick, left).line())
 
     # ---- events ---------------------------------------------------------------------------
@@ -758,6 +771,18 @@ async def serve(settings: Settings) -> int:
             inheritance.refuse(f"successor failed: {exc}")
         return 1
     server = ChatServer(settings, history)
+    if settings.backplane:
+        from chat.backplane import BackplaneError
+        from chat.cluster import join
+
+        try:
+            await join(server)  # before listening: no client is served without Redis
+        except BackplaneError as exc:
+            log.error("error starting: %s", exc)
+            if inheritance is not None:
+                inheritance.refuse(f"successor failed: {exc}")
+            history.close()
+            return 1
     try:
         if inheritance is not None:
             if not inheritance.confirm():
@@ -765,6 +790,8 @@ async def serve(settings: Settings) -> int:
                 return 1
             history.adopt(inheritance.begin.last_id, inheritance.begin.history)
             await server.adopt(inheritance)
+            if server.cluster is not None:
+                server.cluster.adopted()
             how = "handover"
         else:
             await server.start()
@@ -805,6 +832,8 @@ async def serve(settings: Settings) -> int:
     stopped.cancel()
     if server.handed_over.is_set():
         history.close()
+        if server.cluster is not None:
+            await server.cluster.stop()  # what this release queued still reaches Redis
         log.info("stop version=%s release=%s handed over", __version__, settings.release)
         return HANDED_OVER_EXIT
     log.info("stopping signal=%s clients=%d", received[0], len(server.clients))

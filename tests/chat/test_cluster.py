@@ -1,0 +1,148 @@
+"""Two chat server processes sharing one conversation through a real redis-server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.chat.chat_helpers import ROOT, LineClient, ServerProcess
+from tests.chat.redis_helpers import RedisServer, free_port
+
+PASSWORD = "cluster-test-pw"
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer(password=PASSWORD)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pair(
+    redis_server: RedisServer, start_server: Callable[..., ServerProcess]
+) -> tuple[ServerProcess, ServerProcess]:
+    return (
+        start_server("--backplane", redis_server.url),
+        start_server(env={"PYNET_BACKPLANE": redis_server.url}),
+    )
+
+
+def test_clients_on_two_hosts_share_one_conversation(
+    pair: tuple[ServerProcess, ServerProcess], clients: Callable[..., LineClient]
+) -> None:
+    one, two = pair
+    ann = clients(one.port, "ann")
+    bob = clients(two.port, "bob")
+    assert ann.until("JOIN bob")[-1] == "JOIN bob"
+    ann.send("hello from one")
+    bob.send("hello from two")
+    seen_by_ann = [ln for ln in ann.until("MSG 2 ") if ln.startswith("MSG")]
+    seen_by_bob = [ln for ln in bob.until("MSG 2 ") if ln.startswith("MSG")]
+    assert seen_by_ann == seen_by_bob
+    assert [ln.split(" ", 2)[1] for ln in seen_by_ann] == ["1", "2"]
+    assert sorted(ln.split(" ", 2)[2] for ln in seen_by_ann) == [
+        "ann hello from one",
+        "bob hello from two",
+    ]
+    # /who spans hosts; nicks are unique across them, case-insensitively
+    bob.send("/who")
+    assert bob.until("WHO")[-1] == "WHO ann bob"
+    carl = clients(one.port)
+    carl.send("/nick BOB")
+    assert carl.until("ERR")[-1].startswith("ERR nick-taken")
+    # /msg reaches a user on the other host; an unknown name is refused
+    ann.send("/msg Bob psst", "/msg nobody hi", "/ping")
+    assert bob.until("PRIV")[-1] == "PRIV ann psst"
+    assert ann.until("ERR")[-1].startswith("ERR no-such-nick")
+    assert ann.line() == "PONG"  # the answer from Redis came back in order
+    # /since on either host replays what was posted anywhere
+    late = clients(two.port, "late")
+    late.send("/since 0")
+    replay = late.until("MSG 2 ")
+    assert [ln for ln in replay if ln.startswith("MSG")] == seen_by_ann
+    # leaving frees the nickname for every host
+    bob.send("/quit")
+    assert ann.until("LEFT bob")[-1] == "LEFT bob quit"
+    carl.send("/nick Bob")
+    assert carl.until("OK nick")[-1] == "OK nick Bob"
+
+
+def test_lines_sent_together_with_nick_wait_for_it(
+    pair: tuple[ServerProcess, ServerProcess], clients: Callable[..., LineClient]
+) -> None:
+    one, _ = pair
+    fast = clients(one.port)
+    fast.send("/nick fast", "at once", "/who")
+    lines = fast.until("WHO")
+    assert "ERR" not in " ".join(lines)
+    assert lines[0] == "INFO choose a nickname with /nick NAME"
+    assert lines[1] == "OK nick fast"
+    assert lines[-1] == "WHO fast"
+
+
+def test_redis_unreachable_at_start_is_one_line_and_exit_1() -> None:
+    url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chat.server", "--port", "0", "--backplane", url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in errors[0]
+    assert PASSWORD not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_a_bad_backplane_url_is_refused_before_anything_starts() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "chat.server", "--backplane", "http://127.0.0.1:6379"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert "must start with redis:// or rediss://" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_start_log_never_shows_the_password(
+    pair: tuple[ServerProcess, ServerProcess],
+) -> None:
+    one, _ = pair
+    assert "backplane=redis://:***@127.0.0.1" in one.wait_for_log("listen=")
+    assert PASSWORD not in one.log
+
+
+def test_redis_lost_and_back_while_serving(
+    redis_server: RedisServer,
+    pair: tuple[ServerProcess, ServerProcess],
+    clients: Callable[..., LineClient],
+) -> None:
+    one, two = pair
+    ann = clients(one.port, "ann")
+    bob = clients(two.port, "bob")
+    ann.send("before")
+    assert bob.until("MSG 1 ")[-1] == "MSG 1 ann before"
+    redis_server.stop()
+    assert ann.until("INFO")[-1].startswith("INFO the cluster's message store is unreachable")
+    assert bob.until("INFO")[-1].startswith("INFO the cluster's message store is unreachable")
+    ann.send("during", "/who")
+    assert ann.until("ERR")[-1].startswith("ERR unavailable")  # /who needs Redis
+    redis_server.start()  # an empty Redis: ids must still go on from 1
+    assert bob.until("INFO")[-1] == "INFO the cluster's message store is back"
+    assert bob.until("MSG")[-1] == "MSG 2 ann during"  # held, then placed: nothing lost
+    ann.send("after")
+    assert bob.until("MSG")[-1] == "MSG 3 ann after"
+    # the leases were taken again at once, so the names stay unique
+    other = clients(one.port)
+    other.send("/nick bob")
+    assert other.until("ERR")[-1].startswith("ERR nick-taken")
