@@ -1,4 +1,5 @@
-# The PyNet chat service. Standard library only, so the image is the base plus our package.
+# The PyNet chat service. Standard library only, plus redis-py for `--backplane` (a cluster),
+# unpacked from the pinned, hash-checked wheels in wheels/ (no package index needed).
 # Tests and the local rehearsal build it on a locally made Debian base:
 #   docker build --build-arg BASE_IMAGE=pynet-local/debian:bookworm .
 ARG BASE_IMAGE=python:3.11-slim
@@ -14,6 +15,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin pynet \
  && install -d -o pynet -g pynet -m 0750 /var/lib/pynet
+
+# Dependencies before code: this layer changes only when a pin does.
+WORKDIR /tmp/wheels
+COPY wheels/SHA256SUMS wheels/*.whl ./
+RUN sha256sum -c SHA256SUMS \
+ && for wheel in ./*.whl; do python3 -m zipfile -e "$wheel" /usr/local/lib/pynet-deps/; done \
+ && rm -rf /tmp/wheels
+ENV PYTHONPATH=/usr/local/lib/pynet-deps
 
 WORKDIR /app
 # Code last: a code-only change rebuilds (and ships) only this small layer.

@@ -17,8 +17,8 @@ from pynet.local.host import Host
 from pynet.local.images import REPO
 
 SITE = REPO / "playbooks" / "site.yml"
-# What `docker build` needs: the Dockerfile, its ignore file and the package.
-BUILD_CONTEXT = ("Dockerfile", ".dockerignore", "chat")
+# What `docker build` needs: the Dockerfile, its ignore file, the package and its wheels.
+BUILD_CONTEXT = ("Dockerfile", ".dockerignore", "chat", "wheels")
 
 
 def inventory_entry(host: Host, name: str | None = None) -> inventory.Host:

@@ -1,0 +1,97 @@
+"""The chat image in cluster mode: redis-py is in it, and two containers share one conversation.
+
+The containers use the host's network namespace and listen on 127.0.0.1 only, next to a
+redis-server the test starts on 127.0.0.1: no traffic leaves the loopback interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pynet.local.engine import docker
+from pynet.local.host import free_port
+from tests.chat.chat_helpers import LineClient
+from tests.chat.redis_helpers import RedisServer
+
+REPO = Path(__file__).resolve().parents[2]
+WHEELS = REPO / "wheels"
+
+
+def test_the_baked_wheels_match_the_pins_and_their_sums() -> None:
+    """No Docker needed: the image gets exactly the redis-py that pyproject.toml pins."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    (pin,) = project["project"]["optional-dependencies"]["cluster"]
+    name, version = pin.split("==")
+    assert name == "redis"
+    assert (WHEELS / f"redis-{version}-py3-none-any.whl").is_file()
+    sums = dict(reversed(line.split()) for line in (WHEELS / "SHA256SUMS").read_text().splitlines())
+    assert sorted(sums) == sorted(p.name for p in WHEELS.glob("*.whl"))
+    for wheel, digest in sums.items():
+        assert hashlib.sha256((WHEELS / wheel).read_bytes()).hexdigest() == digest
+    lock = (REPO / "requirements-dev.lock").read_text()
+    assert re.search(rf"^redis=={re.escape(version)}$", lock, re.M)
+
+
+@pytest.fixture
+def run_clustered(chat_image: str) -> Iterator[Callable[[str], int]]:
+    started: list[str] = []
+
+    def run(url: str) -> int:
+        name, port = f"pynet-cluster-{uuid.uuid4().hex[:8]}", free_port()
+        docker(
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--network",
+            "host",
+            "-e",
+            "PYNET_HOST=127.0.0.1",
+            "-e",
+            f"PYNET_PORT={port}",
+            "-e",
+            f"PYNET_BACKPLANE={url}",
+            chat_image,
+        )
+        started.append(name)
+        return port
+
+    yield run
+    for name in started:
+        docker("rm", "-f", name, check=False)
+
+
+@pytest.mark.e2e
+def test_two_containers_share_one_conversation(
+    run_clustered: Callable[[str], int],
+) -> None:
+    redis_server = RedisServer(password="image-test-pw")
+    try:
+        one, two = run_clustered(redis_server.url), run_clustered(redis_server.url)
+        ann = _connect(one, "ann")
+        bob = _connect(two, "bob")
+        ann.send("from the first container")
+        assert bob.until("MSG 1 ")[-1] == "MSG 1 ann from the first container"
+        bob.send("/who")
+        assert bob.until("WHO")[-1] == "WHO ann bob"
+    finally:
+        redis_server.close()
+
+
+def _connect(port: int, nick: str) -> LineClient:
+    """A named client, once the container listens (it starts in about a second)."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return LineClient(port, nick)
+        except (OSError, AssertionError):
+            assert time.monotonic() < deadline, f"nothing serves on 127.0.0.1:{port}"
+            time.sleep(0.2)
