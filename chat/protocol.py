@@ -495,7 +495,7 @@ class ServerConnection:
     def _say(self, text: str) -> ServerEvent:
         if "say" not in ALLOWED[self.state]:
             return self._refuse("need-nick", "choose a nickname first with /nick NAME")
-        if bad_text(text):
+        if not text.isprintable() and _BAD_TEXT.search(text):  # bad_text(), inlined: hot path
             return self._refuse("bad-text", _BAD_TEXT_REPLY)
         return Say(text)
 
