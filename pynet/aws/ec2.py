@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,8 +14,16 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
+from pynet.aws import address, logs, recovery
 from pynet.aws.errors import CloudError, code_of, explain, explained
 from pynet.aws.images import resolve_image
+from pynet.aws.instance import (
+    GONE_STATES,
+    client_token,
+    launch_nonce,
+    rotate_nonce,
+    with_launch_extras,
+)
 from pynet.aws.keys import (
     LocalKey,
     created_key_file,
@@ -40,6 +49,8 @@ from pynet.aws.requests import (
     waiter_config,
 )
 from pynet.aws.session import Clients
+from pynet.aws.userdata import HOST_KEY_TAG, user_data
+from pynet.hostkeys import HostKeyPair
 
 Say = Callable[[str], None]
 
@@ -60,6 +71,7 @@ class Ec2Host:
     ssh_user: str
     key_name: str | None
     launch_time: datetime | None
+    host_key: str = ""  # the public SSH host key pinned at launch (instance tag)
 
     @classmethod
     def from_instance(cls, instance: dict[str, Any]) -> Ec2Host:
@@ -73,6 +85,7 @@ class Ec2Host:
             ssh_user=tag_value(instance, SSH_USER_TAG, SSH_USERS["debian12"]),
             key_name=instance.get("KeyName"),
             launch_time=instance.get("LaunchTime"),
+            host_key=tag_value(instance, HOST_KEY_TAG),
         )
 
 
@@ -86,6 +99,11 @@ class LaunchSpec:
     os_name: str = "debian12"
     ami: str | None = None
     disk_gib: int = 16
+    recovery: bool = True  # CloudWatch alarms: recover (system check), reboot (instance check)
+    alarm_topic: str | None = None  # an SNS topic ARN the alarms also notify
+    eip: bool = False  # an Elastic IP, so the address survives a stop and start
+    cloudwatch_logs: bool = False  # log group + instance profile for Docker's awslogs driver
+    log_retention_days: int = 30
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,7 @@ class Launched:
     host: Ec2Host
     created: bool
     private_key_file: Path | None
+    log_group: str | None = None
 
 
 @dataclass
@@ -105,16 +124,29 @@ class Deployment:
     instances: list[dict[str, Any]] = field(default_factory=list)
     security_groups: list[dict[str, Any]] = field(default_factory=list)
     key_pairs: list[dict[str, Any]] = field(default_factory=list)
+    alarms: list[str] = field(default_factory=list)
+    addresses: list[dict[str, Any]] = field(default_factory=list)
+    logging: list[str] = field(default_factory=list)  # log group, instance profile, role
 
     def empty(self) -> bool:
         """True when there is nothing to destroy."""
-        return not (self.instances or self.security_groups or self.key_pairs)
+        return not (
+            self.instances
+            or self.security_groups
+            or self.key_pairs
+            or self.alarms
+            or self.addresses
+            or self.logging
+        )
 
     def describe(self) -> str:
         """One line listing what would be deleted."""
         parts = [f"instance {i['InstanceId']} ({i['State']['Name']})" for i in self.instances]
         parts += [f"security group {g['GroupId']}" for g in self.security_groups]
         parts += [f"key pair {k['KeyName']}" for k in self.key_pairs]
+        parts += [f"alarm {a}" for a in self.alarms]
+        parts += [f"Elastic IP {a['PublicIp']}" for a in self.addresses]
+        parts += self.logging
         return ", ".join(parts)
 
 
@@ -148,6 +180,13 @@ def find_deployment(clients: Clients, name: str) -> Deployment:
         instances=find_instances(clients.ec2, name, DESTROYABLE_STATES, clients.region),
         security_groups=find_security_groups(clients.ec2, name, clients.region),
         key_pairs=find_key_pairs(clients.ec2, name, clients.region),
+        alarms=recovery.find_alarms(clients.cloudwatch, name, clients.region)
+        if clients.cloudwatch is not None
+        else [],
+        addresses=address.find_addresses(clients.ec2, name, clients.region),
+        logging=logs.find_logging(clients.iam, clients.logs, name, clients.region)
+        if clients.iam is not None and clients.logs is not None
+        else [],
     )
 
 
@@ -293,12 +332,20 @@ def launch(
             say(f"warning: {spec.name} has several instances; using the oldest (also {others})")
         say(f"found {instance['InstanceId']} ({instance['State']['Name']}); not creating another")
         _start_if_stopped(clients, instance, wait_timeout, poll, say)
+        group = _ensure_logging(clients, spec, say)
+        if group:
+            _attach_profile(clients, spec, instance)
         ready = wait_ready(
             clients, instance["InstanceId"], timeout=wait_timeout, poll=poll, say=say
         )
         return Launched(
-            Ec2Host.from_instance(ready), False, _existing_key_file(spec, local_key, home)
+            _operate(clients, spec, ready, say),
+            False,
+            _existing_key_file(spec, local_key, home),
+            group,
         )
+    if spec.recovery:
+        recovery.check_recoverable(ec2, spec.instance_type, region)
     image = resolve_image(
         ec2,
         clients.ssm,
@@ -319,11 +366,115 @@ def launch(
         ssh_user=SSH_USERS[spec.os_name],
         disk_gib=spec.disk_gib,
     )
-    with explained(f"launching a {spec.instance_type} instance", region):
-        instance = ec2.run_instances(**request)["Instances"][0]
-    say(f"launched {instance['InstanceId']}")
+    group = _ensure_logging(clients, spec, say)
+    profile = (
+        logs.ensure_instance_profile(clients.iam, clients.sts, spec.name, region) if group else None
+    )
+    instance, created = _run_instance(clients, spec, request, group_id, profile, poll, say)
+    if created:
+        say(f"launched {instance['InstanceId']} (SSH host key made here, pinned on this machine)")
     ready = wait_ready(clients, instance["InstanceId"], timeout=wait_timeout, poll=poll, say=say)
-    return Launched(Ec2Host.from_instance(ready), True, private_key_file)
+    return Launched(_operate(clients, spec, ready, say), created, private_key_file, group)
+
+
+#: RunInstances retries while a new instance profile propagates through IAM (about a minute).
+PROFILE_ATTEMPTS = 8
+
+
+def _run_instance(
+    clients: Clients,
+    spec: LaunchSpec,
+    request: dict[str, Any],
+    group_id: str,
+    profile_arn: str | None,
+    poll: float,
+    say: Say,
+) -> tuple[dict[str, Any], bool]:
+    """RunInstances with a host key and a ClientToken; (instance, False) if another launch won."""
+    ec2, region = clients.ec2, clients.region
+    host_key = HostKeyPair.generate()  # in memory only: the private half goes to cloud-init
+    nonce = launch_nonce(ec2, group_id, region)
+    rotated = False
+    for attempt in range(1, PROFILE_ATTEMPTS + 1):
+        full = with_launch_extras(
+            request,
+            user_data=user_data(host_key),
+            host_public_key=host_key.public,
+            client_token=client_token(spec.name, nonce),
+            instance_profile_arn=profile_arn,
+        )
+        try:
+            instance = ec2.run_instances(**full)["Instances"][0]
+        except ClientError as err:
+            message = str(err.response.get("Error", {}).get("Message", ""))
+            if code_of(err) == "IdempotentParameterMismatch":
+                say("another launch of this name created the instance at the same moment; using it")
+                return _adopt(clients, spec.name, poll), False
+            propagating = "iam" in message.lower() and code_of(err) == "InvalidParameterValue"
+            if propagating and profile_arn and attempt < PROFILE_ATTEMPTS:
+                say("the new instance profile is not visible to EC2 yet; retrying")
+                time.sleep(min(2.0**attempt, 10.0) * poll / 5.0)
+                continue
+            raise explain(err, f"launching a {spec.instance_type} instance", region) from err
+        if instance["State"]["Name"] in GONE_STATES and not rotated:
+            say(
+                f"the launch token belongs to {instance['InstanceId']}, terminated since; new token"
+            )
+            nonce, rotated = rotate_nonce(ec2, group_id, region), True
+            continue
+        return instance, True
+    raise CloudError(f"could not launch {spec.name}: the instance profile never became usable")
+
+
+def _adopt(clients: Clients, name: str, poll: float, attempts: int = 12) -> dict[str, Any]:
+    """The instance a simultaneous launch created (it may take a moment to be listed)."""
+    for _ in range(attempts):
+        found = find_instances(clients.ec2, name, LIVE_STATES, clients.region)
+        if found:
+            return found[0]
+        time.sleep(poll)
+    raise CloudError(
+        f"another launch of {name} holds the launch token but its instance is not listed yet: "
+        "run the same command again in a minute"
+    )
+
+
+def _ensure_logging(clients: Clients, spec: LaunchSpec, say: Say) -> str | None:
+    """The log group (and the instance profile's prerequisites) for --cloudwatch-logs."""
+    if not spec.cloudwatch_logs:
+        return None
+    group = logs.ensure_log_group(clients.logs, spec.name, spec.log_retention_days, clients.region)
+    say(f"log group {group} (retention {spec.log_retention_days} days)")
+    return group
+
+
+def _attach_profile(clients: Clients, spec: LaunchSpec, instance: dict[str, Any]) -> None:
+    """Give an existing instance the logging profile if it has none."""
+    profile = logs.ensure_instance_profile(clients.iam, clients.sts, spec.name, clients.region)
+    if instance.get("IamInstanceProfile"):
+        return
+    with explained(f"attaching the instance profile to {instance['InstanceId']}", clients.region):
+        clients.ec2.associate_iam_instance_profile(
+            IamInstanceProfile={"Arn": profile}, InstanceId=instance["InstanceId"]
+        )
+
+
+def _operate(clients: Clients, spec: LaunchSpec, instance: dict[str, Any], say: Say) -> Ec2Host:
+    """What keeps the host reachable and alive: recovery alarms and the Elastic IP."""
+    host = Ec2Host.from_instance(instance)
+    if spec.recovery:
+        recovery.ensure_alarms(
+            clients.cloudwatch, spec.name, host.instance_id, clients.region, spec.alarm_topic
+        )
+        say(
+            f"alarms {', '.join(recovery.alarm_names(spec.name))}: recover on a failed system "
+            "check, reboot on a failed instance check"
+        )
+    if spec.eip:
+        eip = address.ensure_address(clients.ec2, spec.name, host.instance_id, clients.region)
+        say(f"Elastic IP {eip['PublicIp']} on {host.instance_id}")
+        host = dataclasses.replace(host, public_ip=eip["PublicIp"])
+    return host
 
 
 def _ensure_group(ec2: Any, spec: LaunchSpec, region: str, say: Say) -> str:
@@ -398,6 +549,15 @@ def destroy(
         say(f"terminating {', '.join(ids)}; waiting until terminated")
         for instance_id in ids:
             _wait(ec2, "instance_terminated", instance_id, "terminated", wait_timeout, poll, region)
+    if deployment.alarms:
+        recovery.delete_alarms(clients.cloudwatch, deployment.alarms, region)
+        say(f"deleted alarms {', '.join(deployment.alarms)}")
+    if deployment.addresses:  # described again: terminating disassociated them
+        address.release_addresses(ec2, address.find_addresses(ec2, deployment.name, region), region)
+        say(f"released Elastic IP {', '.join(a['PublicIp'] for a in deployment.addresses)}")
+    if deployment.logging:
+        logs.delete_logging(clients.iam, clients.logs, deployment.name, region)
+        say(f"deleted {', '.join(deployment.logging)}")
     for group in deployment.security_groups:
         delete_security_group(ec2, group["GroupId"], region=region, say=say)
         say(f"deleted security group {group['GroupId']}")

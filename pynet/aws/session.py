@@ -32,6 +32,10 @@ class Clients:
     region: str
     ec2: Any
     ssm: Any
+    cloudwatch: Any = None  # recovery alarms
+    logs: Any = None  # CloudWatch Logs (--cloudwatch-logs)
+    iam: Any = None  # the host's instance profile (--cloudwatch-logs)
+    sts: Any = None  # the account id for ARNs
 
 
 def known_regions(session: boto3.Session) -> set[str]:
@@ -66,6 +70,10 @@ def connect(region: str | None = None, profile: str | None = None) -> Clients:
             region=chosen,
             ec2=session.client("ec2", config=_CONFIG),
             ssm=session.client("ssm", config=_CONFIG),
+            cloudwatch=session.client("cloudwatch", config=_CONFIG),
+            logs=session.client("logs", config=_CONFIG),
+            iam=session.client("iam", config=_CONFIG),
+            sts=session.client("sts", config=_CONFIG),
         )
     except BotoCoreError as err:  # e.g. ProfileNotFound, a broken ~/.aws/config
         raise CloudError(f"cannot set up AWS access: {err}") from err

@@ -21,9 +21,12 @@ from pynet.aws import ec2
 from pynet.aws.errors import CloudError, explained
 from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
+from pynet.aws.logs import check_retention
 from pynet.aws.publicip import ssh_source
+from pynet.aws.recovery import check_topic
 from pynet.aws.requests import SSH_USERS, WIDEST_SSH_PREFIX, check_name
 from pynet.aws.session import Clients, connect
+from pynet.hostkeys import fingerprint, known_hosts_beside, pin, unpin
 from pynet.tasks.options import task
 
 __all__ = ["destroy", "hosts", "launch"]
@@ -100,6 +103,12 @@ DISK_GIB = (1, 16384)
         "disk-gib": "root volume size in GiB (encrypted gp3)",
         "wait-timeout": "seconds to wait for running + status checks",
         "inventory": "inventory file to write (default $PYNET_INVENTORY or inventory/hosts.yml)",
+        "eip": "give the host an Elastic IP, kept across stop/start, released by destroy",
+        "no-recovery": "no CloudWatch alarms that recover/reboot the host (default: alarms)",
+        "alarm-topic": "SNS topic ARN the recovery alarms also notify (default: none)",
+        "cloudwatch-logs": "log group /pynet/NAME and an instance profile that may write only "
+        "to it; the inventory switches the chat role to Docker's awslogs driver",
+        "log-retention-days": "days CloudWatch Logs keeps the chat's logs (default 30)",
     },
 )
 def launch(
@@ -115,6 +124,11 @@ def launch(
     disk_gib: int = 16,
     wait_timeout: int = 600,
     inventory: str | None = None,
+    eip: bool = False,
+    no_recovery: bool = False,
+    alarm_topic: str | None = None,
+    cloudwatch_logs: bool = False,
+    log_retention_days: int = 30,
 ) -> None:
     """Launch the chat host (or find the one already running) and write the inventory."""
     with _one_line_errors():
@@ -131,6 +145,11 @@ def launch(
             os_name=os,
             ami=ami,
             disk_gib=disk_gib,
+            recovery=not no_recovery,
+            alarm_topic=check_topic(alarm_topic, clients.region),
+            eip=eip,
+            cloudwatch_logs=cloudwatch_logs,
+            log_retention_days=check_retention(log_retention_days),
         )
         local_key = find_local_key(key)
         try:
@@ -196,6 +215,33 @@ def _say_unapplied(clients: Clients, spec: ec2.LaunchSpec, host: ec2.Ec2Host) ->
         )
 
 
+def _pin_host_key(host: ec2.Ec2Host, inventory_file: Path) -> Path | None:
+    """Pin the host key launch made (read back from the instance tag) beside the inventory."""
+    if not host.host_key or not host.public_ip:
+        print(
+            f"warning: {host.instance_id} carries no pinned host key (launched without pynet's "
+            f"host key hand-over); every connection is refused until you check and pin it: "
+            f"fab -H {host.ssh_user}@{host.public_ip} accept-host-key",
+            flush=True,
+        )
+        return None
+    path = known_hosts_beside(inventory_file)
+    with _inventory_errors():
+        pin(path, host.name, host.public_ip, 22, host.host_key)
+    return path
+
+
+def _log_vars(log_group: str | None, region: str) -> dict[str, Any]:
+    """Inventory variables that switch the chat role to CloudWatch Logs."""
+    if not log_group:
+        return {}
+    return {
+        "chat_log_driver": "awslogs",
+        "chat_awslogs_group": log_group,
+        "chat_awslogs_region": region,
+    }
+
+
 def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> None:
     """Write the inventory entry and tell the operator where the host is and what comes next."""
     host = result.host
@@ -205,11 +251,14 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
             "does not assign one; enable auto-assign public IPv4 on it, then destroy and relaunch"
         )
     key_file = result.private_key_file
+    known_hosts = _pin_host_key(host, hosts_file.inventory_path(inventory_file))
     entry = hosts_file.Host(
         name=host.name,
         address=host.public_ip,
         user=host.ssh_user,
         key_file=str(key_file) if key_file else None,
+        known_hosts=str(known_hosts) if known_hosts else None,
+        extra=_log_vars(result.log_group, region),
     )
     with _inventory_errors():
         path = hosts_file.upsert_host(entry, inventory_file)
@@ -218,6 +267,10 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
     print(f"  address:   {host.public_ip}")
     print(f"  ssh user:  {host.ssh_user}")
     print(f"  ssh key:   {_display(key_file)}")
+    if known_hosts:
+        print(f"  host key:  {fingerprint(host.host_key)} (pinned in {known_hosts})")
+    if result.log_group:
+        print(f"  logs:      CloudWatch Logs {result.log_group} in {region}")
     print(f"  inventory: {path} (group {hosts_file.GROUP})")
     custom = path != hosts_file.DEFAULT_PATH
     playbook = f"ansible-playbook{f' -i {path}' if custom else ''} playbooks/site.yml"
@@ -261,6 +314,7 @@ def _destroy(
     if deployment.empty():
         with _inventory_errors():
             hosts_file.remove_host(name, inventory_file)
+            unpin(known_hosts_beside(hosts_file.inventory_path(inventory_file)), name)
         print(f"nothing to destroy: no pynet resources named {name!r} in {clients.region}")
         return
     if not yes:
@@ -268,6 +322,7 @@ def _destroy(
     ec2.destroy(clients, deployment, wait_timeout=wait_timeout, say=_say)
     with _inventory_errors():
         hosts_file.remove_host(name, inventory_file)
+        unpin(known_hosts_beside(hosts_file.inventory_path(inventory_file)), name)
     print(f"{name}: destroyed in {clients.region}")
 
 

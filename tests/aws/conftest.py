@@ -75,11 +75,15 @@ def _moto() -> Iterator[None]:
 
 @pytest.fixture
 def clients(_moto: None) -> Clients:
-    """EC2 and SSM clients against moto in-process (tests use their own deployment names)."""
+    """Every client `fab launch` uses, against moto in-process (tests use their own deployment names)."""
     return Clients(
         region=REGION,
         ec2=boto3.client("ec2", region_name=REGION),
         ssm=boto3.client("ssm", region_name=REGION),
+        cloudwatch=boto3.client("cloudwatch", region_name=REGION),
+        logs=boto3.client("logs", region_name=REGION),
+        iam=boto3.client("iam", region_name=REGION),
+        sts=boto3.client("sts", region_name=REGION),
     )
 
 

@@ -58,6 +58,7 @@ def test_launch_creates_a_tagged_locked_down_host(
     ][0]
     assert instance["MetadataOptions"]["HttpTokens"] == "required"
     tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+    assert tags.pop("pynet:ssh-host-key") == host.host_key  # pinned: tests/aws/test_operate.py
     assert tags == {
         "Name": f"pynet-{name}",
         "pynet:app": "pynet",
