@@ -78,6 +78,7 @@ def point_ok(r: Point, p99_ms: float) -> bool:
         and r["delivered_per_s"] >= KEEPUP * r["offered"]
         and r["shed"] == 0
         and r["closed"] == 0
+        and r["stale"] == 0
     )
 
 
@@ -89,6 +90,7 @@ def describe(kind: str, r: Point, ok: bool) -> str:
     flag = "ok " if ok else "   "
     lg = " lg-bound" if lg_bound(r) else ""
     lg += f" lg-round p99 {r['lg_round_p99_ms']:.1f} ms" if r["lg_round_p99_ms"] >= 5 else ""
+    lg += f" stale: {fmt_rate(r['stale'])} still owed" if r["stale"] else ""
     return (
         f"{kind:12} {r['clients']:>6} {fmt_rate(r['rate']):>8} {fmt_rate(r['offered']):>9} "
         f"{fmt_rate(r['delivered_per_s']):>10} {fmt_ms(r['p50_ms']):>8} "
@@ -133,13 +135,13 @@ def search(lg: LoadGenProcess, kind: str, n: int, args: argparse.Namespace) -> P
         r = measure(lg, kind, n, rate, args)
         steps += 1 + r["attempt"]
         points.append(r)
-        if r["closed"]:
-            log(f"  {r['closed']} clients were disconnected: {r['errors'][:3]}")
-            break
         if r["ok"]:
             lo = rate
         elif hi is None or rate < hi["rate"]:
             hi = r
+        if r["closed"]:  # the server cut clients (too slow): this run can go no further
+            log(f"  {r['closed']} clients were disconnected: {r['errors'][:3]}")
+            break
         if lo is None:
             rate /= 2
             if rate * n < 1000:
@@ -157,9 +159,20 @@ def search(lg: LoadGenProcess, kind: str, n: int, args: argparse.Namespace) -> P
 
 
 def run_server(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
-    """Start one server, connect n clients, then per run: the latency curve and the search."""
+    """Per run: a fresh server and n fresh clients, the latency curve, then the search.
+
+    Fresh per run because a search ends where the server cuts clients (too slow) or falls
+    behind, which would spoil the next run.
+    """
+    runs = []
+    for i in range(args.runs):
+        log(f"-- {kind}: run {i + 1}/{args.runs}, {n} clients")
+        runs.append(one_run(kind, n, args, cpus))
+    return {"kind": kind, "clients": n, "runs": runs}
+
+
+def one_run(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict:
     srv_cpus, lg_cpus = cpus
-    log(f"-- {kind}: starting server, {n} clients")
     server = start_server(kind, srv_cpus, max_clients=n, nice=args.nice, rt=args.rt)
     lg = None
     try:
@@ -181,18 +194,17 @@ def run_server(kind: str, n: int, args: argparse.Namespace, cpus: tuple) -> dict
             f"{info['senders']} senders, {info['samplers']} sampled clients"
         )
         log(HEADER)
-        runs = []
-        for i in range(args.runs):
-            curve = {}
-            for load in args.curve:
-                curve[load] = measure(lg, kind, n, load / n, args)
-            log(f"   run {i + 1}/{args.runs}: search")
-            res = search(lg, kind, n, args)
-            res["curve"] = curve
-            runs.append(res)
-            if server.proc.poll() is not None:
-                raise RuntimeError(f"{kind} server died:\n{server.log_tail()}")
-        return {"kind": kind, "clients": n, "connect": info, "rss_idle": rss_idle, "runs": runs}
+        curve: dict[float, Point] = {}
+        for load in args.curve:
+            curve[load] = r = measure(lg, kind, n, load / n, args)
+            if not r["ok"]:
+                log("   (not sustained: the higher loads of the curve are skipped)")
+                break
+        res = search(lg, kind, n, args)
+        res.update(curve=curve, connect=info, rss_idle=rss_idle)
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"{kind} server died:\n{server.log_tail()}")
+        return res
     except Exception:
         log(f"!! {kind} with {n} clients failed; server log tail:\n{server.log_tail()}")
         raise
@@ -490,8 +502,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"argument --nice: {args.nice} is not a nice value from -20 to 19")
     if args.rt > 99:
         p.error(f"argument --rt: {args.rt} is not a priority from 0 to 99")
-    if args.no_curve:
-        args.curve = []
+    args.curve = [] if args.no_curve else sorted(set(args.curve))
     if args.quick:
         args.duration = min(args.duration, 0.5)
         args.warmup = min(args.warmup, 0.2)

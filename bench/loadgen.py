@@ -349,6 +349,7 @@ class LoadGen:
         Latency is recorded for the marked broadcasts sent inside the measured window,
         including those received during the drain; ones never received count as infinitely late.
         """
+        settle_s, backlog = self._settle()
         ep = self.ep
         recv = self._receive
         mono = time.monotonic_ns
@@ -416,7 +417,30 @@ class LoadGen:
         busy.sort()
         fig["lg_round_p99_ms"] = busy[int(0.99 * len(busy))] / 1e6 if busy else 0.0
         fig["lg_round_max_ms"] = busy[-1] / 1e6 if busy else 0.0
+        fig["settle_s"] = settle_s
+        fig["stale"] = backlog  # deliveries of earlier points still owed when this one began
         return fig
+
+    def _backlog(self) -> int:
+        """Deliveries sent but not yet received (by the receivers still connected)."""
+        owed = self.sent * self.receivers * self.per_delivery - self.newlines
+        return max(0, owed // self.per_delivery)
+
+    def _settle(self, limit: float = 30.0, quiet: float = 1.0) -> tuple[float, int]:
+        """Before a point: receive what earlier points still owe, until nothing is owed, or
+        nothing arrived for ``quiet`` seconds, or ``limit`` passed. -> (seconds, still owed)."""
+        t0 = last = time.monotonic()
+        while self._backlog() or self._pending_out():
+            now = time.monotonic()
+            if now - last >= quiet or now - t0 >= limit:
+                break
+            if self._pending_out():
+                self._send(0, 0)
+            events = self.ep.poll(0.01)
+            if events:
+                self._receive(events)
+                last = time.monotonic()
+        return time.monotonic() - t0, self._backlog()
 
     def _snapshot(self, gen: int) -> dict:
         ru = resource.getrusage(resource.RUSAGE_SELF)
