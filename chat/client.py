@@ -186,8 +186,14 @@ class ChatClient:
         backoff: Backoff | None = None,
         ping_interval: float = PING_INTERVAL,
         timeout: float = TIMEOUT,
+        servers: list[tuple[str, int]] | None = None,
     ) -> None:
         self.host, self.port, self.nick = host, port, nick
+        # Several servers (a cluster): when one goes away, the next one is tried at once.
+        self.servers = servers or [(host, port)]
+        self.host, self.port = self.servers[0]
+        self._failed_in_a_row = 0
+        self.served = False  # the last connection got as far as our nickname
         self.ping_interval = ping_interval
         self.timeout = timeout
         self.terminal = terminal
@@ -210,11 +216,15 @@ class ChatClient:
                 )
             except OSError as exc:  # TimeoutError included
                 why = exc.strerror or str(exc) or f"no answer within {self.timeout:g}s"
+                self._failed_in_a_row += 1
+                if self._next_server(f"cannot connect to {self.host}:{self.port} ({why})"):
+                    continue
                 if not self.reconnect or self.quitting:
                     self.terminal.note(f"cannot connect to {self.host}:{self.port}: {why}")
                     return 1
                 await self._wait_before_retry(f"cannot connect ({why})")
                 continue
+            self._failed_in_a_row = 0
             sock = writer.get_extra_info("socket")
             if sock is not None:
                 keepalive.enable(sock)
@@ -226,7 +236,23 @@ class ChatClient:
                     await writer.wait_closed()
             if self.quitting or not self.reconnect:
                 return self.exit_code
+            # A host that served us went away: try the next one at once. Refused (our nickname
+            # is still held while a dead host's lease runs out): back off first.
+            if self._next_server(f"connection to {self.host}:{self.port} lost", self.served):
+                continue
             await self._wait_before_retry("connection lost")
+
+    def _next_server(self, why: str, now: bool = True) -> bool:
+        """Move to the next server; True to try it now (not every one failed in a row yet)."""
+        if len(self.servers) < 2 or self.quitting:
+            return False
+        index = (self.servers.index((self.host, self.port)) + 1) % len(self.servers)
+        self.host, self.port = self.servers[index]
+        if not now or self._failed_in_a_row >= len(self.servers):
+            self._failed_in_a_row = 0
+            return False  # a whole round failed: back off before the next one
+        self.terminal.note(f"{why}; trying {self.host}:{self.port}")
+        return True
 
     async def _wait_before_retry(self, why: str) -> None:
         delay = self.backoff.next_delay()
@@ -240,6 +266,7 @@ class ChatClient:
             conn.send(Since(self.last_id))  # same write as /nick: nothing can slip in between
         writer.write(conn.data_to_send())
         state = _Session()
+        self.served = False
         sender = asyncio.create_task(self._send_input(conn, writer, state))
         try:
             while not state.over:
@@ -263,6 +290,7 @@ class ChatClient:
         except OSError:
             pass
         finally:
+            self.served = state.named
             sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
@@ -414,13 +442,18 @@ def _default_port(parser: argparse.ArgumentParser) -> int:
         parser.error(f"environment variable PYNET_PORT: {exc}")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m chat.client` parser (the docs test reads its options from here)."""
     parser = OneLineParser(
         prog="python -m chat.client",
         description="Chat from a terminal or a script. Type text to talk to everyone, "
         "/msg NAME TEXT to one person, /who, /quit. Ctrl-C or end of input leaves.",
     )
-    parser.add_argument("host", help="server name or address")
+    parser.add_argument(
+        "host",
+        help="server name or address; for a cluster several, comma-separated "
+        "(HOST[:PORT],HOST[:PORT]...): when one goes away the client moves to the next",
+    )
     parser.add_argument(
         "port",
         nargs="?",
@@ -460,7 +493,42 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="seconds to wait for an answer to that /ping, or for a connection, before "
         f"reconnecting (default {TIMEOUT:g})",
     )
-    return parser.parse_args(argv)
+    return parser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.servers = split_servers(args.host, args.port)
+    except ValueError as exc:
+        parser.error(f"argument host: invalid value {args.host!r}: {exc}")
+    return args
+
+
+def split_servers(text: str, default_port: int) -> list[tuple[str, int]]:
+    """`a,b:5051,[::1]:5052` -> [(a, default_port), (b, 5051), (::1, 5052)]."""
+    servers = []
+    for item in text.split(","):
+        item = item.strip()
+        host, port = item, default_port
+        if item.startswith("["):  # [IPv6]:PORT
+            host, _, rest = item[1:].partition("]")
+            if rest:
+                port = _server_port(rest.removeprefix(":"), item)
+        elif item.count(":") == 1:
+            host, _, number = item.partition(":")
+            port = _server_port(number, item)
+        if not host:
+            raise ValueError("expected HOST or HOST:PORT, comma-separated")
+        servers.append((host, port))
+    return servers
+
+
+def _server_port(text: str, item: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{item!r} has port {text!r}; expected 1-65535")
+    return int(text)
 
 
 async def amain(args: argparse.Namespace) -> int:
@@ -469,6 +537,7 @@ async def amain(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         args.nick,
+        servers=args.servers,
         terminal=Terminal(sys.stdin.isatty() and sys.stdout.isatty()),
         show_raw=args.raw,
         stay=args.stay,
