@@ -268,7 +268,7 @@ OPTIONS: tuple[Option, ...] = (
         "PYNET_MAX_PER_ADDRESS",
         _non_negative_int,
         "connections one client address may hold (IPv6: one /64); more get ERR server-full; "
-        "0 = no limit",
+        "0 = no limit (behind a proxy that hides client addresses)",
         "N",
     ),
     Option(
