@@ -6,10 +6,10 @@
   nickname and sends `/since LAST_ID`, so no broadcast is missed; broadcasts are de-duplicated
   by id.
 - A server that vanished without closing (its host lost power, a NAT forgot the flow) is
-  noticed: after `--ping-interval` seconds without a line the client sends `/ping`, and if
-  nothing comes back within `--timeout` it drops the connection and reconnects. TCP keepalive
-  (chat/keepalive.py) covers the same on the socket level, and the pings keep an idle flow
-  alive through NATs and load balancers.
+  noticed: after `--ping-interval` seconds in which it sent nothing the client sends `/ping`,
+  and if nothing comes back within `--timeout` it drops the connection and reconnects. TCP
+  keepalive (chat/keepalive.py) covers the same on the socket level, and the pings keep an idle
+  flow alive through NATs and load balancers.
 - Scriptable: stdin may be a pipe; at EOF it sends `/quit` once everything is sent and exits
   when the server says BYE (`--stay` keeps listening instead); `--raw` prints protocol lines.
 """
@@ -61,8 +61,8 @@ _ESCAPED += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
 _CONTROLS = {code: f"\\u{code:04x}" for code in _ESCAPED}
 _EOF = None
 PING_INTERVAL = 30.0
-"""Seconds without a line from the server before the client sends `/ping`: well under the
-idle timeouts of NATs and load balancers (350 s on an AWS Network Load Balancer)."""
+"""Seconds the client may send nothing before it sends `/ping`: well under the idle timeouts
+of NATs and load balancers (350 s on an AWS Network Load Balancer)."""
 TIMEOUT = 15.0
 """Seconds to wait for an answer to that `/ping`, or for a connection, before reconnecting."""
 
@@ -268,22 +268,27 @@ class ChatClient:
         state = _Session()
         self.served = False
         sender = asyncio.create_task(self._send_input(conn, writer, state))
+        loop = asyncio.get_running_loop()
+        state.sent_at = loop.time()
         try:
             while not state.over:
-                waiting = state.pinged
-                try:
-                    data = await asyncio.wait_for(
-                        reader.read(65536), self.timeout if waiting else self.ping_interval
-                    )
-                except TimeoutError:
-                    if waiting:
+                if state.pinged_at:  # waiting for any answer
+                    wait = state.pinged_at + self.timeout - loop.time()
+                else:  # waiting until we have been quiet for a ping interval
+                    wait = state.sent_at + self.ping_interval - loop.time()
+                if wait <= 0:
+                    if state.pinged_at:
                         self._give_up(writer)
                         break
-                    self._ping(conn, writer, state)
+                    self._ping(conn, writer, state, loop.time())
+                    continue
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), wait)
+                except TimeoutError:
                     continue
                 if not data:
                     break
-                state.pinged = False  # any line shows the server is alive
+                state.pinged_at = 0.0  # any line shows the server is alive
                 conn.receive_data(data)
                 for event in conn.events_received():
                     self._handle(event, state)
@@ -295,11 +300,18 @@ class ChatClient:
             with contextlib.suppress(asyncio.CancelledError):
                 await sender
 
-    def _ping(self, conn: ClientConnection, writer: asyncio.StreamWriter, state: _Session) -> None:
-        """The server has been quiet: ask it for a PONG (not shown; see `_handle`)."""
+    def _ping(
+        self, conn: ClientConnection, writer: asyncio.StreamWriter, state: _Session, now: float
+    ) -> None:
+        """We have been quiet: ask for a PONG (not shown; see `_handle`).
+
+        Pinging when *we* were quiet, not when the server was, also keeps a reader in a busy
+        room from looking idle to the server (`--idle-timeout`); either way the flow stays fresh
+        in NATs and load balancers.
+        """
         conn.send(Ping())
         writer.write(conn.data_to_send())
-        state.pinged = True
+        state.pinged_at = state.sent_at = now
         state.pongs.append(True)
 
     def _give_up(self, writer: asyncio.StreamWriter) -> None:
@@ -327,6 +339,7 @@ class ChatClient:
                 state.pongs.append(False)  # the person asked: show the PONG
             conn.send_line(line)
             writer.write(conn.data_to_send())
+            state.sent_at = asyncio.get_running_loop().time()
             await writer.drain()
 
     def _handle(self, event: ClientEvent, state: _Session) -> None:
@@ -377,13 +390,14 @@ class ChatClient:
 class _Session:
     """What one connection has seen so far."""
 
-    __slots__ = ("named", "over", "pinged", "pongs", "seen_message")
+    __slots__ = ("named", "over", "pinged_at", "pongs", "seen_message", "sent_at")
 
     def __init__(self) -> None:
         self.named = False
         self.over = False
         self.seen_message = False
-        self.pinged = False  # a keepalive /ping is out and nothing came back yet
+        self.sent_at = 0.0  # loop time we last wrote to the server
+        self.pinged_at = 0.0  # loop time of a keepalive /ping nothing has answered yet
         self.pongs: deque[bool] = deque()  # PONGs expected, in order: True = our keepalive
 
 
@@ -482,8 +496,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=PING_INTERVAL,
         metavar="SEC",
-        help="send /ping after this many seconds without a line from the server, so a "
-        f"vanished server is noticed and idle connections stay open (default {PING_INTERVAL:g})",
+        help="send /ping after this many seconds in which we sent nothing, so a vanished "
+        f"server is noticed and idle connections stay open (default {PING_INTERVAL:g})",
     )
     parser.add_argument(
         "--timeout",
