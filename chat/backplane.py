@@ -42,7 +42,7 @@ from chat.protocol import Message, PrivateMessage
 
 log = logging.getLogger("chat.backplane")
 
-LEASE_MS = 30_000
+LEASE_MS = 15_000
 """A nickname held by a host that stopped renewing it is free again after this long."""
 RENEW_EVERY = LEASE_MS / 3000
 """Seconds between lease renewals: two renewals may fail before a lease lapses."""

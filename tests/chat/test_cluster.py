@@ -8,10 +8,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from tests.chat.chat_helpers import ROOT, LineClient, ServerProcess
+from chat.backplane import LEASE_MS
+from chat.client import split_servers
+from tests.chat.chat_helpers import ROOT, ClientProcess, LineClient, ServerProcess
 from tests.chat.redis_helpers import RedisServer, free_port
 
 PASSWORD = "cluster-test-pw"
+LEASE_S = LEASE_MS / 1000
 
 
 @pytest.fixture
@@ -146,3 +149,50 @@ def test_redis_lost_and_back_while_serving(
     other = clients(one.port)
     other.send("/nick bob")
     assert other.until("ERR")[-1].startswith("ERR nick-taken")
+
+
+def test_a_client_moves_to_the_other_host_when_its_host_dies(
+    pair: tuple[ServerProcess, ServerProcess], clients: Callable[..., LineClient]
+) -> None:
+    """Host one is killed: the client reconnects to host two, gets its nickname back once the
+    dead host's lease lapses, and catches up with /since: nothing is lost."""
+    one, two = pair
+    servers = f"127.0.0.1:{one.port},127.0.0.1:{two.port}"
+    zoe = ClientProcess(one.port, "--nick", "zoe", "--raw", "--max-backoff", "1", host=servers)
+    try:
+        zoe.wait_for("OK nick zoe")
+        bob = clients(two.port, "bob")
+        bob.send("one")
+        zoe.wait_for("MSG 1 bob one")
+        one.kill()  # SIGKILL: no goodbye, the lease is left to expire
+        for text in ("two", "three"):
+            bob.send(text)
+        zoe.wait_for("OK nick zoe", count=2, timeout=LEASE_S + 15)
+        zoe.wait_for("MSG 3 bob three")
+        msgs = [ln for ln in zoe.lines if ln.startswith("MSG")]
+        assert msgs == ["MSG 1 bob one", "MSG 2 bob two", "MSG 3 bob three"]
+        assert any(f"trying 127.0.0.1:{two.port}" in ln for ln in zoe.errors), zoe.errors
+    finally:
+        zoe.kill()
+
+
+def test_the_client_takes_several_servers() -> None:
+    assert split_servers("a,b:5051, [::1]:5052,[::1]", 5050) == [
+        ("a", 5050),
+        ("b", 5051),
+        ("::1", 5052),
+        ("::1", 5050),
+    ]
+    for bad, why in (("a,,b", "expected HOST"), ("a:0", "expected 1-65535"), ("a:x", "'x'")):
+        with pytest.raises(ValueError, match=why):
+            split_servers(bad, 5050)
+    proc = subprocess.run(
+        [sys.executable, "-m", "chat.client", "a,b:99999", "--nick", "x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1
+    assert "'b:99999' has port '99999'; expected 1-65535" in proc.stderr
