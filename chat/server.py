@@ -608,10 +608,10 @@ class ChatServer:
     def _schedule_flush(self) -> None:
         """Flush at the end of this tick while fan-outs keep up, a little later when they do not.
 
-        The policy (chat/flush_policy.py) writes at once when the server has been idle since the
-        last fan-out, so a quiet server adds no wait; when broadcasts arrive faster than a
-        fan-out completes it waits up to one fan-out's cost (capped by `flush_delay`) so the
-        broadcasts arriving meanwhile share one write per client.
+        The policy (chat/flush_policy.py) writes at once when the server has been idle a while
+        since the last fan-out, so a quiet server adds no wait; when broadcasts arrive faster
+        than a fan-out completes it waits up to a quarter of a fan-out's cost (capped by
+        `flush_delay`) so the broadcasts arriving meanwhile share one write per client.
         """
         self._flush_scheduled = True
         delay = self._flush_policy.delay(time.perf_counter())
