@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from chat import config, keepalive
+from chat import client, config, keepalive
 from chat.server import address_key
 from tests.chat.chat_helpers import LineClient
 
@@ -151,6 +151,11 @@ def test_keepalive_defaults_stay_under_a_load_balancers_idle_timeout() -> None:
         defaults.keepalive_idle, defaults.keepalive_interval, defaults.keepalive_count
     )
     assert dead <= 90  # "within about a minute"
+    # The client: TCP keepalive with the same timers, and its own /ping well inside the window.
+    assert keepalive.dead_after(keepalive.IDLE, keepalive.INTERVAL, keepalive.COUNT) <= 90
+    ping, answer = client.PING_INTERVAL, client.TIMEOUT
+    assert ping < nlb_idle_timeout / 2
+    assert ping + answer <= 90
 
 
 def test_keepalive_zero_leaves_the_socket_alone() -> None:
