@@ -8,6 +8,7 @@ boots systemd and sshd plays the EC2 instance that `fab launch` created. Everyth
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import os
 import shlex
@@ -17,9 +18,13 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import boto3
+
 from chat import healthcheck
 from pynet import inventory
+from pynet.aws.userdata import host_key_of
 from pynet.deploy.probe import ProbeError, chat_hello
+from pynet.hostkeys import HostKeyPair, fingerprint, known_hosts_beside
 from pynet.local import engine, host, images
 from pynet.local.aws import moto_server, write_amis
 from pynet.local.provision import build_context_copy, inventory_entry, playbook_argv
@@ -160,7 +165,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     finally:
         if not args.keep:
-            host.stop_host(HOST_CONTAINER)
+            host.stop_host(HOST_CONTAINER, known_hosts_beside(inv))
+
+
+def launched_host_key(env: dict[str, str]) -> HostKeyPair:
+    """The host key in the user data of the instance `fab launch` made (moto keeps it)."""
+    ec2 = boto3.client(
+        "ec2",
+        endpoint_url=env["AWS_ENDPOINT_URL"],
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    filters = [{"Name": "tag:pynet:deployment", "Values": [NAME]}]
+    [instance] = [
+        i for r in ec2.describe_instances(Filters=filters)["Reservations"] for i in r["Instances"]
+    ]
+    raw = ec2.describe_instance_attribute(InstanceId=instance["InstanceId"], Attribute="userData")
+    pair = host_key_of(base64.b64decode(raw["UserData"]["Value"]).decode())
+    if pair is None:
+        raise DemoFailed("the launched instance's user data hands over no host key")
+    return pair
 
 
 def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path, keep: bool) -> int:
@@ -182,8 +207,13 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
         journey.run(*launch)
         journey.run(fab, "hosts")
     with journey.step("The local EC2-like host stands in for that instance"):
-        local = host.start_host(HOST_CONTAINER, public_key)
+        # It boots with the host key `fab launch` made and pinned: read from the instance's user
+        # data and installed before sshd starts, as cloud-init does on EC2.
+        pair = launched_host_key(journey.env)
+        pins = known_hosts_beside(inv)
+        local = host.start_host(HOST_CONTAINER, public_key, known_hosts=pins, host_key=pair)
         inventory.upsert_host(inventory_entry(local, name=NAME), inv)
+        print(f"    host key {fingerprint(pair.public)} (from the user data), pinned in {pins}")
         print(f"    ssh -p {local.ssh_port} -i {key} admin@127.0.0.1")
         print(f"    chat: 127.0.0.1:{local.app_port} (port 5050 on the host)")
     with journey.step("ansible-playbook playbooks/site.yml: hygiene, Docker, the chat unit"):
@@ -211,7 +241,7 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
     with journey.step("Tear down: fab destroy (twice: the second is a no-op), the local host"):
         journey.run(fab, "destroy", "--name", NAME, "--yes")
         journey.run(fab, "destroy", "--name", NAME, "--yes")
-        host.stop_host(HOST_CONTAINER)
+        host.stop_host(HOST_CONTAINER, known_hosts_beside(inv))
     print(
         f"\ndone in {time.monotonic() - journey.started:.0f} s. On AWS the same commands run "
         "without the local stand-ins (README: 'The real AWS path')."

@@ -372,7 +372,7 @@ def launch(
     )
     instance, created = _run_instance(clients, spec, request, group_id, profile, poll, say)
     if created:
-        say(f"launched {instance['InstanceId']} (SSH host key made here, pinned on this machine)")
+        say(f"launched {instance['InstanceId']} with an SSH host key made here")
     ready = wait_ready(clients, instance["InstanceId"], timeout=wait_timeout, poll=poll, say=say)
     return Launched(_operate(clients, spec, ready, say), created, private_key_file, group)
 

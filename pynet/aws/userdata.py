@@ -40,3 +40,11 @@ def parse_user_data(text: str) -> dict[str, Any]:
         return {}
     data = yaml.safe_load(text)
     return data if isinstance(data, dict) else {}
+
+
+def host_key_of(text: str) -> HostKeyPair | None:
+    """The host key pair a cloud-config hands over (what cloud-init installs), if any."""
+    keys = parse_user_data(text).get("ssh_keys") or {}
+    if "ed25519_private" in keys and "ed25519_public" in keys:
+        return HostKeyPair(public=keys["ed25519_public"], private=keys["ed25519_private"])
+    return None

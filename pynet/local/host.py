@@ -166,11 +166,13 @@ def start_host(
     app_port: int = 0,
     timeout: float = 60.0,
     known_hosts: Path | None = None,
+    host_key: hostkeys.HostKeyPair | None = None,
 ) -> Host:
     """Boot host NAME (replacing any old one) with a host key made here, and wait for SSH.
 
     Ports are chosen here rather than by Docker so they survive a restart (a "reboot"). The
-    host key is pinned in KNOWN_HOSTS (default: known_hosts beside the client key).
+    host key (HOST_KEY, else a new one) is pinned in KNOWN_HOSTS (default: known_hosts beside
+    the client key).
     """
     ensure_engine()
     image = ensure_host_image()
@@ -184,7 +186,7 @@ def start_host(
         key_path=str(public_key.with_suffix("")),
         known_hosts=str(pins),
     )
-    pair = hostkeys.HostKeyPair.generate()
+    pair = host_key or hostkeys.HostKeyPair.generate()
     docker(
         "create",
         "--name",

@@ -25,7 +25,7 @@ from paramiko.ssh_exception import (
 )
 
 from pynet.deploy import commands as cmd
-from pynet.deploy import release
+from pynet.deploy import logsource, release
 from pynet.deploy.doctor import diagnose, report
 from pynet.deploy.hosts import NoHosts, Target, targets
 from pynet.deploy.lock import read_lock
@@ -243,15 +243,18 @@ def releases(c: Context, inventory: str = "") -> None:
 )
 @_clean
 def logs(c: Context, follow: bool = False, lines: int = 50, inventory: str = "") -> None:
-    """The chat service's journal on the host."""
+    """The chat service's journal on the host (and where else its logs go, e.g. CloudWatch)."""
+
     # A pty for --follow: Ctrl-C then reaches journalctl as SIGINT (without one Fabric cannot
     # interrupt the remote command and waits for it forever).
-    _each(
-        targets(c, inventory or None),
-        lambda t: Remote(t.conn).run(
-            cmd.journal(lines, follow), hide=False, pty=follow, check=not follow
-        ),
-    )
+    def one(t: Target) -> None:
+        remote = Remote(t.conn)
+        note = logsource.elsewhere(remote)  # first: --follow does not return
+        if note:
+            print(f"note: {note}", flush=True)
+        remote.run(cmd.journal(lines, follow), hide=False, pty=follow, check=not (follow or note))
+
+    _each(targets(c, inventory or None), one)
 
 
 @task(
