@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from chat_helpers import ROOT, LineClient
+from chat_helpers import ROOT, ClientProcess, LineClient
 
 
 def test_sigterm_says_bye_and_exits_zero(start_server, clients) -> None:
@@ -109,38 +109,6 @@ def test_healthcheck_times_out_on_a_silent_server() -> None:
         result = _healthcheck("127.0.0.1", str(listener.getsockname()[1]), "--timeout", "0.5")
     assert result.returncode == 1
     assert result.stdout == "unhealthy: no PONG within 0.5s\n"
-
-
-class ClientProcess:
-    """`python -m chat.client` with stdin and stdout as pipes, printing raw protocol lines."""
-
-    def __init__(self, port: int, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "chat.client", "127.0.0.1", str(port), *args],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    def wait_for(self, line: str, count: int = 1, timeout: float = 10) -> None:
-        deadline = time.monotonic() + timeout
-        while self.lines.count(line) < count:
-            assert time.monotonic() < deadline, f"no {line!r} in {self.lines}"
-            time.sleep(0.02)
-
-    def type(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
 
 
 def test_client_reconnects_restores_nick_and_misses_nothing(
