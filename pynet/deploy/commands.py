@@ -27,9 +27,12 @@ AND, OR, PIPE, SEMI = Op("&&"), Op("||"), Op("|"), Op(";")
 
 IMAGE = "pynet-chat"
 CURRENT = f"{IMAGE}:current"
-SERVICE = "pynet-chat"
-CONTAINER = "pynet-chat"
+UNIT_PREFIX = "pynet-chat@"
+UNITS = f"{UNIT_PREFIX}*.service"
+CONTAINER_PREFIX = "pynet-chat-"
 APP_PORT = 5050
+HANDOVER_DIR = "/run/pynet"
+SWITCH_RECORD = f"{HANDOVER_DIR}/last-switch.json"
 STATE_DIR = "/var/lib/pynet-deploy"
 ARCHIVE_DIR = f"{STATE_DIR}/archives"
 LOCK_DIR = f"{STATE_DIR}/lock"
@@ -94,6 +97,15 @@ def sudo(argv: Argv) -> Argv:
 
 def image(version: str) -> str:
     return f"{IMAGE}:{version}"
+
+
+def unit(version: str) -> str:
+    """The systemd instance that runs VERSION (the role installs the template)."""
+    return f"{UNIT_PREFIX}{version}.service"
+
+
+def container(version: str) -> str:
+    return f"{CONTAINER_PREFIX}{version}"
 
 
 # --- local (the laptop) -----------------------------------------------------------------------
@@ -173,49 +185,124 @@ def remove_images(versions: Iterable[str]) -> Argv:
     return docker("image", "rm", *(image(v) for v in versions))
 
 
-def running_container() -> Argv:
-    """Image ID and start time of the running chat container."""
-    return docker("container", "inspect", "--format", "{{.Image}} {{.State.StartedAt}}", CONTAINER)
+def running_container(version: str) -> Argv:
+    """Image ID and start time of VERSION's chat container."""
+    return docker(
+        "container",
+        "inspect",
+        "--format",
+        "{{.Image}} {{.State.StartedAt}}",
+        container(version),
+    )
 
 
-def health(image_id_: str) -> Argv:
-    """Healthy = the container runs the expected image AND answers /ping (the contract's check).
+def health(version: str, image_id_: str) -> Argv:
+    """Healthy = VERSION's container runs the expected image AND answers /ping.
 
-    Checking the image too matters: right after a restart the old container may still answer.
+    The container's own `PYNET_PORT` says where it listens (host networking), so the check takes
+    no port. Checking the image too matters: a container of that name may be a leftover.
     """
-    running = output_of(docker("container", "inspect", "--format", "{{.Image}}", CONTAINER))
+    running = output_of(
+        docker("container", "inspect", "--format", "{{.Image}}", container(version))
+    )
     return chain(
         ["test", *running, "=", image_id_],
-        docker("exec", CONTAINER, "python3", "-m", "chat.healthcheck", "127.0.0.1", str(APP_PORT)),
+        docker("exec", container(version), "python3", "-m", "chat.healthcheck"),
     )
+
+
+HANDOVER_LABEL = "io.pynet.handover"
+"""Image label: the handover protocol version a release speaks (Dockerfile, chat.handover)."""
+
+
+def handover_label(version: str) -> Argv:
+    """The handover version VERSION's image speaks; empty for releases that predate it."""
+    return docker(
+        "image",
+        "inspect",
+        "--format",
+        f'{{{{index .Config.Labels "{HANDOVER_LABEL}"}}}}',
+        image(version),
+    )
+
+
+def switch_record() -> Argv:
+    """How the serving release took over (written by chat.server beside the handover socket)."""
+    return either(quiet(sudo(["cat", SWITCH_RECORD])), ["echo", "{}"])
+
+
+def host_clock() -> Argv:
+    return ["date", "+%s"]
+
+
+def sessions(port: int = APP_PORT) -> Argv:
+    """Established TCP connections on the chat port: the sessions the host serves right now."""
+    return ["ss", "-Htn", "state", "established", f"( sport = :{port} )"]
 
 
 # --- remote: systemd --------------------------------------------------------------------------
 
 
-def restart() -> Argv:
-    """reset-failed first: a unit that hit its start limit refuses a plain restart."""
-    return chain(
-        sudo(["systemctl", "reset-failed", SERVICE]), sudo(["systemctl", "restart", SERVICE])
+def start(version: str) -> Argv:
+    """Start VERSION's instance next to the serving one (it takes the connections over).
+
+    reset-failed first (quiet: a new instance has nothing to reset): a unit that hit its start
+    limit refuses a plain start.
+    """
+    return seq(
+        quiet(sudo(["systemctl", "reset-failed", unit(version)])),
+        sudo(["systemctl", "start", unit(version)]),
     )
 
 
-def unit_show() -> Argv:
+def restart(version: str) -> Argv:
+    """Restart VERSION's own instance (a deploy of the release already running)."""
+    return seq(
+        quiet(sudo(["systemctl", "reset-failed", unit(version)])),
+        sudo(["systemctl", "restart", unit(version)]),
+    )
+
+
+def stop(*versions: str) -> Argv:
+    """Stop instances (a graceful stop: BYE restarting, in batches)."""
+    return sudo(["systemctl", "stop", *(unit(v) for v in versions)])
+
+
+def enable_only(version: str, others: Iterable[str]) -> Argv:
+    """VERSION starts at boot, and none of OTHERS does."""
+    enable = sudo(["systemctl", "enable", "--quiet", unit(version)])
+    rest = sorted(set(others) - {version})
+    if not rest:
+        return enable
+    return chain(enable, sudo(["systemctl", "disable", "--quiet", *(unit(v) for v in rest)]))
+
+
+def instances() -> Argv:
+    """`UNIT LOAD ACTIVE SUB ...` of every loaded instance, and `UNIT STATE` of enabled ones."""
+    return seq(
+        ["systemctl", "list-units", "--all", "--plain", "--no-legend", UNITS],
+        ["echo", "--"],
+        ["systemctl", "list-unit-files", "--plain", "--no-legend", "--state=enabled", UNITS],
+    )
+
+
+def unit_show(version: str) -> Argv:
     return [
         "systemctl",
         "show",
-        SERVICE,
+        unit(version),
         "--property",
-        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp",
+        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp,ExecMainStatus",
     ]
 
 
-def journal(lines: int = 20, follow: bool = False) -> Argv:
+def journal(lines: int = 20, follow: bool = False, unit: str = UNITS) -> Argv:
+    """Every release's log by default (a deploy moves from one unit to the next)."""
     argv = sudo(
         [
             "journalctl",
             "--unit",
-            SERVICE,
+            unit,
             "--lines",
             str(lines),
             "--no-pager",

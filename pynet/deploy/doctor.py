@@ -16,6 +16,7 @@ from paramiko.ssh_exception import AuthenticationException, SSHException
 
 from pynet.deploy import commands as cmd
 from pynet.deploy.probe import ProbeError, chat_hello, ssh_banner
+from pynet.deploy.release import HostState
 from pynet.deploy.remote import Remote
 from pynet.deploy.status import parse_show
 from pynet.deploy.trust import HostKeyError
@@ -128,6 +129,26 @@ def _unit_active(remote: Remote, unit: str, what: str, fix: str) -> Finding:
     return Finding(what, True, f"{unit} is {state}")
 
 
+def _release_active(remote: Remote) -> Finding:
+    """The unit of the current release (`pynet-chat@VERSION`) runs."""
+    version = HostState.read(remote).current
+    if version is None:
+        return Finding(
+            "service",
+            False,
+            "no release on the host",
+            "nothing was deployed yet (no pynet-chat:current image)",
+            "`fab deploy`",
+        )
+    unit = cmd.unit(version)
+    return _unit_active(
+        remote,
+        unit,
+        "service",
+        f"`fab logs` to see why, then `sudo systemctl start {unit}` or `fab rollback`",
+    )
+
+
 def _listening(remote: Remote, port: int) -> Finding:
     if remote.output(cmd.port_listening(port), check=False):
         return Finding("port on host", True, f"something listens on :{port}")
@@ -135,8 +156,8 @@ def _listening(remote: Remote, port: int) -> Finding:
         "port on host",
         False,
         f"nothing listens on :{port} on the host",
-        "the chat container runs but does not publish its port (or is still starting)",
-        f"`fab logs` to see why; the unit must run the container with -p {port}:{port}",
+        "the chat release runs but does not listen (or is still starting)",
+        f"`fab logs` to see why; the release listens on its PYNET_PORT ({port} expected)",
     )
 
 
@@ -201,13 +222,8 @@ def diagnose(remote: Remote, app_port: int) -> Iterator[Finding]:
             "`sudo systemctl start docker` (see `sudo journalctl -u docker -n 50` "
             "for why it stopped), then `fab status`",
         ),
-        lambda: _unit_active(
-            remote,
-            f"{cmd.SERVICE}.service",
-            "service",
-            f"`fab logs` to see why, then `sudo systemctl start {cmd.SERVICE}` or `fab rollback`",
-        ),
-        lambda: _listening(remote, cmd.APP_PORT),
+        lambda: _release_active(remote),
+        lambda: _listening(remote, app_port),
         lambda: _outside(conn, app_port),
         lambda: _resources(remote),
     ]

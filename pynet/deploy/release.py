@@ -1,9 +1,12 @@
-"""Deploy and rollback: one code path that points `pynet-chat:current` at a release and proves it.
+"""Deploy and rollback: one code path that makes a release serve and proves it.
 
 `deploy` = build here, ship what the host lacks, then `activate`. `rollback` = `activate` with a
 release already on the host (Kamal's rule: rollback is a deploy of an older version, not a second
-code path). `activate` retags, restarts, waits for the health check, and on failure restores the
-previous image on its own, records the outcome and raises with the reason and the last log lines.
+code path). `activate` starts the release's own unit next to the serving one; the new process
+takes the listener and every client connection over (chat.takeover), so no client is cut. It
+waits for the health check and the new release's switch record, moves "enabled at boot" and the
+`pynet-chat:current` tag, and on failure hands the connections back to the previous release,
+records the outcome and raises with the reason and the last log lines.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pynet.deploy import commands as cmd
@@ -40,6 +43,7 @@ class Outcome:
     version: str
     shipped_bytes: int = 0
     previous: str | None = None
+    switch: dict[str, object] = field(default_factory=dict)
 
 
 # --- reading host state -----------------------------------------------------------------------
@@ -191,8 +195,62 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
 # --- activating a release ---------------------------------------------------------------------
 
 
-def _restarts(remote: Remote) -> int:
-    text = remote.output(cmd.unit_show(), check=False)
+@dataclass(frozen=True)
+class Instances:
+    """The per-release units on the host: which run now, which start at boot."""
+
+    active: list[str]
+    enabled: list[str]
+
+    @classmethod
+    def parse(cls, text: str) -> Instances:
+        units, _, enabled = text.partition("--")
+        return cls(
+            [
+                _version_of(f[0])
+                for f in map(str.split, units.splitlines())
+                if len(f) >= 3 and f[2] in ("active", "activating", "reloading")
+            ],
+            [_version_of(f[0]) for f in map(str.split, enabled.splitlines()) if f],
+        )
+
+    @classmethod
+    def read(cls, remote: Remote) -> Instances:
+        return cls.parse(remote.output(cmd.instances(), check=False))
+
+
+def _version_of(unit: str) -> str:
+    return unit.removeprefix(cmd.UNIT_PREFIX).removesuffix(".service")
+
+
+def read_switch(remote: Remote) -> dict[str, object]:
+    """The serving release's own record of how it took over (`last-switch.json`)."""
+    try:
+        record = json.loads(remote.output(cmd.switch_record(), check=False) or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def describe_switch(switch: dict[str, object]) -> str:
+    """One line for people: `handover of 20 sessions from v1 in 28 ms`, or why not."""
+    how = switch.get("how")
+    if how == "handover":
+        return (
+            f"handover of {switch.get('sessions')} sessions from {switch.get('from')} "
+            f"in {switch.get('ms')} ms"
+        )
+    if how == "fallback":
+        return f"overlap without handover ({switch.get('reason')})"
+    if how == "restart":
+        return f"restart ({switch.get('reason')})"
+    if how == "fresh":
+        return "fresh start (nothing was serving)"
+    return str(how) if how else "no switch record"
+
+
+def _restarts(remote: Remote, version: str) -> int:
+    text = remote.output(cmd.unit_show(version), check=False)
     for line in text.splitlines():
         if line.startswith("NRestarts="):
             return int(line.split("=", 1)[1] or 0)
@@ -200,77 +258,124 @@ def _restarts(remote: Remote) -> int:
 
 
 def wait_healthy(
-    remote: Remote, image_id: str, timeout: float, clock: Callable[[], float] = time.monotonic
+    remote: Remote,
+    version: str,
+    image_id: str,
+    timeout: float,
+    since: float = 0.0,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> str | None:
-    """None once IMAGE_ID serves and answers the health check, else why it did not."""
+    """None once VERSION serves IMAGE_ID, answers the health check and has recorded taking
+    over (its switch record, written at or after SINCE on the host's clock); else why not.
+
+    A real wait (the host starts the container), so the pause between polls is SLEEP: unit
+    tests pass a fake clock and sleep and run it without waiting.
+    """
     if remote.dry_run:
-        remote.run(cmd.health(image_id))
+        remote.run(cmd.health(version, image_id))
+        remote.run(cmd.switch_record())
         return None
     deadline = clock() + timeout
-    baseline = _restarts(remote)
+    baseline = _restarts(remote, version)
     while True:
-        if remote.ok(cmd.health(image_id)):
-            return None
-        crashes = _restarts(remote) - baseline
+        if remote.ok(cmd.health(version, image_id)):
+            switch = read_switch(remote)
+            if not switch or (
+                switch.get("release") == version and float(str(switch.get("time", 0))) >= since
+            ):
+                return None
+        crashes = _restarts(remote, version) - baseline
         if crashes >= CRASH_RESTARTS:
-            return f"the service crashed {crashes} times in a row after the restart"
+            return f"the service crashed {crashes} times in a row after the start"
         if clock() > deadline:
             return f"the health check did not pass within {timeout:.0f}s"
-        time.sleep(POLL)
+        sleep(POLL)
 
 
-def _point_at(remote: Remote, ref: str, image_id: str, timeout: float) -> str | None:
-    remote.run(cmd.tag_current(ref))
-    started = time.monotonic()
-    remote.run(cmd.restart())
-    restarted = time.monotonic()
-    reason = wait_healthy(remote, image_id, timeout)
+def _start(
+    remote: Remote, version: str, image_id: str, timeout: float, restart: bool
+) -> str | None:
+    """Start VERSION's unit (it takes over from whatever serves) and wait until it serves."""
+    since = float(remote.output(cmd.host_clock(), check=False) or 0) if not remote.dry_run else 0
+    began = time.monotonic()
+    remote.run(cmd.restart(version) if restart else cmd.start(version))
+    reason = wait_healthy(remote, version, image_id, timeout, since)
     if not remote.dry_run:
-        remote.say(
-            f"restart {restarted - started:.1f}s, healthy after "
-            f"{time.monotonic() - restarted:.1f}s more"
-        )
+        remote.say(f"{version} serving after {time.monotonic() - began:.1f}s")
     return reason
+
+
+def handover_capable(remote: Remote, version: str) -> bool:
+    """Releases built before the handover carry no label: they must be started after the old
+    one stopped (they cannot share the port)."""
+    return remote.dry_run or bool(remote.output(cmd.handover_label(version), check=False))
 
 
 def activate(
     remote: Remote, version: str, action: str, timeout: float = HEALTH_TIMEOUT, keep: int = KEEP
 ) -> Outcome:
-    """Make VERSION current and healthy, or put the previous release back and raise."""
+    """Make VERSION serve, taking over every connection, or put the previous release back."""
     state = HostState.read(remote)
     target = state.id_of(version) or ("sha256:<id>" if remote.dry_run else None)
     if target is None:
         have = ", ".join(i.tag for i in state.images if i.tag != "current") or "none"
         raise DeployError(f"{cmd.image(version)} is not on the host (releases there: {have})")
+    units = Instances.read(remote)
     previous_id, previous = state.current_id, state.current
-    if previous_id == target and remote.ok(cmd.health(target)):
+    if previous_id == target and version in units.active and remote.ok(cmd.health(version, target)):
         remote.say(f"{version} is already current and healthy")
         return Outcome(version, previous=version)
     remote.say(f"{action}: {previous or previous_id or 'nothing'} -> {version}")
     entry = {"action": action, "version": version, "previous": previous, "user": whoami()}
-    reason = _point_at(remote, cmd.image(version), target, timeout)
+    others = [v for v in units.active if v != version]
+    capable = handover_capable(remote, version)
+    if not capable and others:
+        remote.say(f"{version} predates the handover: stopping {', '.join(others)} first")
+        remote.run(cmd.stop(*others))
+    reason = _start(remote, version, target, timeout, restart=version in units.active)
     if reason is None:
-        remote.run(cmd.record({**entry, "time": utcnow(), "result": "ok"}))
-        remote.say(f"{version} is serving")
+        switch = read_switch(remote) if capable else {}
+        if not capable:
+            switch = {"how": "restart", "reason": "the release predates the handover"}
+        still = [v for v in Instances.read(remote).active if v != version]
+        if still:  # an overlap without handover: the old one says BYE restarting and stops
+            remote.run(cmd.stop(*still))
+        remote.run(cmd.enable_only(version, {*units.enabled, *units.active}))
+        remote.run(cmd.tag_current(cmd.image(version)))
+        remote.run(
+            cmd.record({**entry, "time": utcnow(), "result": "ok", "switch": _brief(switch)})
+        )
+        remote.say(f"{version} is serving: {describe_switch(switch)}")
         prune(remote, keep, protect={target, previous_id or target})
-        return Outcome(version, previous=previous)
-    logs = remote.output(cmd.journal(20), check=False)
-    if previous_id and previous_id != target:
-        remote.say(f"{version} failed ({reason}); rolling back to {previous or previous_id}")
-        again = _point_at(remote, previous_id, previous_id, timeout)
+        return Outcome(version, previous=previous, switch=switch)
+    logs = remote.output(cmd.journal(20, unit=cmd.unit(version)), check=False)
+    if previous and previous != version and state.id_of(previous):
+        remote.say(f"{version} failed ({reason}); rolling back to {previous}")
+        # The previous release takes the connections back if VERSION holds them, then VERSION
+        # stops: the same path in the other direction.
+        again = _start(remote, previous, state.id_of(previous) or "", timeout, restart=False)
+        remote.run(cmd.stop(version))
+        if again is None:
+            remote.run(cmd.enable_only(previous, {*units.enabled, version}))
         result = "rolled-back" if again is None else "failed"
         after = (
-            f"rolled back to {previous or previous_id}, which is serving"
+            f"rolled back to {previous}, which is serving"
             if again is None
-            else f"the rollback to {previous or previous_id} failed too: {again}"
+            else f"the rollback to {previous} failed too: {again}"
         )
     else:
         result, after = "failed", "there was no previous release to go back to"
     remote.run(cmd.record({**entry, "time": utcnow(), "result": result, "reason": reason}))
     raise DeployError(
         f"{action} of {version} failed: {reason}; {after}.\n"
-        f"Last lines of `journalctl -u {cmd.SERVICE}`:\n{logs}"
+        f"Last lines of `journalctl -u {cmd.unit(version)}`:\n{logs}"
     )
+
+
+def _brief(switch: dict[str, object]) -> dict[str, object]:
+    keys = ("how", "sessions", "ms", "from", "reason")
+    return {k: switch[k] for k in keys if k in switch}
 
 
 def prune(remote: Remote, keep: int, protect: set[str]) -> None:
@@ -303,7 +408,7 @@ def deploy(
             f"deployed {version} in {done - started:.1f}s: ship {shipped_at - started:.1f}s "
             f"({human(shipped)}), switch {done - shipped_at:.1f}s"
         )
-        return Outcome(version, shipped, outcome.previous)
+        return Outcome(version, shipped, outcome.previous, outcome.switch)
 
 
 def rollback(

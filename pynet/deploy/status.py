@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from pynet.deploy import commands as cmd
 from pynet.deploy.probe import ProbeError, chat_hello
-from pynet.deploy.release import HostState
+from pynet.deploy.release import HostState, Instances, describe_switch, read_switch
 from pynet.deploy.remote import Remote
 
 
@@ -36,30 +36,41 @@ def since(started: str, now: datetime | None = None) -> str:
 
 def status(remote: Remote, app_port: int) -> tuple[str, bool]:
     """A short report, and whether everything in it is fine."""
-    unit = parse_show(remote.output(cmd.unit_show(), check=False))
     state = HostState.read(remote)
-    running = remote.run(cmd.running_container(), check=False)
-    active = unit.get("ActiveState", "unknown")
-    lines = [
-        f"unit       {cmd.SERVICE}: {active} ({unit.get('SubState', '?')}), "
-        f"restarts {unit.get('NRestarts', '?')}"
-    ]
-    healthy = active == "active"
-    if running.ok:
-        image_id, _, started = running.stdout.strip().partition(" ")
-        version = next(
-            (i.tag for i in state.images if i.id == image_id and i.tag != "current"), image_id[:19]
-        )
-        lines.append(f"version    {version} (up {since(started)}, started {started[:19]}Z)")
-        if image_id != state.current_id:
-            lines.append(
-                f"           not the current release ({state.current or '?'}): "
-                "a deploy is under way or the unit was not restarted"
-            )
-            healthy = False
-    else:
-        lines.append("version    no chat container is running")
+    units = Instances.read(remote)
+    current = state.current
+    lines = []
+    healthy = True
+    if not units.active:
+        lines.append("unit       no pynet-chat@ release is running")
         healthy = False
+    for version in units.active:
+        unit = parse_show(remote.output(cmd.unit_show(version), check=False))
+        boot = "enabled at boot" if version in units.enabled else "NOT enabled at boot"
+        lines.append(
+            f"unit       {cmd.unit(version)}: {unit.get('ActiveState', '?')} "
+            f"({unit.get('SubState', '?')}), restarts {unit.get('NRestarts', '?')}, {boot}"
+        )
+        running = remote.run(cmd.running_container(version), check=False)
+        if running.ok:
+            image_id, _, started = running.stdout.strip().partition(" ")
+            lines.append(f"version    {version} (up {since(started)}, started {started[:19]}Z)")
+            if image_id != state.current_id:
+                lines.append(
+                    f"           not the current release ({current or '?'}): "
+                    "a deploy is under way or was interrupted (`fab deploy` or `fab rollback`)"
+                )
+                healthy = False
+        else:
+            lines.append(f"version    {version}: its container is not running")
+            healthy = False
+    if len(units.active) > 1:
+        lines.append("           more than one release runs: a deploy is under way")
+    sessions = remote.output(cmd.sessions(app_port), check=False)
+    lines.append(f"sessions   {len(sessions.splitlines())} connected")
+    switch = read_switch(remote)
+    if switch:
+        lines.append(f"switch     {switch.get('release', '?')}: {describe_switch(switch)}")
     try:
         hello = chat_hello(remote.conn.host, app_port)
         lines.append(f"port       {remote.conn.host}:{app_port} answers: {hello}")
@@ -74,7 +85,7 @@ def releases(remote: Remote) -> str:
     state = HostState.read(remote)
     current = state.current
     on_host = {i.tag for i in state.images}
-    rows = [("", "VERSION", "WHEN", "BY", "ACTION", "RESULT")]
+    rows = [("", "VERSION", "WHEN", "BY", "ACTION", "RESULT", "SWITCH")]
     marked = False
     for entry in reversed(state.history):
         version = str(entry.get("version", "?"))
@@ -92,6 +103,7 @@ def releases(remote: Remote) -> str:
                 str(entry.get("user", "?")),
                 str(entry.get("action", "?")),
                 result,
+                describe_switch(switch) if isinstance(switch := entry.get("switch"), dict) else "",
             )
         )
     rows[1:] = reversed(rows[1:])

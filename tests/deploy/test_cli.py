@@ -61,20 +61,26 @@ def test_deploy_dry_run_prints_every_step_and_runs_none() -> None:
         "[local] docker save -o ",
         "[127.0.0.1:1] sftp put ",
         "[127.0.0.1:1] sudo -n docker load --input /var/lib/pynet-deploy/archives/v9.tar.gz",
+        "[127.0.0.1:1] sudo -n systemctl reset-failed pynet-chat@v9.service 2>/dev/null ; "
+        "sudo -n systemctl start pynet-chat@v9.service",
+        "[127.0.0.1:1] sudo -n cat /run/pynet/last-switch.json",
+        "[127.0.0.1:1] sudo -n systemctl enable --quiet pynet-chat@v9.service",
         "[127.0.0.1:1] sudo -n docker tag pynet-chat:v9 pynet-chat:current",
-        "[127.0.0.1:1] sudo -n systemctl reset-failed pynet-chat && "
-        "sudo -n systemctl restart pynet-chat",
         ">> /var/lib/pynet-deploy/releases.jsonl",
         "[127.0.0.1:1] grep -qF ",
     ):
         assert step in text, step
-    order = [text.index(s) for s in ("docker tag", "systemctl restart", ">> /var/lib/pynet")]
+    order = [
+        text.index(s)
+        for s in ("systemctl start", "last-switch.json", "docker tag", ">> /var/lib/pynet")
+    ]
     assert order == sorted(order)
 
 
 def test_rollback_dry_run() -> None:
     proc = fab("-H", "admin@127.0.0.1:1", "rollback", "--to", "v1", "--dry-run")
     assert proc.returncode == 0, proc.stderr
+    assert "sudo -n systemctl start pynet-chat@v1.service" in proc.stdout
     assert "[127.0.0.1:1] sudo -n docker tag pynet-chat:v1 pynet-chat:current" in proc.stdout
 
 

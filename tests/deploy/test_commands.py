@@ -63,8 +63,34 @@ def test_switching_releases() -> None:
     assert render(cmd.tag_current(cmd.image("v2"))) == (
         "sudo -n docker tag pynet-chat:v2 pynet-chat:current"
     )
-    assert render(cmd.restart()) == (
-        "sudo -n systemctl reset-failed pynet-chat && sudo -n systemctl restart pynet-chat"
+    assert render(cmd.start("v2")) == (
+        "sudo -n systemctl reset-failed pynet-chat@v2.service 2>/dev/null ; "
+        "sudo -n systemctl start pynet-chat@v2.service"
+    )
+    assert render(cmd.restart("v2")) == (
+        "sudo -n systemctl reset-failed pynet-chat@v2.service 2>/dev/null ; "
+        "sudo -n systemctl restart pynet-chat@v2.service"
+    )
+    assert render(cmd.stop("v1", "v0")) == (
+        "sudo -n systemctl stop pynet-chat@v1.service pynet-chat@v0.service"
+    )
+    assert render(cmd.enable_only("v2", ["v1", "v2", "v0"])) == (
+        "sudo -n systemctl enable --quiet pynet-chat@v2.service && "
+        "sudo -n systemctl disable --quiet pynet-chat@v0.service pynet-chat@v1.service"
+    )
+    assert render(cmd.enable_only("v2", ["v2"])) == (
+        "sudo -n systemctl enable --quiet pynet-chat@v2.service"
+    )
+    assert render(cmd.instances()) == (
+        "systemctl list-units --all --plain --no-legend 'pynet-chat@*.service' ; echo -- ; "
+        "systemctl list-unit-files --plain --no-legend --state=enabled 'pynet-chat@*.service'"
+    )
+    assert render(cmd.handover_label("v2")) == (
+        "sudo -n docker image inspect --format "
+        "'{{index .Config.Labels \"io.pynet.handover\"}}' pynet-chat:v2"
+    )
+    assert render(cmd.switch_record()) == (
+        "sudo -n cat /run/pynet/last-switch.json 2>/dev/null || echo '{}'"
     )
     assert render(cmd.remove_images(["v1", "v0"])) == (
         "sudo -n docker image rm pynet-chat:v1 pynet-chat:v0"
@@ -78,15 +104,15 @@ def test_switching_releases() -> None:
 
 
 def test_health_checks_the_image_and_the_ping() -> None:
-    assert render(cmd.health("sha256:abc")) == (
-        "test \"$( sudo -n docker container inspect --format '{{.Image}}' pynet-chat )\" = "
-        "sha256:abc && sudo -n docker exec pynet-chat python3 -m chat.healthcheck 127.0.0.1 5050"
+    assert render(cmd.health("v2", "sha256:abc")) == (
+        "test \"$( sudo -n docker container inspect --format '{{.Image}}' pynet-chat-v2 )\" = "
+        "sha256:abc && sudo -n docker exec pynet-chat-v2 python3 -m chat.healthcheck"
     )
 
 
 def test_journal() -> None:
     assert render(cmd.journal()) == (
-        "sudo -n journalctl --unit pynet-chat --lines 20 --no-pager --output short-iso"
+        "sudo -n journalctl --unit 'pynet-chat@*.service' --lines 20 --no-pager --output short-iso"
     )
     assert render(cmd.journal(5, follow=True)).endswith(
         "--lines 5 --no-pager --output short-iso --follow"
@@ -94,10 +120,11 @@ def test_journal() -> None:
 
 
 def test_unit_probes() -> None:
-    assert render(cmd.unit_show()) == (
-        "systemctl show pynet-chat --property "
-        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp"
+    assert render(cmd.unit_show("v2")) == (
+        "systemctl show pynet-chat@v2.service --property "
+        "LoadState,ActiveState,SubState,NRestarts,ActiveEnterTimestamp,ExecMainStatus"
     )
+    assert render(cmd.sessions(5050)) == "ss -Htn state established '( sport = :5050 )'"
     assert render(cmd.port_listening()) == "ss -Hltn 'sport = :5050'"
     assert render(cmd.disk_usage()) == "df -Pk /var/lib/docker 2>/dev/null || df -Pk /"
     assert render(cmd.memory()) == "grep -E '^(MemTotal|MemAvailable):' /proc/meminfo"

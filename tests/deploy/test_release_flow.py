@@ -20,8 +20,7 @@ from invoke.runners import Result
 from pynet.deploy import release
 from pynet.deploy.commands import Argv, render
 from pynet.deploy.remote import DeployError, Local, Remote
-
-from .fakes import fake_docker_save
+from tests.deploy.fakes import fake_docker_save
 
 Answer = tuple[str, int] | Callable[[str], tuple[str, int]]
 
@@ -29,7 +28,7 @@ Answer = tuple[str, int] | Callable[[str], tuple[str, int]]
 class ScriptedHost(Remote):
     def __init__(self, answers: list[tuple[str, Answer]]) -> None:
         super().__init__(
-            SimpleNamespace(host="h", port=22, user="admin"),  # type: ignore[arg-type]
+            SimpleNamespace(host="h", port=22, user="admin"),
             out=io.StringIO(),
         )
         self.answers = answers
@@ -65,27 +64,104 @@ def _healthy_if(image_id: str) -> tuple[str, Answer]:
     return ("test ", lambda line: ("", 0 if f"= {image_id} " in line else 1))
 
 
-def test_a_healthy_release_is_recorded_and_old_ones_pruned() -> None:
-    host = ScriptedHost([IMAGES, CURRENT, _healthy_if("sha256:new")])
+def _units(host_log: list[str]) -> tuple[str, Answer]:
+    """`old` serves until `new` was started; then only `new` (it took over)."""
+
+    def answer(_: str) -> tuple[str, int]:
+        started = any("systemctl start pynet-chat@new.service" in line for line in host_log)
+        version = "new" if started else "old"
+        return (
+            f"pynet-chat@{version}.service loaded active running chat\n--\n"
+            "pynet-chat@old.service enabled enabled\n",
+            0,
+        )
+
+    return ("systemctl list-units", answer)
+
+
+LABEL = ("sudo -n docker image inspect --format '{{index", ("1", 0))
+CLOCK = ("date +%s", ("1000", 0))
+SWITCH = (
+    "sudo -n cat /run/pynet/last-switch.json",
+    (
+        json.dumps(
+            {
+                "how": "handover",
+                "release": "new",
+                "from": "old",
+                "sessions": 20,
+                "ms": 28.4,
+                "time": 1001,
+            }
+        ),
+        0,
+    ),
+)
+
+
+def test_a_healthy_release_takes_over_and_is_recorded() -> None:
+    host = ScriptedHost([IMAGES, CURRENT, LABEL, CLOCK, SWITCH, _healthy_if("sha256:new")])
+    host.answers.append(_units(host.log))
     outcome = release.activate(host, "new", "deploy", timeout=5, keep=5)
     assert outcome.previous == "old"
-    assert host.log.index("sudo -n docker tag pynet-chat:new pynet-chat:current") < host.log.index(
-        "sudo -n systemctl reset-failed pynet-chat && sudo -n systemctl restart pynet-chat"
+    assert outcome.switch["how"] == "handover"
+    start = host.log.index(
+        "sudo -n systemctl reset-failed pynet-chat@new.service 2>/dev/null ; "
+        "sudo -n systemctl start pynet-chat@new.service"
     )
+    enable = host.log.index(
+        "sudo -n systemctl enable --quiet pynet-chat@new.service && "
+        "sudo -n systemctl disable --quiet pynet-chat@old.service"
+    )
+    tag = host.log.index("sudo -n docker tag pynet-chat:new pynet-chat:current")
+    assert start < enable < tag
+    assert not [line for line in host.log if "systemctl stop" in line]  # old one left by itself
     record = next(line for line in host.log if line.startswith("printf"))
     assert '"result": "ok"' in record
     assert '"previous": "old"' in record
+    assert '"switch": {"from": "old", "how": "handover", "ms": 28.4, "sessions": 20}' in record
+    assert "new is serving: handover of 20 sessions from old in 28.4 ms" in host.out.getvalue()  # type: ignore[attr-defined]
 
 
-def test_an_unhealthy_release_is_rolled_back_and_the_reason_raised() -> None:
+def test_an_overlap_stops_the_old_release_after_the_new_one_serves() -> None:
+    both = (
+        "systemctl list-units",
+        (
+            "pynet-chat@old.service loaded active running chat\n"
+            "pynet-chat@new.service loaded active running chat\n--\n",
+            0,
+        ),
+    )
+    host = ScriptedHost([IMAGES, CURRENT, LABEL, CLOCK, _healthy_if("sha256:new"), both])
+    release.activate(host, "new", "deploy", timeout=5)
+    assert "sudo -n systemctl stop pynet-chat@old.service" in host.log
+
+
+def test_a_release_that_predates_the_handover_starts_after_the_old_one_stops() -> None:
+    no_label = ("sudo -n docker image inspect --format '{{index", ("", 0))
+    host = ScriptedHost([IMAGES, CURRENT, no_label, CLOCK, _healthy_if("sha256:new")])
+    host.answers.append(_units(host.log))
+    outcome = release.activate(host, "new", "deploy", timeout=5)
+    stop = host.log.index("sudo -n systemctl stop pynet-chat@old.service")
+    assert stop < host.log.index(
+        "sudo -n systemctl reset-failed pynet-chat@new.service 2>/dev/null ; "
+        "sudo -n systemctl start pynet-chat@new.service"
+    )
+    assert outcome.switch == {"how": "restart", "reason": "the release predates the handover"}
+
+
+def test_an_unhealthy_release_hands_back_to_the_previous_and_the_reason_is_raised() -> None:
     host = ScriptedHost(
         [
             IMAGES,
             CURRENT,
+            LABEL,
+            CLOCK,
             _healthy_if("sha256:old"),
             ("sudo -n journalctl", ("boom: the last words", 0)),
         ]
     )
+    host.answers.append(_units(host.log))
     with pytest.raises(DeployError) as err:
         release.activate(host, "new", "deploy", timeout=1)
     message = str(err.value)
@@ -93,12 +169,16 @@ def test_an_unhealthy_release_is_rolled_back_and_the_reason_raised() -> None:
         "deploy of new failed: the health check did not pass within 1s; "
         "rolled back to old, which is serving."
     )
+    assert "journalctl -u pynet-chat@new.service" in message
     assert message.endswith("boom: the last words")
-    tags = [line for line in host.log if " docker tag " in line]
-    assert tags == [
-        "sudo -n docker tag pynet-chat:new pynet-chat:current",
-        "sudo -n docker tag sha256:old pynet-chat:current",
+    starts = [line for line in host.log if "systemctl start" in line]
+    assert [s.rsplit(" ", 1)[1] for s in starts] == [
+        "pynet-chat@new.service",
+        "pynet-chat@old.service",
     ]
+    stop = host.log.index("sudo -n systemctl stop pynet-chat@new.service")
+    assert stop > host.log.index(starts[1])  # the old one took the connections back first
+    assert not [line for line in host.log if " docker tag " in line]  # current never moved
     record = next(line for line in host.log if line.startswith("printf"))
     assert '"result": "rolled-back"' in record
 
@@ -109,6 +189,8 @@ def test_a_crash_loop_is_noticed_before_the_timeout() -> None:
         [
             IMAGES,
             CURRENT,
+            LABEL,
+            CLOCK,
             _healthy_if("sha256:old"),
             ("systemctl show", lambda _: (f"NRestarts={next(restarts)}\n", 0)),
         ]
