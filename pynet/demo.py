@@ -14,6 +14,7 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from pynet.hostkeys import HostKeyPair, fingerprint, known_hosts_beside
 from pynet.local import engine, host, images
 from pynet.local.aws import moto_server, write_amis
 from pynet.local.provision import build_context_copy, inventory_entry, playbook_argv
+from pynet.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -77,13 +79,20 @@ class Journey:
 
 def wait_serving(port: int, timeout: float = 30.0) -> float:
     """Seconds until the chat on 127.0.0.1:PORT answers /ping with PONG (its health check)."""
-    began = time.monotonic()
-    while time.monotonic() - began < timeout:
-        with contextlib.suppress(healthcheck.Unhealthy):
+
+    def answers() -> bool:
+        try:
             healthcheck.check("127.0.0.1", port, timeout=1.0)
-            return time.monotonic() - began
-        time.sleep(0.05)
-    raise DemoFailed(f"the chat on 127.0.0.1:{port} did not come back within {timeout:.0f} s")
+        except healthcheck.Unhealthy:
+            return False
+        return True
+
+    began = time.monotonic()
+    try:
+        wait_until(answers, timeout, f"the chat on 127.0.0.1:{port} answering /ping")
+    except WaitTimeout as error:
+        raise DemoFailed(f"{error} (it did not come back)") from None
+    return time.monotonic() - began
 
 
 def second_version_tree() -> Path:
@@ -106,15 +115,27 @@ def talk(journey: Journey, port: int) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+
+    def listen() -> None:
+        for line in bob.stdout or ():
+            lines.append(line)
+
+    reader = threading.Thread(target=listen, daemon=True)
+    reader.start()
     try:
-        time.sleep(1.0)
+        # Bob is in the room once the server has answered his /nick.
+        wait_until(lambda: any(x.startswith("OK nick") for x in lines), 15, "bob joining")
         journey.run(
             *client, "--nick", "ada", stdin="hello bob, from the rehearsal\n/msg bob psst\n/who\n"
         )
-        time.sleep(1.0)
+        with contextlib.suppress(WaitTimeout):  # what is missing is named below
+            wait_until(lambda: any(x.startswith("PRIV ada") for x in lines), 15, "ada's /msg")
     finally:
         bob.terminate()
-        heard, _ = bob.communicate(timeout=10)
+        bob.wait(timeout=10)
+        reader.join(timeout=10)
+    heard = "".join(lines)
     print("    bob saw:\n      " + heard.strip().replace("\n", "\n      "))
     if "hello bob, from the rehearsal" not in heard:
         raise DemoFailed("bob did not receive ada's broadcast")

@@ -7,8 +7,12 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from pynet.local.host import Host
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,13 +66,13 @@ def chat_image_archive(chat_image: str, tmp_path_factory: pytest.TempPathFactory
 
 
 @pytest.fixture
-def ec2_host(host_image: str, ssh_keypair: tuple[Path, Path]) -> Iterator[Callable[..., object]]:
+def ec2_host(host_image: str, ssh_keypair: tuple[Path, Path]) -> Iterator[Callable[..., Host]]:
     """A factory that boots EC2-like hosts; every host it made is removed afterwards."""
     from pynet.local.host import start_host, stop_host
 
     started: list[str] = []
 
-    def start(name: str | None = None, **kwargs: int) -> object:
+    def start(name: str | None = None, **kwargs: Any) -> Host:
         name = name or f"pynet-test-{uuid.uuid4().hex[:8]}"
         started.append(name)
         return start_host(name, ssh_keypair[1], **kwargs)

@@ -13,13 +13,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pynet.aws.requests import DEBIAN_OWNER
 from pynet.local.host import free_port
+from pynet.wait import WaitTimeout, wait_until
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
@@ -64,27 +64,34 @@ def write_amis(
 def moto_server(amis: Path, log: Path | None = None, timeout: float = 30.0) -> Iterator[str]:
     """Run moto_server on 127.0.0.1 (never every interface) and yield its endpoint URL."""
     port = free_port()
-    out = log.open("ab") if log else subprocess.DEVNULL
+    out = log.open("ab") if log else None
     process = subprocess.Popen(
         [str(MOTO_SERVER), "-H", "127.0.0.1", "-p", str(port)],
         env={**os.environ, "MOTO_AMIS_PATH": str(amis)},
-        stdout=out,
+        stdout=out or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"moto_server exited ({process.returncode}) before answering on {url}"
+            )
+        try:
+            urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()  # noqa: S310
+        except OSError:
+            return False
+        return True
+
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()  # noqa: S310
-                break
-            except OSError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"moto_server did not start on {url}") from None
-                time.sleep(0.1)
+        try:
+            wait_until(answers, timeout, f"moto_server answering on {url}", interval=0.1)
+        except WaitTimeout as error:
+            raise RuntimeError(f"moto_server did not start: {error}") from None
         yield url
     finally:
         process.terminate()
         process.wait(timeout=10)
-        if log:
-            out.close()  # type: ignore[union-attr]
+        if out:
+            out.close()

@@ -11,8 +11,9 @@ import os
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from pynet.wait import WaitTimeout, wait_until
 
 # Debian's client matches the engine Debian ships; a newer client earlier on PATH prints warnings.
 DEBIAN_DOCKER = Path("/usr/bin/docker")
@@ -90,11 +91,11 @@ def ensure_engine(timeout: float = 60.0) -> None:
             stderr=log,
             start_new_session=True,
         )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if engine_running():
-            return
-        time.sleep(0.5)
+    try:
+        wait_until(engine_running, timeout, "dockerd answering", interval=0.5)
+        return
+    except WaitTimeout:
+        pass
     tail = DOCKERD_LOG.read_text(errors="replace").splitlines()[-5:]
     raise EngineError(
         f"dockerd did not come up in {timeout:.0f}s; its log ({DOCKERD_LOG}) ends:\n"

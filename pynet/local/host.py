@@ -10,13 +10,11 @@ The flags are the ones known to run systemd and an inner Docker engine on these 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import socket
 import subprocess
 import tarfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from pynet import hostkeys
 from pynet.deploy.probe import ProbeError, ssh_banner
 from pynet.local.engine import EngineError, docker, ensure_engine
 from pynet.local.images import ensure_host_image
+from pynet.wait import WaitTimeout, wait_until
 
 LABEL = "pynet.local.host"
 SSH_USER = "admin"
@@ -38,6 +37,9 @@ RUN_FLAGS = (
     "seccomp=unconfined",
     "--security-opt",
     "apparmor=unconfined",
+    # What the chat role sets on a real host; /proc/sys is read-only inside a container.
+    "--sysctl",
+    "net.ipv4.tcp_migrate_req=1",
     "--tmpfs",
     "/run",
     "--tmpfs",
@@ -146,12 +148,18 @@ def default_known_hosts(key_path: Path) -> Path:
 
 
 def wait_for_ssh(host: Host, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ProbeError):
+    def answers() -> bool:
+        try:
             ssh_banner(host.address, host.ssh_port, timeout=2.0)
-            return
-        time.sleep(0.3)
+        except ProbeError:
+            return False
+        return True
+
+    try:
+        wait_until(answers, timeout, f"sshd of {host.name}", interval=0.3)
+        return
+    except WaitTimeout:
+        pass
     logs = docker("logs", "--tail", "20", host.name, check=False).stdout
     raise EngineError(
         f"host {host.name}: sshd did not answer on 127.0.0.1:{host.ssh_port} "

@@ -8,7 +8,10 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from tests.kit import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
@@ -33,8 +36,17 @@ def ansible_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run(argv: list[str], cwd: Path = REPO, timeout: float = 900, **env: str):
-    """Run a command, returning the CompletedProcess with stdout and stderr merged."""
+@dataclass(frozen=True)
+class Ran:
+    """A finished command: exit status, stdout and stderr merged, and how long it took."""
+
+    returncode: int
+    stdout: str
+    duration: float
+
+
+def run(argv: list[str], cwd: Path = REPO, timeout: float = 900, **env: str) -> Ran:
+    """Run a command with the project's Ansible settings; stdout and stderr merged."""
     started = time.monotonic()
     proc = subprocess.run(
         argv,
@@ -46,8 +58,7 @@ def run(argv: list[str], cwd: Path = REPO, timeout: float = 900, **env: str):
         timeout=timeout,
         check=False,
     )
-    proc.duration = time.monotonic() - started  # type: ignore[attr-defined]
-    return proc
+    return Ran(proc.returncode, proc.stdout, time.monotonic() - started)
 
 
 RECAP = re.compile(
@@ -66,7 +77,7 @@ def recap(output: str) -> dict[str, dict[str, int]]:
 
 
 class ChatClient:
-    """A line-based client of the chat protocol (docs: /work/shared/PROTOCOL.md)."""
+    """A line-based client of the chat protocol (docs/protocol.md)."""
 
     def __init__(self, port: int, timeout: float = 3.0) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -108,10 +119,9 @@ def ping(port: int) -> bool:
 
 
 def wait_for_pong(port: int, timeout: float = 30.0, interval: float = 0.05) -> float:
-    """Seconds until the chat on PORT answered /ping; AssertionError after TIMEOUT."""
+    """Seconds until the chat on PORT answered /ping; WaitTimeout after TIMEOUT."""
     started = time.monotonic()
-    while time.monotonic() - started < timeout:
-        if ping(port):
-            return time.monotonic() - started
-        time.sleep(interval)
-    raise AssertionError(f"chat on 127.0.0.1:{port} did not answer /ping within {timeout:.0f}s")
+    wait_until(
+        lambda: ping(port), timeout, f"chat on 127.0.0.1:{port} answering /ping", interval=interval
+    )
+    return time.monotonic() - started

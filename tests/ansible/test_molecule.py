@@ -5,14 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible_helpers import ROLES, run, tool
+
+from tests.ansible.ansible_helpers import ROLES, run, tool
 
 pytestmark = [pytest.mark.e2e, pytest.mark.molecule]
 
 
 def molecule_test(role: str, **env: str) -> None:
     proc = run([tool("molecule"), "test"], cwd=ROLES / role, timeout=900, **env)
-    print(f"molecule test ({role}): {proc.duration:.0f} s")  # type: ignore[attr-defined]
+    print(f"molecule test ({role}): {proc.duration:.0f} s")
     assert proc.returncode == 0, proc.stdout[-8000:]
 
 

@@ -6,7 +6,8 @@ import re
 
 import pytest
 import yaml
-from ansible_helpers import ROLES
+
+from tests.ansible.ansible_helpers import ROLES
 
 ROLE_NAMES = sorted(p.name for p in ROLES.iterdir() if (p / "defaults" / "main.yml").exists())
 

@@ -22,8 +22,7 @@ from pynet.aws.session import Clients
 from pynet.local.aws import ami_record, write_amis
 from pynet.local.aws import moto_server as local_moto_server
 from pynet.local.host import free_port
-
-from .helpers import REGION
+from tests.aws.helpers import REGION
 
 #: Debian images as the Debian account publishes them, plus decoys the lookup must skip.
 DEBIAN_IMAGES = [

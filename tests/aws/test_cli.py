@@ -14,8 +14,7 @@ from typing import Any
 import boto3
 
 from pynet import inventory
-
-from .helpers import (
+from tests.aws.helpers import (
     NEWEST_DEBIAN_AMD64,
     REGION,
     VENV_BIN,

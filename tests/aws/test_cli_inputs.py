@@ -139,3 +139,22 @@ def test_relaunch_names_the_options_that_did_not_apply(
     assert f"`fab destroy --name {name}`" in note
     # the next step names the inventory the release tasks must read
     assert f"then fab deploy --inventory {other}" in out
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "expected"),
+    [
+        ("t3.gigantic", "unknown --instance-type 't3.gigantic' in eu-central-1"),
+        ("t4g.micro", "is x86_64 but t4g.micro runs arm64"),  # the --ami is an x86_64 image
+    ],
+)
+def test_instance_type_is_checked_before_anything_is_created(
+    hooked: Clients, name: str, instance_type: str, expected: str
+) -> None:
+    with pytest.raises(Exit) as caught:
+        cloud.launch(
+            Context(), name, ssh_cidr=SSH, ami=moto_ami(hooked), instance_type=instance_type
+        )
+    assert expected in caught.value.message
+    assert caught.value.message.endswith("; nothing was created")
+    assert find_deployment(hooked, name).empty()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from botocore.stub import Stubber
@@ -21,8 +22,7 @@ from pynet.aws.images import resolve_image
 from pynet.aws.keys import LocalKey, find_local_key
 from pynet.aws.requests import DESTROYABLE_STATES, LIVE_STATES, debian_images_request
 from pynet.aws.session import Clients
-
-from .helpers import fail_call
+from tests.aws.helpers import fail_call
 
 SSH = "203.0.113.7/32"
 PUBLIC_KEY = (
@@ -36,7 +36,7 @@ def moto_ami(clients: Clients) -> str:
     return clients.ssm.get_parameter(Name=name)["Parameter"]["Value"]
 
 
-def spec(clients: Clients, name: str, **kw: str) -> LaunchSpec:
+def spec(clients: Clients, name: str, **kw: Any) -> LaunchSpec:
     return LaunchSpec(name=name, ssh_cidr=kw.pop("ssh_cidr", SSH), ami=moto_ami(clients), **kw)
 
 

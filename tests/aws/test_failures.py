@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,8 @@ from pynet.aws.keys import LocalKey
 from pynet.aws.publicip import detect_ssh_cidr
 from pynet.aws.session import Clients, connect
 from pynet.tasks import cloud
-
-from .helpers import answer_call, fail_call
-from .test_ec2 import PUBLIC_KEY, SSH, moto_ami
+from tests.aws.helpers import answer_call, fail_call
+from tests.aws.test_ec2 import PUBLIC_KEY, SSH, moto_ami
 
 KEY = LocalKey(PUBLIC_KEY, None)
 
@@ -153,13 +154,22 @@ def hooked(clients: Clients, monkeypatch: pytest.MonkeyPatch) -> Clients:
     return clients
 
 
-def _exit_of(task: object, *args: object, **kwargs: object) -> Exit:
+@dataclass(frozen=True)
+class Refusal:
+    """What a task said when it exited 1 (Exit.message is optional; here it must be set)."""
+
+    message: str
+
+
+def _exit_of(task: Callable[..., object], *args: object, **kwargs: object) -> Refusal:
     with pytest.raises(Exit) as caught:
-        task(Context(), *args, **kwargs)  # type: ignore[operator]
+        task(Context(), *args, **kwargs)
     assert caught.value.code == 1
-    assert "\n" not in caught.value.message
-    assert caught.value.message.startswith("error: ")
-    return caught.value
+    message = caught.value.message
+    assert message is not None
+    assert "\n" not in message
+    assert message.startswith("error: ")
+    return Refusal(message)
 
 
 def test_task_permission_denied(hooked: Clients, name: str) -> None:

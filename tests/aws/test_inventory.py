@@ -10,8 +10,7 @@ import pytest
 
 from pynet import inventory
 from pynet.inventory import Host
-
-from .helpers import VENV_BIN, run
+from tests.aws.helpers import VENV_BIN, run
 
 EC2 = Host("demo", "54.1.2.3", "admin", 22, "/home/me/.ssh/id_ed25519")
 LOCAL = Host("rehearsal", "127.0.0.1", "admin", 2222, None)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from bench.loadgen import MARK, SAMPLED, LoadGen
+from tests.kit import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -155,14 +156,14 @@ def test_baseline_server_speaks_enough_of_the_protocol() -> None:
         stdout=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def connected() -> socket.socket | None:
             try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
-                break
+                return socket.create_connection(("127.0.0.1", port), timeout=5)
             except OSError:
-                assert time.monotonic() < deadline, "baseline server did not start"
-                time.sleep(0.05)
+                return None
+
+        conn = wait_until(connected, 20, "the baseline server accepting")
         with conn, conn.makefile("rwb") as f:
             assert f.readline().startswith(b"HELLO ")
             f.write(b"/nick ann\n")

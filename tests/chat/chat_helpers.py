@@ -9,8 +9,10 @@ import socket
 import subprocess
 import sys
 import threading
-import time
+from collections.abc import Iterable
 from pathlib import Path
+
+from tests.kit import WaitTimeout, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 LISTEN = re.compile(r"listen=[^ ]*:(\d+)")
@@ -52,7 +54,9 @@ class ServerProcess:
         )
         threading.Thread(target=self._read, daemon=True).start()
         start = self.wait_for_log("listen=", timeout=10)
-        self.port = int(LISTEN.search(start).group(1))  # type: ignore[union-attr]
+        listen = LISTEN.search(start)
+        assert listen, start
+        self.port = int(listen[1])
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -62,15 +66,18 @@ class ServerProcess:
 
     def wait_for_log(self, text: str, timeout: float = 5) -> str:
         """The first log line containing `text`, waiting for it if needed."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        def found() -> str | None:
             done = self._done
-            for line in list(self.lines):
-                if text in line:
-                    return line
-            if done or time.monotonic() > deadline:
-                raise AssertionError(f"no log line with {text!r}; log:\n{self.log}")
-            time.sleep(0.01)
+            line = next((line for line in list(self.lines) if text in line), None)
+            if line is None and done:
+                raise AssertionError(f"server exited without logging {text!r}; log:\n{self.log}")
+            return line
+
+        try:
+            return wait_until(found, timeout, f"a log line with {text!r}", interval=0.01)
+        except WaitTimeout as error:
+            raise AssertionError(f"{error}; log:\n{self.log}") from None
 
     @property
     def log(self) -> str:
@@ -188,26 +195,28 @@ class ClientProcess:
             threading.Thread(target=self._read, args=(stream, into), daemon=True).start()
 
     @staticmethod
-    def _read(stream: object, into: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
+    def _read(stream: Iterable[str] | None, into: list[str]) -> None:
+        for line in stream or ():
             into.append(line.rstrip("\n"))
 
     def wait_for(self, line: str, count: int = 1, timeout: float = 10) -> None:
         """Until stdout has shown LINE COUNT times."""
-        deadline = time.monotonic() + timeout
-        while self.lines.count(line) < count:
-            assert time.monotonic() < deadline, f"no {line!r} in {self.lines} {self.errors}"
-            time.sleep(0.02)
+        what = f"{line!r} {count} times on stdout"
+        try:
+            wait_until(lambda: self.lines.count(line) >= count, timeout, what, interval=0.02)
+        except WaitTimeout as error:
+            raise AssertionError(f"{error}: {self.lines} {self.errors}") from None
 
     def wait_for_error(self, text: str, timeout: float = 10) -> str:
         """The first stderr line containing TEXT, waiting for it if needed."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in list(self.errors):
-                if text in line:
-                    return line
-            assert time.monotonic() < deadline, f"no {text!r} in {self.errors}"
-            time.sleep(0.02)
+
+        def found() -> str | None:
+            return next((line for line in list(self.errors) if text in line), None)
+
+        try:
+            return wait_until(found, timeout, f"{text!r} on stderr", interval=0.02)
+        except WaitTimeout as error:
+            raise AssertionError(f"{error}: {self.errors}") from None
 
     def type(self, line: str) -> None:
         assert self.proc.stdin is not None

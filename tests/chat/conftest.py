@@ -6,7 +6,8 @@ import resource
 from collections.abc import Callable, Iterator
 
 import pytest
-from chat_helpers import LineClient, ServerProcess
+
+from tests.chat.chat_helpers import LineClient, ServerProcess
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import threading
 import time
 
 import pytest
-from chat_helpers import LineClient
+
+from tests.chat.chat_helpers import LineClient
 
 
 def test_rate_limit_refuses_lines_past_the_burst(start_server, clients) -> None:

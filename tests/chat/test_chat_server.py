@@ -6,9 +6,9 @@ import asyncio
 import time
 
 import pytest
-from chat_helpers import ServerProcess
 
 from chat import __version__
+from tests.chat.chat_helpers import ServerProcess
 
 
 def test_greets_with_hello_then_accepts_a_nickname(server: ServerProcess, clients) -> None:
@@ -129,7 +129,7 @@ async def _named(port: int, nick: str) -> tuple[asyncio.StreamReader, asyncio.St
 
 
 async def _read_msgs(reader: asyncio.StreamReader, count: int) -> list[bytes]:
-    got = []
+    got: list[bytes] = []
     while len(got) < count:
         line = await reader.readline()
         assert line, "connection closed early"
@@ -194,9 +194,8 @@ def test_help_lists_every_option() -> None:
     import subprocess
     import sys
 
-    from chat_helpers import ROOT
-
     from chat.config import OPTIONS
+    from tests.chat.chat_helpers import ROOT
 
     out = subprocess.run(
         [sys.executable, "-m", "chat.server", "--help"],
@@ -221,7 +220,7 @@ def test_port_in_use_exits_with_error(server: ServerProcess) -> None:
     import subprocess
     import sys
 
-    from chat_helpers import ROOT
+    from tests.chat.chat_helpers import ROOT
 
     proc = subprocess.run(
         [sys.executable, "-m", "chat.server", "--host", "127.0.0.1", "--port", str(server.port)],

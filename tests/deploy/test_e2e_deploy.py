@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,12 +22,14 @@ from pathlib import Path
 import pytest
 
 from pynet.deploy.probe import ProbeError, chat_hello
+from pynet.local.host import Host
 from pynet.local.provision import (
     build_context_copy,
     playbook_argv,
     write_inventory,
     write_ssh_config,
 )
+from tests.kit import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,7 @@ BROKEN_CMD = 'CMD ["python3", "-c", "raise SystemExit(\'broken on purpose\')"]\n
 class Rig:
     """The provisioned host, the source tree we deploy from, and how to run `fab` at them."""
 
-    host: object  # pynet.local.host.Host
+    host: Host
     key: Path
     src: Path
     ssh_config: Path  # points `fab -H` at the harness's pinned host keys
@@ -53,7 +54,7 @@ class Rig:
             "PYNET_DOCKER": "/usr/bin/docker",
             "PYNET_BASE_IMAGE": "pynet-local/debian:bookworm",
             "PYNET_APP_PORT": str(self.host.app_port),
-        }  # type: ignore[attr-defined]
+        }
 
     def fab(
         self,
@@ -72,7 +73,7 @@ class Rig:
         )
 
     def fab_argv(self, *args: str, key: Path | None = None) -> list[str]:
-        target = f"admin@127.0.0.1:{self.host.ssh_port}"  # type: ignore[attr-defined]
+        target = f"admin@127.0.0.1:{self.host.ssh_port}"
         return [
             str(BIN / "fab"),
             "-S",
@@ -88,11 +89,11 @@ class Rig:
         return self.fab("deploy", "--context", str(self.src), *args)
 
     def hello(self) -> str:
-        return chat_hello("127.0.0.1", self.host.app_port)  # type: ignore[attr-defined]
+        return chat_hello("127.0.0.1", self.host.app_port)
 
     def root(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """A command on the host as root, behind SSH's back (fault injection)."""
-        return self.host.exec(*argv, check=check)  # type: ignore[attr-defined]
+        return self.host.exec(*argv, check=check)
 
     def commit(self, label: str, broken: bool = False) -> str:
         """A new release of the source: HELLO will say `0.1.0+LABEL`. Returns its version."""
@@ -109,17 +110,14 @@ class Rig:
         return _git(self.src, "rev-parse", "--short=7", "HEAD")
 
     def wait_serving(self, label: str, timeout: float = 30) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
+        def serving() -> str | None:
             try:
                 hello = self.hello()
-                if hello.endswith(f"+{label}"):
-                    return hello
             except ProbeError:
-                pass
-            if time.monotonic() > deadline:
-                raise AssertionError(f"0.1.0+{label} not serving within {timeout}s")
-            time.sleep(0.3)
+                return None
+            return hello if hello.endswith(f"+{label}") else None
+
+        return wait_until(serving, timeout, f"0.1.0+{label} serving", interval=0.3)
 
 
 def _git(repo: Path, *args: str) -> str:
@@ -131,9 +129,9 @@ def _git(repo: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def _provision(host: object, archive: Path, tmp: Path) -> None:
+def _provision(host: Host, archive: Path, tmp: Path) -> None:
     """The real roles, the way a user provisions: ansible-playbook with an inventory file."""
-    inventory = write_inventory(tmp / "hosts.yml", host)  # type: ignore[arg-type]
+    inventory = write_inventory(tmp / "hosts.yml", host)
     proc = subprocess.run(
         playbook_argv(inventory, f"chat_image_archive={archive}"),
         cwd=REPO,
@@ -226,11 +224,12 @@ def test_concurrent_deploys_one_is_refused(rig: Rig) -> None:
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 60
-    while rig.root("test", "-d", "/var/lib/pynet-deploy/lock", check=False).returncode:
+
+    def locked() -> bool:
         assert first.poll() is None, "the first deploy ended before it took the lock"
-        assert time.monotonic() < deadline, "the first deploy never took the lock"
-        time.sleep(0.05)
+        return rig.root("test", "-d", "/var/lib/pynet-deploy/lock", check=False).returncode == 0
+
+    wait_until(locked, 60, "the first deploy taking the lock")
     second = rig.deploy()
     out, err = first.communicate(timeout=120)
     assert first.returncode == 0, out + err
@@ -304,15 +303,18 @@ def test_logs_and_status_tell_the_truth(rig: Rig) -> None:
     lines: list[str] = []
 
     def read() -> None:
-        for line in follow.stdout:  # type: ignore[union-attr]
+        for line in follow.stdout or ():
             lines.append(line)
 
     threading.Thread(target=read, daemon=True).start()
-    deadline = time.monotonic() + 30
-    while not any("chat.server connect peer=" in line for line in lines):
-        assert time.monotonic() < deadline, f"--follow showed no new line: {lines}"
+
+    def followed() -> bool:
+        if any("chat.server connect peer=" in line for line in lines):
+            return True
         rig.hello()  # the server logs each connection
-        time.sleep(0.5)
+        return False
+
+    wait_until(followed, 30, "--follow showing a new line", interval=0.5)
     follow.send_signal(signal.SIGINT)  # Ctrl-C must end it
     assert follow.wait(timeout=15) is not None
     one = rig.fab("status")
@@ -341,7 +343,7 @@ def test_wrong_key_is_one_line(rig: Rig, tmp_path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other)], check=True)
     proc = rig.fab("status", key=other)
     assert proc.returncode == 1
-    port = rig.host.ssh_port  # type: ignore[attr-defined]
+    port = rig.host.ssh_port
     assert proc.stderr.strip().splitlines() == [
         f"admin@127.0.0.1:{port}: SSH authentication failed for user 'admin': check the key "
         "(-i or ansible_ssh_private_key_file) and the user (`admin` on Debian)"

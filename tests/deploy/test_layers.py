@@ -6,8 +6,7 @@ import tarfile
 from pathlib import Path
 
 from pynet.deploy.layers import parse_layer_lists, shared_prefix, slim_archive
-
-from .fakes import fake_docker_save
+from tests.deploy.fakes import fake_docker_save
 
 
 def test_shared_prefix_counts_whole_chains_only() -> None:

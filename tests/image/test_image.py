@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from pynet.local.engine import docker
-from pynet.local.host import free_port
+from tests.kit import free_port, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -29,18 +29,20 @@ def read_until(sock: socket.socket, marker: bytes, timeout: float = 10.0) -> byt
 
 def connect(port: int, timeout: float = 20.0) -> socket.socket:
     """Connect once the container's server has said HELLO."""
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def greeted() -> socket.socket | None:
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=2)
-            if read_until(sock, b"\n", 2).startswith(b"HELLO pynet "):
-                return sock
-            sock.close()
         except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the container never said HELLO on 127.0.0.1:{port}")
-        time.sleep(0.2)
+            return None
+        if read_until(sock, b"\n", 2).startswith(b"HELLO pynet "):
+            return sock
+        sock.close()
+        return None
+
+    return wait_until(
+        greeted, timeout, f"the container saying HELLO on 127.0.0.1:{port}", interval=0.2
+    )
 
 
 @pytest.fixture
