@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system tools the tests and the local rehearsal need: a Docker engine, debootstrap
-# (to build base images without a registry) and an SSH client. Debian/Ubuntu, as root.
+# (to build base images without a registry), an SSH client and systemd-analyze.
+# Debian/Ubuntu, as root.
 set -euo pipefail
 
 needed=()
@@ -16,6 +17,8 @@ command -v ss >/dev/null || needed+=(iproute2)
 command -v iptables >/dev/null || needed+=(iptables)
 # A real Redis for the cluster tests (tests/chat/test_backplane_redis.py and the cluster tests).
 command -v redis-server >/dev/null || needed+=(redis-server)
+# Scores the chat unit's sandbox offline (tests/ansible/test_chat_sandbox.py).
+command -v systemd-analyze >/dev/null || needed+=(systemd)
 
 if [ ${#needed[@]} -eq 0 ]; then
     exit 0
