@@ -85,7 +85,7 @@ class _StrictClient(SSHClient):
         super().__init__()
         self.files = list(files)
 
-    def connect(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def connect(self, *args: Any, **kwargs: Any) -> None:
         try:
             super().connect(*args, **kwargs)
         except BadHostKeyException as err:

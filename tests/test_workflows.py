@@ -1,0 +1,140 @@
+"""The GitHub workflows and the deploy role's IAM policies keep the promises of docs/ci.md.
+
+Workflows cannot run here, so they are linted offline (zizmor, the workflow JSON schema) and the
+points that make the deploy safe are asserted one by one, so none of them can drift.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+WORKFLOWS = REPO / ".github" / "workflows"
+SHA_PIN = re.compile(r"^[\w.-]+/[\w.-]+(/[\w./-]+)?@[0-9a-f]{40}$")
+
+
+def load(name: str) -> dict[Any, Any]:
+    data = yaml.safe_load((WORKFLOWS / name).read_text())
+    # YAML 1.1 reads the key `on` as True.
+    return {("on" if key is True else key): value for key, value in data.items()}
+
+
+def steps(workflow: dict[str, Any]) -> list[dict[str, Any]]:
+    return [step for job in workflow["jobs"].values() for step in job.get("steps", [])]
+
+
+def test_zizmor_offline_finds_nothing() -> None:
+    proc = subprocess.run(
+        [str(BIN / "zizmor"), "--offline", "--no-progress", str(WORKFLOWS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_workflows_match_the_github_schema() -> None:
+    proc = subprocess.run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.github-workflows",
+            *map(str, sorted(WORKFLOWS.glob("*.yml"))),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("name", ["tests.yml", "deploy.yml"])
+def test_every_action_is_pinned_to_a_commit_and_says_its_version(name: str) -> None:
+    text = (WORKFLOWS / name).read_text()
+    for line in text.splitlines():
+        match = re.match(r"^\s*(?:- )?uses: (\S+)(.*)$", line)
+        if not match or match[1].startswith("./"):
+            continue
+        assert SHA_PIN.match(match[1]), line
+        assert re.search(r"#\s*v\d+\.\d+\.\d+", match[2]), f"no version comment: {line}"
+
+
+@pytest.mark.parametrize("name", ["tests.yml", "deploy.yml"])
+def test_no_event_text_is_expanded_in_run(name: str) -> None:
+    for step in steps(load(name)):
+        if "run" in step:
+            assert "${{" not in step["run"], step["run"]
+        for value in (step.get("env") or {}).values():
+            assert "github.event" not in str(value)
+            assert "github.head_ref" not in str(value)
+
+
+def test_tests_run_on_pull_requests_and_pushes() -> None:
+    workflow = load("tests.yml")
+    assert {"pull_request", "push", "workflow_call"} <= set(workflow["on"])
+    assert workflow["permissions"] == {"contents": "read"}
+    assert [s["run"] for s in steps(workflow) if "run" in s] == ['sudo env "PATH=$PATH" .ci/run']
+    for step in steps(workflow):
+        if step.get("uses", "").startswith("actions/checkout@"):
+            assert step["with"]["persist-credentials"] is False
+
+
+def test_deploy_runs_after_the_tests_on_main_one_at_a_time_with_oidc() -> None:
+    workflow = load("deploy.yml")
+    assert workflow["on"] == {"push": {"branches": ["main"]}}
+    assert workflow["permissions"] == {}
+    jobs = workflow["jobs"]
+    assert jobs["tests"]["uses"] == "./.github/workflows/tests.yml"
+    deploy = jobs["deploy"]
+    assert deploy["needs"] == "tests"
+    assert deploy["environment"] == "production"
+    assert deploy["concurrency"]["cancel-in-progress"] is False
+    assert deploy["permissions"] == {"contents": "read", "id-token": "write"}
+    [aws] = [s for s in deploy["steps"] if "configure-aws-credentials" in s.get("uses", "")]
+    assert aws["with"]["role-to-assume"] == "${{ vars.AWS_DEPLOY_ROLE_ARN }}"
+    assert not {"aws-access-key-id", "aws-secret-access-key"} & set(aws["with"])
+    # The host key comes pinned from the environment; the deploy goes through the pinned file.
+    runs = "\n".join(s.get("run", "") for s in deploy["steps"])
+    assert "printf '%s\\n' \"$PYNET_KNOWN_HOSTS\" > inventory/known_hosts" in runs
+    assert "python -m pynet.ci production" in runs
+    assert runs.rstrip().endswith("fab deploy")
+    assert "StrictHostKeyChecking=no" not in runs
+
+
+def test_trust_policy_is_pinned_to_the_repository_and_environment() -> None:
+    policy = json.loads((REPO / "iam" / "deploy-trust-policy.json").read_text())
+    [statement] = policy["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"]["Federated"].endswith(
+        ":oidc-provider/token.actions.githubusercontent.com"
+    )
+    assert set(statement["Condition"]) == {"StringEquals"}  # exact: no StringLike wildcards
+    condition = statement["Condition"]["StringEquals"]
+    assert condition["token.actions.githubusercontent.com:aud"] == "sts.amazonaws.com"
+    subject = condition["token.actions.githubusercontent.com:sub"]
+    assert re.fullmatch(r"repo:[^:*]+/[^:*]+:environment:production", subject)
+
+
+def test_deploy_role_may_only_look() -> None:
+    policy = json.loads((REPO / "iam" / "deploy-role-policy.json").read_text())
+    actions = [
+        action
+        for statement in policy["Statement"]
+        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else [])
+        + (statement["Action"] if isinstance(statement["Action"], list) else [])
+    ]
+    assert actions == ["ec2:DescribeInstances"]
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        assert "aws:RequestedRegion" in statement["Condition"]["StringEquals"]
