@@ -344,6 +344,7 @@ def launch(
             _existing_key_file(spec, local_key, home),
             group,
         )
+    check_instance_type(ec2, spec.instance_type, region)  # RunInstances would say it too late
     if spec.recovery:
         recovery.check_recoverable(ec2, spec.instance_type, region)
     image = resolve_image(
@@ -475,6 +476,21 @@ def _operate(clients: Clients, spec: LaunchSpec, instance: dict[str, Any], say: 
         say(f"Elastic IP {eip['PublicIp']} on {host.instance_id}")
         host = dataclasses.replace(host, public_ip=eip["PublicIp"])
     return host
+
+
+def check_instance_type(ec2: Any, instance_type: str, region: str) -> None:
+    """Refuse a type AWS does not offer while nothing exists yet: RunInstances would say so only
+    after the key pair and security group were made. (images.py matches the CPU to the image.)"""
+    unknown = (
+        f"unknown --instance-type {instance_type!r} in {region}: see `aws ec2 "
+        "describe-instance-types` or the EC2 console for the types offered"
+    )
+    with explained(
+        f"checking --instance-type {instance_type}", region, known={"InvalidInstanceType": unknown}
+    ):
+        found = ec2.describe_instance_types(InstanceTypes=[instance_type])["InstanceTypes"]
+    if not found:
+        raise CloudError(unknown)
 
 
 def _ensure_group(ec2: Any, spec: LaunchSpec, region: str, say: Say) -> str:
