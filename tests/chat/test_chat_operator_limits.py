@@ -24,7 +24,7 @@ def test_named_client_that_never_finishes_a_line_is_cut(start_server, clients) -
         time.sleep(0.1)
     rest = stalled.rest()
     assert rest[-1] == "BYE line-timeout"
-    assert time.monotonic() - started < 2.5
+    assert time.monotonic() - started < 4  # 0.6 s, and housekeeping, on a busy machine
     assert watcher.line() == "LEFT stalled line-timeout"
     server.wait_for_log("nick=stalled reason=line-timeout")
 
@@ -38,35 +38,39 @@ def test_an_over_long_line_being_skipped_is_also_timed(start_server, clients) ->
 
 
 def test_whole_lines_and_quiet_clients_are_not_cut(start_server, clients) -> None:
-    server = start_server("--line-timeout", "0.5")
+    server = start_server("--line-timeout", "1.5")
     talker = clients(server.port, "talker")
     quiet = clients(server.port, "quiet")
     talker.until("JOIN quiet")
     for n in range(8):  # each line finished at once, over longer than the timeout
         talker.send(f"line {n}")
         assert talker.line() == f"MSG {n + 1} talker line {n}"
-        time.sleep(0.1)
+        time.sleep(0.25)
     talker.sock.sendall(b"slow ")  # a line split over two writes, finished in time
-    time.sleep(0.3)
+    time.sleep(0.5)
     talker.send("but whole")
     assert talker.line() == "MSG 9 talker slow but whole"
-    time.sleep(0.5)
-    quiet.send("/ping")  # idle for 1.4 s, more than the line timeout: still served
+    quiet.send("/ping")  # idle for 2.5 s, more than the line timeout: still served
     assert quiet.until("PONG")[-1] == "PONG"
 
 
 def test_idle_timeout_cuts_silent_named_clients_when_set(start_server, clients) -> None:
-    server = start_server("--idle-timeout", "0.6")
+    server = start_server("--idle-timeout", "1.5")
     watcher = clients(server.port, "watcher")
     idle = clients(server.port, "idle")
     watcher.until("JOIN idle")
-    seen = []
-    for _ in range(5):  # 1.5 s: the watcher keeps talking, so it stays
+    started = time.monotonic()
+    seen: list[str] = []
+    while "LEFT idle idle-timeout" not in seen:  # the watcher keeps talking, so it stays
+        assert time.monotonic() - started < 8, seen
         watcher.send("/ping")
         seen += watcher.until("PONG")
-        time.sleep(0.3)
+        time.sleep(0.2)
+    assert time.monotonic() - started >= 1.4  # not before its time
     assert idle.rest()[-1] == "BYE idle-timeout"
     assert [line for line in seen if line != "PONG"] == ["LEFT idle idle-timeout"]
+    watcher.send("/ping")
+    assert watcher.line() == "PONG"
 
 
 def test_one_address_cannot_take_every_slot(start_server, clients) -> None:

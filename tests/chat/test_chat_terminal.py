@@ -180,18 +180,18 @@ def test_bad_ping_options_exit_with_one_line(value: str, capsys) -> None:
 
 def test_a_reader_in_a_busy_room_is_not_idle_to_the_server(start_server, clients) -> None:
     """The client pings when *it* has been quiet, even while lines keep arriving."""
-    server = start_server("--idle-timeout", "1")
+    server = start_server("--idle-timeout", "1.5")
     reader = ClientProcess(
         server.port, "--nick", "reader", "--raw", "--stay", "--ping-interval", "0.3"
     )
     try:
         reader.wait_for("OK nick reader")
         talker = clients(server.port, "talker")
-        for n in range(25):  # 2.5 s of a busy room, the reader never typing
+        for n in range(30):  # 3 s of a busy room, the reader never typing
             talker.send(f"news {n}")
             time.sleep(0.1)
-        reader.wait_for("MSG 25 talker news 24")
+        reader.wait_for("MSG 30 talker news 29")
         assert not any(line.startswith("BYE") for line in reader.lines), reader.lines
-        assert "LEFT reader idle-timeout" not in talker.until("MSG 25 ")
+        assert "LEFT reader idle-timeout" not in talker.until("MSG 30 ")
     finally:
         reader.kill()
