@@ -27,6 +27,32 @@ _CAPACITY = {"InsufficientInstanceCapacity", "InsufficientCapacity"}
 _NO_AMI = {"InvalidAMIID.NotFound", "InvalidAMIID.Malformed", "InvalidAMIID.Unavailable"}
 
 
+#: Operations of services other than EC2 that pynet calls, for the IAM action a denial names.
+_SERVICES = {
+    "cloudwatch": {"PutMetricAlarm", "DescribeAlarms", "DeleteAlarms"},
+    "logs": {"CreateLogGroup", "PutRetentionPolicy", "DescribeLogGroups", "DeleteLogGroup"},
+    "iam": {
+        "GetRole",
+        "CreateRole",
+        "PutRolePolicy",
+        "DeleteRolePolicy",
+        "DeleteRole",
+        "GetInstanceProfile",
+        "CreateInstanceProfile",
+        "AddRoleToInstanceProfile",
+        "RemoveRoleFromInstanceProfile",
+        "DeleteInstanceProfile",
+    },
+    "ssm": {"GetParameter"},
+    "sts": {"GetCallerIdentity"},
+}
+
+
+def service_of(operation: str) -> str:
+    """The IAM service prefix of an operation we call (ec2 unless listed above)."""
+    return next((name for name, ops in _SERVICES.items() if operation in ops), "ec2")
+
+
 class CloudError(Exception):
     """A failure the operator can act on; `str()` is one line that says what to do."""
 
@@ -52,7 +78,11 @@ def explain(
         code = code_of(err)
         if known and code in known:
             return CloudError(known[code])
-        action = f"ec2:{err.operation_name}" if err.operation_name else "the action"
+        action = (
+            f"{service_of(err.operation_name)}:{err.operation_name}"
+            if err.operation_name
+            else "the action"
+        )
         if code in _DENIED:
             return CloudError(
                 f"permission denied while {doing}: your AWS identity may not call {action} "

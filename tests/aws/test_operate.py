@@ -348,3 +348,21 @@ def test_cli_pins_the_host_key_and_writes_the_log_settings(
     assert hostkeys.pinned_key(known, "ops") is None
     assert inventory.read_hosts(cli_env["PYNET_INVENTORY"]) == []
     assert eips.describe_addresses()["Addresses"] == []
+
+
+def test_a_denied_logs_call_names_the_logs_action(
+    clients: Clients, aws_env: Path, name: str
+) -> None:
+    from botocore.exceptions import ClientError
+
+    def deny(**_: Any) -> None:
+        raise ClientError(
+            {"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "CreateLogGroup"
+        )
+
+    clients.logs.meta.events.register("before-call.logs.CreateLogGroup", deny)
+    try:
+        with pytest.raises(CloudError, match=r"may not call logs:CreateLogGroup"):
+            _launch(clients, _spec(clients, name, cloudwatch_logs=True), aws_env)
+    finally:
+        clients.logs.meta.events.unregister("before-call.logs.CreateLogGroup", deny)
