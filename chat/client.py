@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from chat import keepalive
+from chat import PORT, keepalive
 from chat.config import OneLineParser
 from chat.protocol import (
     Bye,
@@ -449,7 +449,7 @@ def _backoff(text: str) -> float:
 
 def _default_port(parser: argparse.ArgumentParser) -> int:
     """PYNET_PORT, checked like the argument (it stands in for it)."""
-    raw = os.environ.get("PYNET_PORT") or "5050"
+    raw = os.environ.get("PYNET_PORT") or str(PORT)
     try:
         return _port(raw)
     except argparse.ArgumentTypeError as exc:
@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         type=_port,
         default=_default_port(parser),
-        help="server port (default $PYNET_PORT, else 5050)",
+        help=f"server port (default $PYNET_PORT, else {PORT})",
     )
     parser.add_argument("--nick", required=True, type=_nick, help="your nickname")
     parser.add_argument("--raw", action="store_true", help="print protocol lines as received")
@@ -569,8 +569,9 @@ async def amain(args: argparse.Namespace) -> int:
         client.request_quit()
         loop.call_later(3.0, main_task.cancel)
 
-    main_task = asyncio.current_task()
-    assert main_task is not None
+    current = asyncio.current_task()
+    assert current is not None
+    main_task = current  # a Task for the closure above, which mypy cannot narrow
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     start_stdin_reader(loop, client.input.put_nowait)

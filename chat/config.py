@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, NoReturn
 
-from chat import __version__
+from chat import PORT, __version__
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -25,7 +25,7 @@ class Settings:
     """Everything the server can be told. Defaults are safe for a small public server."""
 
     host: str = "0.0.0.0"  # noqa: S104 - a server in a container listens on all interfaces
-    port: int = 5050
+    port: int = PORT
     history: str | None = None
     history_size: int = 1000
     backplane: str | None = None

@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 
+from chat import PORT
 from chat.protocol import ClientConnection, Error, Ping, Pong, Quit
 
 
@@ -58,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         "port",
         nargs="?",
         type=int,
-        default=int(os.environ.get("PYNET_PORT") or 5050),
-        help="default $PYNET_PORT or 5050",
+        default=int(os.environ.get("PYNET_PORT") or PORT),
+        help=f"default $PYNET_PORT or {PORT}",
     )
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
     args = parser.parse_args(argv)

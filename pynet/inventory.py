@@ -15,10 +15,11 @@ from typing import Any
 
 import yaml
 
+from chat import PORT
 from pynet.hostkeys import ssh_options
 
 GROUP = "chat"
-CHAT_PORT = 5050
+CHAT_PORT = PORT
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "inventory" / "hosts.yml"
 KNOWN_HOSTS_VAR = "pynet_known_hosts"

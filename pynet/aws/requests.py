@@ -12,6 +12,7 @@ import math
 import re
 from typing import Any, NamedTuple
 
+from chat import PORT
 from pynet.aws.errors import CloudError
 
 APP_TAG = "pynet:app"
@@ -20,7 +21,7 @@ DEPLOYMENT_TAG = "pynet:deployment"
 SSH_USER_TAG = "pynet:ssh-user"
 KEY_ORIGIN_TAG = "pynet:key-origin"  # "created" (we hold the private key) or "imported"
 
-CHAT_PORT = 5050
+CHAT_PORT = PORT
 SSH_PORT = 22
 
 #: States in which an instance still counts as "the host" of a deployment (launch reuses it).
@@ -142,7 +143,7 @@ def desired_rules(ssh_source: str) -> set[Rule]:
 
 def rules_of(permissions: list[dict[str, Any]]) -> set[Rule]:
     """Flatten described IpPermissions into rules (group and prefix-list sources count too)."""
-    rules = set()
+    rules: set[Rule] = set()
     for perm in permissions:
         protocol = str(perm.get("IpProtocol", "-1"))
         low, high = int(perm.get("FromPort", -1)), int(perm.get("ToPort", -1))

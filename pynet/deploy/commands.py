@@ -15,6 +15,8 @@ import json
 import shlex
 from collections.abc import Iterable, Mapping
 
+from chat import PORT
+
 
 class Op(str):
     """A shell operator, rendered unquoted."""
@@ -30,7 +32,7 @@ CURRENT = f"{IMAGE}:current"
 UNIT_PREFIX = "pynet-chat@"
 UNITS = f"{UNIT_PREFIX}*.service"
 CONTAINER_PREFIX = "pynet-chat-"
-APP_PORT = 5050
+APP_PORT = PORT
 HANDOVER_DIR = "/run/pynet"
 SWITCH_RECORD = f"{HANDOVER_DIR}/last-switch.json"
 STATE_DIR = "/var/lib/pynet-deploy"

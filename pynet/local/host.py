@@ -18,6 +18,7 @@ import tarfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from chat import PORT
 from pynet import hostkeys
 from pynet.deploy.probe import ProbeError, ssh_banner
 from pynet.local.engine import EngineError, docker, ensure_engine
@@ -26,7 +27,7 @@ from pynet.wait import WaitTimeout, wait_until
 
 LABEL = "pynet.local.host"
 SSH_USER = "admin"
-CHAT_PORT = 5050
+CHAT_PORT = PORT
 
 RUN_FLAGS = (
     "--cap-add",
