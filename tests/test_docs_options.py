@@ -149,7 +149,8 @@ def test_task_variables_table_matches_the_code() -> None:
 def test_every_variable_the_docs_name_exists() -> None:
     """Catches a variable documented after the code stopped reading it (PYNET_HISTORY_FLUSH)."""
     code = ""
-    for pattern in ("chat/*.py", "pynet/**/*.py", "bench/*.py", "roles/**/*.yml", "Makefile"):
+    patterns = ("chat/*.py", "pynet/**/*.py", "bench/*.py", "roles/**/*.yml", ".github/**/*.yml")
+    for pattern in (*patterns, "Makefile"):
         for source in REPO.glob(pattern):
             code += source.read_text(encoding="utf-8")
     known = set(VARIABLE.findall(code))
