@@ -1,0 +1,103 @@
+"""A cluster on moto: N chat hosts, one Redis host reachable only from them, an NLB; destroy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import boto3
+import pytest
+
+from pynet.aws import cluster
+from pynet.aws import cluster_requests as req
+from pynet.aws.ec2 import LaunchSpec, find_instances
+from pynet.aws.errors import CloudError
+from pynet.aws.keys import LocalKey
+from pynet.aws.requests import LIVE_STATES
+from pynet.aws.session import Clients
+from tests.aws.helpers import REGION
+from tests.aws.test_ec2 import PUBLIC_KEY, SSH, moto_ami
+
+
+def launch(clients: Clients, name: str, count: int, home: Path) -> cluster.ClusterLaunched:
+    elbv2 = boto3.client("elbv2", region_name=REGION)
+    spec = LaunchSpec(name=name, ssh_cidr=SSH, ami=moto_ami(clients), recovery=False)
+    return cluster.launch(
+        clients, elbv2, spec, count, LocalKey(PUBLIC_KEY, None), home=home, poll=0.01
+    )
+
+
+def test_request_builders() -> None:
+    assert req.chat_host_names("c", 2) == ["c-chat1", "c-chat2"]
+    perms = req.redis_access_permissions("sg-123", "203.0.113.7/32")
+    assert perms[0]["FromPort"] == perms[0]["ToPort"] == 6379
+    assert perms[0]["UserIdGroupPairs"][0]["GroupId"] == "sg-123"
+    assert "IpRanges" not in perms[0]  # never from an address range
+    assert perms[1]["IpRanges"][0]["CidrIp"] == "203.0.113.7/32"
+    tg = req.target_group_request("c", "vpc-1")
+    assert (tg["Protocol"], tg["Port"], tg["HealthCheckProtocol"]) == ("TCP", 5050, "TCP")
+    lb = req.load_balancer_request("c", ["s2", "s1"])
+    assert (lb["Type"], lb["Scheme"], lb["Subnets"]) == ("network", "internet-facing", ["s1", "s2"])
+    assert req.member_pattern("c").match("c-chat12")
+    assert not req.member_pattern("c").match("c-chat0")
+    assert not req.member_pattern("c").match("cc-chat1")
+    with pytest.raises(CloudError, match="at most 20"):
+        req.check_cluster("a" * 21, 2)
+    with pytest.raises(CloudError, match="--count 0"):
+        req.check_cluster("c", 0)
+
+
+def test_launch_makes_the_cluster_and_destroy_removes_all_of_it(
+    clients: Clients, aws_env: Path, name: str
+) -> None:
+    name = name[:12]
+    elbv2 = boto3.client("elbv2", region_name=REGION)
+    result = launch(clients, name, 2, aws_env)
+    assert len(result.chat) == 2
+    assert result.endpoint.endswith(".elb.amazonaws.com")
+    ec2 = clients.ec2
+    groups = {
+        g["GroupName"]: g
+        for g in ec2.describe_security_groups(
+            Filters=[{"Name": f"tag:{req.CLUSTER_TAG}", "Values": [name]}]
+        )["SecurityGroups"]
+    }
+    peers = groups[f"pynet-{name}-chat-peers"]
+    access = groups[f"pynet-{name}-redis-access"]
+    assert peers["IpPermissions"] == []
+    redis_rules = [p for p in access["IpPermissions"] if p["FromPort"] == 6379]
+    assert len(redis_rules) == 1
+    assert redis_rules[0]["IpRanges"] == []
+    assert redis_rules[0].get("Ipv6Ranges", []) == []
+    assert [p["GroupId"] for p in redis_rules[0]["UserIdGroupPairs"]] == [peers["GroupId"]]
+    # every chat host carries the peers group; the Redis host only the access group
+    for launched in result.chat:
+        instance = find_instances(ec2, launched.host.name, LIVE_STATES)[0]
+        assert peers["GroupId"] in [g["GroupId"] for g in instance["SecurityGroups"]]
+    redis = find_instances(ec2, f"{name}-redis", LIVE_STATES)[0]
+    assert [g["GroupId"] for g in redis["SecurityGroups"]] == [access["GroupId"]]
+    # the NLB forwards TCP 5050 to both chat hosts, checked by a TCP health check
+    lb = elbv2.describe_load_balancers(Names=[f"pynet-{name}"])["LoadBalancers"][0]
+    assert lb["Type"] == "network"
+    listener = elbv2.describe_listeners(LoadBalancerArn=lb["LoadBalancerArn"])["Listeners"][0]
+    assert (listener["Protocol"], listener["Port"]) == ("TCP", 5050)
+    tg = elbv2.describe_target_groups(Names=[f"pynet-{name}-chat"])["TargetGroups"][0]
+    assert tg["HealthCheckProtocol"] == "TCP"
+    targets = elbv2.describe_target_health(TargetGroupArn=tg["TargetGroupArn"])
+    registered = {t["Target"]["Id"] for t in targets["TargetHealthDescriptions"]}
+    assert registered == {c.host.instance_id for c in result.chat}
+
+    again = launch(clients, name, 2, aws_env)  # idempotent: nothing new
+    assert {c.host.instance_id for c in again.chat} == registered
+    assert not any(c.created for c in again.chat)
+    assert not again.redis.created
+
+    parts = cluster.find_cluster(clients, elbv2, name)
+    assert [d.name for d in parts.deployments] == [
+        f"{name}-chat1",
+        f"{name}-chat2",
+        f"{name}-redis",
+    ]
+    cluster.destroy(clients, elbv2, parts, home=aws_env, poll=0.01)
+    assert cluster.find_cluster(clients, elbv2, name).empty()
+    # destroy again: nothing left, nothing fails
+    cluster.destroy(clients, elbv2, cluster.find_cluster(clients, elbv2, name), poll=0.01)
