@@ -7,8 +7,11 @@ The table is the single source for the flags, the environment variables, the def
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
 import os
+import re
+import socket
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -167,6 +170,26 @@ def _path(text: str) -> str | None:
     return text or None
 
 
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
+
+
+def _listen_host(text: str) -> str:
+    """An IP address, or a name this machine resolves (checked now: at bind time the error
+    would not say which setting was wrong)."""
+    if not text:
+        return text  # all interfaces, as asyncio reads an empty host
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(text):
+            raise ValueError("must be an IP address or a host name") from None
+        try:
+            socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            raise ValueError("must be an IP address or a host name that resolves here") from None
+    return text
+
+
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
@@ -206,7 +229,7 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("host", "PYNET_HOST", str, "address to listen on", "ADDR"),
+    Option("host", "PYNET_HOST", _listen_host, "address to listen on", "ADDR"),
     Option("port", "PYNET_PORT", _port, "TCP port; 0 picks a free one (see the start log)", "N"),
     Option(
         "history",

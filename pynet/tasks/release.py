@@ -146,6 +146,15 @@ def _port(app_port: int) -> int | None:
     return app_port or env_int("PYNET_APP_PORT", PORT)
 
 
+def _hosts(c: Context, inventory: str) -> list[Target]:
+    """The hosts from -H or the inventory; a -H port out of range is refused, not wrapped."""
+    hosts = targets(c, inventory or None)
+    for target in hosts:
+        if not 1 <= int(target.conn.port) <= 65535:
+            raise _bad(f"-H got port {target.conn.port} for {target.conn.host}: expected 1-65535")
+    return hosts
+
+
 def _reach(hosts: list[Target]) -> None:
     """Open every SSH connection now: an unreachable host fails in seconds, not after a build."""
     _each(hosts, lambda t: t.conn.open())
@@ -180,7 +189,7 @@ def deploy(
     """Build the chat image here, ship it over SSH, switch to it, roll back if it is unhealthy."""
     _release_name("--version", version)
     docker = _docker(dry_run)
-    hosts = targets(c, inventory or None)  # "no hosts" fails before a long build, not after
+    hosts = _hosts(c, inventory)  # "no hosts" fails before a long build, not after
     source, file = _source(context, dockerfile)
     name = version or source_version(source)
     if not dry_run:
@@ -218,7 +227,7 @@ def rollback(
     """Point the service back at a release already on the host (same path as deploy)."""
     _release_name("--to", to)
     _each(
-        targets(c, inventory or None),
+        _hosts(c, inventory),
         lambda t: release.rollback(Remote(t.conn, dry_run), to or None, timeout),
     )
 
@@ -228,7 +237,7 @@ def rollback(
 def releases(c: Context, inventory: str = "") -> None:
     """The deploy history on the host: version, when, by whom, result; * marks the current one."""
     _each(
-        targets(c, inventory or None),
+        _hosts(c, inventory),
         lambda t: print(f"{t.label}\n{releases_report(Remote(t.conn))}"),
     )
 
@@ -254,7 +263,7 @@ def logs(c: Context, follow: bool = False, lines: int = 50, inventory: str = "")
             print(f"note: {note}", flush=True)
         remote.run(cmd.journal(lines, follow), hide=False, pty=follow, check=not (follow or note))
 
-    _each(targets(c, inventory or None), one)
+    _each(_hosts(c, inventory), one)
 
 
 @task(
@@ -272,7 +281,7 @@ def status(c: Context, app_port: int = 0, inventory: str = "") -> None:
         if not healthy:
             raise Exit(code=1)
 
-    _each(targets(c, inventory or None), one)
+    _each(_hosts(c, inventory), one)
 
 
 @task(
@@ -293,7 +302,7 @@ def doctor(c: Context, app_port: int = 0, inventory: str = "") -> None:
         if not findings[-1].ok:
             raise Exit(code=1)
 
-    _each(targets(c, inventory or None), one)
+    _each(_hosts(c, inventory), one)
 
 
 @task(
@@ -321,4 +330,4 @@ def unlock(c: Context, force: bool = False, inventory: str = "") -> None:
         remote.run(cmd.lock_break())
         print(f"{t.label}: released the deploy lock ({info.describe(hint=False)})")
 
-    _each(targets(c, inventory or None), one)
+    _each(_hosts(c, inventory), one)

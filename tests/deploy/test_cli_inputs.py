@@ -137,3 +137,9 @@ def test_dash_i_after_a_task_is_the_identity_not_an_option() -> None:
     proc = fab("-H", f"admin@127.0.0.1:{closed_port()}", "rollback", "-i", "/nonexistent/key")
     line = one_line(proc)
     assert "cannot reach the host over SSH" in line
+
+
+def test_a_dash_h_port_out_of_range_is_refused_not_wrapped() -> None:
+    """paramiko would wrap 70000 around to 4464 and connect there."""
+    line = one_line(fab("-H", "admin@127.0.0.1:70000", "status"))
+    assert line == "error: -H got port 70000 for 127.0.0.1: expected 1-65535"
