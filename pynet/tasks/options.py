@@ -71,7 +71,7 @@ class CheckedArgument(Argument):
         super().set_value(value, cast)
 
 
-class CheckedTask(Task):  # type: ignore[misc]  # fabric ships no type hints
+class CheckedTask(Task):
     """A Fabric task whose number flags are range-checked and whose help shows every default."""
 
     def __init__(
@@ -84,17 +84,18 @@ class CheckedTask(Task):  # type: ignore[misc]  # fabric ships no type hints
         return [self._checked(arg) for arg in super().get_arguments(ignore_unknown_help)]
 
     def _checked(self, arg: Argument) -> Argument:
+        bounds = self.bounds.get(arg.attr_name or arg.names[0], POSITIVE)
         new = CheckedArgument(
             names=arg.names,
             kind=arg.kind,
             default=arg.default,
-            help=_with_default(arg, self.bounds.get(arg.attr_name or arg.name, POSITIVE)),
+            help=_with_default(arg, bounds),
             positional=arg.positional,
             optional=arg.optional,
             incrementable=arg.incrementable,
             attr_name=arg.attr_name,
         )
-        new.bounds = self.bounds.get(arg.attr_name or arg.name, POSITIVE)
+        new.bounds = bounds
         return new
 
 
@@ -114,7 +115,7 @@ def _with_default(arg: Argument, bounds: Range) -> str:
 def task(**options: Any) -> Callable[[Callable[..., Any]], CheckedTask]:
     """`@task(...)` for our tasks: checked number flags, no automatic short flags."""
     options.setdefault("auto_shortflags", False)
-    return fabric_task(klass=CheckedTask, **options)  # type: ignore[no-any-return]
+    return fabric_task(klass=CheckedTask, **options)
 
 
 def env_int(name: str, bounds: Range) -> int | None:

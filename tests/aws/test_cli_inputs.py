@@ -155,6 +155,7 @@ def test_instance_type_is_checked_before_anything_is_created(
         cloud.launch(
             Context(), name, ssh_cidr=SSH, ami=moto_ami(hooked), instance_type=instance_type
         )
-    assert expected in caught.value.message
-    assert caught.value.message.endswith("; nothing was created")
+    message = str(caught.value.message)
+    assert expected in message
+    assert message.endswith("; nothing was created")
     assert find_deployment(hooked, name).empty()
