@@ -140,9 +140,10 @@ def test_real_fab_process_says_the_same() -> None:
 @pytest.mark.parametrize(("task", "arg"), ARGUMENTS, ids=lambda x: getattr(x, "name", x))
 def test_task_help_shows_the_type_and_default(task: str, arg: Argument) -> None:
     """`fab --help TASK` shows =INT / =STRING (invoke shows nothing for a float: it would read
-    as an on/off flag) and every help text says the default."""
+    as an on/off flag) and every help text says the default (or that the option is required)."""
     assert arg.kind in (bool, int, str), f"{task} --{arg.names[0]}: {arg.kind}"
-    assert "default" in (arg.help or ""), f"{task} --{arg.names[0]}: {arg.help!r}"
+    text = arg.help or ""
+    assert "default" in text or "required" in text, f"{task} --{arg.names[0]}: {text!r}"
 
 
 # --- the server -------------------------------------------------------------------------------
