@@ -57,7 +57,7 @@ SEARCH_P99_MS = 500.0  # a point whose queue grows over the window fails this
 KEEPUP = 0.95  # delivered/offered needed for a point to count as sustained
 LG_BOUND = 90.0  # load generator CPU %, above which a point measures the generator
 NOISY_PCT = 25.0
-DEFAULT_CURVE = "50000,200000,300000,1000000,3000000"
+DEFAULT_CURVE = "50000,100000,200000,300000,1000000,3000000"
 
 Point = dict[str, Any]
 

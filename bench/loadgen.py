@@ -305,7 +305,7 @@ class LoadGen:
 
     def _send(self, due: int, now: int) -> int:
         """Write ``due`` broadcasts now over the senders, the first one marked; flush queues."""
-        senders = self.senders
+        senders = list(self.senders)  # a failed write drops its sender from self.senders
         if not senders:
             return 0
         k = len(senders)

@@ -608,9 +608,9 @@ class ChatServer:
     def _schedule_flush(self) -> None:
         """Flush at the end of this tick while fan-outs keep up, a little later when they do not.
 
-        The policy (chat/flush_policy.py) writes at once when the server has been idle a while
-        since the last fan-out, so a quiet server adds no wait; when broadcasts arrive faster
-        than a fan-out completes it waits up to a quarter of a fan-out's cost (capped by
+        The policy (chat/flush_policy.py) writes at once while fan-outs keep up (the last one
+        carried a single broadcast), so a quiet server adds no wait; while broadcasts arrive
+        faster than a fan-out completes it waits up to a quarter of a fan-out's cost (capped by
         `flush_delay`) so the broadcasts arriving meanwhile share one write per client.
         """
         self._flush_scheduled = True
@@ -660,7 +660,7 @@ class ChatServer:
             total += size
             if size > limit and size > limit + client.allowance:
                 slow.append(client)
-        self._flush_policy.flushed(began, time.perf_counter())
+        self._flush_policy.flushed(began, time.perf_counter(), len(batch))
         if total > self.settings.max_buffered:
             slow.extend(self._biggest_backlogs(total))
         for client in slow:
