@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import os
 import random
 import signal
 import sys
@@ -29,7 +28,7 @@ from collections import deque
 from collections.abc import Callable
 
 from chat import PORT, keepalive
-from chat.config import OneLineParser
+from chat.config import OneLineParser, env_port, port_argument
 from chat.protocol import (
     Bye,
     ClientConnection,
@@ -424,16 +423,6 @@ def _seconds(text: str) -> float:
 MAX_BACKOFF = (0.1, 3600.0)
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a port 1-65535")
-    return value
-
-
 def _backoff(text: str) -> float:
     low, high = MAX_BACKOFF
     try:
@@ -445,15 +434,6 @@ def _backoff(text: str) -> float:
             f"invalid value {text!r}: expected seconds from {low:g} to {high:g}"
         )
     return value
-
-
-def _default_port(parser: argparse.ArgumentParser) -> int:
-    """PYNET_PORT, checked like the argument (it stands in for it)."""
-    raw = os.environ.get("PYNET_PORT") or str(PORT)
-    try:
-        return _port(raw)
-    except argparse.ArgumentTypeError as exc:
-        parser.error(f"environment variable PYNET_PORT: {exc}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -471,8 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "port",
         nargs="?",
-        type=_port,
-        default=_default_port(parser),
+        type=port_argument,
+        default=env_port(parser),
         help=f"server port (default $PYNET_PORT, else {PORT})",
     )
     parser.add_argument("--nick", required=True, type=_nick, help="your nickname")

@@ -403,6 +403,26 @@ OPTIONS: tuple[Option, ...] = (
 assert {o.field for o in OPTIONS} == {f.name for f in fields(Settings)}, "OPTIONS out of sync"
 
 
+def port_argument(text: str) -> int:
+    """A port to connect to (argparse type, shared by the client and the health check)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected a port 1-65535")
+    return value
+
+
+def env_port(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = None) -> int:
+    """PYNET_PORT as the default of a `port` argument, checked like the argument itself."""
+    raw = (os.environ if env is None else env).get("PYNET_PORT") or str(PORT)
+    try:
+        return port_argument(raw)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(f"environment variable PYNET_PORT: {exc}")
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad value in one line (the flag, the value, what it must be),
     without the usage block around it; `--help` still shows everything."""

@@ -17,7 +17,7 @@ from invoke.collection import Collection
 from invoke.parser import Argument
 
 import fabfile
-from chat import client, config
+from chat import client, config, healthcheck
 
 REPO = Path(__file__).resolve().parents[1]
 FAB = str(Path(sys.executable).with_name("fab"))
@@ -255,3 +255,30 @@ def test_client_process_bad_port_and_backoff() -> None:
     assert "argument --max-backoff: invalid value '0'" in one_line(storm)
     env = run([sys.executable, "-m", "chat.client", "host", "--nick", "a"], {"PYNET_PORT": "x"})
     assert "environment variable PYNET_PORT: invalid value 'x'" in one_line(env)
+
+
+# --- the health check -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["127.0.0.1", "70000"], {}, "argument port: invalid value '70000': expected a port"),
+        (["127.0.0.1", "abc"], {}, "argument port: invalid value 'abc'"),
+        (["--timeout", "0"], {}, "argument --timeout: invalid value '0': expected seconds > 0"),
+        (["--timeout", "nan"], {}, "argument --timeout: invalid value 'nan'"),
+        ([], {"PYNET_PORT": "x"}, "environment variable PYNET_PORT: invalid value 'x'"),
+    ],
+)
+def test_bad_healthcheck_value(
+    argv: list[str],
+    env: dict[str, str],
+    expected: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(SystemExit) as caught:
+        healthcheck.main(argv)
+    assert expected in one_line((int(caught.value.code or 0), capsys.readouterr().err))
