@@ -20,11 +20,9 @@ unit: venv
 e2e: venv system-deps
 	$(BIN)/pytest -m "e2e or molecule"
 
+# The one list of checks (scripts/lint.py), also run by tests/test_lint.py and pre-commit.
 lint: venv
-	$(BIN)/ruff check .
-	$(BIN)/ruff format --check .
-	$(BIN)/yamllint --strict .
-	ANSIBLE_INVENTORY=localhost, $(BIN)/ansible-lint --offline roles playbooks
+	$(BIN)/python scripts/lint.py
 
 bench: venv system-deps
 	$(BIN)/python -m bench.chat_load

@@ -94,12 +94,13 @@ class Prober:
 
     def longest_window(self) -> float:
         """Longest run of consecutive failures, in seconds (gaps over 0.6 s split runs)."""
-        best, start, last = 0.0, None, None
+        best = 0.0
+        start = last = None
         for t in self.failures:
-            if last is None or t - last > 0.6:
+            if start is None or last is None or t - last > 0.6:
                 start = t
             last = t
-            best = max(best, t - start + self.interval)  # type: ignore[operator]
+            best = max(best, t - start + self.interval)
         return best
 
 

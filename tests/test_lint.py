@@ -1,56 +1,51 @@
-"""The code is lint clean: ruff for Python, yamllint and ansible-lint (production) for Ansible."""
+"""Lint is clean: every check of scripts/lint.py, the one list `make lint` and pre-commit run."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import importlib.util
+import re
+from types import ModuleType
 
 import pytest
+import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def run(*argv: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / argv[0]), *argv[1:]],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, **env},
-        check=False,
-    )
+from tests.ansible.ansible_helpers import REPO
 
 
-def test_ruff_is_clean() -> None:
-    proc = run("ruff", "check", ".")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+def _load_lint() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("lint", REPO / "scripts" / "lint.py")
+    assert spec
+    assert spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def test_ruff_format_is_applied() -> None:
-    proc = run("ruff", "format", "--check", ".")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+lint = _load_lint()
 
 
-def test_yamllint_is_clean() -> None:
-    proc = run("yamllint", "--strict", ".")
-    assert proc.returncode == 0, proc.stdout
-
-
-@pytest.mark.timeout(600)
-def test_ansible_lint_production_profile_is_clean() -> None:
-    # Lint against no real hosts: the inventory file may not exist on a fresh clone.
-    proc = run(
-        "ansible-lint",
-        "--offline",
-        "roles",
-        "playbooks",
-        ANSIBLE_INVENTORY="localhost,",
-        NO_COLOR="1",
-    )
-    report = proc.stdout + proc.stderr  # the verdict goes to stderr
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("name", list(lint.CHECKS))
+def test_check_passes(name: str) -> None:
+    proc = lint.run(name)
+    report = proc.stdout + proc.stderr  # ansible-lint's verdict goes to stderr
     assert proc.returncode == 0, report
-    assert "Profile 'production' was required, and it passed" in report, report
+    if name == "ansible-lint":
+        assert "Profile 'production' was required, and it passed" in report, report
+
+
+def test_make_lint_runs_the_same_list() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    recipe = re.search(r"^lint:.*\n((?:\t.*\n)+)", makefile, re.MULTILINE)
+    assert recipe, "no lint target in the Makefile"
+    assert recipe[1].strip() == "$(BIN)/python scripts/lint.py"
+
+
+def test_pre_commit_runs_the_same_list() -> None:
+    config = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
+    hooks = [hook for repo in config["repos"] for hook in repo["hooks"]]
+    assert [hook["id"] for hook in hooks] == list(lint.CHECKS)
+    for hook in hooks:
+        assert hook["entry"] == f".venv/bin/python scripts/lint.py {hook['id']}"
+        assert hook["language"] == "system"
+        assert hook["pass_filenames"] is False

@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from pynet.local.engine import DOCKER, EngineError, docker
@@ -92,7 +93,7 @@ def load_image(path: Path) -> None:
         raise EngineError(f"docker load {path} failed: {proc.stderr.decode().strip()}")
 
 
-def _cached(tag: str, build) -> str:
+def _cached(tag: str, build: Callable[[], None]) -> str:
     """Return TAG, loading it from the cache or building (and caching) it when missing."""
     if _label(tag) == recipe_digest(tag):
         return tag

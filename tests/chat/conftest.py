@@ -35,7 +35,7 @@ def clients() -> Iterator[Callable[..., LineClient]]:
     made: list[LineClient] = []
 
     def make(port: int, nick: str | None = None, **kwargs: object) -> LineClient:
-        client = LineClient(port, nick, **kwargs)  # type: ignore[arg-type]
+        client = LineClient(port, nick, **kwargs)  # type: ignore[arg-type]  # LineClient's own keywords, passed through
         made.append(client)
         return client
 
