@@ -4,5 +4,6 @@ The tasks live in `pynet/tasks/`; this file only gathers them so `fab` finds the
 """
 
 from pynet.tasks.cloud import *  # noqa: F403
+from pynet.tasks.cluster import *  # noqa: F403
 from pynet.tasks.hostkey import *  # noqa: F403
 from pynet.tasks.release import *  # noqa: F403

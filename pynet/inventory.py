@@ -1,7 +1,8 @@
 """The static inventory `inventory/hosts.yml`: written by `fab launch` (or the local rehearsal),
 read by Ansible and by the Fabric deploy tasks.
 
-One group, `chat`; one host per deployment name. The file is small YAML that Ansible's `yaml`
+Group `chat` (one host per deployment name) and, for a cluster (`fab launch-cluster`), group
+`redis`; writing one group keeps the others. The file is small YAML that Ansible's `yaml`
 inventory plugin reads as is. PYNET_INVENTORY (or a task's --inventory) points elsewhere, which
 is how tests and the local rehearsal keep out of the real file.
 """
@@ -19,6 +20,7 @@ from chat import PORT
 from pynet.hostkeys import ssh_options
 
 GROUP = "chat"
+REDIS_GROUP = "redis"
 CHAT_PORT = PORT
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PATH = PROJECT_ROOT / "inventory" / "hosts.yml"
@@ -103,8 +105,8 @@ def inventory_path(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(chosen).expanduser() if chosen else DEFAULT_PATH
 
 
-def read_hosts(path: str | os.PathLike[str] | None = None) -> list[Host]:
-    """The hosts of group `chat`; an absent file means no hosts yet.
+def read_hosts(path: str | os.PathLike[str] | None = None, group: str = GROUP) -> list[Host]:
+    """The hosts of GROUP (`chat` unless told); an absent file means no hosts yet.
 
     ValueError (one line naming the file and what is wrong) for a file that cannot be read, is not
     YAML, or is YAML of another shape than an Ansible inventory.
@@ -124,7 +126,7 @@ def read_hosts(path: str | os.PathLike[str] | None = None) -> list[Host]:
         raise ValueError(f"{file} is not valid YAML: {reason}") from err
     try:
         hosts = _mapping(data, "the file")
-        for key in ("all", "children", GROUP, "hosts"):
+        for key in ("all", "children", group, "hosts"):
             hosts = _mapping(hosts.get(key), key)
         return [Host.from_vars(str(name), _mapping(v, f"host {name}")) for name, v in hosts.items()]
     except ValueError as err:
@@ -157,10 +159,18 @@ def check_writable(path: str | os.PathLike[str] | None = None) -> Path:
     return file
 
 
-def write_hosts(hosts: list[Host], path: str | os.PathLike[str] | None = None) -> Path:
-    """Replace the file with exactly `hosts` (atomically: readers never see half a file)."""
+def write_hosts(
+    hosts: list[Host], path: str | os.PathLike[str] | None = None, group: str = GROUP
+) -> Path:
+    """Make GROUP exactly `hosts`, keeping the other groups (atomically: readers never see half
+    a file)."""
     file = inventory_path(path)
-    data = {"all": {"children": {GROUP: {"hosts": {host.name: host.to_vars() for host in hosts}}}}}
+    children = {
+        g: {"hosts": {h.name: h.to_vars() for h in _others(file, g)}} for g in _groups(file)
+    }
+    children[group] = {"hosts": {host.name: host.to_vars() for host in hosts}}
+    children = {g: v for g, v in children.items() if v["hosts"] or g == GROUP}
+    data = {"all": {"children": children}}
     file.parent.mkdir(parents=True, exist_ok=True)
     partial = file.with_name(file.name + ".partial")
     partial.write_text(_HEADER + yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
@@ -168,17 +178,30 @@ def write_hosts(hosts: list[Host], path: str | os.PathLike[str] | None = None) -
     return file
 
 
-def upsert_host(host: Host, path: str | os.PathLike[str] | None = None) -> Path:
-    """Add or replace one host (by name), keeping the others."""
-    others = [h for h in read_hosts(path) if h.name != host.name]
-    return write_hosts([*others, host], path)
+def _groups(file: Path) -> list[str]:
+    """The groups of the file as written by us (chat first)."""
+    if not file.exists():
+        return [GROUP]
+    data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    children = _mapping(_mapping(data, "the file").get("all"), "all").get("children")
+    return [GROUP, *[g for g in _mapping(children, "children") if g != GROUP]]
 
 
-def remove_host(name: str, path: str | os.PathLike[str] | None = None) -> bool:
-    """Drop one host by name; True if it was there."""
-    hosts = read_hosts(path)
+def _others(file: Path, group: str) -> list[Host]:
+    return read_hosts(file, group)
+
+
+def upsert_host(host: Host, path: str | os.PathLike[str] | None = None, group: str = GROUP) -> Path:
+    """Add or replace one host (by name) in GROUP, keeping the others."""
+    others = [h for h in read_hosts(path, group) if h.name != host.name]
+    return write_hosts([*others, host], path, group)
+
+
+def remove_host(name: str, path: str | os.PathLike[str] | None = None, group: str = GROUP) -> bool:
+    """Drop one host by name from GROUP; True if it was there."""
+    hosts = read_hosts(path, group)
     kept = [h for h in hosts if h.name != name]
     if len(kept) == len(hosts):
         return False
-    write_hosts(kept, path)
+    write_hosts(kept, path, group)
     return True

@@ -7,6 +7,7 @@ from pathlib import Path
 import boto3
 import pytest
 
+from pynet import inventory as hosts_file
 from pynet.aws import cluster
 from pynet.aws import cluster_requests as req
 from pynet.aws.ec2 import LaunchSpec, find_instances
@@ -14,7 +15,7 @@ from pynet.aws.errors import CloudError
 from pynet.aws.keys import LocalKey
 from pynet.aws.requests import LIVE_STATES
 from pynet.aws.session import Clients
-from tests.aws.helpers import REGION
+from tests.aws.helpers import REGION, fab
 from tests.aws.test_ec2 import PUBLIC_KEY, SSH, moto_ami
 
 
@@ -101,3 +102,31 @@ def test_launch_makes_the_cluster_and_destroy_removes_all_of_it(
     assert cluster.find_cluster(clients, elbv2, name).empty()
     # destroy again: nothing left, nothing fails
     cluster.destroy(clients, elbv2, cluster.find_cluster(clients, elbv2, name), poll=0.01)
+
+
+def test_fab_launch_cluster_writes_both_groups_and_destroy_cluster_clears_them(
+    cli_env: dict[str, str], tmp_path: Path
+) -> None:
+    args = ("--name", "cl", "--count", "2", "--ssh-cidr", SSH, "--wait-timeout", "60")
+    first = fab("launch-cluster", *args, env=cli_env)
+    assert first.code == 0, first.err + first.out
+    assert ".elb.amazonaws.com:5050" in first.out
+    chat = hosts_file.read_hosts(tmp_path / "hosts.yml")
+    redis = hosts_file.read_hosts(tmp_path / "hosts.yml", hosts_file.REDIS_GROUP)
+    assert sorted(h.name for h in chat) == ["cl-chat1", "cl-chat2"]
+    assert [h.name for h in redis] == ["cl-redis"]
+    assert all(h.known_hosts for h in [*chat, *redis])  # every host key pinned
+    again = fab("launch-cluster", *args, env=cli_env)
+    assert again.code == 0, again.err
+    assert "not creating another" in again.out
+    gone = fab("destroy-cluster", "--name", "cl", "--yes", env=cli_env)
+    assert gone.code == 0, gone.err
+    assert hosts_file.read_hosts(tmp_path / "hosts.yml") == []
+    assert hosts_file.read_hosts(tmp_path / "hosts.yml", hosts_file.REDIS_GROUP) == []
+    noop = fab("destroy-cluster", "--name", "cl", "--yes", env=cli_env)
+    assert noop.code == 0, noop.err
+    assert "nothing to destroy" in noop.out
+    bad = fab("launch-cluster", "--name", "x", "--count", "0", env=cli_env)
+    assert bad.code != 0
+    assert "count" in bad.err
+    assert "Traceback" not in bad.err

@@ -1,0 +1,184 @@
+"""Fabric tasks for a cluster: `fab launch-cluster --count N`, `fab destroy-cluster`.
+
+A cluster is N chat hosts and one Redis host behind a Network Load Balancer (pynet/aws/cluster.py).
+The inventory gets the chat hosts in group `chat` and the Redis host in group `redis`, so
+`ansible-playbook playbooks/site.yml` provisions Redis and points every chat host at it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import boto3
+from invoke.context import Context
+
+from pynet import inventory as hosts_file
+from pynet.aws import cluster, ec2
+from pynet.aws import cluster_requests as req
+from pynet.aws.errors import CloudError
+from pynet.aws.images import check_os
+from pynet.aws.keys import find_local_key
+from pynet.aws.publicip import ssh_source
+from pynet.aws.session import Clients, connect
+from pynet.hostkeys import known_hosts_beside, unpin
+from pynet.tasks.cloud import (
+    _confirm,
+    _display,
+    _inventory_errors,
+    _one_line_errors,
+    _pin_host_key,
+    _say,
+)
+from pynet.tasks.options import task
+
+__all__ = ["destroy_cluster", "launch_cluster"]
+
+
+def _elbv2(clients: Clients) -> object:
+    return boto3.client("elbv2", region_name=clients.region)
+
+
+@task(
+    positional=[],
+    bounds={"count": (1, req.MAX_COUNT)},
+    help={
+        "name": f"cluster name, at most {req.MAX_NAME} characters (hosts are NAME-chat1.., "
+        "NAME-redis; required)",
+        "count": "number of chat hosts behind the load balancer (default 2)",
+        "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
+        "instance-type": "EC2 instance type of every host (default t3.micro)",
+        "os": "debian12 (default) or al2023",
+        "ami": "launch this AMI instead of the latest image of --os (default: none)",
+        "ssh-cidr": "who may SSH in (default: your public IP as /32, detected)",
+        "key": "public key to import (default ~/.ssh/id_ed25519.pub or id_rsa.pub)",
+        "wait-timeout": "seconds to wait for each host's running + status checks",
+        "inventory": "inventory file to write (default $PYNET_INVENTORY or inventory/hosts.yml)",
+    },
+)
+def launch_cluster(
+    c: Context,
+    name: str = "",
+    count: int = 2,
+    region: str | None = None,
+    instance_type: str = "t3.micro",
+    os: str = "debian12",
+    ami: str | None = None,
+    ssh_cidr: str | None = None,
+    key: str | None = None,
+    wait_timeout: int = 600,
+    inventory: str | None = None,
+) -> None:
+    """Launch N chat hosts, a Redis host and a load balancer (or find them); write the inventory."""
+    with _one_line_errors():
+        req.check_cluster(name, count)
+        check_os(os)
+        with _inventory_errors():
+            hosts_file.check_writable(inventory)
+        clients = connect(region)
+        spec = ec2.LaunchSpec(
+            name=name,
+            ssh_cidr=ssh_source(ssh_cidr),
+            instance_type=instance_type,
+            os_name=os,
+            ami=ami,
+        )
+        result = cluster.launch(
+            clients,
+            _elbv2(clients),
+            spec,
+            count,
+            find_local_key(key),
+            wait_timeout=wait_timeout,
+            say=_say,
+        )
+        path = hosts_file.inventory_path(inventory)
+        for launched, group in [
+            *[(c, hosts_file.GROUP) for c in result.chat],
+            (result.redis, hosts_file.REDIS_GROUP),
+        ]:
+            host = launched.host
+            if not host.public_ip:
+                raise CloudError(f"{host.instance_id} has no public IPv4 address")
+            known_hosts = _pin_host_key(host, path)
+            entry = hosts_file.Host(
+                name=host.name,
+                address=host.public_ip,
+                user=host.ssh_user,
+                key_file=str(launched.private_key_file) if launched.private_key_file else None,
+                known_hosts=str(known_hosts) if known_hosts else None,
+            )
+            with _inventory_errors():
+                hosts_file.upsert_host(entry, inventory, group)
+            print(f"  {group:5} {host.name}: {host.public_ip} ({host.instance_id})")
+        print(f"{name}: {count} chat hosts and a Redis host in {clients.region}")
+        print(f"  clients connect to: {result.endpoint}:{req.CHAT_PORT}")
+        print(f"  ssh key:   {_display(result.redis.private_key_file)}")
+        print(f"  inventory: {path} (groups chat and redis)")
+        print(
+            "next: choose the Redis password (redis_password in Ansible Vault, or the variable "
+            "docs/cluster.md names), ansible-playbook playbooks/site.yml, then fab deploy"
+        )
+
+
+@task(
+    positional=[],
+    help={
+        "name": "cluster name given to `fab launch-cluster` (required)",
+        "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
+        "yes": "do not ask for confirmation",
+        "wait-timeout": "seconds to wait for each instance to terminate",
+        "inventory": "inventory file to update (default $PYNET_INVENTORY or inventory/hosts.yml)",
+    },
+)
+def destroy_cluster(
+    c: Context,
+    name: str = "",
+    region: str | None = None,
+    yes: bool = False,
+    wait_timeout: int = 600,
+    inventory: str | None = None,
+) -> None:
+    """Delete the load balancer, every host of the cluster and its security groups (asks first)."""
+    with _one_line_errors():
+        _destroy(name, region, yes, wait_timeout, inventory, input)
+
+
+def _destroy(
+    name: str,
+    region: str | None,
+    yes: bool,
+    wait_timeout: int,
+    inventory: str | None,
+    ask: Callable[[str], str],
+) -> None:
+    req.check_cluster(name, 1)
+    clients = connect(region)
+    elbv2 = _elbv2(clients)
+    parts = cluster.find_cluster(clients, elbv2, name)
+    if not parts.empty():
+        if not yes:
+            _confirm(name, clients.region, _as_deployment(parts), ask)
+        cluster.destroy(clients, elbv2, parts, wait_timeout=wait_timeout, say=_say)
+    pattern = req.member_pattern(name)
+    known = known_hosts_beside(hosts_file.inventory_path(inventory))
+    with _inventory_errors():
+        for group in (hosts_file.GROUP, hosts_file.REDIS_GROUP):
+            for host in hosts_file.read_hosts(inventory, group):
+                if pattern.match(host.name):
+                    hosts_file.remove_host(host.name, inventory, group)
+                    if known.exists():
+                        unpin(known, host.name)
+    if parts.empty():
+        print(f"nothing to destroy: no pynet cluster named {name!r} in {clients.region}")
+    else:
+        print(f"{name}: destroyed in {clients.region}")
+
+
+def _as_deployment(parts: cluster.ClusterParts) -> ec2.Deployment:
+    """What `_confirm` shows: the same one-line description."""
+
+    class _Listed(ec2.Deployment):
+        def describe(self) -> str:
+            return parts.describe()
+
+    return _Listed(name=parts.name)
