@@ -1,7 +1,7 @@
 """The classic tutorial chat server, used as the baseline by ``bench/chat_load.py``.
 
 One thread per client, a global ``clients`` dict, and every broadcast is a ``sendall`` to
-everyone while holding one lock. It speaks just enough of PROTOCOL.md for the benchmark load:
+everyone while holding one lock. It speaks just enough of docs/protocol.md for the benchmark load:
 
 - ``HELLO pynet baseline`` on connect,
 - ``/nick NAME`` -> ``OK nick NAME`` (no uniqueness check, no JOIN broadcast),

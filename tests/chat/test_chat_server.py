@@ -1,4 +1,4 @@
-"""The server over real sockets on 127.0.0.1: the contract in PROTOCOL.md, end to end."""
+"""The server over real sockets on 127.0.0.1: the contract in docs/protocol.md, end to end."""
 
 from __future__ import annotations
 
