@@ -173,14 +173,19 @@ class ChatServer:
     async def start(self, listener: socket.socket | None = None) -> None:
         """Serve on LISTENER (handed over by a predecessor) or on a new socket.
 
-        `reuse_port`: a release that cannot take over from the one serving (another handover
+        `reuse_port` (with a handover socket only, so a stray second server still gets "address
+        in use"): a release that cannot take over from the one serving (another handover
         version) still starts next to it and shares the port until the old one stops, so no
         connect is refused (with `net.ipv4.tcp_migrate_req=1` not even those in its queue).
         """
         s = self.settings
         if listener is None:
             self._server = await self._loop.create_server(
-                lambda: Client(self), s.host, s.port, backlog=BACKLOG, reuse_port=True
+                lambda: Client(self),
+                s.host,
+                s.port,
+                backlog=BACKLOG,
+                reuse_port=bool(s.handover_socket),
             )
         else:
             self._server = await self._loop.create_server(
@@ -286,7 +291,12 @@ class ChatServer:
         return listener
 
     def freeze(self) -> list[tuple[Session, int]]:
-        """Stop reading, write what is queued, and describe every connection as it stands."""
+        """Stop reading, write what is queued, and describe every connection as it stands.
+
+        Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
+        """
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         for client in self.clients:
             client.transport.pause_reading()
         self._flush()  # commits the history, then hands every queued line to the transports
@@ -318,7 +328,7 @@ class ChatServer:
 
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened."""
-        await self.start(listener)
+        await self.start(listener)  # restarts the housekeeping too
         for client in self.clients:
             if not client.transport.is_closing():
                 client.transport.resume_reading()

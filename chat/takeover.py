@@ -155,10 +155,6 @@ class HandoverPoint:
             uid = fdpass.peer_uid(conn)
             if uid not in (os.getuid(), 0):
                 raise HandoverError(f"peer uid {uid} is not this service's user")
-            if self.busy:
-                raise HandoverError(BUSY)
-            if self.server.stopping:
-                raise HandoverError("this server is stopping")
             conn.setblocking(False)
             data = await asyncio.wait_for(self._loop.sock_recv(conn, 1 << 12), self.timeout)
             conn.settimeout(self.timeout)
@@ -166,6 +162,10 @@ class HandoverPoint:
             if not messages:
                 raise HandoverError("no complete hello")
             successor = handover.check_hello(messages[0])
+            if self.busy:
+                raise HandoverError(BUSY)
+            if self.server.stopping:
+                raise HandoverError("this server is stopping")
         except (HandoverError, OSError, TimeoutError) as exc:
             log.warning("handover refused reason=%s", exc or "timeout")
             with contextlib.suppress(OSError):
@@ -194,9 +194,10 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         for batch in _chunks(items, handover.FDS_PER_MESSAGE):
             channel.send(handover.sessions([s for s, _ in batch]), [fd for _, fd in batch])
         channel.send(handover.end())
-        handover.expect(channel.recv(), "ready")
+        # In a thread: the loop stays free to refuse a second successor meanwhile.
+        handover.expect(await asyncio.to_thread(channel.recv), "ready")
         channel.send(handover.commit())
-    except (HandoverError, OSError, EOFError, ValueError) as exc:
+    except (HandoverError, OSError, EOFError, ValueError, TimeoutError) as exc:
         reason = str(exc) or type(exc).__name__
         with contextlib.suppress(OSError):
             channel.send(handover.abort(reason))
