@@ -149,7 +149,14 @@ def change_code(src: Path, n: int) -> None:
 
 def recovery(host: Host, port: int) -> float:
     subprocess.run(
-        ["/usr/bin/docker", "exec", host.name, "docker", "kill", "pynet-chat"],
+        [
+            "/usr/bin/docker",
+            "exec",
+            host.name,
+            "sh",
+            "-c",
+            "docker kill $(docker ps --quiet --filter name=^pynet-chat-)",
+        ],
         check=True,
         capture_output=True,
     )

@@ -28,6 +28,7 @@ from pynet.deploy.probe import ProbeError, chat_hello
 from pynet.hostkeys import HostKeyPair, fingerprint, known_hosts_beside
 from pynet.local import engine, host, images
 from pynet.local.aws import moto_server, write_amis
+from pynet.local.load import LiveLoad
 from pynet.local.provision import build_context_copy, inventory_entry, playbook_argv
 from pynet.wait import WaitTimeout, wait_until
 
@@ -246,12 +247,25 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
         talk(journey, local.app_port)
     with journey.step("Kill the chat container: systemd brings it back"):
         journey.run(
-            engine.DOCKER, "exec", HOST_CONTAINER, "docker", "kill", "pynet-chat", quiet=True
+            engine.DOCKER,
+            "exec",
+            HOST_CONTAINER,
+            "sh",
+            "-c",
+            "docker kill $(docker ps --quiet --filter name=^pynet-chat-)",
+            quiet=True,
         )
         print(f"    serving again after {wait_serving(local.app_port):.2f} s")
-    with journey.step("Deploy a second version (a code change: only the code layer ships)"):
+    with journey.step(
+        "Deploy a second version while 10 users chat: the new release takes every connection over"
+    ):
+        load = LiveLoad("127.0.0.1", local.app_port, clients=10, rate=20.0, prefix="demo").start()
         journey.run(fab, "deploy", "--context", str(second_version_tree()), "--version", "2.0.0")
         print("    " + chat_hello("127.0.0.1", local.app_port))
+        report = load.stop()
+        print(f"    users saw: {report.summary()}")
+        if not report.ok():
+            raise SystemExit(f"the deploy was noticed: {report.summary()}")
     with journey.step("fab rollback: back to the first version, the same path as deploy"):
         journey.run(fab, "rollback", "--to", "1.0.0")
         journey.run(fab, "releases")

@@ -12,17 +12,20 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pynet.deploy.probe import ProbeError, chat_hello
 from pynet.local.host import Host
+from pynet.local.load import LiveLoad
 from pynet.local.provision import (
     build_context_copy,
     playbook_argv,
@@ -109,6 +112,23 @@ class Rig:
         _git(self.src, "commit", "-qam", label)
         return _git(self.src, "rev-parse", "--short=7", "HEAD")
 
+    def serving(self) -> str:
+        """The unit of the release that runs (exactly one, outside a deploy)."""
+        units = self.root(
+            "systemctl", "list-units", "--plain", "--no-legend", "--state=active", "pynet-chat@*"
+        ).stdout.split("\n")
+        names = [line.split()[0] for line in units if line.strip()]
+        assert len(names) == 1, names
+        return names[0]
+
+    def kill_serving(self) -> None:
+        """A crash: SIGKILL to the serving release's container."""
+        container = self.serving().removesuffix(".service").replace("pynet-chat@", "pynet-chat-")
+        self.root("docker", "kill", container)
+
+    def load(self, **kwargs: Any) -> LiveLoad:
+        return LiveLoad("127.0.0.1", self.host.app_port, **kwargs).start()
+
     def wait_serving(self, label: str, timeout: float = 30) -> str:
         def serving() -> str | None:
             try:
@@ -171,7 +191,7 @@ def test_provisioned_host_serves_the_seed_release(rig: Rig) -> None:
     assert rig.hello().startswith("HELLO pynet ")
     proc = rig.fab("status")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "pynet-chat: active (running)" in proc.stdout
+    assert re.search(r"^unit +pynet-chat@\S+\.service: active \(running\)", proc.stdout, re.M)
 
 
 def test_deploy_ships_only_the_code_layer_and_serves_it(rig: Rig) -> None:
@@ -195,9 +215,58 @@ def test_second_deploy_and_the_history(rig: Rig) -> None:
     assert f"deploy: {first} -> {version}" in proc.stdout
     assert rig.hello().endswith("+two")
     history = rig.fab("releases").stdout
-    assert re.search(rf"^ +{first} .* deploy +ok$", history, re.M), history
-    assert re.search(rf"^\* +{version} .* deploy +ok$", history, re.M), history
+    assert re.search(rf"^ +{first} .* deploy +ok +handover of \d+ sessions", history, re.M), history
+    assert re.search(rf"^\* +{version} .* deploy +ok +handover of ", history, re.M), history
     assert f"current: {version}" in history
+
+
+def test_deploy_and_rollback_under_load_cut_no_one_and_lose_nothing(rig: Rig) -> None:
+    """The defining promise: connected users never notice a deploy or a rollback."""
+    before = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    load = rig.load(clients=20, rate=40.0, connect_every=0.01, prefix="d")
+    version = rig.commit("load")
+    deployed = rig.deploy()
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert f"{version} is serving: handover of " in deployed.stdout
+    rolled = rig.fab("rollback", "--to", before)
+    assert rolled.returncode == 0, rolled.stdout + rolled.stderr
+    assert f"{before} is serving: handover of " in rolled.stdout
+    report = load.stop()
+    assert report.ok(), report.summary() + f" cut={report.cut[:3]} lost={report.lost[:5]}"
+    assert report.connects > 100
+    assert report.acknowledged > 40
+    assert rig.hello().endswith("+two")
+    assert rig.serving() == f"pynet-chat@{before}.service"
+    enabled = rig.root(
+        "systemctl", "list-unit-files", "--plain", "--no-legend", "--state=enabled", "pynet-chat@*"
+    ).stdout.splitlines()
+    assert [line.split()[0] for line in enabled] == [f"pynet-chat@{before}.service"]
+    _git(rig.src, "reset", "-q", "--hard", before)  # the next tests build on what serves
+
+
+def test_a_crash_under_load_never_reuses_an_id(rig: Rig) -> None:
+    """SIGKILL of the serving container: clients reconnect, and no id comes back with other text."""
+    load = rig.load(clients=5, rate=40.0, connect_every=0.05, prefix="k")
+    wait_until(lambda: load.acknowledged > 20, 30, "some messages before the crash")
+    rig.kill_serving()
+    report = load.stop(drain=0.5)
+    assert report.cut  # a crash does cut sessions; what matters is what comes back
+    seen = report.ids
+    rig.wait_serving("two")
+    check = socket.create_connection(("127.0.0.1", rig.host.app_port), timeout=10)
+    check.sendall(b"/nick checker\n/since %d\n/ping\n" % (min(seen) - 1))
+    data = b""
+    while b"PONG\n" not in data:
+        data += check.recv(65536)
+    check.close()
+    replay = {
+        int(ident): text
+        for _, ident, _, text in (
+            line.split(" ", 3) for line in data.decode().splitlines() if line.startswith("MSG ")
+        )
+    }
+    for ident, text in seen.items():
+        assert replay.get(ident) == text, (ident, text, replay.get(ident))
 
 
 def test_broken_release_rolls_back_on_its_own(rig: Rig) -> None:
@@ -211,7 +280,7 @@ def test_broken_release_rolls_back_on_its_own(rig: Rig) -> None:
     assert f"rolled back to {good}, which is serving" in proc.stderr
     assert "broken on purpose" in proc.stderr  # the last log lines say why
     assert rig.hello().endswith("+two")
-    assert re.search(rf"^ +{bad} .* deploy +rolled-back$", rig.fab("releases").stdout, re.M)
+    assert re.search(rf"^ +{bad} .* deploy +rolled-back", rig.fab("releases").stdout, re.M)
 
 
 def test_concurrent_deploys_one_is_refused(rig: Rig) -> None:
@@ -319,9 +388,13 @@ def test_logs_and_status_tell_the_truth(rig: Rig) -> None:
     assert follow.wait(timeout=15) is not None
     one = rig.fab("status")
     assert one.returncode == 0
-    assert "unit       pynet-chat: active (running), restarts 0" in one.stdout
+    assert re.search(
+        r"^unit +pynet-chat@\S+\.service: active \(running\), restarts 0, enabled at boot",
+        one.stdout,
+        re.M,
+    ), one.stdout
     assert "answers: HELLO pynet 0.1.0+one" in one.stdout
-    rig.root("docker", "kill", "pynet-chat")  # systemd restarts it: status must show that
+    rig.kill_serving()  # systemd restarts it: status must show that
     rig.wait_serving("one")
     after = rig.fab("status").stdout
     assert "restarts 1" in after, after
@@ -354,20 +427,20 @@ def test_wrong_key_is_one_line(rig: Rig, tmp_path: Path) -> None:
     ("fault", "repair", "check", "diagnosis"),
     [
         (
-            ["iptables", "-I", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
-            ["iptables", "-D", "DOCKER-USER", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
+            ["iptables", "-I", "INPUT", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
+            ["iptables", "-D", "INPUT", "-p", "tcp", "--dport", "5050", "-j", "DROP"],
             "port from here",
             "the security group (or a host firewall) blocks TCP",
         ),
         (
-            ["systemctl", "stop", "pynet-chat"],
-            ["systemctl", "start", "pynet-chat"],
+            ["systemctl", "stop", "SERVING"],
+            ["systemctl", "start", "SERVING"],
             "service",
-            "pynet-chat.service is not running",
+            "SERVING is not running",
         ),
         (
             ["systemctl", "stop", "docker.socket", "docker"],
-            ["systemctl", "start", "docker", "pynet-chat"],
+            ["systemctl", "start", "docker", "SERVING"],
             "docker",
             "docker is not running",
         ),
@@ -378,6 +451,12 @@ def test_wrong_key_is_one_line(rig: Rig, tmp_path: Path) -> None:
 def test_doctor_names_the_fault(
     rig: Rig, fault: list[str], repair: list[str], check: str, diagnosis: str
 ) -> None:
+    serving = rig.serving()
+    fault, repair = (
+        [w.replace("SERVING", serving) for w in fault],
+        [w.replace("SERVING", serving) for w in repair],
+    )
+    diagnosis = diagnosis.replace("SERVING", serving)
     rig.root(*fault)
     try:
         proc = rig.fab("doctor")
