@@ -1,0 +1,170 @@
+"""What users notice when a release switches: the handover against a plain restart.
+
+    .venv/bin/python -m bench.handover_bench [--clients 1000] [--rate 1000] [--switches 10]
+
+Server processes on 127.0.0.1 (no Docker: this measures the mechanism, not the host around it),
+each with a SQLite history. A live load (pynet/local/load.py: connected clients, a sender at
+RATE broadcasts/s, a connect every 10 ms) runs while SWITCHES releases take over one after the
+other through the handover socket. Printed: refused connects, sessions cut, lines lost, and the
+longest silence any sampled client saw; then the same load across one plain restart (stop, then
+start: what the unit did before the handover) as the baseline. Targets: 0 refused, 0 cut, 0 lost,
+longest pause under 100 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from pynet.local.load import LiveLoad, Report
+
+ROOT = Path(__file__).resolve().parents[1]
+PAUSE_TARGET = 0.100
+
+
+class Release:
+    """`python -m chat.server` with a handover socket, its log in a file."""
+
+    def __init__(self, work: Path, name: str, port: int) -> None:
+        self.log = work / f"{name}.log"
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "chat.server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--release",
+                name,
+                "--handover-socket",
+                str(work / "run" / "handover.sock"),
+                "--history",
+                str(work / "history.sqlite3"),
+                "--rate",
+                "0",
+                "--max-per-address",
+                "0",
+            ],
+            cwd=ROOT,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log.read_text().splitlines():
+                if text in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        sys.exit(f"{self.log.name}: no {text!r} within {timeout:.0f} s:\n{self.log.read_text()}")
+
+    @property
+    def port(self) -> int:
+        return int(self.wait_for("listen=").split("listen=")[1].split()[0].rsplit(":", 1)[1])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(15)
+
+
+def raise_file_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def handovers(work: Path, clients: int, rate: float, switches: int) -> tuple[Report, list[float]]:
+    first = Release(work, "r0", 0)
+    port = first.port
+    load = LiveLoad("127.0.0.1", port, clients=clients, sampled=20, rate=rate, prefix="h").start()
+    time.sleep(1.0)
+    serving, took = first, []
+    for n in range(1, switches + 1):
+        new = Release(work, f"r{n}", port)
+        new.wait_for("switch ")
+        record = json.loads((work / "run" / "last-switch.json").read_text())
+        if record.get("how") != "handover":
+            sys.exit(f"release r{n} did not take over: {record}")
+        took.append(float(record["ms"]))
+        if serving.proc.wait(15) != 99:
+            sys.exit(f"r{n - 1} did not exit as handed over")
+        serving = new
+        time.sleep(1.0)
+    report = load.stop()
+    serving.stop()
+    return report, took
+
+
+def restart(work: Path, clients: int, rate: float) -> Report:
+    """The baseline: the old release stops (BYE restarting), then the new one starts."""
+    old = Release(work, "s0", 0)
+    port = old.port
+    load = LiveLoad("127.0.0.1", port, clients=clients, sampled=20, rate=rate, prefix="s").start()
+    time.sleep(1.0)
+    old.stop()
+    new = Release(work, "s1", port)
+    new.wait_for("switch ")
+    time.sleep(1.0)
+    report = load.stop(drain=1.0)
+    new.stop()
+    return report
+
+
+def positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+
+    return parse
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=positive(int), default=1000)
+    parser.add_argument("--rate", type=positive(float), default=1000.0, help="broadcasts/s")
+    parser.add_argument("--switches", type=positive(int), default=10)
+    args = parser.parse_args(argv)
+    raise_file_limit()
+    with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
+        work = Path(tmp)
+        (work / "run").mkdir(mode=0o700)
+        report, took = handovers(work, args.clients, args.rate, args.switches)
+        print(f"handover x{args.switches}: {report.summary()}")
+        took.sort()
+        print(
+            f"  successor's takeover (connect to serving): min {took[0]:.0f} ms, "
+            f"median {took[len(took) // 2]:.0f} ms, max {took[-1]:.0f} ms"
+        )
+        os.unlink(work / "history.sqlite3")
+        base = restart(work, args.clients, args.rate)
+        print(f"restart baseline: {base.summary()}")
+    targets = {
+        "0 refused": report.refused == 0,
+        "0 cut": not report.cut,
+        "0 lost": not report.lost and not report.duplicated and not report.out_of_order,
+        f"longest pause < {PAUSE_TARGET * 1000:.0f} ms": report.longest_pause < PAUSE_TARGET,
+    }
+    for name, met in targets.items():
+        print(f"  target {name}: {'met' if met else 'MISSED'}")
+    return 0 if all(targets.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
