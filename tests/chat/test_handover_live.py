@@ -21,7 +21,9 @@ import pytest
 
 from chat import fdpass, handover
 from chat.takeover import BUSY
+from pynet.local.load import LiveLoad
 from tests.chat.chat_helpers import LineClient, ServerProcess
+from tests.kit import wait_until
 
 Start = Callable[..., ServerProcess]
 
@@ -391,3 +393,23 @@ def test_sigkill_at_random_moments_never_loses_a_seen_message_or_reuses_an_id(
     assert list(replay) == list(range(1, len(replay) + 1))  # no gap, no repeat
     for ident, text in seen.items():
         assert replay.get(ident) == text, (ident, text, replay.get(ident))
+
+
+def test_consecutive_handovers_under_live_load_cut_refuse_and_lose_nothing(
+    start_server: Start, sock_path: str, tmp_path: Path
+) -> None:
+    flags = ("--history", str(tmp_path / "h.sqlite3"), "--rate", "0", "--max-per-address", "0")
+    first = start_release(start_server, sock_path, "r0", *flags)
+    load = LiveLoad("127.0.0.1", first.port, clients=50, sampled=10, rate=100.0).start()
+    serving = first
+    for n in range(1, 4):
+        wait_until(lambda n=n: load.acknowledged >= 20 * n, 30, "lines flowing before the switch")
+        new = start_release(start_server, sock_path, f"r{n}", *flags, port=first.port)
+        assert "how=handover" in new.wait_for_log("switch ")
+        assert serving.proc.wait(10) == 99
+        serving = new
+    report = load.stop()
+    assert report.ok(), f"{report.summary()} cut={report.cut[:3]} lost={report.lost[:5]}"
+    assert report.acknowledged >= 60
+    assert report.connects > 10
+    assert sorted(report.ids) == list(range(min(report.ids), max(report.ids) + 1))
