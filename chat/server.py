@@ -151,7 +151,7 @@ class ChatServer:
         self.handed_over = asyncio.Event()  # set once a successor took every connection
         self._handover_point: HandoverPoint | None = None
         self._loop = asyncio.get_running_loop()
-        self._server: asyncio.AbstractServer | None = None
+        self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
         self._per_address: dict[str, int] = {}  # connections held per address_key
         self.cluster: Cluster | None = None  # the shared conversation (chat/cluster.py)
@@ -366,7 +366,7 @@ class ChatServer:
             client = Client(self)
             client.adopted, client.conn = session, conn
             sock.setblocking(False)
-            await self._loop.connect_accepted_socket(lambda c=client: c, sock=sock)
+            await self._loop.connect_accepted_socket(_factory(client), sock=sock)
         for client in self.clients:
             if not client.transport.is_closing():
                 client.transport.resume_reading()
@@ -723,6 +723,11 @@ def address_key(peer: object) -> str:
     return str(ip)
 
 
+def _factory(client: Client) -> Callable[[], Client]:
+    """A protocol factory that hands asyncio an already made (adopted) `Client`."""
+    return lambda: client
+
+
 # --------------------------------------------------------------------------------------------
 # Entry point.
 
@@ -786,7 +791,9 @@ async def serve(settings: Settings) -> int:
         from chat.cluster import join
 
         try:
-            await join(server)  # before listening: no client is served without Redis
+            # Before listening: no client is served without Redis. A successor reads on from
+            # the last id the predecessor's clients saw.
+            await join(server, inheritance.begin.last_id if inheritance is not None else None)
         except BackplaneError as exc:
             log.error("error starting: %s", exc)
             if inheritance is not None:
