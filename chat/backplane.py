@@ -321,6 +321,7 @@ class RedisBackplane:
         self._seq = 0
         self._queue: deque[_Op] = deque()
         self._wake = asyncio.Event()
+        self._reading = asyncio.Event()  # set: the read loop may deliver
         self._retry = asyncio.Event()
         self._sink: Sink | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -339,8 +340,12 @@ class RedisBackplane:
     def describe(self) -> str:
         return f"redis:{redact(self.url)} host={self.host} last_id={self.last_id}"
 
-    async def start(self, sink: Sink) -> None:
-        """Check Redis, load the retained history, start reading. Raises BackplaneError."""
+    async def start(self, sink: Sink, resume_from: int | None = None) -> None:
+        """Check Redis, load the retained history, start reading. Raises BackplaneError.
+
+        `resume_from`: a handover. The predecessor's clients saw broadcasts up to that id, so
+        reading starts right after it, and only once `resume()` says the clients are here.
+        """
         from redis import exceptions as rx
 
         self._sink = sink
@@ -351,7 +356,7 @@ class RedisBackplane:
             await self._cmd.ping()
             if self._check_version:
                 await self._require_version()
-            await self._load()
+            await self._load(resume_from)
         except BackplaneError:
             await self._close_clients()
             raise
@@ -374,6 +379,8 @@ class RedisBackplane:
             await self._close_clients()
             raise BackplaneError(f"{where} is not a usable Redis server: {exc}") from None
         self.available = True
+        if resume_from is None:
+            self._reading.set()
         loop = asyncio.get_running_loop()
         self._renew_due = loop.time() + RENEW_EVERY
         self._tasks = [
@@ -426,17 +433,25 @@ class RedisBackplane:
                 f"Redis at {redact(self.url)} is version {text}; the backplane needs >= {need}"
             )
 
-    async def _load(self) -> None:
-        """The newest retained broadcasts, and the position to read from."""
+    async def _load(self, upto: int | None = None) -> None:
+        """The newest retained broadcasts (up to id `upto`), and the position to read from."""
         count = int(self._maxlen)
         entries = await self._cmd.xrevrange(self._room, "+", "-", count=count)
         counter = int(await self._cmd.get(self.prefix + "counter") or 0)
+        if upto is not None:
+            entries = [e for e in entries if int(e[0].split(b"-", 1)[0]) <= upto]
         if entries:
             self._room_pos = entries[0][0].decode()
         for entry_id, fields in reversed(entries):
             self._entry(entry_id, fields, None)
-        if self._retained.last_id < counter:
+        if upto is not None:
+            self._retained.last_id = max(self._retained.last_id, upto)
+        elif self._retained.last_id < counter:
             self._retained.last_id = counter
+
+    def resume(self) -> None:
+        """Start delivering (after a handover's clients are registered)."""
+        self._reading.set()
 
     # ---- what the server calls -----------------------------------------------------------
 
@@ -592,6 +607,7 @@ class RedisBackplane:
         from redis import exceptions as rx
 
         delay = 0.05
+        await self._reading.wait()
         while not self._closing:
             try:
                 reply = await self._reader.xread(

@@ -69,21 +69,23 @@ class Cluster:
     def describe(self) -> str:
         return self.backplane.describe()
 
-    async def start(self) -> None:
+    async def start(self, resume_from: int | None = None) -> None:
         """Raises chat.backplane.BackplaneError when Redis cannot serve."""
         if not self._started:
-            await self.backplane.start(self)
+            await self.backplane.start(self, resume_from)
             self._started = True
 
     async def stop(self) -> None:
         await self.backplane.stop()
 
     def adopted(self) -> None:
-        """Hold the nicknames of connections handed over by a predecessor (same leases)."""
+        """The predecessor's connections are registered: hold their nicknames (whoever holds
+        them now: the predecessor) and deliver what they have not seen yet."""
         for client in self.server.named.values():
             nick = client.conn.nick if client.conn else None
             if nick is not None:
                 self.backplane.adopt(nick)
+        self.backplane.resume()
 
     def left(self, nick: str, reason: str, announce: bool) -> None:
         """A named client is gone: free its nickname, tell every host."""
@@ -225,8 +227,15 @@ class Cluster:
 
     def deliver(self, lines: list[bytes]) -> None:
         broadcast = self.server._broadcast
+        last = 0
         for line in lines:
             broadcast(line)
+            if line.startswith(b"MSG "):
+                last = int(line[4 : line.index(b" ", 4)])
+        if last:
+            # The id a handover hands on (chat/takeover.py sends history.last_id): the successor
+            # delivers from there.
+            self.server.history.last_id = last
 
     def deliver_private(self, to: str, line: bytes) -> None:
         target = self.server.named.get(to)
@@ -247,7 +256,7 @@ class Cluster:
         return [c.conn.nick for c in self.server.named.values() if c.conn and c.conn.nick]
 
 
-async def join(server: ChatServer) -> Cluster:
+async def join(server: ChatServer, resume_from: int | None = None) -> Cluster:
     """Connect SERVER to the backplane its settings name. Raises BackplaneError (one line)."""
     from chat.backplane import BackplaneError
 
@@ -260,6 +269,6 @@ async def join(server: ChatServer) -> Cluster:
             "--backplane needs the redis package: pip install 'pynet[cluster]'"
         ) from None
     cluster = Cluster(server, RedisBackplane(url, history_size=server.settings.history_size))
-    await cluster.start()
+    await cluster.start(resume_from)
     log.info("cluster %s", cluster.describe())
     return cluster

@@ -294,3 +294,31 @@ def test_good_urls_and_redaction() -> None:
     assert redact("redis://:pw@h:6379/0") == "redis://:***@h:6379/0"
     assert redact("rediss://user:pw@h/1") == "rediss://user:***@h/1"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
+
+
+def test_a_successor_holds_delivery_then_reads_on_from_the_handed_over_id() -> None:
+    """A handover: the predecessor's clients saw up to id 2; ids 3 and 4 were posted since.
+    The successor delivers nothing before resume(), then exactly 3 and 4, in order."""
+
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        a, sa = await host(server)
+        for i in range(4):
+            a.say("ann", f"m{i}")
+        await until(lambda: len(sa.lines) == 4)
+        successor = RedisBackplane(
+            URL, history_size=100, connect=fake_connect(server), check_version=False
+        )
+        sink = Recorder()
+        await successor.start(sink, resume_from=2)
+        assert successor.since(0) == [b"MSG 1 ann m0\n", b"MSG 2 ann m1\n"]
+        await asyncio.sleep(0.1)
+        assert sink.lines == []  # held until the handed-over clients are registered
+        successor.resume()
+        await until(lambda: len(sink.lines) == 2)
+        assert sink.lines == [b"MSG 3 ann m2\n", b"MSG 4 ann m3\n"]
+        assert successor.since(2) == sink.lines
+        await a.stop()
+        await successor.stop()
+
+    run(body)
