@@ -4,7 +4,8 @@
   on a terminal the half-typed line is redrawn under each incoming one).
 - When the connection drops it reconnects with exponential backoff and jitter, restores the
   nickname and sends `/since LAST_ID`, so no broadcast is missed; broadcasts are de-duplicated
-  by id.
+  by id. Given several servers (`HOST1,HOST2:PORT`, a cluster), it moves to the next one at
+  once when its server goes away.
 - A server that vanished without closing (its host lost power, a NAT forgot the flow) is
   noticed: after `--ping-interval` seconds in which it sent nothing the client sends `/ping`,
   and if nothing comes back within `--timeout` it drops the connection and reconnects. TCP
