@@ -8,12 +8,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from fabric import Connection
 from invoke.runners import Result
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from pynet.deploy.commands import Argv, render
 
@@ -94,38 +104,51 @@ class Remote:
                 flush=True,
             )
             return
-        bar = ProgressBar(self.out, enabled=progress)
-        self.conn.sftp().put(str(local), remote, callback=bar.update)
-        bar.done()
+        bar = UploadProgress(self.out, f"sftp {local.name}", enabled=progress)
+        try:
+            self.conn.sftp().put(str(local), remote, callback=bar.update)
+        finally:
+            bar.done()
 
 
-@dataclass
-class ProgressBar:
-    """`[#####.....]  52%  1.2/2.3 MB`, redrawn in place; only on a terminal."""
+class UploadProgress:
+    """Upload progress from rich: on a terminal a bar that fits its width, with size, rate and
+    time left; elsewhere (CI logs, pipes) no redrawing, only one summary line at the end.
+    """
 
-    out: TextIO
-    enabled: bool = True
-    width: int = 30
-    _last: int = -1
+    def __init__(self, out: TextIO, label: str, enabled: bool = True) -> None:
+        self.out, self.label, self.enabled = out, label, enabled
+        self.console = Console(file=out, highlight=False)
+        self.live = enabled and self.console.is_terminal
+        self.started = time.monotonic()
+        self.sent = 0
+        self.progress = Progress(
+            TextColumn("  {task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            disable=not self.live,
+        )
+        self.task = self.progress.add_task(label, total=None)
+        self.progress.start()
 
     def update(self, sent: int, total: int) -> None:
-        if not (self.enabled and self.out.isatty()) or not total:
-            return
-        pct = sent * 100 // total
-        if pct == self._last:
-            return
-        self._last = pct
-        filled = self.width * sent // total
-        self.out.write(
-            f"\r  [{'#' * filled}{'.' * (self.width - filled)}] {pct:3d}%  "
-            f"{human(sent)}/{human(total)}"
-        )
-        self.out.flush()
+        """Paramiko's SFTP callback: bytes sent so far of TOTAL."""
+        self.sent = sent
+        self.progress.update(self.task, completed=sent, total=total or None)
 
     def done(self) -> None:
-        if self._last >= 0:
-            self.out.write("\n")
-            self.out.flush()
+        self.progress.stop()
+        if self.enabled and not self.live:
+            seconds = max(time.monotonic() - self.started, 1e-3)
+            print(
+                f"  {self.label}: {human(self.sent)} in {seconds:.1f} s "
+                f"({human(self.sent / seconds)}/s)",
+                file=self.out,
+                flush=True,
+            )
 
 
 def human(size: float) -> str:

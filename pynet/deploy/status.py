@@ -12,6 +12,7 @@ from pynet.deploy import commands as cmd
 from pynet.deploy.probe import ProbeError, chat_hello
 from pynet.deploy.release import HostState, Instances, describe_switch, read_switch
 from pynet.deploy.remote import Remote
+from pynet.tables import columns
 
 
 def parse_show(text: str) -> dict[str, str]:
@@ -107,10 +108,7 @@ def releases(remote: Remote) -> str:
             )
         )
     rows[1:] = reversed(rows[1:])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows
-    )
+    table = columns(rows)
     others = [i.tag for i in state.images if i.tag != "current"]
     return (
         f"{table}\ncurrent: {current or state.current_id or 'none'}"

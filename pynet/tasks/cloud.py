@@ -27,6 +27,7 @@ from pynet.aws.recovery import check_topic
 from pynet.aws.requests import SSH_USERS, WIDEST_SSH_PREFIX, check_name
 from pynet.aws.session import Clients, connect
 from pynet.hostkeys import fingerprint, known_hosts_beside, pin, unpin
+from pynet.tables import columns
 from pynet.tasks.options import task
 
 __all__ = ["destroy", "hosts", "launch"]
@@ -363,10 +364,4 @@ def hosts(c: Context, region: str | None = None) -> None:
             )
             for h in found
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print(
-                "  ".join(
-                    cell.ljust(width) for cell, width in zip(row, widths, strict=True)
-                ).rstrip()
-            )
+        print(columns(rows))
