@@ -100,13 +100,15 @@ def test_deploy_reaches_every_host_before_the_build(unreachable: Path, tmp_path:
         (("deploy", "--version", "../../etc/x"), "flag --version got '../../etc/x': expected"),
         (("deploy", "--version", "-rf"), "flag --version got '-rf'"),
         (("rollback", "--to", "a/b"), "flag --to got 'a/b'"),
-        (("deploy", "--context", "/nonexistent"), "flag --context got '/nonexistent'"),
-        (("deploy", "--dockerfile", "/nonexistent"), "flag --dockerfile got '/nonexistent'"),
+        (("deploy", "--context", "MISSING"), "flag --context got 'MISSING'"),
+        (("deploy", "--dockerfile", "MISSING"), "flag --dockerfile got 'MISSING'"),
     ],
 )
-def test_bad_release_inputs(args: tuple[str, ...], expected: str) -> None:
+def test_bad_release_inputs(args: tuple[str, ...], expected: str, tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing")  # a path no other test or agent can have made
+    args = tuple(missing if a == "MISSING" else a for a in args)
     proc = fab("-H", f"admin@127.0.0.1:{closed_port()}", *args, "--dry-run")
-    assert expected in one_line(proc)
+    assert expected.replace("MISSING", missing) in one_line(proc)
 
 
 def test_docker_that_is_not_there(unreachable: Path) -> None:
