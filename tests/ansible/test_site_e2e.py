@@ -96,7 +96,7 @@ def test_dry_run_on_a_fresh_host_goes_as_far_as_it_can(
     assert f"Dry run stops here on {host.name}" in dry.stdout, dry.stdout[-8000:]
     # It got past the SSH hardening (reported as a change it would make) and changed nothing.
     assert "00-pynet-hardening.conf" in dry.stdout, dry.stdout[-8000:]
-    probe = "test -e /etc/ssh/sshd_config.d/00-pynet-hardening.conf || command -v dockerd"
+    probe = "test -e /etc/ssh/sshd_config.d/00-pynet-hardening.conf || test -e /usr/bin/docker"
     assert host.exec("sh", "-c", probe, check=False).returncode != 0
 
 
@@ -142,7 +142,9 @@ def test_comes_back_after_kill_9_of_the_server(site: Site) -> None:
 
 
 def test_comes_back_after_kill_9_of_the_docker_client(site: Site) -> None:
-    unit = "$(systemctl list-units --plain --no-legend --state=active 'pynet-chat@*' | cut -d' ' -f1)"
+    unit = (
+        "$(systemctl list-units --plain --no-legend --state=active 'pynet-chat@*' | cut -d' ' -f1)"
+    )
     script = f"kill -9 $(systemctl show --property MainPID --value {unit})"
     assert _recovery(site, "kill -9 of the unit's docker run client", script) < 10
 
