@@ -95,7 +95,8 @@ def bind(path: str) -> tuple[socket.socket, int]:
     A socket file left by a release that is gone (or that just handed over) is replaced.
     """
     target = Path(path)
-    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Only the socket's own directory (0700): a mistyped path must not grow a tree of them.
+    target.parent.mkdir(mode=0o700, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         if not stat.S_ISSOCK(target.lstat().st_mode):
             raise HandoverError(f"{path} exists and is not a socket")

@@ -12,6 +12,8 @@ import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -413,3 +415,21 @@ def test_consecutive_handovers_under_live_load_cut_refuse_and_lose_nothing(
     assert report.acknowledged >= 60
     assert report.connects > 10
     assert sorted(report.ids) == list(range(min(report.ids), max(report.ids) + 1))
+
+
+def test_a_handover_socket_in_a_missing_directory_is_one_clear_line(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "handover.sock"
+    proc = subprocess.run(
+        [sys.executable, "-m", "chat.server", "--port", "0", "--handover-socket", str(missing)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    errors = [line for line in proc.stdout.splitlines() if " ERROR " in line]
+    assert len(errors) == 1
+    assert "error starting:" in errors[0]
+    assert str(missing.parent) in errors[0]
+    assert not (tmp_path / "no").exists()
