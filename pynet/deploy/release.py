@@ -354,7 +354,10 @@ def activate(
         remote.say(f"{version} failed ({reason}); rolling back to {previous}")
         # The previous release takes the connections back if VERSION holds them, then VERSION
         # stops: the same path in the other direction.
-        again = _start(remote, previous, state.id_of(previous) or "", timeout, restart=False)
+        if previous in Instances.read(remote).active:  # it never let go: only prove it
+            again = wait_healthy(remote, previous, state.id_of(previous) or "", timeout)
+        else:
+            again = _start(remote, previous, state.id_of(previous) or "", timeout, restart=False)
         remote.run(cmd.stop(version))
         if again is None:
             remote.run(cmd.enable_only(previous, {*units.enabled, version}))

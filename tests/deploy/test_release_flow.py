@@ -183,6 +183,20 @@ def test_an_unhealthy_release_hands_back_to_the_previous_and_the_reason_is_raise
     assert '"result": "rolled-back"' in record
 
 
+def test_a_release_that_never_took_over_leaves_the_old_one_serving() -> None:
+    """The new one crashed before its handover: the old one still serves; it is only checked."""
+    old_only = (
+        "systemctl list-units",
+        ("pynet-chat@old.service loaded active running chat\n--\n", 0),
+    )
+    host = ScriptedHost([IMAGES, CURRENT, LABEL, CLOCK, _healthy_if("sha256:old"), old_only])
+    with pytest.raises(DeployError, match="rolled back to old, which is serving"):
+        release.activate(host, "new", "deploy", timeout=1)
+    starts = [line for line in host.log if "systemctl start" in line]
+    assert [s.rsplit(" ", 1)[1] for s in starts] == ["pynet-chat@new.service"]
+    assert "sudo -n systemctl stop pynet-chat@new.service" in host.log
+
+
 def test_a_crash_loop_is_noticed_before_the_timeout() -> None:
     restarts = iter(range(100))
     host = ScriptedHost(
