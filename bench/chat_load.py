@@ -16,7 +16,7 @@ Per server and client count, each run measures
 Runs (``--runs``) give min/median. Then the ratios (PyNet over Redis and the baseline) and
 PASS/MISS per target.
 
-    .venv/bin/python -m bench.chat_load            # everything, ~30 minutes
+    .venv/bin/python -m bench.chat_load            # everything, ~45 minutes
     .venv/bin/python -m bench.chat_load --quick    # smoke run, a few seconds per server
 """
 
