@@ -15,7 +15,8 @@ command -v gzip >/dev/null || needed+=(gzip)
 command -v ip >/dev/null || needed+=(iproute2)
 command -v ss >/dev/null || needed+=(iproute2)
 command -v iptables >/dev/null || needed+=(iptables)
-# A real Redis for the cluster tests (tests/chat/test_backplane_redis.py and the cluster tests).
+# A real Redis for the cluster tests (tests/chat/test_backplane_redis.py and the cluster tests)
+# and as the pub/sub reference server of bench/chat_load.py.
 command -v redis-server >/dev/null || needed+=(redis-server)
 # Scores the chat unit's sandbox offline (tests/ansible/test_chat_sandbox.py).
 command -v systemd-analyze >/dev/null || needed+=(systemd)
