@@ -52,6 +52,11 @@ MAX_QUEUE = 10_000
 """Operations held while Redis is slow or away; past this, broadcasts get ERR unavailable."""
 MAX_BATCH = 1000
 """Operations sent in one script call."""
+READ_COUNT = 2000
+"""Entries one XREAD returns at most per stream."""
+RETAIN = 100_000
+"""Entries the room stream keeps at least (`MAXLEN ~`): a host that falls this far behind (10 s
+at 10,000 broadcasts/s) skips what was trimmed; /since needs only `history_size` of them."""
 MIN_VERSION = (7, 0)  # XADD with an explicit time and automatic sequence (`<n>-*`)
 
 
@@ -313,7 +318,8 @@ class RedisBackplane:
         self._connect = connect or _connect
         self._check_version = check_version
         self._retained = _Retained(history_size)
-        self._maxlen = str(max(2 * history_size, 100))
+        self._maxlen = str(max(2 * history_size, RETAIN))
+        self._load_count = max(2 * history_size, 100)
         self._room = prefix + "room"
         self._inbox = f"{prefix}inbox:{self.host}"
         self._room_pos = "0-0"
@@ -435,8 +441,7 @@ class RedisBackplane:
 
     async def _load(self, upto: int | None = None) -> None:
         """The newest retained broadcasts (up to id `upto`), and the position to read from."""
-        count = int(self._maxlen)
-        entries = await self._cmd.xrevrange(self._room, "+", "-", count=count)
+        entries = await self._cmd.xrevrange(self._room, "+", "-", count=self._load_count)
         counter = int(await self._cmd.get(self.prefix + "counter") or 0)
         if upto is not None:
             entries = [e for e in entries if int(e[0].split(b"-", 1)[0]) <= upto]
@@ -612,7 +617,7 @@ class RedisBackplane:
             try:
                 reply = await self._reader.xread(
                     {self._room: self._room_pos, self._inbox: self._inbox_pos},
-                    count=MAX_BATCH,
+                    count=READ_COUNT,
                     block=BLOCK_MS,
                 )
             except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
@@ -662,8 +667,14 @@ class RedisBackplane:
         self._room_pos = entry_id.decode()
         if seq == "0" and b"n" in fields:
             msg_id = int(ms)
-            if msg_id <= self._retained.last_id and out is not None:
-                return  # already seen (cannot happen with a sane stream; never repeat one)
+            if out is not None:
+                last = self._retained.last_id
+                if msg_id <= last:
+                    return  # already seen (cannot happen with a sane stream; never repeat one)
+                if last and msg_id > last + 1:
+                    log.warning(
+                        "backplane gap after=%d next=%d (trimmed before read)", last, msg_id
+                    )
             line = Message(msg_id, fields[b"n"].decode(), fields[b"t"].decode()).line()
             self._retained.add(msg_id, line)
         elif b"l" in fields and out is not None:
