@@ -1,14 +1,15 @@
 """docs/protocol.md (the contract) and the code must list the same words.
 
 The protocol is written down twice: as prose and tables in docs/protocol.md, and as tables in
-chat/protocol.py. These tests read the document and fail when the two disagree, in either
-direction, so a code added to one without the other cannot go unnoticed.
+chat/protocol.py and chat/events.py. These tests read the document and fail when the two
+disagree, in either direction, so a code added to one without the other cannot go unnoticed.
 """
 
 from __future__ import annotations
 
 import re
 
+from chat import events
 from chat import protocol as p
 from tests.chat.chat_helpers import ROOT
 
@@ -70,7 +71,7 @@ def test_server_replies_match_the_contract() -> None:
     for cell in first_cells(section("Server to client")):
         for ticked in TICKED.findall(cell):
             words.add(ticked.split(" ")[0])
-    assert words == set(p._REPLIES)
+    assert words == set(events._REPLIES)
 
 
 def test_the_contract_is_version_1_1() -> None:
