@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Settings()
     for option in OPTIONS:
         default = getattr(defaults, option.field)
-        shown = "memory" if default is None else default
+        shown = ("memory" if option.field == "history" else "none") if default is None else default
         parser.add_argument(
             option.flag,
             dest=option.field,
