@@ -49,4 +49,3 @@ def test_on_a_terminal_a_bar_with_size_rate_and_time_left() -> None:
     assert "sftp layers.tar.gz" in text
     assert "2.0/2.0 MB" in text
     assert "━" in text  # the bar itself
-
