@@ -74,7 +74,7 @@ def _moto() -> Iterator[None]:
 
 @pytest.fixture
 def clients(_moto: None) -> Clients:
-    """Every client `fab launch` uses, against moto in-process (tests use their own deployment names)."""
+    """Every client `fab launch` uses, against moto in-process (each test its own deployment)."""
     return Clients(
         region=REGION,
         ec2=boto3.client("ec2", region_name=REGION),
