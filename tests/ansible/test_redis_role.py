@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jinja2
 import pytest
@@ -121,7 +122,7 @@ def test_the_backplane_works_as_that_user(role_redis: tuple[int, str]) -> None:
 SITE = ROLES.parent / "playbooks" / "site.yml"
 
 
-def chat_backplane(tmp: Path, inventory: dict[str, object], **env: str) -> str:
+def chat_backplane(tmp: Path, inventory: Any, password: str | None = None) -> str:
     """`chat_backplane` as site.yml's chat play computes it for this inventory (local hosts)."""
     plays = yaml.safe_load(SITE.read_text())
     (chat_play,) = [p for p in plays if p["hosts"] == "chat"]
@@ -141,11 +142,11 @@ def chat_backplane(tmp: Path, inventory: dict[str, object], **env: str) -> str:
     ]
     (tmp / "probe.yml").write_text(yaml.safe_dump(probe))
     (tmp / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    proc = run(
-        [tool("ansible-playbook"), "-i", str(tmp / "hosts.yml"), str(tmp / "probe.yml")],
-        timeout=120,
-        **env,
-    )
+    argv = [tool("ansible-playbook"), "-i", str(tmp / "hosts.yml"), str(tmp / "probe.yml")]
+    if password is None:
+        proc = run(argv, timeout=120)
+    else:
+        proc = run(argv, timeout=120, PYNET_REDIS_PASSWORD=password)
     assert proc.returncode == 0, proc.stdout
     found = re.findall(r"BACKPLANE=\[(.*?)\]", proc.stdout)
     assert found, proc.stdout
@@ -166,6 +167,6 @@ def test_site_points_chat_hosts_at_the_redis_host_only_when_there_is_one(
             }
         }
     }
-    url = chat_backplane(tmp_path, cluster, PYNET_REDIS_PASSWORD="pw/with:odd@chars")
+    url = chat_backplane(tmp_path, cluster, "pw/with:odd@chars")
     assert url == "redis://pynet:pw%2Fwith%3Aodd%40chars@10.0.0.7:6379/0"
     assert validate_url(url) == url

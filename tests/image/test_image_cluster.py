@@ -32,7 +32,8 @@ def test_the_baked_wheels_match_the_pins_and_their_sums() -> None:
     name, version = pin.split("==")
     assert name == "redis"
     assert (WHEELS / f"redis-{version}-py3-none-any.whl").is_file()
-    sums = dict(reversed(line.split()) for line in (WHEELS / "SHA256SUMS").read_text().splitlines())
+    lines = (WHEELS / "SHA256SUMS").read_text().splitlines()
+    sums = {name: digest for digest, name in (line.split() for line in lines)}
     assert sorted(sums) == sorted(p.name for p in WHEELS.glob("*.whl"))
     for wheel, digest in sums.items():
         assert hashlib.sha256((WHEELS / wheel).read_bytes()).hexdigest() == digest
