@@ -12,11 +12,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from pynet.local.host import free_port  # the one free_port (127.0.0.1, as HOST)
+from pynet.wait import WaitTimeout, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"  # the benchmarks only ever talk to the loopback interface
@@ -100,12 +102,6 @@ def renice(nice: int) -> None:
     if nice:
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, 0, nice)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def pynet_server_available() -> bool:
@@ -231,9 +227,9 @@ def start_server(
 
 
 def wait_ready(server: Server, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    last = ""
-    while time.monotonic() < deadline:
+    last = [""]
+
+    def ready() -> bool:
         if server.proc.poll() is not None:
             raise RuntimeError(
                 f"{server.kind} server exited with {server.proc.returncode}:\n{server.log_tail()}"
@@ -248,15 +244,16 @@ def wait_ready(server: Server, timeout: float) -> None:
                     if not chunk:
                         break
                     data += chunk
-                if data.startswith((b"HELLO", b"+PONG")):
-                    return
-                last = data.decode(errors="replace")
         except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    raise RuntimeError(
-        f"{server.kind} server not ready after {timeout}s ({last}):\n{server.log_tail()}"
-    )
+            last[0] = str(exc)
+            return False
+        last[0] = data.decode(errors="replace")
+        return data.startswith((b"HELLO", b"+PONG"))
+
+    try:
+        wait_until(ready, timeout, f"{server.kind} server ready", interval=0.1)
+    except WaitTimeout as error:
+        raise RuntimeError(f"{error} ({last[0]}):\n{server.log_tail()}") from None
 
 
 def fmt_rate(x: float | None) -> str:
