@@ -3,10 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint unit e2e bench venv system-deps clean
+.PHONY: demo demo-cluster test lint unit e2e bench venv system-deps clean
 
 demo: venv system-deps
 	$(BIN)/python -m pynet.demo
+
+# The cluster journey on local EC2-like hosts: two chat hosts and a Redis host provisioned by
+# site.yml; clients on different hosts talk; Redis restarted; a chat host removed while a client
+# moves to the other (docs/cluster.md).
+demo-cluster: venv system-deps
+	$(BIN)/python -m pytest -s -q -p no:cacheprovider tests/ansible/test_cluster_e2e.py
 
 # Lint runs inside the tests too (tests/test_lint.py).
 test: venv system-deps
