@@ -59,7 +59,7 @@ from chat.protocol import (
     Who,
     WhoList,
 )
-from chat.takeover import BUSY, HandoverPoint, Inheritance, take, unsent
+from chat.takeover import BUSY, HandoverPoint, Inheritance, take, take_unsent
 
 if TYPE_CHECKING:
     from chat.cluster import Cluster
@@ -150,6 +150,7 @@ class ChatServer:
         self.release = settings.release
         self.handed_over = asyncio.Event()  # set once a successor took every connection
         self._handover_point: HandoverPoint | None = None
+        self._frozen: dict[Client, bytes] = {}  # output taken back from transports by freeze
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
@@ -315,7 +316,7 @@ class ChatServer:
                 stamp_age=stamp_age,
                 partial=partial,
                 discarding=discarding,
-                unsent=unsent(client.transport) + conn.data_to_send(),
+                unsent=self._take_unsent(client),
                 allowance=client.allowance,
                 closing=client.close_after_flush,
                 extra={
@@ -326,10 +327,20 @@ class ChatServer:
             items.append((session, client.transport.get_extra_info("socket").fileno()))
         return items
 
+    def _take_unsent(self, client: Client) -> bytes:
+        """The client's unsent output, taken from its transport (kept for `thaw`)."""
+        assert client.conn is not None
+        data = self._frozen[client] = take_unsent(client.transport) + client.conn.data_to_send()
+        return data
+
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened."""
         await self.start(listener)  # restarts the housekeeping too
+        frozen, self._frozen = self._frozen, {}
         for client in self.clients:
+            data = frozen.get(client)
+            if data:
+                client.transport.write(data)  # ours to send again
             if not client.transport.is_closing():
                 client.transport.resume_reading()
 
@@ -340,6 +351,7 @@ class ChatServer:
             client.conn = None  # connection_lost is ours to ignore now
             client.transport.abort()
         self.clients.clear()
+        self._frozen.clear()
         self.unnamed.clear()
         self.named.clear()
         self._per_address.clear()

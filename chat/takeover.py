@@ -185,10 +185,11 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
     """Hand every socket and session to SUCCESSOR. True once it took them; else serve on."""
     began = time.perf_counter()
     listener = server.stop_accepting()
-    await asyncio.sleep(ACCEPT_SETTLE)
-    items = server.freeze()
-    history = server.history
+    items: list[tuple[Session, int]] = []
     try:
+        await asyncio.sleep(ACCEPT_SETTLE)
+        items = server.freeze()
+        history = server.history
         channel.send(handover.begin(server.release, len(items), history.last_id, history.since(0)))
         channel.send(handover.listener(), [listener.fileno()])
         for batch in _chunks(items, handover.FDS_PER_MESSAGE):
@@ -197,8 +198,10 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         # In a thread: the loop stays free to refuse a second successor meanwhile.
         handover.expect(await asyncio.to_thread(channel.recv), "ready")
         channel.send(handover.commit())
-    except (HandoverError, OSError, EOFError, ValueError, TimeoutError) as exc:
+    except Exception as exc:  # whatever went wrong, the clients must be served again
         reason = str(exc) or type(exc).__name__
+        if not isinstance(exc, HandoverError | OSError | EOFError):
+            log.exception("handover failed unexpectedly")
         with contextlib.suppress(OSError):
             channel.send(handover.abort(reason))
         channel.close()
@@ -217,18 +220,25 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
     return True
 
 
-def unsent(transport: asyncio.BaseTransport) -> bytes:
-    """Bytes a transport accepted but the kernel has not taken yet.
+def take_unsent(transport: asyncio.Transport) -> bytes:
+    """Take back the bytes a transport accepted but the kernel has not: from now on they are
+    the successor's to send (or ours again, through `write`, if the handover fails).
 
-    asyncio has no public way to take them back; the selector transports of CPython keep them
-    in `_buffer` (a bytearray up to 3.11, a deque of memoryviews after). Anything else (another
-    loop) must have drained before the snapshot, which `freeze` checks.
+    Taking, not copying: the loop keeps running while the successor confirms, and a transport
+    that still held them would send them then, so the client would get them twice. asyncio has
+    no public way to do this; CPython's selector transports keep the bytes in `_buffer` (a
+    bytearray up to 3.11, a deque of memoryviews after) and write them from a writer callback,
+    removed here too (the public `remove_writer` refuses a transport's descriptor). Another
+    kind of transport must have nothing buffered.
     """
     buffer = getattr(transport, "_buffer", None)
-    if isinstance(buffer, bytearray | bytes):
-        return bytes(buffer)
-    if buffer is not None:
-        return b"".join(bytes(part) for part in buffer)
-    if transport.get_write_buffer_size() if isinstance(transport, asyncio.Transport) else 0:
-        raise HandoverError(f"cannot read the unsent output of {type(transport).__name__}")
-    return b""
+    if buffer is None:
+        if transport.get_write_buffer_size():
+            raise HandoverError(f"cannot take the unsent output of {type(transport).__name__}")
+        return b""
+    data = bytes(buffer) if isinstance(buffer, bytearray) else b"".join(bytes(p) for p in buffer)
+    if data:
+        buffer.clear()
+        sock = transport.get_extra_info("socket")
+        asyncio.get_running_loop()._remove_writer(sock.fileno())  # type: ignore[attr-defined]
+    return data

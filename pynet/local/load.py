@@ -208,11 +208,12 @@ class LiveLoad:
         duplicated = [r.nick for r in sampled if len(r.ids) != len(set(r.ids))]
         duplicated += [r.nick for r in self._readers if r.lines > self.acknowledged]
         out_of_order = [r.nick for r in sampled if r.ids != sorted(r.ids)]
-        lost += [
-            f"{r.nick} has {r.lines} of {self.acknowledged}"
-            for r in self._readers
-            if r.lines < self.acknowledged
-        ]
+        for r in self._readers:
+            if r.lines < self.acknowledged:
+                missing = sorted(set(ids) - set(r.ids))[:5] if r.sampled else "?"
+                lost.append(
+                    f"{r.nick} has {r.lines} of {self.acknowledged} (missing ids {missing})"
+                )
         for r in self._readers:
             r.sock.close()
         return Report(

@@ -167,6 +167,30 @@ def test_successor_dying_mid_handover_leaves_the_old_one_serving(
     assert_still_serving(old, ann, bob, 1)
 
 
+def test_a_failed_handover_sends_a_slow_readers_backlog_once_and_whole(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    """The old process takes the unsent bytes back from its transports while the successor
+    confirms, and writes them itself again when it does not: nothing twice, nothing lost."""
+    old = start_release(start_server, sock_path, "v1", "--rate", "0", "--max-backlog", "8000000")
+    slow = clients(old.port, "slow", rcvbuf=4096)
+    ann = clients(old.port, "ann")
+    text = "y" * 3000
+    for i in range(1000):
+        ann.send(f"{i} {text}")
+    ann.until("MSG 1000")
+    fake = FakeSuccessor(sock_path)
+    fake.receive_all()
+    slow.until("JOIN ann")
+    got = [slow.line() for _ in range(20)]  # the old loop runs while it waits for `ready`
+    fake.close()
+    old.wait_for_log("handover aborted")
+    got += [slow.line() for _ in range(980)]
+    assert got == [f"MSG {i + 1} ann {i} {text}" for i in range(1000)]
+    ann.send("/ping")
+    assert ann.until("PONG")[-1] == "PONG"
+
+
 def test_successor_that_never_says_ready_times_out_and_nothing_changes(
     start_server: Start, clients: Callable[..., LineClient], sock_path: str
 ) -> None:
