@@ -172,23 +172,23 @@ def test_a_failed_handover_sends_a_slow_readers_backlog_once_and_whole(
 ) -> None:
     """The old process takes the unsent bytes back from its transports while the successor
     confirms, and writes them itself again when it does not: nothing twice, nothing lost."""
-    old = start_release(start_server, sock_path, "v1", "--rate", "0", "--max-backlog", "8000000")
+    old = start_release(start_server, sock_path, "v1", "--rate", "0", "--max-backlog", "16000000")
     slow = clients(old.port, "slow", rcvbuf=4096)
     ann = clients(old.port, "ann")
     text = "y" * 3000
-    for i in range(1000):
+    for i in range(2500):
         ann.send(f"{i} {text}")
-    ann.until("MSG 1000")
+    ann.until("MSG 2500")
     fake = FakeSuccessor(sock_path)
     fake.receive_all()
     slow.until("JOIN ann")
     got = [slow.line() for _ in range(20)]  # the old loop runs while it waits for `ready`
     fake.close()
     old.wait_for_log("handover aborted")
-    got += [slow.line() for _ in range(980)]
-    assert got == [f"MSG {i + 1} ann {i} {text}" for i in range(1000)]
-    ann.send("/ping")
-    assert ann.until("PONG")[-1] == "PONG"
+    got += [slow.line() for _ in range(2480)]
+    assert got == [f"MSG {i + 1} ann {i} {text}" for i in range(2500)]
+    slow.send("/ping")
+    assert slow.line() == "PONG"  # and not a second copy of the backlog before it
 
 
 def test_successor_that_never_says_ready_times_out_and_nothing_changes(
