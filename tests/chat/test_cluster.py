@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -196,3 +197,36 @@ def test_the_client_takes_several_servers() -> None:
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1
     assert "'b:99999' has port '99999'; expected 1-65535" in proc.stderr
+
+
+def test_a_handover_on_one_host_keeps_its_clients_in_the_cluster(
+    redis_server: RedisServer,
+    start_server: Callable[..., ServerProcess],
+    clients: Callable[..., LineClient],
+    tmp_path: Path,
+) -> None:
+    """Host one hands its connections to a new release: its client keeps its nickname, gets
+    what host two posted during the switch, once, and can still talk."""
+    sock = str(tmp_path / "run" / "handover.sock")
+    url = redis_server.url
+    old = start_server("--backplane", url, "--handover-socket", sock, "--release", "v1")
+    two = start_server("--backplane", url)
+    ann = clients(old.port, "ann")
+    bob = clients(two.port, "bob")
+    bob.send("before")
+    assert ann.until("MSG")[-1] == "MSG 1 bob before"
+    new = start_server(
+        "--backplane", url, "--handover-socket", sock, "--release", "v2", port=old.port
+    )
+    bob.send("during")  # may reach Redis while the switch is under way
+    assert "how=handover" in new.wait_for_log("switch ")
+    assert old.proc.wait(10) == 99
+    bob.send("after")
+    seen = ann.until("MSG 3 ")
+    assert [ln for ln in seen if ln.startswith("MSG")] == ["MSG 2 bob during", "MSG 3 bob after"]
+    ann.send("still here")
+    assert bob.until("MSG 4 ")[-1] == "MSG 4 ann still here"
+    thief = clients(two.port)
+    thief.send("/nick ann")
+    assert thief.until("ERR")[-1].startswith("ERR nick-taken")  # the lease moved with her
+    assert not [ln for ln in seen if ln.split()[0] in ("BYE", "HELLO")]
