@@ -94,8 +94,8 @@ def test_dry_run_on_a_fresh_host_goes_as_far_as_it_can(
     assert dry.returncode == 0, dry.stdout[-8000:]
     assert recap(dry.stdout)[host.name]["failed"] == 0, dry.stdout[-8000:]
     assert f"Dry run stops here on {host.name}" in dry.stdout, dry.stdout[-8000:]
-    # It got past the SSH hardening (reported as a change it would make) and changed nothing.
-    assert "00-pynet-hardening.conf" in dry.stdout, dry.stdout[-8000:]
+    # It got past the SSH hardening (its diff shows the change it would make) and changed nothing.
+    assert "+PasswordAuthentication no" in dry.stdout, dry.stdout[-8000:]
     probe = "test -e /etc/ssh/sshd_config.d/00-pynet-hardening.conf || test -e /usr/bin/docker"
     assert host.exec("sh", "-c", probe, check=False).returncode != 0
 
