@@ -232,7 +232,12 @@ def test_deploy_and_rollback_under_load_cut_no_one_and_lose_nothing(rig: Rig) ->
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
     assert f"{before} is serving: handover of " in rolled.stdout
     report = load.stop()
-    assert report.ok(), report.summary() + f" cut={report.cut[:3]} lost={report.lost[:5]}"
+    journal = rig.root(
+        "sh", "-c", "journalctl -u 'pynet-chat@*' -o cat | grep -E 'handover|switch|ERROR|WARN'"
+    ).stdout
+    assert report.ok(), (
+        f"{report.summary()} cut={report.cut[:3]} lost={report.lost[:5]}\n{journal[-6000:]}"
+    )
     assert report.connects > 100
     assert report.acknowledged > 40
     assert rig.hello().endswith("+two")
