@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pynet.local.load import LiveLoad, Report
@@ -122,8 +123,10 @@ def restart(work: Path, clients: int, rate: float) -> Report:
     return report
 
 
-def positive(kind: type[int] | type[float]):  # type: ignore[no-untyped-def]
-    def parse(text: str) -> int | float:
+def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    """An argparse type: a number above 0, or one line saying what was wrong."""
+
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:

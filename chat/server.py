@@ -583,9 +583,14 @@ class ChatServer:
         if self.settings.log_messages:
             log.debug("priv nick=%s to=%s text=%r", conn.nick, target.conn.nick, event.text)  # type: ignore[union-attr]
 
+    def _nicks(self) -> list[str]:
+        """The nicknames of the named clients, as they chose them."""
+        return [c.conn.nick for c in self.named.values() if c.conn is not None and c.conn.nick]
+
     def _on_who(self, client: Client, event: Who) -> None:
-        names = sorted((c.conn.nick for c in self.named.values()), key=str.lower)  # type: ignore[union-attr]
-        client.conn.send(WhoList(tuple(names)))  # type: ignore[union-attr, arg-type]
+        names = sorted(self._nicks(), key=str.lower)
+        assert client.conn is not None
+        client.conn.send(WhoList(tuple(names)))
         self._pump(client)
 
     def _on_since(self, client: Client, event: Since) -> None:
@@ -760,10 +765,10 @@ def _raise_open_file_limit() -> int:
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop when installed (faster), else the standard loop."""
     try:
-        import uvloop  # type: ignore[import-not-found]
+        import uvloop
     except ImportError:
         return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
+    return uvloop.new_event_loop
 
 
 def setup_logging(level: str) -> None:

@@ -417,8 +417,8 @@ def test_sigkill_at_random_moments_never_loses_a_seen_message_or_reuses_an_id(
         _, ident, _, text = check.line().split(" ", 3)
         replay[int(ident)] = text
     assert list(replay) == list(range(1, len(replay) + 1))  # no gap, no repeat
-    for ident, text in seen.items():
-        assert replay.get(ident) == text, (ident, text, replay.get(ident))
+    for number, text in seen.items():
+        assert replay.get(number) == text, (number, text, replay.get(number))
 
 
 def test_consecutive_handovers_under_live_load_cut_refuse_and_lose_nothing(
@@ -428,8 +428,12 @@ def test_consecutive_handovers_under_live_load_cut_refuse_and_lose_nothing(
     first = start_release(start_server, sock_path, "r0", *flags)
     load = LiveLoad("127.0.0.1", first.port, clients=50, sampled=10, rate=100.0).start()
     serving = first
+
+    def flowing(at_least: int) -> Callable[[], bool]:
+        return lambda: load.acknowledged >= at_least
+
     for n in range(1, 4):
-        wait_until(lambda n=n: load.acknowledged >= 20 * n, 30, "lines flowing before the switch")
+        wait_until(flowing(20 * n), 30, "lines flowing before the switch")
         new = start_release(start_server, sock_path, f"r{n}", *flags, port=first.port)
         assert "how=handover" in new.wait_for_log("switch ")
         assert serving.proc.wait(10) == 99
