@@ -151,6 +151,7 @@ class ChatServer:
         self.handed_over = asyncio.Event()  # set once a successor took every connection
         self._handover_point: HandoverPoint | None = None
         self._frozen: dict[Client, bytes] = {}  # output taken back from transports by freeze
+        self.reading = True  # False while a handover is under way: new connections wait too
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
@@ -291,15 +292,28 @@ class ChatServer:
         self._server = None
         return listener
 
-    def freeze(self) -> list[tuple[Session, int]]:
-        """Stop reading, write what is queued, and describe every connection as it stands.
+    async def pause(self) -> None:
+        """Stop reading from every connection, and let what was already read be handled.
 
-        Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
+        `pause_reading` takes a socket out of the selector, but a read the loop already queued
+        in this turn still runs: one more turn lets those finish here, before the snapshot,
+        instead of consuming bytes after it (which would lose them: they would be in neither
+        process). Connections made meanwhile are paused as they arrive (`connected`).
         """
+        self.reading = False
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         for client in self.clients:
             client.transport.pause_reading()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+
+    def freeze(self) -> list[tuple[Session, int]]:
+        """Write what is queued and describe every connection as it stands (after `pause`).
+
+        Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
+        """
+        assert not self.reading, "pause() first"
         self._flush()  # commits the history, then hands every queued line to the transports
         now = self._loop.time()
         items = []
@@ -336,6 +350,7 @@ class ChatServer:
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened."""
         await self.start(listener)  # restarts the housekeeping too
+        self.reading = True
         frozen, self._frozen = self._frozen, {}
         for client in self.clients:
             data = frozen.get(client)
@@ -445,6 +460,8 @@ class ChatServer:
         client.connected_at = client.last_seen = self._loop.time()
         self.clients.add(client)
         self.unnamed.add(client)
+        if not self.reading:
+            transport.pause_reading()  # a handover is under way: its successor reads this one
         self._send(client, self._greeting)
         log.info("connect peer=%s clients=%d", client.peer, len(self.clients))
 

@@ -188,6 +188,7 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
     items: list[tuple[Session, int]] = []
     try:
         await asyncio.sleep(ACCEPT_SETTLE)
+        await server.pause()
         items = server.freeze()
         history = server.history
         channel.send(handover.begin(server.release, len(items), history.last_id, history.since(0)))
