@@ -150,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         (work / "run").mkdir(mode=0o700)
         report, took = handovers(work, args.clients, args.rate, args.switches)
         print(f"handover x{args.switches}: {report.summary()}")
+        for line in (report.cut + report.lost + report.duplicated + report.out_of_order)[:5]:
+            print(f"    {line}")
         took.sort()
         print(
             f"  successor's takeover (connect to serving): min {took[0]:.0f} ms, "

@@ -380,6 +380,7 @@ class ChatServer:
     async def adopt(self, inheritance: Inheritance) -> None:
         """Serve what a predecessor handed over: every session first, then the listener."""
         s = self.settings
+        pending = []
         for session, sock in inheritance.sessions:
             conn = ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
             conn.restore(
@@ -393,7 +394,10 @@ class ChatServer:
             client = Client(self)
             client.adopted, client.conn = session, conn
             sock.setblocking(False)
-            await self._loop.connect_accepted_socket(_factory(client), sock=sock)
+            pending.append(self._loop.connect_accepted_socket(_factory(client), sock=sock))
+        # Together: each waits a loop turn or two for its transport, and one at a time a
+        # thousand of them would add a thousand turns to the pause every client sees.
+        await asyncio.gather(*pending)
         for client in self.clients:
             if not client.transport.is_closing():
                 client.transport.resume_reading()
