@@ -213,9 +213,13 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
     server.let_go()
     listener.close()
     log.info(
-        "handover gave successor=%s sessions=%d ms=%.1f",
+        "handover gave successor=%s sessions=%d unsent=%d/%dB partial=%d last_id=%d ms=%.1f",
         successor,
         len(items),
+        sum(1 for s, _ in items if s.unsent),
+        sum(len(s.unsent) for s, _ in items),
+        sum(1 for s, _ in items if s.partial),
+        server.history.last_id,
         (time.perf_counter() - began) * 1000,
     )
     return True
