@@ -284,7 +284,18 @@ def instances() -> Argv:
     return seq(
         ["systemctl", "list-units", "--all", "--plain", "--no-legend", UNITS],
         ["echo", "--"],
-        ["systemctl", "list-unit-files", "--plain", "--no-legend", "--state=enabled", UNITS],
+        enabled_instances(),
+    )
+
+
+BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants"
+
+
+def enabled_instances() -> Argv:
+    """The instances enabled at boot: the symlinks `systemctl enable` made (list-unit-files
+    shows a template, never its enabled instances)."""
+    return quiet(
+        ["find", BOOT_WANTS, "-maxdepth", "1", "-name", UNITS, "-printf", "%f\\n"]
     )
 
 

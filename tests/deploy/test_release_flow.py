@@ -72,7 +72,7 @@ def _units(host_log: list[str]) -> tuple[str, Answer]:
         version = "new" if started else "old"
         return (
             f"pynet-chat@{version}.service loaded active running chat\n--\n"
-            "pynet-chat@old.service enabled enabled\n",
+            "pynet-chat@old.service\n",
             0,
         )
 
