@@ -294,9 +294,7 @@ BOOT_WANTS = "/etc/systemd/system/multi-user.target.wants"
 def enabled_instances() -> Argv:
     """The instances enabled at boot: the symlinks `systemctl enable` made (list-unit-files
     shows a template, never its enabled instances)."""
-    return quiet(
-        ["find", BOOT_WANTS, "-maxdepth", "1", "-name", UNITS, "-printf", "%f\\n"]
-    )
+    return quiet(["find", BOOT_WANTS, "-maxdepth", "1", "-name", UNITS, "-printf", "%f\\n"])
 
 
 def unit_show(version: str) -> Argv:
