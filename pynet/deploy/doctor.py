@@ -223,7 +223,7 @@ def diagnose(remote: Remote, app_port: int) -> Iterator[Finding]:
             "for why it stopped), then `fab status`",
         ),
         lambda: _release_active(remote),
-        lambda: _listening(remote, app_port),
+        lambda: _listening(remote, cmd.APP_PORT),  # on the host (the port from here may differ)
         lambda: _outside(conn, app_port),
         lambda: _resources(remote),
     ]

@@ -354,7 +354,7 @@ def test_rollback_to_a_named_version(rig: Rig) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert rig.hello().endswith("+one")
     history = rig.fab("releases").stdout
-    assert re.search(rf"^\* +{one} .* rollback +ok$", history, re.M), history
+    assert re.search(rf"^\* +{one} .* rollback +ok\b", history, re.M), history
 
 
 def test_rollback_to_a_version_not_on_the_host(rig: Rig) -> None:
