@@ -97,7 +97,6 @@ class Cluster:
 
     def _on_say(self, client: Client, event: Say) -> None:
         conn = client.conn
-        assert conn is not None
         assert conn.nick is not None
         if not self.backplane.say(conn.nick, event.text):
             conn.refuse("unavailable", UNAVAILABLE)
@@ -115,7 +114,6 @@ class Cluster:
 
     def _who_done(self, client: Client, result: Any) -> None:
         conn = client.conn
-        assert conn is not None
         if isinstance(result, Unavailable):
             conn.refuse("unavailable", UNAVAILABLE)
         else:
@@ -123,7 +121,6 @@ class Cluster:
 
     def _on_private(self, client: Client, event: Private) -> None:
         conn = client.conn
-        assert conn is not None
         assert conn.nick is not None
         target = self.server.named.get(event.to.lower())
         if target is not None:  # on this host: no round trip
@@ -133,7 +130,6 @@ class Cluster:
 
     def _priv_done(self, client: Client, result: Any) -> None:
         conn = client.conn
-        assert conn is not None
         if isinstance(result, Unavailable):
             conn.refuse("unavailable", UNAVAILABLE)
         elif result is not True:
@@ -141,7 +137,6 @@ class Cluster:
 
     def _on_nick(self, client: Client, event: Nick) -> None:
         conn = client.conn
-        assert conn is not None
         name, key = event.name, event.name.lower()
         holder = self.server.named.get(key) or self._claiming.get(key)
         if holder is not None and holder is not client:
@@ -160,7 +155,6 @@ class Cluster:
     def _nick_done(self, client: Client, name: str, old: str | None, result: Any) -> None:
         server = self.server
         conn = client.conn
-        assert conn is not None
         key = name.lower()
         self._claiming.pop(key, None)
         if isinstance(result, Unavailable):
@@ -202,7 +196,6 @@ class Cluster:
             gone = (
                 client not in server.clients
                 or client.close_after_flush
-                or client.conn is None
                 or client.conn.state is State.CLOSING
             )
             if gone:  # a claim that succeeded for a client that left meanwhile: give it back

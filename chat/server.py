@@ -101,7 +101,9 @@ class Client(asyncio.Protocol):
 
     def __init__(self, server: ChatServer) -> None:
         self.server = server
-        self.conn: ServerConnection | None = None  # None: refused (server full)
+        # Its protocol state, from the first byte: a refused connection has one too but is never
+        # registered (`ChatServer.clients` is the one truth of who is served here).
+        self.conn = server.new_connection()
         self.adopted: Session | None = None  # set while taking over from a predecessor
         self.transport: asyncio.Transport
         self.out: list[bytes] | None = None  # this iteration's lines when forked
@@ -224,8 +226,6 @@ class ChatServer:
                 await asyncio.sleep(RESTART_PAUSE)
             for client in clients[start : start + size]:
                 conn = client.conn
-                if conn is None:
-                    continue
                 if conn.state is not State.CLOSING:
                     conn.send(notice)
                 self.drop(client, "restarting", "", announce=False)
@@ -267,6 +267,10 @@ class ChatServer:
             limit = now - idle_timeout
             for client in [c for c in self.named.values() if c.last_seen <= limit]:
                 self.drop(client, "idle-timeout", "idle-timeout")
+
+    def new_connection(self) -> ServerConnection:
+        s = self.settings
+        return ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
 
     # ---- handover (chat.takeover drives these) ----------------------------------------------
 
@@ -319,7 +323,6 @@ class ChatServer:
         items = []
         for client in self.clients:
             conn = client.conn
-            assert conn is not None
             tokens, stamp_age, partial, discarding = conn.snapshot()
             session = Session(
                 state=conn.state.value,
@@ -343,7 +346,6 @@ class ChatServer:
 
     def _take_unsent(self, client: Client) -> bytes:
         """The client's unsent output, taken from its transport (kept for `thaw`)."""
-        assert client.conn is not None
         data = self._frozen[client] = take_unsent(client.transport) + client.conn.data_to_send()
         return data
 
@@ -363,9 +365,8 @@ class ChatServer:
         """The successor owns every connection now: close ours without a word (no FIN: the
         successor holds its own descriptor of each socket) and stop."""
         for client in self.clients:
-            client.conn = None  # connection_lost is ours to ignore now
             client.transport.abort()
-        self.clients.clear()
+        self.clients.clear()  # so their connection_lost is not ours to handle
         self._frozen.clear()
         self.unnamed.clear()
         self.named.clear()
@@ -379,10 +380,9 @@ class ChatServer:
 
     async def adopt(self, inheritance: Inheritance) -> None:
         """Serve what a predecessor handed over: every session first, then the listener."""
-        s = self.settings
         pending = []
         for session, sock in inheritance.sessions:
-            conn = ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
+            conn = self.new_connection()
             conn.restore(
                 State(session.state),
                 session.nick,
@@ -423,7 +423,6 @@ class ChatServer:
         if session.unsent:
             transport.write(session.unsent)
         conn = client.conn
-        assert conn is not None
         if session.closing or conn.state is State.CLOSING:
             client.close_after_flush = True
             transport.close()
@@ -460,7 +459,6 @@ class ChatServer:
         sock = transport.get_extra_info("socket")
         if sock is not None:
             keepalive.enable(sock, s.keepalive_idle, s.keepalive_interval, s.keepalive_count)
-        client.conn = ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
         client.connected_at = client.last_seen = self._loop.time()
         self.clients.add(client)
         self.unnamed.add(client)
@@ -495,9 +493,9 @@ class ChatServer:
             self._per_address[client.address] = count
 
     def received(self, client: Client, data: bytes) -> None:
+        if client not in self.clients:
+            return  # refused, or handed over to a successor
         conn = client.conn
-        if conn is None:
-            return
         conn.receive_data(data)
         handlers = self._handlers
         waiting = self.waiting
@@ -518,7 +516,7 @@ class ChatServer:
     def drop(self, client: Client, reason: str, left: str, *, announce: bool = True) -> None:
         """Say `BYE reason` and close after the next flush; others see `LEFT nick left`."""
         conn = client.conn
-        if conn is None or client.close_after_flush:
+        if client not in self.clients or client.close_after_flush:
             return
         conn.close(reason)
         self._pump(client)
@@ -529,8 +527,8 @@ class ChatServer:
         self._forget(client, left, announce)
 
     def lost(self, client: Client, exc: Exception | None) -> None:
-        if client.conn is None:
-            return
+        if client not in self.clients:
+            return  # refused, or handed over: nothing of ours to forget
         self.clients.discard(client)
         self._release_address(client)
         reason = client.reason or _lost_reason(exc)
@@ -550,7 +548,7 @@ class ChatServer:
         self.unnamed.discard(client)
         if client.receiving:
             client.receiving = False
-            nick = client.conn.nick  # type: ignore[union-attr]
+            nick = client.conn.nick
             assert nick is not None
             del self.named[nick.lower()]
             if self.cluster is not None:
@@ -561,7 +559,7 @@ class ChatServer:
     # ---- events ---------------------------------------------------------------------------
 
     def _on_say(self, client: Client, event: Say) -> None:
-        nick = client.conn.nick  # type: ignore[union-attr]
+        nick = client.conn.nick
         assert nick is not None
         self._broadcast(self.history.add(nick, event.text))
         if self.settings.log_messages:
@@ -569,7 +567,6 @@ class ChatServer:
 
     def _on_nick(self, client: Client, event: Nick) -> None:
         conn = client.conn
-        assert conn is not None
         name, key = event.name, event.name.lower()
         holder = self.named.get(key)
         if holder is not None and holder is not client:
@@ -594,7 +591,6 @@ class ChatServer:
     def _on_private(self, client: Client, event: Private) -> None:
         target = self.named.get(event.to.lower())
         conn = client.conn
-        assert conn is not None
         assert conn.nick is not None
         if target is None:
             conn.refuse("no-such-nick", "no such nickname")
@@ -602,15 +598,14 @@ class ChatServer:
             return
         self._send(target, PrivateMessage(conn.nick, event.text).line())
         if self.settings.log_messages:
-            log.debug("priv nick=%s to=%s text=%r", conn.nick, target.conn.nick, event.text)  # type: ignore[union-attr]
+            log.debug("priv nick=%s to=%s text=%r", conn.nick, target.conn.nick, event.text)
 
     def _nicks(self) -> list[str]:
         """The nicknames of the named clients, as they chose them."""
-        return [c.conn.nick for c in self.named.values() if c.conn is not None and c.conn.nick]
+        return [c.conn.nick for c in self.named.values() if c.conn.nick]
 
     def _on_who(self, client: Client, event: Who) -> None:
         names = sorted(self._nicks(), key=str.lower)
-        assert client.conn is not None
         client.conn.send(WhoList(tuple(names)))
         self._pump(client)
 
@@ -630,7 +625,7 @@ class ChatServer:
     # ---- output ---------------------------------------------------------------------------
 
     def _pump(self, client: Client) -> None:
-        data = client.conn.data_to_send()  # type: ignore[union-attr]
+        data = client.conn.data_to_send()
         if data:
             self._send(client, data)
 
@@ -648,8 +643,9 @@ class ChatServer:
         """Queue one encoded line for every named client."""
         self._batch.append(data)
         for client in self._forked:
-            if client.receiving:
-                client.out.append(data)  # type: ignore[union-attr]
+            out = client.out  # never None for a forked client
+            if client.receiving and out is not None:
+                out.append(data)
         if not self._flush_scheduled:
             self._schedule_flush()
 
@@ -698,7 +694,7 @@ class ChatServer:
             transport = client.transport
             if transport.is_closing():
                 continue
-            transport.write(b"".join(out))  # type: ignore[arg-type]
+            transport.write(b"".join(out or ()))
             if client.close_after_flush:
                 transport.close()
                 if transport.get_write_buffer_size():
@@ -716,7 +712,7 @@ class ChatServer:
                 log.warning(
                     "too-slow peer=%s nick=%s backlog=%d",
                     client.peer,
-                    client.conn.nick,  # type: ignore[union-attr]
+                    client.conn.nick,
                     client.transport.get_write_buffer_size(),
                 )
                 self.drop(client, "too-slow", "too-slow")
