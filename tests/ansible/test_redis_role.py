@@ -23,8 +23,8 @@ import yaml
 
 from chat.backplane import RedisBackplane, validate_url
 from tests.ansible.ansible_helpers import ROLES, run, tool
-from tests.chat.redis_helpers import free_port
 from tests.chat.test_backplane_units import Recorder, until
+from tests.kit import free_port
 
 ROLE = ROLES / "redis"
 PASSWORD = "role-test-password-0123456789"

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from chat.backplane import BackplaneError, RedisBackplane
-from tests.chat.redis_helpers import RedisServer, free_port
+from tests.chat.redis_helpers import RedisServer
 from tests.chat.test_backplane_units import Recorder, msgs, until
+from tests.kit import free_port
 
 
 def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:

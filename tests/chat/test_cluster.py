@@ -13,8 +13,8 @@ import redis
 from chat.backplane import LEASE_MS
 from chat.client import split_servers
 from tests.chat.chat_helpers import ROOT, ClientProcess, LineClient, ServerProcess
-from tests.chat.redis_helpers import RedisServer, free_port
-from tests.kit import wait_until
+from tests.chat.redis_helpers import RedisServer
+from tests.kit import free_port, wait_until
 
 PASSWORD = "cluster-test-pw"
 LEASE_S = LEASE_MS / 1000
