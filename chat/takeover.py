@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
 from chat import fdpass, handover
@@ -55,7 +55,6 @@ class Inheritance:
     listener: socket.socket
     sessions: list[tuple[Session, socket.socket]]
     channel: fdpass.Channel
-    started: float = field(default_factory=time.perf_counter)
 
     def confirm(self) -> bool:
         """Say `ready`; True once the predecessor lets go (`commit`, or it is gone)."""
