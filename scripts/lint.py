@@ -26,6 +26,14 @@ CHECKS: dict[str, list[str]] = {
     "ansible-lint": ["ansible-lint"],
     # The GitHub workflows' audit (template injection, unpinned actions...), without network.
     "zizmor": ["zizmor", "--offline", "--no-progress", ".github/workflows"],
+    # The workflows against GitHub's schema (vendored in check-jsonschema: no network).
+    "workflow-schema": [
+        "check-jsonschema",
+        "--builtin-schema",
+        "vendor.github-workflows",
+        ".github/workflows/deploy.yml",
+        ".github/workflows/tests.yml",
+    ],
 }
 
 
