@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable
 
 from chat import PORT, keepalive
-from chat.config import OneLineParser, env_port, port_argument
+from chat.config import OneLineParser, env_port, port_argument, seconds_argument
 from chat.protocol import (
     Bye,
     ClientConnection,
@@ -409,16 +409,6 @@ def _nick(text: str) -> str:
     return text
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
-    return value
-
-
 #: --max-backoff bounds. Each wait is drawn from [cap/2, cap], so at 0.1 s a server that is down
 #: sees at most 20 attempts a second per client; 0 meant ~540 a second, a reconnect storm.
 MAX_BACKOFF = (0.1, 3600.0)
@@ -474,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--ping-interval",
-        type=_seconds,
+        type=seconds_argument,
         default=PING_INTERVAL,
         metavar="SEC",
         help="send /ping after this many seconds in which we sent nothing, so a vanished "
@@ -482,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds_argument,
         default=TIMEOUT,
         metavar="SEC",
         help="seconds to wait for an answer to that /ping, or for a connection, before "

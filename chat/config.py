@@ -423,6 +423,17 @@ def env_port(parser: argparse.ArgumentParser, env: Mapping[str, str] | None = No
         parser.error(f"environment variable PYNET_PORT: {exc}")
 
 
+def seconds_argument(text: str) -> float:
+    """An argparse type for a duration: a finite number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
+    return value
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad value in one line (the flag, the value, what it must be),
     without the usage block around it; `--help` still shows everything."""

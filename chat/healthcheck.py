@@ -6,13 +6,12 @@ exchange, and the simplest code is the most trustworthy probe. Prints one line e
 
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
 import time
 
 from chat import PORT
-from chat.config import OneLineParser, env_port, port_argument
+from chat.config import OneLineParser, env_port, port_argument, seconds_argument
 from chat.protocol import ClientConnection, Error, Ping, Pong, Quit
 
 
@@ -49,16 +48,6 @@ def check(host: str, port: int, timeout: float) -> float:
         raise Unhealthy(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):  # also refuses nan
-        raise argparse.ArgumentTypeError(f"invalid value {text!r}: expected seconds > 0")
-    return value
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = OneLineParser(
         prog="python -m chat.healthcheck",
@@ -72,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         default=env_port(parser),
         help=f"default $PYNET_PORT or {PORT}",
     )
-    parser.add_argument("--timeout", type=_seconds, default=3.0, help="seconds (default 3)")
+    parser.add_argument("--timeout", type=seconds_argument, default=3.0, help="seconds (default 3)")
     args = parser.parse_args(argv)
     try:
         elapsed = check(args.host, args.port, args.timeout)
