@@ -273,8 +273,7 @@ def wait_healthy(
     tests pass a fake clock and sleep and run it without waiting.
     """
     if remote.dry_run:
-        remote.run(cmd.health(version, image_id))
-        remote.run(cmd.switch_record())
+        remote.run(cmd.health(version, image_id))  # activate reads the switch record next
         return None
     deadline = clock() + timeout
     baseline = _restarts(remote, version)
