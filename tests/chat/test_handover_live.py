@@ -38,7 +38,10 @@ def sock_path(tmp_path: Path) -> str:
 def start_release(
     start_server: Start, path: str, release: str, *args: str, port: int = 0
 ) -> ServerProcess:
-    return start_server("--handover-socket", path, "--release", release, *args, port=port)
+    """A server with a handover socket, once that socket is bound (after the port: `listen=`)."""
+    server = start_server("--handover-socket", path, "--release", release, *args, port=port)
+    server.wait_for_log("handover listening")
+    return server
 
 
 def test_handover_keeps_every_session_line_and_partial_line(
