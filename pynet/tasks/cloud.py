@@ -26,7 +26,8 @@ from pynet.aws.publicip import ssh_source
 from pynet.aws.recovery import check_topic
 from pynet.aws.requests import SSH_USERS, WIDEST_SSH_PREFIX, check_name
 from pynet.aws.session import Clients, connect
-from pynet.hostkeys import fingerprint, known_hosts_beside, pin, unpin
+from pynet.aws.userdata import HOST_KEY_TAG
+from pynet.hostkeys import fingerprint, known_hosts_beside, pin, pinned_key, unpin
 from pynet.tables import columns
 from pynet.tasks.options import task
 
@@ -228,8 +229,25 @@ def _pin_host_key(host: ec2.Ec2Host, inventory_file: Path) -> Path | None:
         return None
     path = known_hosts_beside(inventory_file)
     with _inventory_errors():
+        before = pinned_key(path, host.name)
+        if before and before.split() != host.host_key.split()[:2]:
+            _say_replaced(host, before, path)  # never silently: the instance tag has another key
         pin(path, host.name, host.public_ip, 22, host.host_key)
     return path
+
+
+def _say_replaced(host: ec2.Ec2Host, before: str, path: Path) -> None:
+    """Tell the operator that a relaunch pins another key than the one pinned before."""
+    try:
+        old = fingerprint(before)
+    except ValueError:  # a hand-edited line
+        old = repr(before)
+    print(
+        f"warning: {host.name}'s host key changed: {path} pinned {old}, {host.instance_id} "
+        f"carries {fingerprint(host.host_key)} (its {HOST_KEY_TAG} tag, set at launch); pinning "
+        "that one. Expected only if the instance was replaced: check it if you did not do that",
+        flush=True,
+    )
 
 
 def _log_vars(log_group: str | None, region: str) -> dict[str, Any]:

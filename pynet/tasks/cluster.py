@@ -8,6 +8,7 @@ The inventory gets the chat hosts in group `chat` and the Redis host in group `r
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import boto3
 from invoke.context import Context
@@ -20,7 +21,7 @@ from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
 from pynet.aws.publicip import ssh_source
 from pynet.aws.session import Clients, connect
-from pynet.hostkeys import known_hosts_beside, unpin
+from pynet.hostkeys import fingerprint, known_hosts_beside, unpin
 from pynet.tasks.cloud import (
     _confirm,
     _display,
@@ -92,6 +93,7 @@ def launch_cluster(
             say=_say,
         )
         path = hosts_file.inventory_path(inventory)
+        pinned_in: Path | None = None
         for launched, group in [
             *[(c, hosts_file.GROUP) for c in result.chat],
             (result.redis, hosts_file.REDIS_GROUP),
@@ -109,11 +111,15 @@ def launch_cluster(
             )
             with _inventory_errors():
                 hosts_file.upsert_host(entry, inventory, group)
-            print(f"  {group:5} {host.name}: {host.public_ip} ({host.instance_id})")
+            pinned_in = known_hosts or pinned_in
+            pinned = f", host key {fingerprint(host.host_key)}" if known_hosts else ""
+            print(f"  {group:5} {host.name}: {host.public_ip} ({host.instance_id}){pinned}")
         print(f"{name}: {count} chat hosts and a Redis host in {clients.region}")
         print(f"  clients connect to: {result.endpoint}:{req.CHAT_PORT}")
         print(f"  ssh key:   {_display(result.redis.private_key_file)}")
         print(f"  inventory: {path} (groups chat and redis)")
+        if pinned_in:
+            print(f"  host keys: pinned in {pinned_in} (Ansible and fab check them strictly)")
         print(
             "next: choose the Redis password (redis_password in Ansible Vault, or the variable "
             "docs/cluster.md names), ansible-playbook playbooks/site.yml, then fab deploy"
@@ -161,13 +167,16 @@ def _destroy(
         cluster.destroy(clients, elbv2, parts, wait_timeout=wait_timeout, say=_say)
     pattern = req.member_pattern(name)
     known = known_hosts_beside(hosts_file.inventory_path(inventory))
+    members = {d.name for d in parts.deployments}  # unpinned even if gone from the inventory
     with _inventory_errors():
         for group in (hosts_file.GROUP, hosts_file.REDIS_GROUP):
             for host in hosts_file.read_hosts(inventory, group):
                 if pattern.match(host.name):
                     hosts_file.remove_host(host.name, inventory, group)
-                    if known.exists():
-                        unpin(known, host.name)
+                    members.add(host.name)
+        if known.exists():
+            for member in sorted(members):
+                unpin(known, member)
     if parts.empty():
         print(f"nothing to destroy: no pynet cluster named {name!r} in {clients.region}")
     else:

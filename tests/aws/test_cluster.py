@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    PublicFormat,
+    load_ssh_private_key,
+)
 
+from pynet import hostkeys
 from pynet import inventory as hosts_file
 from pynet.aws import cluster
 from pynet.aws import cluster_requests as req
 from pynet.aws.ec2 import LaunchSpec, find_instances
 from pynet.aws.errors import CloudError
 from pynet.aws.keys import LocalKey
-from pynet.aws.requests import LIVE_STATES
+from pynet.aws.requests import LIVE_STATES, tag_value
 from pynet.aws.session import Clients
-from tests.aws.helpers import REGION, fab
+from pynet.aws.userdata import HOST_KEY_TAG, host_key_of
+from tests.aws.helpers import REGION, fab, public_key
+from tests.aws.test_cli import ec2_client, instances
 from tests.aws.test_ec2 import PUBLIC_KEY, SSH, moto_ami
 
 
@@ -25,6 +36,21 @@ def launch(clients: Clients, name: str, count: int, home: Path) -> cluster.Clust
     return cluster.launch(
         clients, elbv2, spec, count, LocalKey(PUBLIC_KEY, None), home=home, poll=0.01
     )
+
+
+def handed_over_key(ec2: Any, instance_id: str) -> str:
+    """The public host key an instance was given: the ed25519 pair in its user data (the public
+    half derived from the private one), which must also be its HOST_KEY_TAG."""
+    raw = ec2.describe_instance_attribute(InstanceId=instance_id, Attribute="userData")
+    pair = host_key_of(base64.b64decode(raw["UserData"]["Value"]).decode())
+    assert pair is not None, f"{instance_id} got no host key in its user data"
+    private = load_ssh_private_key(pair.private.encode(), None)
+    assert isinstance(private, Ed25519PrivateKey)
+    public = private.public_key().public_bytes(Encoding.OpenSSH, PublicFormat.OpenSSH).decode()
+    assert public == pair.public
+    [instance] = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"]
+    assert tag_value(instance, HOST_KEY_TAG) == public
+    return public
 
 
 def test_request_builders() -> None:
@@ -86,11 +112,17 @@ def test_launch_makes_the_cluster_and_destroy_removes_all_of_it(
     targets = elbv2.describe_target_health(TargetGroupArn=tg["TargetGroupArn"])
     registered = {t["Target"]["Id"] for t in targets["TargetHealthDescriptions"]}
     assert registered == {c.host.instance_id for c in result.chat}
+    # every host (chat and redis) got a host key of its own, like `fab launch` gives one host
+    hosts = [*result.chat, result.redis]
+    keys = {h.host.name: handed_over_key(ec2, h.host.instance_id) for h in hosts}
+    assert keys == {h.host.name: h.host.host_key for h in hosts}
+    assert len(set(keys.values())) == 3
 
     again = launch(clients, name, 2, aws_env)  # idempotent: nothing new
     assert {c.host.instance_id for c in again.chat} == registered
     assert not any(c.created for c in again.chat)
     assert not again.redis.created
+    assert {h.host.name: h.host.host_key for h in [*again.chat, again.redis]} == keys  # from tags
 
     parts = cluster.find_cluster(clients, elbv2, name)
     assert [d.name for d in parts.deployments] == [
@@ -107,6 +139,9 @@ def test_launch_makes_the_cluster_and_destroy_removes_all_of_it(
 def test_fab_launch_cluster_writes_both_groups_and_destroy_cluster_clears_them(
     cli_env: dict[str, str], tmp_path: Path
 ) -> None:
+    known = tmp_path / "known_hosts"  # beside the inventory, as for `fab launch`
+    other = f"203.0.113.9 {public_key().decode()} pynet:other"  # another deployment's pin
+    known.write_text(other + "\n")
     args = ("--name", "cl", "--count", "2", "--ssh-cidr", SSH, "--wait-timeout", "60")
     first = fab("launch-cluster", *args, env=cli_env)
     assert first.code == 0, first.err + first.out
@@ -115,14 +150,38 @@ def test_fab_launch_cluster_writes_both_groups_and_destroy_cluster_clears_them(
     redis = hosts_file.read_hosts(tmp_path / "hosts.yml", hosts_file.REDIS_GROUP)
     assert sorted(h.name for h in chat) == ["cl-chat1", "cl-chat2"]
     assert [h.name for h in redis] == ["cl-redis"]
-    assert all(h.known_hosts for h in [*chat, *redis])  # every host key pinned
+    # Every host's key: handed over in its user data, tagged, pinned beside the inventory, which
+    # its inventory entry names (Ansible's UserKnownHostsFile, fab's strict check).
+    ec2 = ec2_client(cli_env)
+    pins = {}
+    for host in [*chat, *redis]:
+        [instance] = instances(cli_env, host.name)
+        pins[host.name] = handed_over_key(ec2, instance["InstanceId"])
+        assert f"{host.address} {pins[host.name]} pynet:{host.name}" in known.read_text()
+        assert host.known_hosts == str(known)
+        assert f"UserKnownHostsFile={known}" in host.to_vars()["ansible_ssh_common_args"]
+        assert f"host key {hostkeys.fingerprint(pins[host.name])}" in first.out
+    assert len(set(pins.values())) == 3  # one key per host
+    assert known.read_text().splitlines()[0] == other
+    assert "PRIVATE KEY" not in first.out + first.err
+
+    # A relaunch re-pins from the tags: the same keys; a pin that differs is replaced, loudly.
+    hostkeys.pin(known, "cl-chat1", chat[0].address, 22, public_key().decode())
     again = fab("launch-cluster", *args, env=cli_env)
     assert again.code == 0, again.err
     assert "not creating another" in again.out
+    assert again.out.count("host key changed") == 1
+    assert "warning: cl-chat1's host key changed" in again.out
+    assert {n: hostkeys.pinned_key(known, n) for n in pins} == pins
+    assert len(known.read_text().splitlines()) == 4
+
+    # destroy-cluster unpins every member, also one no longer in the inventory
+    hosts_file.remove_host("cl-redis", tmp_path / "hosts.yml", hosts_file.REDIS_GROUP)
     gone = fab("destroy-cluster", "--name", "cl", "--yes", env=cli_env)
     assert gone.code == 0, gone.err
     assert hosts_file.read_hosts(tmp_path / "hosts.yml") == []
     assert hosts_file.read_hosts(tmp_path / "hosts.yml", hosts_file.REDIS_GROUP) == []
+    assert known.read_text() == other + "\n"
     noop = fab("destroy-cluster", "--name", "cl", "--yes", env=cli_env)
     assert noop.code == 0, noop.err
     assert "nothing to destroy" in noop.out
