@@ -12,12 +12,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from fabric.main import program
 from invoke.collection import Collection
 from invoke.parser import Argument
 
 import fabfile
 from chat import client, config, healthcheck
+from pynet.fab_cli import program
 
 REPO = Path(__file__).resolve().parents[1]
 FAB = str(Path(sys.executable).with_name("fab"))
@@ -99,8 +99,9 @@ def test_every_number_flag_of_the_tasks_is_covered() -> None:
 
 
 def fab_here(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    """`fab ARGS` through Fabric's own program object in this process (a process costs seconds
-    on a shared machine; two tests below run the real `fab` to show it is the same)."""
+    """`fab ARGS` through the `fab` program object (pynet/fab_cli.py) in this process (a process
+    costs seconds on a shared machine; two tests below run the real `fab` to show it is the same).
+    Fabric's and Invoke's own flags (-H, -t...) are tested in tests/test_fab_cli.py."""
     capsys.readouterr()
     with pytest.raises(SystemExit) as caught:
         program.run(["fab", "-H", f"admin@127.0.0.1:{closed_port()}", *args])

@@ -61,10 +61,14 @@ class CheckedArgument(Argument):
 
     bounds: Range = POSITIVE
 
+    def flag(self) -> str:
+        """How the error names the flag (`fab`'s own flags say every spelling: -t/--connect-...)."""
+        return f"--{self.names[0]}"
+
     def set_value(self, value: Any, cast: bool = True) -> None:
         if cast and self.kind is int and isinstance(value, str):
             try:
-                value = check_int(f"flag --{self.names[0]}", value, self.bounds)
+                value = check_int(f"flag {self.flag()}", value, self.bounds)
             except ValueError as err:
                 raise ParseError(f"error: {err}") from None
             cast = False

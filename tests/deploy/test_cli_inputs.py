@@ -142,6 +142,10 @@ def test_dash_i_after_a_task_is_the_identity_not_an_option() -> None:
 
 
 def test_a_dash_h_port_out_of_range_is_refused_not_wrapped() -> None:
-    """paramiko would wrap 70000 around to 4464 and connect there."""
+    """paramiko would wrap 70000 around to 4464 and connect there. `fab` refuses it while it
+    parses -H (pynet/fab_cli.py), before the task runs."""
     line = one_line(fab("-H", "admin@127.0.0.1:70000", "status"))
-    assert line == "error: -H got port 70000 for 127.0.0.1: expected 1-65535"
+    assert line == (
+        "error: flag -H/--hosts got 'admin@127.0.0.1:70000': "
+        "expected [user@]host[:port] with a port from 1 to 65535"
+    )
