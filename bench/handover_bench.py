@@ -6,9 +6,10 @@ Server processes on 127.0.0.1 (no Docker: this measures the mechanism, not the h
 each with a SQLite history. A live load (pynet/local/load.py: connected clients, a sender at
 RATE broadcasts/s, a connect every 10 ms) runs while SWITCHES releases take over one after the
 other through the handover socket. Printed: refused connects, sessions cut, lines lost, and the
-longest silence any sampled client saw; then the same load across one plain restart (stop, then
-start: what the unit did before the handover) as the baseline. Targets: 0 refused, 0 cut, 0 lost,
-longest pause under 100 ms.
+longest silence any client saw (measured by a few clients in a process of their own,
+pynet/local/watch.py, so the load generator's lag is not counted as the server's); then the
+same load across one plain restart (stop, then start: what the unit did before the handover) as
+the baseline. Targets: 0 refused, 0 cut, 0 lost, longest pause under 100 ms.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pynet.local.load import LiveLoad, Report
+from pynet.local.watch import Watch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSE_TARGET = 0.100
@@ -86,10 +88,13 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def handovers(work: Path, clients: int, rate: float, switches: int) -> tuple[Report, list[float]]:
+def handovers(
+    work: Path, clients: int, rate: float, switches: int
+) -> tuple[Report, list[float], float]:
     first = Release(work, "r0", 0)
     port = first.port
     load = LiveLoad("127.0.0.1", port, clients=clients, sampled=20, rate=rate, prefix="h").start()
+    watch = Watch("127.0.0.1", port)
     time.sleep(1.0)
     serving, took = first, []
     for n in range(1, switches + 1):
@@ -103,9 +108,12 @@ def handovers(work: Path, clients: int, rate: float, switches: int) -> tuple[Rep
             sys.exit(f"r{n - 1} did not exit as handed over")
         serving = new
         time.sleep(1.0)
+    verdict = watch.stop()
     report = load.stop()
     serving.stop()
-    return report, took
+    pause = verdict["longest_pause"]
+    assert isinstance(pause, float)
+    return report, took, pause
 
 
 def restart(work: Path, clients: int, rate: float) -> Report:
@@ -148,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
         work = Path(tmp)
         (work / "run").mkdir(mode=0o700)
-        report, took = handovers(work, args.clients, args.rate, args.switches)
+        report, took, pause = handovers(work, args.clients, args.rate, args.switches)
         print(f"handover x{args.switches}: {report.summary()}")
-        for line in (report.cut + report.lost + report.duplicated + report.out_of_order)[:5]:
+        print(
+            f"  longest pause seen by 5 watching clients in a process of their own: "
+            f"{pause * 1000:.0f} ms (the load generator's figure above adds its own lag: "
+            f"one Python thread reads all {args.clients} clients)"
+        )
+        for line in (report.refusals + report.cut + report.lost + report.duplicated)[:5]:
             print(f"    {line}")
         took.sort()
         print(
@@ -164,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "0 refused": report.refused == 0,
         "0 cut": not report.cut,
         "0 lost": not report.lost and not report.duplicated and not report.out_of_order,
-        f"longest pause < {PAUSE_TARGET * 1000:.0f} ms": report.longest_pause < PAUSE_TARGET,
+        f"longest pause < {PAUSE_TARGET * 1000:.0f} ms": pause < PAUSE_TARGET,
     }
     for name, met in targets.items():
         print(f"  target {name}: {'met' if met else 'MISSED'}")

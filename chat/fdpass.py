@@ -9,6 +9,7 @@ are queued as they arrive and each frame that announces N of them takes the next
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -55,6 +56,26 @@ class Channel:
                 raise EOFError("the peer closed the handover socket")
             self._messages.extend(self._reader.feed(data))
         return self._messages.popleft()
+
+    async def recv_later(self) -> dict[str, Any]:
+        """`recv`, but waiting on the event loop until the peer speaks (so the loop can do
+        other things meanwhile) instead of in a thread, whose wake-up the waiting clients
+        would pay for; the frame itself is then read as `recv` does."""
+        if not self._messages:
+            loop = asyncio.get_running_loop()
+            readable = loop.create_future()
+            fd = self.sock.fileno()
+
+            def wake() -> None:
+                if not readable.done():
+                    readable.set_result(None)
+
+            loop.add_reader(fd, wake)
+            try:
+                await asyncio.wait_for(readable, self.sock.gettimeout())
+            finally:
+                loop.remove_reader(fd)
+        return self.recv()
 
     def take_fds(self, count: int) -> list[int]:
         if len(self._fds) < count:

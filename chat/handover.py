@@ -13,17 +13,26 @@ The conversation, one JSON frame (4-byte big-endian length, then UTF-8 JSON) at 
     successor                               predecessor
     hello {proto, version, release}  ->
                                      <-     refuse {reason}         (nothing changes), or
+                                     <-     sockets {keys}          (+1 fd per key), repeated
+                                            ... the predecessor pauses every client here ...
+                                     <-     sockets {keys}          (those connected since)
                                      <-     begin {release, sessions, history}
                                      <-     listener                (+1 fd)
-                                     <-     sessions {items}        (+1 fd per item), repeated
+                                     <-     sessions {items}        (each names its socket's key)
                                      <-     end
     ready {sessions}                 ->     (or abort {reason}, or the successor dies)
                                      <-     commit                  (the predecessor lets go), or
                                      <-     abort {reason}          (the predecessor serves on)
 
-Until `commit` the predecessor owns every socket and the successor touches none; after it, the
-predecessor never reads or writes them again. If the successor fails before `ready`, or `ready`
-does not come in time, the predecessor resumes serving as if nothing happened.
+The sockets travel first, while the predecessor still serves them, so the successor wraps each
+in its (paused) transport outside the pause every client sees; only the sessions' state crosses
+during it, the way a live migration copies memory before it stops the machine. A socket whose
+key no session names was closed meanwhile; the successor closes its copy.
+
+Until `commit` the predecessor owns every socket and the successor neither reads nor writes
+one; after it, the predecessor never reads or writes them again. If the successor fails before
+`ready`, or `ready` does not come in time, the predecessor resumes serving as if nothing
+happened.
 
 Everything here is pure: frames in, messages out; messages in, frames out. Anything a peer sends
 that does not fit is a `HandoverError` with a reason for the log, never a crash.
@@ -39,9 +48,12 @@ from dataclasses import dataclass
 from typing import Any
 
 PROTO = "pynet-handover"
-VERSION = 1
+VERSION = 2
 """Bump when the session state changes shape: releases with different versions do not hand
 over; the deploy falls back to an overlap instead (docs/design.md)."""
+
+SESSIONS_PER_MESSAGE = 500
+"""Sessions per `sessions` frame: small frames keep both processes busy at once."""
 
 MAX_FRAME = 64 << 20
 """Largest frame accepted: a batch of sessions with their unsent output, or the history."""
@@ -238,15 +250,36 @@ class Begin:
         return cls(release, sessions, last_id, [line.encode() for line in history])
 
 
-def sessions(batch: list[Session]) -> dict[str, Any]:
-    return {"t": "sessions", "items": [s.to_json() for s in batch]}
+def sockets(keys: list[int]) -> dict[str, Any]:
+    """Keys for the descriptors that come with this frame, in order (at most FDS_PER_MESSAGE)."""
+    return {"t": "sockets", "keys": keys}
 
 
-def parse_sessions(message: Mapping[str, Any]) -> list[Session]:
+def parse_sockets(message: Mapping[str, Any]) -> list[int]:
+    keys = expect(message, "sockets").get("keys")
+    if (
+        not isinstance(keys, list)
+        or len(keys) > FDS_PER_MESSAGE
+        or not all(type(key) is int for key in keys)
+    ):
+        raise HandoverError("a sockets frame that is not a list of at most FDS_PER_MESSAGE keys")
+    return keys
+
+
+def sessions(batch: list[tuple[int, Session]]) -> dict[str, Any]:
+    """State of sessions whose sockets were sent before, each with its socket's key."""
+    return {"t": "sessions", "items": [{"key": key, **s.to_json()} for key, s in batch]}
+
+
+def parse_sessions(message: Mapping[str, Any]) -> list[tuple[int, Session]]:
     items = expect(message, "sessions").get("items")
-    if not isinstance(items, list) or len(items) > FDS_PER_MESSAGE:
-        raise HandoverError("a sessions batch that is not a list of at most FDS_PER_MESSAGE")
-    return [Session.from_json(item) for item in items]
+    if not isinstance(items, list) or len(items) > SESSIONS_PER_MESSAGE:
+        raise HandoverError("a sessions frame that is not a list of at most SESSIONS_PER_MESSAGE")
+    batch = []
+    for item in items:
+        session = Session.from_json(item)
+        batch.append((_typed(item, "key", int), session))
+    return batch
 
 
 def listener() -> dict[str, Any]:

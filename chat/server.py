@@ -89,6 +89,8 @@ class Client(asyncio.Protocol):
         "close_after_flush",
         "conn",
         "connected_at",
+        "held",
+        "held_socket",
         "last_seen",
         "out",
         "partial_since",
@@ -105,6 +107,8 @@ class Client(asyncio.Protocol):
         # registered (`ChatServer.clients` is the one truth of who is served here).
         self.conn = server.new_connection()
         self.adopted: Session | None = None  # set while taking over from a predecessor
+        self.held = False  # made by `ChatServer.hold`: `adopt` registers it, not `connected`
+        self.held_socket: socket.socket | None = None  # held, on a loop without a transport yet
         self.transport: asyncio.Transport
         self.out: list[bytes] | None = None  # this iteration's lines when forked
         self.receiving = False  # named: gets broadcasts
@@ -120,7 +124,8 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        self.server.connected(self)
+        if not self.held:
+            self.server.connected(self)
 
     def data_received(self, data: bytes) -> None:
         self.server.received(self, data)
@@ -312,7 +317,7 @@ class ChatServer:
         await asyncio.sleep(0)
         await asyncio.sleep(0)
 
-    def freeze(self) -> list[tuple[Session, int]]:
+    def freeze(self) -> list[tuple[Client, Session]]:
         """Write what is queued and describe every connection as it stands (after `pause`).
 
         Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
@@ -341,7 +346,7 @@ class ChatServer:
                     "partial_age": now - client.partial_since if client.partial_since else None,
                 },
             )
-            items.append((session, client.transport.get_extra_info("socket").fileno()))
+            items.append((client, session))
         return items
 
     def _take_unsent(self, client: Client) -> bytes:
@@ -378,12 +383,37 @@ class ChatServer:
         self._stopping = True
         self.handed_over.set()
 
-    async def adopt(self, inheritance: Inheritance) -> None:
+    def hold(self, sock: socket.socket) -> Client:
+        """A socket the predecessor sends while it still serves it (`chat.takeover.take`):
+        wrap it now in a transport that neither reads nor writes, so `adopt` (during the pause
+        every client sees) has nothing left to build. CPython's selector loops can make the
+        transport synchronously (`_make_socket_transport`, what `connect_accepted_socket` calls
+        inside its task); on other loops (uvloop) the socket waits for `adopt`."""
+        client = Client(self)
+        client.held = True
+        sock.setblocking(False)
+        make = getattr(self._loop, "_make_socket_transport", None)
+        if make is None:
+            client.held_socket = sock
+            return client
+        client.transport = make(sock, client)
+        # Before the loop runs again: the transport would start reading in its next turn.
+        client.transport.pause_reading()
+        return client
+
+    def unhold(self, client: Client) -> None:
+        """Let go of a held socket (its client left, or the handover failed). Only our copy
+        closes: the predecessor still holds the connection, so the client sees nothing."""
+        if client.held_socket is not None:
+            client.held_socket.close()
+        else:
+            client.transport.abort()
+
+    async def adopt(self, inheritance: Inheritance[Client]) -> None:
         """Serve what a predecessor handed over: every session first, then the listener."""
         pending = []
-        for session, sock in inheritance.sessions:
-            conn = self.new_connection()
-            conn.restore(
+        for session, client in inheritance.sessions:
+            client.conn.restore(
                 State(session.state),
                 session.nick,
                 session.tokens,
@@ -391,12 +421,15 @@ class ChatServer:
                 session.partial,
                 session.discarding,
             )
-            client = Client(self)
-            client.adopted, client.conn = session, conn
-            sock.setblocking(False)
-            pending.append(self._loop.connect_accepted_socket(_factory(client), sock=sock))
-        # Together: each waits a loop turn or two for its transport, and one at a time a
-        # thousand of them would add a thousand turns to the pause every client sees.
+            if client.held_socket is None:
+                self._adopted(client, session)
+            else:
+                client.held, client.adopted = False, session
+                connect = self._loop.connect_accepted_socket
+                pending.append(connect(_factory(client), sock=client.held_socket))
+                client.held_socket = None
+        # Together: each waits a loop turn or two for its transport (`connected` then calls
+        # `_adopted`), and one at a time a thousand of them would add a thousand turns.
         await asyncio.gather(*pending)
         for client in self.clients:
             if not client.transport.is_closing():
@@ -800,26 +833,31 @@ async def serve(settings: Settings) -> int:
     """Take over from the release serving now, or start fresh; run until SIGTERM/SIGINT or
     until a successor takes over. Returns the exit status."""
     began = time.perf_counter()
+    # The history first: the predecessor's clients wait from `take` on, not for this; and a
+    # file that cannot be used stops this release before it disturbs the one serving.
+    try:
+        history = History(settings.history_size, settings.history)
+    except HistoryError as exc:
+        log.error("error starting: %s", exc)
+        return 1
+    server = ChatServer(settings, history)
     inheritance, how, why = None, "fresh", ""
     if settings.handover_socket:
         try:
             inheritance = take(
-                settings.handover_socket, settings.release, settings.handover_timeout
+                settings.handover_socket,
+                settings.release,
+                settings.handover_timeout,
+                server.hold,
+                server.unhold,
             )
         except (HandoverError, OSError, EOFError) as exc:
             how, why = "fallback", str(exc) or type(exc).__name__
             if BUSY in why:
                 log.error("error starting: the serving release refused: %s", why)
+                history.close()
                 return 1
             log.warning("handover impossible reason=%s: starting next to the serving release", why)
-    try:
-        history = History(settings.history_size, settings.history)
-    except HistoryError as exc:
-        log.error("error starting: %s", exc)
-        if inheritance is not None:
-            inheritance.refuse(f"successor failed: {exc}")
-        return 1
-    server = ChatServer(settings, history)
     if settings.backplane:
         from chat.backplane import BackplaneError
         from chat.cluster import join

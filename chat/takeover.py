@@ -18,15 +18,15 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from chat import fdpass, handover
 from chat.handover import Begin, HandoverError, Session
 
 if TYPE_CHECKING:
-    from chat.server import ChatServer
+    from chat.server import ChatServer, Client
 
 log = logging.getLogger("chat.takeover")
 
@@ -37,6 +37,7 @@ listener closed (it does so in follow-up callbacks), so none is left out of the 
 BUSY = "a takeover is already in progress"
 
 T = TypeVar("T")
+P = TypeVar("P")
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
@@ -48,13 +49,17 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
 
 
 @dataclass
-class Inheritance:
-    """Everything a predecessor handed over; the successor owns none of it until `confirm`."""
+class Inheritance(Generic[P]):
+    """Everything a predecessor handed over; the successor owns none of it until `confirm`.
+
+    P is what the successor made of each socket as it arrived (`take`'s `hold`).
+    """
 
     begin: Begin
     listener: socket.socket
-    sessions: list[tuple[Session, socket.socket]]
+    sessions: list[tuple[Session, P]]
     channel: fdpass.Channel
+    drop: Callable[[P], None]
 
     def confirm(self) -> bool:
         """Say `ready`; True once the predecessor lets go (`commit`, or it is gone)."""
@@ -79,13 +84,41 @@ class Inheritance:
     def discard(self) -> None:
         # Closing our copies never reaches the clients: the predecessor holds its own.
         self.listener.close()
-        for _, sock in self.sessions:
-            sock.close()
+        for _, held in self.sessions:
+            self.drop(held)
         self.channel.close()
 
 
-def take(path: str, release: str, timeout: float) -> Inheritance | None:
+def _close(sock: socket.socket) -> None:
+    sock.close()
+
+
+@overload
+def take(path: str, release: str, timeout: float) -> Inheritance[socket.socket] | None: ...
+
+
+@overload
+def take(
+    path: str,
+    release: str,
+    timeout: float,
+    hold: Callable[[socket.socket], P],
+    drop: Callable[[P], None],
+) -> Inheritance[P] | None: ...
+
+
+def take(
+    path: str,
+    release: str,
+    timeout: float,
+    hold: Callable[[socket.socket], Any] = lambda sock: sock,
+    drop: Callable[[Any], None] = _close,
+) -> Inheritance[Any] | None:
     """Ask the release serving on PATH for its sockets; None when nothing serves there.
+
+    HOLD gets each client socket as it arrives (before the predecessor pauses, for most), so
+    the successor can prepare it without reading or writing; DROP undoes that for a socket
+    whose client left meanwhile, or for all of them if the handover fails.
 
     Raises HandoverError (refused, another version, garbage) or OSError/TimeoutError; then the
     predecessor, if any, still serves and the caller falls back to binding the port itself.
@@ -93,28 +126,43 @@ def take(path: str, release: str, timeout: float) -> Inheritance | None:
     channel = fdpass.connect(path, timeout)
     if channel is None:
         return None
+    held: dict[int, Any] = {}
+    sessions: list[tuple[Session, Any]] = []
+    listener: socket.socket | None = None
     try:
         channel.send(handover.hello(release))
-        begin = Begin.parse(channel.recv())
+        while (message := channel.recv()).get("t") == "sockets":
+            keys = handover.parse_sockets(message)
+            for key, fd in zip(keys, channel.take_fds(len(keys)), strict=True):
+                if key in held:
+                    os.close(fd)
+                    raise HandoverError(f"socket key {key} sent twice")
+                held[key] = hold(socket.socket(fileno=fd))
+        begin = Begin.parse(message)
         handover.expect(channel.recv(), "listener")
         (listener_fd,) = channel.take_fds(1)
         listener = socket.socket(fileno=listener_fd)
-        sessions: list[tuple[Session, socket.socket]] = []
-        while True:
-            message = channel.recv()
-            if message.get("t") == "end":
-                break
-            batch = handover.parse_sessions(message)
-            for session, fd in zip(batch, channel.take_fds(len(batch)), strict=True):
-                sessions.append((session, socket.socket(fileno=fd)))
+        while (message := channel.recv()).get("t") != "end":
+            for key, session in handover.parse_sessions(message):
+                if key not in held:
+                    raise HandoverError(f"a session for socket key {key}, never sent (or twice)")
+                sessions.append((session, held.pop(key)))
         if len(sessions) != begin.sessions:
             raise HandoverError(f"announced {begin.sessions} sessions, sent {len(sessions)}")
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(handover.abort(f"successor failed: {exc}"))
         channel.close()
+        if listener is not None:
+            listener.close()
+        for _, item in sessions:
+            drop(item)
+        for item in held.values():
+            drop(item)
         raise
-    return Inheritance(begin, listener, sessions, channel)
+    for item in held.values():  # their clients left before the pause
+        drop(item)
+    return Inheritance(begin, listener, sessions, channel, drop)
 
 
 # --- the predecessor --------------------------------------------------------------------------
@@ -183,20 +231,29 @@ class HandoverPoint:
 async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> bool:
     """Hand every socket and session to SUCCESSOR. True once it took them; else serve on."""
     began = time.perf_counter()
-    listener = server.stop_accepting()
-    items: list[tuple[Session, int]] = []
+    keys: dict[Client, int] = {}
+    listener: socket.socket | None = None
+    items: list[tuple[Client, Session]] = []
     try:
+        # The sockets first, while their clients are still served (see chat.handover).
+        for batch in _chunks(list(server.clients), handover.FDS_PER_MESSAGE):
+            _send_sockets(server, channel, keys, batch)
+            await asyncio.sleep(0)
+        listener = server.stop_accepting()
         await asyncio.sleep(ACCEPT_SETTLE)
         await server.pause()
         items = server.freeze()
+        late = [client for client, _ in items if client not in keys]
+        for batch in _chunks(late, handover.FDS_PER_MESSAGE):
+            _send_sockets(server, channel, keys, batch)
         history = server.history
         channel.send(handover.begin(server.release, len(items), history.last_id, history.since(0)))
         channel.send(handover.listener(), [listener.fileno()])
-        for batch in _chunks(items, handover.FDS_PER_MESSAGE):
-            channel.send(handover.sessions([s for s, _ in batch]), [fd for _, fd in batch])
+        for chunk in _chunks(items, handover.SESSIONS_PER_MESSAGE):
+            channel.send(handover.sessions([(keys[client], s) for client, s in chunk]))
         channel.send(handover.end())
-        # In a thread: the loop stays free to refuse a second successor meanwhile.
-        handover.expect(await asyncio.to_thread(channel.recv), "ready")
+        # Awaited: the loop stays free to refuse a second successor meanwhile.
+        handover.expect(await channel.recv_later(), "ready")
         channel.send(handover.commit())
     except Exception as exc:  # whatever went wrong, the clients must be served again
         reason = str(exc) or type(exc).__name__
@@ -205,7 +262,8 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         with contextlib.suppress(OSError):
             channel.send(handover.abort(reason))
         channel.close()
-        await server.thaw(listener)
+        if listener is not None:  # else nothing had stopped yet
+            await server.thaw(listener)
         log.warning("handover aborted successor=%s reason=%s: serving on", successor, reason)
         return False
     channel.close()
@@ -215,13 +273,31 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         "handover gave successor=%s sessions=%d unsent=%d/%dB partial=%d last_id=%d ms=%.1f",
         successor,
         len(items),
-        sum(1 for s, _ in items if s.unsent),
-        sum(len(s.unsent) for s, _ in items),
-        sum(1 for s, _ in items if s.partial),
+        sum(1 for _, s in items if s.unsent),
+        sum(len(s.unsent) for _, s in items),
+        sum(1 for _, s in items if s.partial),
         server.history.last_id,
         (time.perf_counter() - began) * 1000,
     )
     return True
+
+
+def _send_sockets(
+    server: ChatServer, channel: fdpass.Channel, keys: dict[Client, int], clients: list[Client]
+) -> None:
+    """Send the sockets of CLIENTS that are still served, each under a new key.
+
+    The descriptors are read here, at the moment they are sent: a client that left since the
+    list was made has none (or one that already names another socket).
+    """
+    batch = [(c, c.transport.get_extra_info("socket")) for c in clients if c in server.clients]
+    batch = [(c, sock) for c, sock in batch if sock is not None and sock.fileno() >= 0]
+    for client, _ in batch:
+        keys[client] = len(keys)
+    if batch:
+        channel.send(
+            handover.sockets([keys[c] for c, _ in batch]), [sock.fileno() for _, sock in batch]
+        )
 
 
 def take_unsent(transport: asyncio.Transport) -> bytes:

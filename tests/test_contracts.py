@@ -86,3 +86,12 @@ def test_the_files_that_cannot_import_it_spell_the_same_port() -> None:
     assert defaults["chat_port"] == chat.PORT
     verify = (ROLE / "molecule" / "default" / "verify.yml").read_text()
     assert set(re.findall(r'"(\d{4,5})"', verify)) == {str(chat.PORT)}
+
+
+def test_the_image_label_names_the_handover_version_the_code_speaks() -> None:
+    """`fab deploy` reads the label to know whether the new release can take over at all."""
+    from chat import handover
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    labels = re.findall(r'^LABEL io\.pynet\.handover="(\d+)"$', dockerfile, re.MULTILINE)
+    assert labels == [str(handover.VERSION)]

@@ -49,6 +49,7 @@ class Report:
     out_of_order: list[str]
     longest_pause: float
     ids: dict[int, str]
+    refusals: list[str] = field(default_factory=list)
 
     def ok(self) -> bool:
         return not (self.refused or self.cut or self.lost or self.duplicated or self.out_of_order)
@@ -83,6 +84,7 @@ class LiveLoad:
         ]
         self._sender = self._join(f"{prefix}send")
         self.sent = self.connects = self.refused = 0
+        self.refusals: list[str] = []  # when, and how, for the report
         self._threads: list[threading.Thread] = []
         self._started = 0.0
 
@@ -132,11 +134,16 @@ class LiveLoad:
             self.connects += 1
             try:
                 with socket.create_connection((self.host, self.port), timeout=5) as sock:
-                    if not sock.recv(64).startswith(b"HELLO"):
-                        self.refused += 1
-            except OSError:
-                self.refused += 1
+                    greeting = sock.recv(64)
+                    if not greeting.startswith(b"HELLO"):
+                        self._refuse(f"greeted with {greeting!r}")
+            except OSError as exc:
+                self._refuse(repr(exc))
             time.sleep(self.connect_every)
+
+    def _refuse(self, how: str) -> None:
+        self.refused += 1
+        self.refusals.append(f"{time.strftime('%H:%M:%S')}.{int(time.time() % 1 * 1000):03d} {how}")
 
     def _read(self) -> None:
         poller = select.epoll()
@@ -164,10 +171,12 @@ class LiveLoad:
                 self._take(reader, data)
 
     def _draining(self, by_fd: dict[int, _Reader]) -> bool:
-        """After stop: read until every client has the sender's last line (or 5 s passed)."""
+        """After stop: read until every client has every line the sender posted (or the drain
+        time passed). Not "as many as the most advanced sampled client": when the sampled ones
+        lag (they parse every line), that stopped early and counted their tail as lost."""
         if time.monotonic() > self._drain_deadline:
             return False
-        return any(r.lines < self.acknowledged for r in by_fd.values())
+        return any(r.lines < self.sent for r in by_fd.values())
 
     def _take(self, reader: _Reader, data: bytes) -> None:
         if b"BYE" in data:
@@ -222,6 +231,7 @@ class LiveLoad:
             acknowledged=self.acknowledged,
             connects=self.connects,
             refused=self.refused,
+            refusals=self.refusals,
             cut=cut,
             lost=lost,
             duplicated=duplicated,

@@ -44,13 +44,21 @@ def read_all(data: bytes, step: int) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("step", [1, 3, 1000])
 def test_frames_arrive_whole_however_the_bytes_are_cut(step: int) -> None:
-    messages = [handover.hello("v1"), handover.sessions([session()]), handover.end()]
+    messages = [
+        handover.hello("v1"),
+        handover.sockets([0, 1]),
+        handover.sessions([(1, session())]),
+        handover.end(),
+    ]
     data = b"".join(handover.frame(m) for m in messages)
     assert read_all(data, step) == messages
 
 
 def test_sessions_survive_the_wire_exactly() -> None:
-    original = [session(), session(nick=None, state="connected", partial=b"", unsent=b"\xff\x00")]
+    original = [
+        (0, session()),
+        (7, session(nick=None, state="connected", partial=b"", unsent=b"\xff\x00")),
+    ]
     wire = handover.frame(handover.sessions(original))
     (message,) = read_all(wire, 7)
     assert handover.parse_sessions(message) == original
@@ -63,8 +71,8 @@ def test_sessions_survive_the_wire_exactly() -> None:
 )
 def test_any_bytes_in_a_session_round_trip(partial: bytes, unsent: bytes, tokens: float) -> None:
     original = session(partial=partial, unsent=unsent, tokens=tokens)
-    (message,) = read_all(handover.frame(handover.sessions([original])), 5)
-    assert handover.parse_sessions(message) == [original]
+    (message,) = read_all(handover.frame(handover.sessions([(3, original)])), 5)
+    assert handover.parse_sessions(message) == [(3, original)]
 
 
 def test_begin_carries_history_and_counts() -> None:
@@ -74,15 +82,18 @@ def test_begin_carries_history_and_counts() -> None:
     assert parsed == Begin("v1", 2, 2, lines)
 
 
+V, P = handover.VERSION, handover.PROTO
+
+
 @pytest.mark.parametrize(
     ("hello", "reason"),
     [
-        ({"t": "hello", "proto": "http", "version": 1, "release": "x"}, "not a PyNet release"),
+        ({"t": "hello", "proto": "http", "version": V, "release": "x"}, "not a PyNet release"),
         ({"t": "GET / HTTP/1.1"}, "not a PyNet release"),
-        ({"t": "hello", "proto": "pynet-handover", "version": 2, "release": "x"}, "version 2"),
-        ({"t": "hello", "proto": "pynet-handover", "version": "1", "release": "x"}, "version"),
-        ({"t": "hello", "proto": "pynet-handover", "version": 1}, "names no release"),
-        ({"t": "hello", "proto": "pynet-handover", "version": 1, "release": ""}, "no release"),
+        ({"t": "hello", "proto": P, "version": V + 1, "release": "x"}, f"version {V + 1}"),
+        ({"t": "hello", "proto": P, "version": str(V), "release": "x"}, "version"),
+        ({"t": "hello", "proto": P, "version": V}, "names no release"),
+        ({"t": "hello", "proto": P, "version": V, "release": ""}, "no release"),
     ],
 )
 def test_a_hello_that_is_not_ours_is_refused_with_a_reason(
@@ -119,12 +130,29 @@ def test_garbage_frames_are_errors_not_crashes(data: bytes, reason: str) -> None
         ({"allowance": True}, "'allowance'"),
         ({"partial": "not base64!"}, "bad field"),
         ({"extra": []}, "'extra'"),
+        ({"key": "0"}, "'key'"),
+        ({"key": True}, "'key'"),
     ],
 )
 def test_a_malformed_session_is_refused(change: dict[str, object], reason: str) -> None:
-    item = {**session().to_json(), **change}
+    item = {"key": 0, **session().to_json(), **change}
     with pytest.raises(HandoverError, match=reason):
         handover.parse_sessions({"t": "sessions", "items": [item]})
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": "sockets"},
+        {"t": "sockets", "keys": "0"},
+        {"t": "sockets", "keys": [0, "1"]},
+        {"t": "sockets", "keys": [True]},
+        {"t": "sockets", "keys": list(range(handover.FDS_PER_MESSAGE + 1))},
+    ],
+)
+def test_a_malformed_sockets_frame_is_refused(message: dict[str, object]) -> None:
+    with pytest.raises(HandoverError, match="sockets frame"):
+        handover.parse_sockets(message)
 
 
 def test_refuse_and_abort_become_errors_with_their_reason() -> None:

@@ -7,6 +7,7 @@ release when the successor fails, is not ours, or a second one knocks: anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -22,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from chat import fdpass, handover
-from chat.takeover import BUSY
+from chat.takeover import BUSY, take
 from pynet.local.load import LiveLoad
 from tests.chat.chat_helpers import LineClient, ServerProcess
 from tests.kit import wait_until
@@ -146,6 +147,126 @@ class FakeSuccessor:
         self.channel.close()
 
 
+def test_successor_dying_after_the_sockets_leaves_the_old_one_serving(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    """It dies while the clients are still served (only their sockets crossed): nothing at all
+    may change for them, not even the line one of them was half-way through."""
+    old = start_release(start_server, sock_path, "v1")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    ann.sock.sendall(b"half")
+    fake = FakeSuccessor(sock_path)
+    assert fake.channel.recv()["t"] == "sockets"
+    fake.close()
+    old.wait_for_log("handover aborted")
+    ann.sock.sendall(b" done\n")
+    assert bob.until("MSG")[-1] == "MSG 1 ann half done"
+    assert_still_serving(old, ann, bob, 1)
+
+
+class FakePredecessor:
+    """A handover socket that answers with whatever frames the test scripted."""
+
+    def __init__(self, path: str, script: Callable[[fdpass.Channel], None]) -> None:
+        Path(path).parent.mkdir(mode=0o700, exist_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(path)
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, args=(script,), daemon=True)
+        self.thread.start()
+
+    def _serve(self, script: Callable[[fdpass.Channel], None]) -> None:
+        conn, _ = self.sock.accept()
+        channel = fdpass.Channel(conn, 5)
+        channel.recv()  # hello
+        script(channel)
+        with contextlib.suppress(EOFError, OSError):
+            channel.recv()  # ready or abort
+        channel.close()
+
+
+def _session(nick: str) -> handover.Session:
+    return handover.Session(
+        state="named",
+        nick=nick,
+        peer="127.0.0.1:1",
+        connected_age=1.0,
+        tokens=1.0,
+        stamp_age=0.0,
+        partial=b"",
+        discarding=False,
+        unsent=b"",
+        allowance=0,
+        closing=False,
+        extra={},
+    )
+
+
+def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock_path: str) -> None:
+    """Sockets cross before the sessions (two batches: before and during the pause); a socket
+    no session names belongs to a client that left meanwhile and is dropped, never adopted."""
+    pairs = [socket.socketpair() for _ in range(4)]
+    listener = socket.socket()
+
+    def script(channel: fdpass.Channel) -> None:
+        channel.send(handover.sockets([10, 11, 12]), [p[0].fileno() for p in pairs[:3]])
+        channel.send(handover.sockets([13]), [pairs[3][0].fileno()])  # connected meanwhile
+        channel.send(handover.begin("old", 3, 0, []))
+        channel.send(handover.listener(), [listener.fileno()])
+        channel.send(handover.sessions([(13, _session("dee")), (10, _session("ann"))]))
+        channel.send(handover.sessions([(12, _session("cal"))]))
+        channel.send(handover.end())
+
+    FakePredecessor(sock_path, script)
+    held: list[socket.socket] = []
+    dropped: list[socket.socket] = []
+    inheritance = take(sock_path, "new", 5, lambda s: held.append(s) or s, dropped.append)
+    assert inheritance is not None
+    assert len(held) == 4
+    by_nick = {session.nick: sock for session, sock in inheritance.sessions}
+    assert sorted(by_nick) == ["ann", "cal", "dee"]
+    for nick, index in (("ann", 0), ("cal", 2), ("dee", 3)):
+        by_nick[nick].sendall(nick.encode())  # the very socket the predecessor sent for it
+        assert pairs[index][1].recv(16) == nick.encode()
+    assert len(dropped) == 1
+    dropped[0].sendall(b"bob")
+    assert pairs[1][1].recv(16) == b"bob"
+    assert inheritance.confirm()
+
+
+@pytest.mark.parametrize(
+    ("keys", "named", "reason"),
+    [
+        ([1, 2], [3], "socket key 3, never sent"),
+        ([1, 1], [1], "socket key 1 sent twice"),
+        ([1], [1, 1], r"socket key 1, never sent \(or twice\)"),
+    ],
+)
+def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
+    sock_path: str, keys: list[int], named: list[int], reason: str
+) -> None:
+    pairs = [socket.socketpair() for _ in keys]
+    listener = socket.socket()
+    aborted: list[dict[str, object]] = []
+
+    def script(channel: fdpass.Channel) -> None:
+        channel.send(handover.sockets(keys), [p[0].fileno() for p in pairs])
+        channel.send(handover.begin("old", len(named), 0, []))
+        channel.send(handover.listener(), [listener.fileno()])
+        channel.send(handover.sessions([(k, _session(f"u{i}")) for i, k in enumerate(named)]))
+        channel.send(handover.end())
+        aborted.append(channel.recv())
+
+    FakePredecessor(sock_path, script)
+    held: list[socket.socket] = []
+    dropped: list[socket.socket] = []
+    with pytest.raises(handover.HandoverError, match=reason):
+        take(sock_path, "new", 5, lambda s: held.append(s) or s, dropped.append)
+    assert sorted(map(id, dropped)) == sorted(map(id, held))  # every socket held is let go
+    wait_until(lambda: aborted, 5, "the predecessor's abort")
+    assert aborted[0]["t"] == "abort"
+
+
 def assert_still_serving(old: ServerProcess, ann: LineClient, bob: LineClient, n: int) -> None:
     ann.send(f"still here {n}")
     assert bob.until("MSG")[-1].endswith(f"ann still here {n}")
@@ -162,7 +283,9 @@ def test_successor_dying_mid_handover_leaves_the_old_one_serving(
     ann.sock.sendall(b"half")
     fake = FakeSuccessor(sock_path)
     messages = fake.receive_all()  # everything arrived, fds included ...
-    assert [m["t"] for m in messages][:2] == ["begin", "listener"]
+    kinds = [m["t"] for m in messages]
+    assert kinds[0] == "sockets"  # sent while the clients were still served
+    assert [k for k in kinds if k != "sockets"][:2] == ["begin", "listener"]
     fake.close()  # ... and it died before `ready`
     old.wait_for_log("handover aborted")
     ann.sock.sendall(b" done\n")

@@ -1,0 +1,105 @@
+"""Watch a chat server for silences, from a process of its own.
+
+    python -m pynet.local.watch HOST PORT [CLIENTS]
+
+A load generator that reads a thousand sockets in one Python thread measures its own lag as
+well as the server's: after a pause it is still sweeping the others when a sampled client's
+lines arrive, so the silence it records is too long. These few clients, alone in their process,
+note when each line arrives and nothing else. They join as `watchN`, print `ready`, and when
+their standard input closes print one JSON object: the longest silence any of them saw between
+two `MSG` lines (seconds) and how many lines each got. Used by `bench/handover_bench.py` next
+to `pynet.local.load.LiveLoad`. Traffic goes only to the address given.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from typing import IO
+
+MSG = b"MSG "
+
+
+class Watch:
+    """Runs in the bench's process: starts the watcher and reads its verdict."""
+
+    def __init__(self, host: str, port: int, clients: int = 5) -> None:
+        import subprocess
+
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pynet.local.watch", host, str(port), str(clients)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self._proc.stdout is not None
+        if self._proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the watcher did not start (exit {self._proc.wait(10)})")
+
+    def stop(self) -> dict[str, object]:
+        """The watcher's verdict: `longest_pause` (s) and `lines` per client."""
+        out, _ = self._proc.communicate(timeout=30)
+        return dict(json.loads(out))
+
+
+def _join(host: str, port: int, nick: str) -> socket.socket:
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.sendall(f"/nick {nick}\n".encode())
+    buf = b""
+    while f"JOIN {nick}\n".encode() not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"{nick}: closed before joining")
+        buf += data
+    sock.setblocking(False)
+    return sock
+
+
+def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
+    """Read until STDIN closes; the longest gap between MSG arrivals on any socket."""
+    last: dict[int, float] = {}
+    lines = {sock.fileno(): 0 for sock in socks}
+    longest = 0.0
+    by_fd = {sock.fileno(): sock for sock in socks}
+    poller = select.epoll()
+    for fd in by_fd:
+        poller.register(fd, select.EPOLLIN)
+    poller.register(stdin.fileno(), select.EPOLLIN)
+    while True:
+        for fd, _ in poller.poll():
+            if fd == stdin.fileno():
+                return {"longest_pause": longest, "lines": sorted(lines.values())}
+            try:
+                data = by_fd[fd].recv(1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                poller.unregister(fd)
+                continue
+            now = time.monotonic()
+            count = data.count(MSG)
+            if count:
+                if fd in last:
+                    longest = max(longest, now - last[fd])
+                last[fd] = now
+                lines[fd] += count
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3) or not all(a.isdigit() for a in args[1:]):
+        print("usage: python -m pynet.local.watch HOST PORT [CLIENTS]", file=sys.stderr)
+        return 2
+    host, port, clients = args[0], int(args[1]), int(args[2]) if len(args) == 3 else 5
+    socks = [_join(host, port, f"watch{i}") for i in range(clients)]
+    print("ready", flush=True)
+    print(json.dumps(watch(socks, sys.stdin)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
