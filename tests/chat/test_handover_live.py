@@ -185,6 +185,16 @@ class FakePredecessor:
         channel.close()
 
 
+def keeping(held: list[socket.socket]) -> Callable[[socket.socket], socket.socket]:
+    """A `hold` for `take` that notes each socket it is given."""
+
+    def hold(sock: socket.socket) -> socket.socket:
+        held.append(sock)
+        return sock
+
+    return hold
+
+
 def _session(nick: str) -> handover.Session:
     return handover.Session(
         state="named",
@@ -220,10 +230,10 @@ def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock_pat
     FakePredecessor(sock_path, script)
     held: list[socket.socket] = []
     dropped: list[socket.socket] = []
-    inheritance = take(sock_path, "new", 5, lambda s: held.append(s) or s, dropped.append)
+    inheritance = take(sock_path, "new", 5, keeping(held), dropped.append)
     assert inheritance is not None
     assert len(held) == 4
-    by_nick = {session.nick: sock for session, sock in inheritance.sessions}
+    by_nick = {str(session.nick): sock for session, sock in inheritance.sessions}
     assert sorted(by_nick) == ["ann", "cal", "dee"]
     for nick, index in (("ann", 0), ("cal", 2), ("dee", 3)):
         by_nick[nick].sendall(nick.encode())  # the very socket the predecessor sent for it
@@ -261,7 +271,7 @@ def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
     held: list[socket.socket] = []
     dropped: list[socket.socket] = []
     with pytest.raises(handover.HandoverError, match=reason):
-        take(sock_path, "new", 5, lambda s: held.append(s) or s, dropped.append)
+        take(sock_path, "new", 5, keeping(held), dropped.append)
     assert sorted(map(id, dropped)) == sorted(map(id, held))  # every socket held is let go
     wait_until(lambda: aborted, 5, "the predecessor's abort")
     assert aborted[0]["t"] == "abort"
