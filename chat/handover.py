@@ -52,8 +52,9 @@ VERSION = 2
 """Bump when the session state changes shape: releases with different versions do not hand
 over; the deploy falls back to an overlap instead (docs/design.md)."""
 
-SESSIONS_PER_MESSAGE = 500
-"""Sessions per `sessions` frame: small frames keep both processes busy at once."""
+SESSIONS_PER_MESSAGE = 100
+"""Sessions per `sessions` frame: small frames keep both processes busy at once (the successor
+decodes one while the predecessor encodes the next)."""
 
 MAX_FRAME = 64 << 20
 """Largest frame accepted: a batch of sessions with their unsent output, or the history."""

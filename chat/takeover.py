@@ -4,10 +4,10 @@
 is the predecessor's: a unix socket it listens on, and `give`, which pauses every connection,
 sends them with their state (`chat.handover`, over `chat.fdpass`) and lets go only once the
 successor has everything. The races this avoids, in order: connections accepted but whose
-transport asyncio has not built yet (a short settle after closing the listener), output queued
-but not written (flushed, and the transport's unsent bytes carried), input read but not parsed
-(the partial line carried), and a FIN sent by accident (sockets are never shut down, only closed,
-and the successor holds its own descriptor by then).
+transport asyncio has not built yet (counted, and waited for, after closing the listener),
+output queued but not written (flushed, and the transport's unsent bytes carried), input read
+but not parsed (the partial line carried), and a FIN sent by accident (sockets are never shut
+down, only closed, and the successor holds its own descriptor by then).
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.takeover")
 
-ACCEPT_SETTLE = 0.02
-"""Seconds to let asyncio finish building transports of sockets accepted just before the
-listener closed (it does so in follow-up callbacks), so none is left out of the snapshot."""
+ACCEPT_LIMIT = 1.0
+"""Seconds, at most, for asyncio to finish building the transports of sockets accepted just
+before the listener closed (it does so in follow-up callbacks), so none is left out of the
+snapshot (`ChatServer.accepted_all`)."""
 
 BUSY = "a takeover is already in progress"
 
@@ -240,7 +241,7 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
             _send_sockets(server, channel, keys, batch)
             await asyncio.sleep(0)
         listener = server.stop_accepting()
-        await asyncio.sleep(ACCEPT_SETTLE)
+        await server.accepted_all(ACCEPT_LIMIT)
         await server.pause()
         items = server.freeze()
         late = [client for client, _ in items if client not in keys]
