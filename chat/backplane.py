@@ -238,6 +238,16 @@ return lost
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a host stopped reading: the last room entry it delivered, and for each inbox it
+    reads (its own, and those it inherited in a recent handover) the last entry delivered, by
+    host id. A handover carries it to the successor (`chat.handover.Begin`)."""
+
+    room: str
+    inboxes: dict[str, str]
+
+
 @dataclass(slots=True)
 class _Op:
     """One queued mutation; `future` is set when the caller waits for its result."""
@@ -323,7 +333,10 @@ class RedisBackplane:
         self._room = prefix + "room"
         self._inbox = f"{prefix}inbox:{self.host}"
         self._room_pos = "0-0"
-        self._inbox_pos = "0-0"
+        # Inboxes read, and from where: this host's, and for a while after a handover the
+        # predecessor's (private messages routed to it before the leases moved here).
+        self._inboxes: dict[str, str] = {self._inbox: "0-0"}
+        self._inherited_until = 0.0  # loop time after which the predecessor's inbox is let go
         self._seq = 0
         self._queue: deque[_Op] = deque()
         self._wake = asyncio.Event()
@@ -346,11 +359,15 @@ class RedisBackplane:
     def describe(self) -> str:
         return f"redis:{redact(self.url)} host={self.host} last_id={self.last_id}"
 
-    async def start(self, sink: Sink, resume_from: int | None = None) -> None:
+    async def start(
+        self, sink: Sink, resume_from: int | None = None, inherit: Position | None = None
+    ) -> None:
         """Check Redis, load the retained history, start reading. Raises BackplaneError.
 
         `resume_from`: a handover. The predecessor's clients saw broadcasts up to that id, so
         reading starts right after it, and only once `resume()` says the clients are here.
+        `inherit`: where exactly the predecessor stopped reading (`position()`), so presence
+        lines after that id are not skipped and its inbox is read on from there.
         """
         from redis import exceptions as rx
 
@@ -385,9 +402,14 @@ class RedisBackplane:
             await self._close_clients()
             raise BackplaneError(f"{where} is not a usable Redis server: {exc}") from None
         self.available = True
+        loop = asyncio.get_running_loop()
+        if inherit is not None:
+            self._room_pos = inherit.room
+            for host, pos in inherit.inboxes.items():
+                self._inboxes[f"{self.prefix}inbox:{host}"] = pos
+            self._inherited_until = loop.time() + 2 * self.lease_ms / 1000
         if resume_from is None:
             self._reading.set()
-        loop = asyncio.get_running_loop()
         self._renew_due = loop.time() + RENEW_EVERY
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="backplane-read"),
@@ -455,8 +477,20 @@ class RedisBackplane:
             self._retained.last_id = counter
 
     def resume(self) -> None:
-        """Start delivering (after a handover's clients are registered)."""
+        """Start delivering (after a handover's clients are registered), or again after
+        `hold`."""
         self._reading.set()
+
+    def hold(self) -> None:
+        """Deliver nothing until `resume`: a handover is freezing the clients. What Redis sends
+        meanwhile waits, unread as far as `position()` is concerned, so the successor (or this
+        host, if the handover fails) delivers it exactly once."""
+        self._reading.clear()
+
+    def position(self) -> Position:
+        """Where this host stopped reading: what a successor reads on from."""
+        start = len(f"{self.prefix}inbox:")
+        return Position(self._room_pos, {key[start:]: pos for key, pos in self._inboxes.items()})
 
     # ---- what the server calls -----------------------------------------------------------
 
@@ -615,8 +649,13 @@ class RedisBackplane:
         await self._reading.wait()
         while not self._closing:
             try:
+                if self._inherited_until and asyncio.get_running_loop().time() > (
+                    self._inherited_until
+                ):
+                    self._inboxes = {self._inbox: self._inboxes[self._inbox]}
+                    self._inherited_until = 0.0
                 reply = await self._reader.xread(
-                    {self._room: self._room_pos, self._inbox: self._inbox_pos},
+                    {self._room: self._room_pos, **self._inboxes},
                     count=READ_COUNT,
                     block=BLOCK_MS,
                 )
@@ -628,24 +667,31 @@ class RedisBackplane:
             delay = 0.05
             self._back()
             if reply:
-                self._dispatch(reply)
+                await self._reading.wait()  # held during a handover's freeze
+                if not self._closing:
+                    self._dispatch(reply)
 
     def _dispatch(self, reply: Any) -> None:
         """Room entries in order; each private one after the room entries it followed."""
         room: list[Any] = []
-        inbox: list[Any] = []
+        inbox: list[tuple[int, str, bytes, dict[bytes, bytes]]] = []
         for stream, entries in reply:
-            (room if stream.decode() == self._room else inbox).extend(entries)
+            name = stream.decode()
+            if name == self._room:
+                room.extend(entries)
+            elif name in self._inboxes:
+                for entry_id, fields in entries:
+                    inbox.append((int(fields.get(b"a", b"0")), name, entry_id, fields))
+        inbox.sort(key=lambda item: item[0])  # stable: each inbox keeps its own order
         lines: list[bytes] = []
         privates: list[tuple[str, bytes]] = []
         i = 0
-        for entry_id, fields in inbox:
-            after = int(fields.get(b"a", b"0"))
+        for after, name, entry_id, fields in inbox:
             while i < len(room) and int(room[i][0].split(b"-", 1)[0]) <= after:
                 self._entry(room[i][0], room[i][1], lines)
                 i += 1
             self._flush_lines(lines, privates)
-            self._inbox_pos = entry_id.decode()
+            self._inboxes[name] = entry_id.decode()
             line = PrivateMessage(fields[b"f"].decode(), fields[b"t"].decode()).line()
             privates.append((fields[b"to"].decode(), line))
             self._flush_lines(lines, privates)

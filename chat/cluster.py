@@ -15,7 +15,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
-from chat.backplane import RedisBackplane, Unavailable
+from chat.backplane import Position, RedisBackplane, Unavailable
 from chat.protocol import (
     Info,
     Joined,
@@ -69,10 +69,10 @@ class Cluster:
     def describe(self) -> str:
         return self.backplane.describe()
 
-    async def start(self, resume_from: int | None = None) -> None:
+    async def start(self, resume_from: int | None = None, inherit: Position | None = None) -> None:
         """Raises chat.backplane.BackplaneError when Redis cannot serve."""
         if not self._started:
-            await self.backplane.start(self, resume_from)
+            await self.backplane.start(self, resume_from, inherit)
             self._started = True
 
     async def stop(self) -> None:
@@ -249,7 +249,9 @@ class Cluster:
         return [c.conn.nick for c in self.server.named.values() if c.conn and c.conn.nick]
 
 
-async def join(server: ChatServer, resume_from: int | None = None) -> Cluster:
+async def join(
+    server: ChatServer, resume_from: int | None = None, inherit: Position | None = None
+) -> Cluster:
     """Connect SERVER to the backplane its settings name. Raises BackplaneError (one line)."""
     from chat.backplane import BackplaneError
 
@@ -262,6 +264,6 @@ async def join(server: ChatServer, resume_from: int | None = None) -> Cluster:
             "--backplane needs the redis package: pip install 'pynet[cluster]'"
         ) from None
     cluster = Cluster(server, RedisBackplane(url, history_size=server.settings.history_size))
-    await cluster.start(resume_from)
+    await cluster.start(resume_from, inherit)
     log.info("cluster %s", cluster.describe())
     return cluster

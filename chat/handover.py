@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -211,13 +212,21 @@ def _typed(item: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
-def begin(release: str, sessions: int, last_id: int, lines: list[bytes]) -> dict[str, Any]:
+def begin(
+    release: str,
+    sessions: int,
+    last_id: int,
+    lines: list[bytes],
+    backplane: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The predecessor's answer: how many sessions follow, and the retained history.
 
     The history travels too, so a server without a history file keeps `/since` and its ids;
-    with a file, the successor reads the same file (committed before this is sent).
+    with a file, the successor reads the same file (committed before this is sent). In a
+    cluster, `backplane` says where the predecessor stopped reading Redis (the room entry, and
+    the entry of each inbox it reads, by host: `chat.backplane.Position`).
     """
-    return {
+    message = {
         "t": "begin",
         "proto": PROTO,
         "version": VERSION,
@@ -226,6 +235,33 @@ def begin(release: str, sessions: int, last_id: int, lines: list[bytes]) -> dict
         "last_id": last_id,
         "history": [line.decode() for line in lines],
     }
+    if backplane is not None:
+        message["backplane"] = dict(backplane)
+    return message
+
+
+_STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
+_HOST_ID = re.compile(r"[A-Za-z0-9.-]{1,100}")
+
+
+def _is_position(value: Any) -> bool:
+    """A `chat.backplane.Position` as JSON: ids that name Redis keys and stream entries only."""
+    if not isinstance(value, dict) or set(value) != {"room", "inboxes"}:
+        return False
+    room, inboxes = value["room"], value["inboxes"]
+    return (
+        isinstance(room, str)
+        and _STREAM_ID.fullmatch(room) is not None
+        and isinstance(inboxes, dict)
+        and 0 < len(inboxes) <= 16
+        and all(
+            isinstance(host, str)
+            and _HOST_ID.fullmatch(host) is not None
+            and isinstance(pos, str)
+            and _STREAM_ID.fullmatch(pos) is not None
+            for host, pos in inboxes.items()
+        )
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,6 +270,7 @@ class Begin:
     sessions: int
     last_id: int
     history: list[bytes]
+    backplane: Mapping[str, Any] | None = None
 
     @classmethod
     def parse(cls, message: Mapping[str, Any]) -> Begin:
@@ -248,7 +285,11 @@ class Begin:
             raise HandoverError("a begin without last id or history")
         if not all(isinstance(line, str) for line in history):
             raise HandoverError("a begin whose history holds something other than lines")
-        return cls(release, sessions, last_id, [line.encode() for line in history])
+        backplane = message.get("backplane")
+        if backplane is not None and not _is_position(backplane):
+            raise HandoverError(f"a begin with a malformed backplane position {backplane!r}")
+        history_lines = [line.encode() for line in history]
+        return cls(release, sessions, last_id, history_lines, backplane)
 
 
 def sockets(keys: list[int]) -> dict[str, Any]:

@@ -335,6 +335,8 @@ class ChatServer:
         self.reading = False
         if self._housekeeping is not None:
             self._housekeeping.cancel()
+        if self.cluster is not None:
+            self.cluster.backplane.hold()  # nor from Redis: the successor reads on from here
         for client in self.clients:
             client.transport.pause_reading()
         await asyncio.sleep(0)
@@ -381,6 +383,8 @@ class ChatServer:
         """The successor failed: accept and read again as if nothing happened."""
         await self.start(listener)  # restarts the housekeeping too
         self.reading = True
+        if self.cluster is not None:
+            self.cluster.backplane.resume()
         frozen, self._frozen = self._frozen, {}
         for client in self.clients:
             data = frozen.get(client)
@@ -890,13 +894,18 @@ async def serve(settings: Settings) -> int:
                 return 1
             log.warning("handover impossible reason=%s: starting next to the serving release", why)
     if settings.backplane:
-        from chat.backplane import BackplaneError
+        from chat.backplane import BackplaneError, Position
         from chat.cluster import join
 
         try:
             # Before listening: no client is served without Redis. A successor reads on from
             # the last id the predecessor's clients saw.
-            await join(server, inheritance.begin.last_id if inheritance is not None else None)
+            if inheritance is None:
+                await join(server)
+            else:
+                begin = inheritance.begin
+                inherit = Position(**begin.backplane) if begin.backplane else None
+                await join(server, begin.last_id, inherit)
         except BackplaneError as exc:
             log.error("error starting: %s", exc)
             if inheritance is not None:

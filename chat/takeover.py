@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -248,7 +249,11 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         for batch in _chunks(late, handover.FDS_PER_MESSAGE):
             _send_sockets(server, channel, keys, batch)
         history = server.history
-        channel.send(handover.begin(server.release, len(items), history.last_id, history.since(0)))
+        cluster = server.cluster
+        position = None if cluster is None else dataclasses.asdict(cluster.backplane.position())
+        channel.send(
+            handover.begin(server.release, len(items), history.last_id, history.since(0), position)
+        )
         channel.send(handover.listener(), [listener.fileno()])
         for chunk in _chunks(items, handover.SESSIONS_PER_MESSAGE):
             channel.send(handover.sessions([(keys[client], s) for client, s in chunk]))

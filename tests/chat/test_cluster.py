@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -237,3 +239,64 @@ def test_a_handover_on_one_host_keeps_its_clients_in_the_cluster(
     thief.send("/nick ann")
     assert thief.until("ERR")[-1].startswith("ERR nick-taken")  # the lease moved with her
     assert not [ln for ln in seen if ln.split()[0] in ("BYE", "HELLO")]
+
+
+def test_handovers_under_traffic_from_another_host_lose_and_repeat_nothing(
+    redis_server: RedisServer,
+    start_server: Callable[..., ServerProcess],
+    clients: Callable[..., LineClient],
+    tmp_path: Path,
+) -> None:
+    """Host two keeps posting and sending ann private messages while host one switches
+    releases twice. Ann must get every broadcast once and in order, and every private message:
+    the old release delivers nothing from Redis once it froze her session (the successor reads
+    on from exactly where it stopped), and private messages Redis routed to the old release's
+    inbox before her lease moved are read from that inbox by the successor."""
+    sock = str(tmp_path / "run" / "handover.sock")
+    url = redis_server.url
+    release = start_server("--backplane", url, "--handover-socket", sock, "--release", "v0")
+    two = start_server("--backplane", url, "--rate", "0")
+    ann = clients(release.port, "ann")
+    bob = clients(two.port, "bob")
+    assert ann.until("JOIN bob")[-1] == "JOIN bob"
+    stop = threading.Event()
+    sent: list[int] = []
+
+    def post() -> None:
+        n = 0
+        while not stop.is_set() and n < 5000:
+            n += 1
+            bob.sock.sendall(f"m{n}\n/msg ann p{n}\n".encode())
+            sent.append(n)
+            time.sleep(0.002)
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        for n in (1, 2):
+            time.sleep(0.3)
+            new = start_server(
+                "--backplane",
+                url,
+                "--handover-socket",
+                sock,
+                "--release",
+                f"v{n}",
+                port=release.port,
+            )
+            assert "how=handover" in new.wait_for_log("switch ")
+            assert release.proc.wait(10) == 99
+            release = new
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        poster.join(10)
+    last = sent[-1]
+    bob.send("/ping")
+    bob.until("PONG")
+    seen = ann.until(f"PRIV bob p{last}")
+    msgs = [ln.split(" ", 3)[3] for ln in seen if ln.startswith("MSG ")]
+    privs = [ln.split(" ", 2)[2] for ln in seen if ln.startswith("PRIV ")]
+    assert msgs == [f"m{n}" for n in range(1, last + 1)]
+    assert privs == [f"p{n}" for n in range(1, last + 1)]
+    assert not [ln for ln in seen if ln.split()[0] in ("BYE", "HELLO", "ERR")]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from chat import handover
+from chat.backplane import Position
 from chat.handover import Begin, FrameReader, HandoverError, Session
 from chat.protocol import ServerConnection, State
 
@@ -80,6 +82,34 @@ def test_begin_carries_history_and_counts() -> None:
     message = json.loads(json.dumps(handover.begin("v1", 2, 2, lines)))
     parsed = Begin.parse(message)
     assert parsed == Begin("v1", 2, 2, lines)
+
+
+def test_begin_carries_where_a_cluster_host_stopped_reading() -> None:
+    position = Position("41-0", {"host-a-12-ab12cd": "1764000000000-3", "host-b-9-0f": "0-0"})
+    wire = handover.begin("v1", 0, 41, [], dataclasses.asdict(position))
+    parsed = Begin.parse(json.loads(json.dumps(wire)))
+    assert parsed.backplane is not None
+    assert Position(**parsed.backplane) == position
+
+
+@pytest.mark.parametrize(
+    "backplane",
+    [
+        {"room": "41-0"},
+        {"room": "41", "inboxes": {"h": "0-0"}},
+        {"room": "41-0", "inboxes": {}},
+        {"room": "41-0", "inboxes": {"h x": "0-0"}},  # would name another Redis key
+        {"room": "41-0", "inboxes": {"h:room": "0-0"}},
+        {"room": "41-0", "inboxes": {"h": 7}},
+        {"room": "41-0", "inboxes": {f"h{i}": "0-0" for i in range(17)}},
+        {"room": "41-0", "inboxes": {"h": "0-0"}, "extra": 1},
+        "41-0",
+    ],
+)
+def test_a_malformed_backplane_position_is_refused(backplane: object) -> None:
+    message = {**handover.begin("v1", 0, 41, []), "backplane": backplane}
+    with pytest.raises(HandoverError, match="backplane position"):
+        Begin.parse(message)
 
 
 V, P = handover.VERSION, handover.PROTO
