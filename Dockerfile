@@ -1,4 +1,4 @@
-# The PyNet chat service. Standard library only, plus redis-py for `--backplane` (a cluster),
+# The PyNet chat service. Standard library only, plus redis-py (and hiredis) for `--backplane`,
 # unpacked from the pinned, hash-checked wheels in wheels/ (no package index needed).
 # Tests and the local rehearsal build it on a locally made Debian base:
 #   docker build --build-arg BASE_IMAGE=pynet-local/debian:bookworm .

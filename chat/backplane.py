@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -123,8 +124,9 @@ def host_id() -> str:
 
 
 # One call applies a batch of operations, in order, atomically.
-# ARGV: prefix, host, floor, maxlen, lease_ms, then 5 fields per operation:
-# kind, seq, a, b, c. Returns one result per operation.
+# ARGV: prefix, host, floor, maxlen, lease_ms, then the operations as one JSON array of
+# [kind, seq, a, b, c] (one argument, not five per operation: packing thousands of arguments
+# was a tenth of a busy host's time in redis-py). Returns one result per operation.
 _APPLY = r"""
 local P, H = ARGV[1], ARGV[2]
 local floor, maxlen, lease = tonumber(ARGV[3]), ARGV[4], ARGV[5]
@@ -147,9 +149,9 @@ local function release(low)
   redis.call('HDEL', who, low)
 end
 local out = {}
-for i = 6, #ARGV, 5 do
-  local kind, seq = ARGV[i], tonumber(ARGV[i + 1])
-  local a, b, c = ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+for _, op in ipairs(cjson.decode(ARGV[6])) do
+  local kind, seq = op[1], tonumber(op[2])
+  local a, b, c = op[3], op[4], op[5]
   local r = 0
   if seq <= done then
     r = -1
@@ -596,9 +598,8 @@ class RedisBackplane:
         return await self._cmd.evalsha(self._sha[name], 0, *args)
 
     async def _apply(self, batch: list[_Op]) -> None:
-        args: list[Any] = [self.prefix, self.host, self.last_id, self._maxlen, self.lease_ms]
-        for op in batch:
-            args += (op.kind, op.seq, op.a, op.b, op.c)
+        ops = json.dumps([(op.kind, op.seq, op.a, op.b, op.c) for op in batch], ensure_ascii=False)
+        args = [self.prefix, self.host, self.last_id, self._maxlen, self.lease_ms, ops]
         try:
             results = await self._script("apply", _APPLY, args)
         except BaseException:

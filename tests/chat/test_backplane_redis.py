@@ -54,6 +54,30 @@ def test_two_hosts_on_a_real_redis(redis_server: RedisServer) -> None:
     run(body)
 
 
+def test_any_text_crosses_the_real_redis_byte_for_byte(redis_server: RedisServer) -> None:
+    """The operations travel as one JSON argument, decoded by Redis's own cjson: quotes,
+    backslashes, non-ASCII and characters outside the BMP (surrogate pairs in JSON escapes)
+    must come out as they went in, in both hosts' lines and for private messages."""
+    texts = ['say "hi"', "back\\slash \\n", "über café", "emoji \U0001f600 ok", "[1,2]", "{}"]
+
+    async def body() -> None:
+        (a, sa), (b, sb) = await start(redis_server.url), await start(redis_server.url)
+        assert await b.claim("bob", None) is True
+        for text in texts:
+            a.say("ann", text)
+            assert await a.private("ann", "bob", text) is True
+        await until(lambda: len(sb.lines) == len(texts) and len(sb.privates) == len(texts))
+        expected = [f"MSG {i} ann {t}\n".encode() for i, t in enumerate(texts, 1)]
+        assert sb.lines == expected
+        assert [line for _, line in sb.privates] == [f"PRIV ann {t}\n".encode() for t in texts]
+        await until(lambda: len(sa.lines) == len(texts))
+        assert sa.lines == expected
+        await a.stop()
+        await b.stop()
+
+    run(body)
+
+
 def test_unreachable_wrong_password_and_not_redis_are_clear_errors(
     redis_server: RedisServer,
 ) -> None:

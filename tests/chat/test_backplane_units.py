@@ -8,6 +8,7 @@ is tested against a real redis-server in test_backplane_redis.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -238,7 +239,14 @@ def test_a_batch_resent_after_a_lost_reply_is_applied_once() -> None:
         again = await a._script(
             "apply",
             "",
-            [a.prefix, a.host, 0, a._maxlen, a.lease_ms, "say", 1, "ann", "once", ""],
+            [
+                a.prefix,
+                a.host,
+                0,
+                a._maxlen,
+                a.lease_ms,
+                json.dumps([["say", 1, "ann", "once", ""]]),
+            ],
         )
         assert again == [-1]
         await asyncio.sleep(0.05)

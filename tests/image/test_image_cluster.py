@@ -26,19 +26,39 @@ WHEELS = REPO / "wheels"
 
 
 def test_the_baked_wheels_match_the_pins_and_their_sums() -> None:
-    """No Docker needed: the image gets exactly the redis-py that pyproject.toml pins."""
+    """No Docker needed: the image gets exactly the redis-py (and hiredis, for both
+    architectures) that pyproject.toml pins, and the lock file says the same."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    (pin,) = project["project"]["optional-dependencies"]["cluster"]
-    name, version = pin.split("==")
-    assert name == "redis"
-    assert (WHEELS / f"redis-{version}-py3-none-any.whl").is_file()
+    pins = dict(pin.split("==") for pin in project["project"]["optional-dependencies"]["cluster"])
+    assert sorted(pins) == ["hiredis", "redis"]
+    assert (WHEELS / f"redis-{pins['redis']}-py3-none-any.whl").is_file()
+    for arch in ("x86_64", "aarch64"):
+        assert list(WHEELS.glob(f"hiredis-{pins['hiredis']}-cp311-cp311-*_{arch}.whl")), arch
     lines = (WHEELS / "SHA256SUMS").read_text().splitlines()
     sums = {name: digest for digest, name in (line.split() for line in lines)}
     assert sorted(sums) == sorted(p.name for p in WHEELS.glob("*.whl"))
     for wheel, digest in sums.items():
         assert hashlib.sha256((WHEELS / wheel).read_bytes()).hexdigest() == digest
     lock = (REPO / "requirements-dev.lock").read_text()
-    assert re.search(rf"^redis=={re.escape(version)}$", lock, re.M)
+    for name, version in pins.items():
+        assert re.search(rf"^{name}=={re.escape(version)}$", lock, re.M), name
+
+
+@pytest.mark.e2e
+def test_the_image_parses_redis_replies_in_c(chat_image: str) -> None:
+    """redis-py silently falls back to its Python parser when hiredis does not import."""
+    out = docker(
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--entrypoint",
+        "python3",
+        chat_image,
+        "-c",
+        "from redis.utils import HIREDIS_AVAILABLE; print(HIREDIS_AVAILABLE)",
+    )
+    assert out.stdout.strip() == "True"
 
 
 @pytest.fixture
