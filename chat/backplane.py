@@ -58,6 +58,8 @@ READ_COUNT = 2000
 RETAIN = 100_000
 """Entries the room stream keeps at least (`MAXLEN ~`): a host that falls this far behind (10 s
 at 10,000 broadcasts/s) skips what was trimmed; /since needs only `history_size` of them."""
+MAX_INHERITED = 7
+"""Predecessors' inboxes a host hands on in a handover (`position()`), newest first."""
 MIN_VERSION = (7, 0)  # XADD with an explicit time and automatic sequence (`<n>-*`)
 
 
@@ -119,7 +121,8 @@ def redact(url: str) -> str:
 
 def host_id() -> str:
     """A name for this process, unique across restarts: `hostname-pid-random`."""
-    name = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40]
+    name = "".join(c for c in socket.gethostname() if c.isascii() and (c.isalnum() or c in "-."))
+    name = name[:40]
     return f"{name or 'host'}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
@@ -491,8 +494,11 @@ class RedisBackplane:
 
     def position(self) -> Position:
         """Where this host stopped reading: what a successor reads on from."""
+        # Its own inbox first, then the inherited ones, newest first; a chain of handovers
+        # seconds apart hands on only the few whose nicknames may still point at them.
         start = len(f"{self.prefix}inbox:")
-        return Position(self._room_pos, {key[start:]: pos for key, pos in self._inboxes.items()})
+        inboxes = islice(self._inboxes.items(), MAX_INHERITED + 1)
+        return Position(self._room_pos, {key[start:]: pos for key, pos in inboxes})
 
     # ---- what the server calls -----------------------------------------------------------
 

@@ -203,7 +203,8 @@ class Cluster:
                 return
             done(client, result)
             server._pump(client)
-            if not client.transport.is_closing():
+            # Paused for a handover: reading resumes with the rest (`thaw`), or in the successor.
+            if server.reading and not client.transport.is_closing():
                 client.transport.resume_reading()
             server.received(client, b"")  # the lines that arrived meanwhile
 
@@ -239,6 +240,8 @@ class Cluster:
         self.server._broadcast(Info(BACK_NOTICE if available else LOST_NOTICE).line())
 
     def nicks_lost(self, nicks: list[str]) -> None:
+        if self.server.frozen:
+            return  # the sessions are the successor's now; its own renewal will tell it
         for nick in nicks:
             client = self.server.named.get(nick.lower())
             if client is not None:

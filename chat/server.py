@@ -164,7 +164,9 @@ class ChatServer:
         self._server: asyncio.Server | None = None
         self._housekeeping: asyncio.TimerHandle | None = None
         self._per_address: dict[str, int] = {}  # connections held per address_key
-        self._unborn = 0  # accepted, but their transport has not called `connected` yet
+        self._unborn: set[Client] = set()  # accepted; their transport has not connected yet
+        self.frozen = False  # between a handover's freeze and its commit (or thaw): write nothing
+        self._departed: list[tuple[Client, Exception | None]] = []  # lost while frozen
         self.cluster: Cluster | None = None  # the shared conversation (chat/cluster.py)
         self.waiting: set[Client] = set()  # their next lines wait for an answer from Redis
         self._hello = Hello(__version__).line()
@@ -298,23 +300,41 @@ class ChatServer:
     def _accepted(self) -> Client:
         """asyncio's protocol factory: called as soon as a connection is accepted, a loop turn
         or more before the transport calls `connection_made` (and `connected`)."""
-        self._unborn += 1
-        return Client(self)
+        client = Client(self)
+        self._unborn.add(client)
+        return client
+
+    def pause_accepting(self) -> None:
+        """Accept nothing more (connects wait in the listener's queue), but keep the server
+        open: the tasks building transports for connections accepted in this very turn need
+        it (closed, they fail and the connection is dropped without a greeting)."""
+        assert self._server is not None
+        self._loop.remove_reader(self._server.sockets[0].fileno())
 
     async def accepted_all(self, limit: float) -> None:
-        """Wait (up to LIMIT seconds) until every connection accepted before `stop_accepting`
-        is a registered client, so that none is left out of a handover's snapshot.
+        """Wait (up to LIMIT seconds) until every connection accepted before
+        `pause_accepting` is a registered client, so that none is left out of a handover.
 
-        Counted, not guessed: a fixed settle time was too short when the loop's turns were long
-        (a big fan-out), and such a client was closed without a greeting. One turn first: the
-        tasks of the last accepts call the factory (`_accepted`) in the next turn.
+        Tracked, not guessed: a fixed settle time was too short when the loop's turns were long
+        (a big fan-out). One turn first: the tasks of the last accepts call the factory
+        (`_accepted`) in the next turn. Connections whose transport never came (it failed) are
+        forgotten after LIMIT, so they cannot hold up a later handover too.
         """
         deadline = self._loop.time() + limit
         await asyncio.sleep(0)
-        while self._unborn > 0 and self._loop.time() < deadline:
+        while self._unborn and self._loop.time() < deadline:
             await asyncio.sleep(0.001)
-        if self._unborn > 0:
-            log.warning("handover %d accepted connections never connected", self._unborn)
+        if self._unborn:
+            log.warning("handover %d accepted connections never connected", len(self._unborn))
+            self._unborn.clear()
+
+    async def answers_settled(self, limit: float) -> bool:
+        """Wait (up to LIMIT seconds, after `pause`) until no client waits for an answer from
+        Redis (chat/cluster.py): such an answer changes the session (a nickname, a reply)."""
+        deadline = self._loop.time() + limit
+        while self.waiting and self._loop.time() < deadline:
+            await asyncio.sleep(0.001)
+        return not self.waiting
 
     def stop_accepting(self) -> socket.socket:
         """Close the listener for asyncio but keep the socket (and its queue) in a duplicate."""
@@ -349,6 +369,7 @@ class ChatServer:
         """
         assert not self.reading, "pause() first"
         self._flush()  # commits the history, then hands every queued line to the transports
+        self.frozen = True
         now = self._loop.time()
         items = []
         for client in self.clients:
@@ -383,6 +404,7 @@ class ChatServer:
         """The successor failed: accept and read again as if nothing happened."""
         await self.start(listener)  # restarts the housekeeping too
         self.reading = True
+        self.frozen = False
         if self.cluster is not None:
             self.cluster.backplane.resume()
         frozen, self._frozen = self._frozen, {}
@@ -390,8 +412,13 @@ class ChatServer:
             data = frozen.get(client)
             if data:
                 client.transport.write(data)  # ours to send again
-            if not client.transport.is_closing():
+            if not client.transport.is_closing() and client not in self.waiting:
                 client.transport.resume_reading()
+        departed, self._departed = self._departed, []
+        for client, exc in departed:
+            self.lost(client, exc)
+        if self._batch or self._forked:
+            self._schedule_flush()
 
     def let_go(self) -> None:
         """The successor owns every connection now: close ours without a word (no FIN: the
@@ -405,6 +432,7 @@ class ChatServer:
         self._per_address.clear()
         self._batch.clear()
         self._forked.clear()
+        self._departed.clear()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         self._stopping = True
@@ -436,18 +464,28 @@ class ChatServer:
         else:
             client.transport.abort()
 
+    def restore(self, inheritance: Inheritance[Client]) -> None:
+        """Give each held connection its session's protocol state, before saying `ready`: a
+        state this release cannot take (a longer line than its `max_line`, a nickname its
+        rules refuse) must fail the handover while the predecessor can still serve on."""
+        for session, client in inheritance.sessions:
+            try:
+                client.conn.restore(
+                    State(session.state),
+                    session.nick,
+                    session.tokens,
+                    session.stamp_age,
+                    session.partial,
+                    session.discarding,
+                )
+            except Exception as exc:
+                raise HandoverError(f"cannot take the session of {session.peer}: {exc}") from None
+
     async def adopt(self, inheritance: Inheritance[Client]) -> None:
-        """Serve what a predecessor handed over: every session first, then the listener."""
+        """Serve what a predecessor handed over (`restore`d): every session first, then the
+        listener."""
         pending = []
         for session, client in inheritance.sessions:
-            client.conn.restore(
-                State(session.state),
-                session.nick,
-                session.tokens,
-                session.stamp_age,
-                session.partial,
-                session.discarding,
-            )
             if client.held_socket is None:
                 self._adopted(client, session)
             else:
@@ -499,7 +537,7 @@ class ChatServer:
         if client.adopted is not None:
             self._adopted(client, client.adopted)
             return
-        self._unborn -= 1
+        self._unborn.discard(client)
         transport = client.transport
         peer = transport.get_extra_info("peername")
         client.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
@@ -590,6 +628,11 @@ class ChatServer:
     def lost(self, client: Client, exc: Exception | None) -> None:
         if client not in self.clients:
             return  # refused, or handed over: nothing of ours to forget
+        if self.frozen:
+            # Its session is already in the successor's hands (which notices the dead socket
+            # itself); ours again only if the handover fails (`thaw`).
+            self._departed.append((client, exc))
+            return
         self.clients.discard(client)
         self._release_address(client)
         reason = client.reason or _lost_reason(exc)
@@ -728,6 +771,8 @@ class ChatServer:
     def _flush(self) -> None:
         """Write this iteration's output: one write per client."""
         self._flush_scheduled = False
+        if self.frozen:
+            return  # kept for `thaw`: the sessions as sent to the successor must stay true
         began = time.perf_counter()
         # Group commit: the batch is durable before any client sees an id from it.
         self.history.commit()
@@ -910,6 +955,14 @@ async def serve(settings: Settings) -> int:
             log.error("error starting: %s", exc)
             if inheritance is not None:
                 inheritance.refuse(f"successor failed: {exc}")
+            history.close()
+            return 1
+    if inheritance is not None:
+        try:
+            server.restore(inheritance)
+        except HandoverError as exc:
+            log.error("error starting: %s", exc)
+            inheritance.refuse(f"successor failed: {exc}")
             history.close()
             return 1
     try:

@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("chat.takeover")
 
+ANSWER_LIMIT = 2.0
+"""Seconds, at most, for the answers Redis owes paused clients (`/nick`, `/msg`, `/who` in a
+cluster) before the handover gives up: an answer changes the session it would hand over."""
+
 ACCEPT_LIMIT = 1.0
 """Seconds, at most, for asyncio to finish building the transports of sockets accepted just
 before the listener closed (it does so in follow-up callbacks), so none is left out of the
@@ -135,11 +139,18 @@ def take(
         channel.send(handover.hello(release))
         while (message := channel.recv()).get("t") == "sockets":
             keys = handover.parse_sockets(message)
-            for key, fd in zip(keys, channel.take_fds(len(keys)), strict=True):
-                if key in held:
-                    os.close(fd)
-                    raise HandoverError(f"socket key {key} sent twice")
-                held[key] = hold(socket.socket(fileno=fd))
+            fds = channel.take_fds(len(keys))
+            try:
+                for i, (key, fd) in enumerate(zip(keys, fds, strict=True)):
+                    if key in held:
+                        raise HandoverError(f"socket key {key} sent twice")
+                    sock = socket.socket(fileno=fd)
+                    fds[i] = -1  # the socket object owns it now
+                    held[key] = hold(sock)
+            finally:
+                for fd in fds:  # the rest of a batch that failed half-way
+                    if fd >= 0:
+                        os.close(fd)
         begin = Begin.parse(message)
         handover.expect(channel.recv(), "listener")
         (listener_fd,) = channel.take_fds(1)
@@ -235,27 +246,34 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
     began = time.perf_counter()
     keys: dict[Client, int] = {}
     listener: socket.socket | None = None
+    stopped = False  # accepting paused: from here on, failing means `thaw`
     items: list[tuple[Client, Session]] = []
     try:
         # The sockets first, while their clients are still served (see chat.handover).
         for batch in _chunks(list(server.clients), handover.FDS_PER_MESSAGE):
             _send_sockets(server, channel, keys, batch)
             await asyncio.sleep(0)
-        listener = server.stop_accepting()
+        server.pause_accepting()
+        stopped = True
         await server.accepted_all(ACCEPT_LIMIT)
+        listener = server.stop_accepting()
         await server.pause()
+        if not await server.answers_settled(ANSWER_LIMIT):
+            raise HandoverError("clients still wait for answers from Redis")
         items = server.freeze()
         late = [client for client, _ in items if client not in keys]
         for batch in _chunks(late, handover.FDS_PER_MESSAGE):
             _send_sockets(server, channel, keys, batch)
-        history = server.history
-        cluster = server.cluster
-        position = None if cluster is None else dataclasses.asdict(cluster.backplane.position())
+        history, cluster = server.history, server.cluster
+        last_id, position = history.last_id, None
+        if cluster is not None:  # its clients saw up to the backplane's id, not the file's
+            last_id = cluster.backplane.last_id
+            position = dataclasses.asdict(cluster.backplane.position())
         channel.send(
-            handover.begin(server.release, len(items), history.last_id, history.since(0), position)
+            handover.begin(server.release, len(items), last_id, history.since(0), position)
         )
         channel.send(handover.listener(), [listener.fileno()])
-        for chunk in _chunks(items, handover.SESSIONS_PER_MESSAGE):
+        for chunk in _frames(items):
             channel.send(handover.sessions([(keys[client], s) for client, s in chunk]))
         channel.send(handover.end())
         # Awaited: the loop stays free to refuse a second successor meanwhile.
@@ -268,8 +286,8 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         with contextlib.suppress(OSError):
             channel.send(handover.abort(reason))
         channel.close()
-        if listener is not None:  # else nothing had stopped yet
-            await server.thaw(listener)
+        if stopped:  # else nothing had stopped yet
+            await server.thaw(listener if listener is not None else server.stop_accepting())
         log.warning("handover aborted successor=%s reason=%s: serving on", successor, reason)
         return False
     channel.close()
@@ -286,6 +304,23 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         (time.perf_counter() - began) * 1000,
     )
     return True
+
+
+def _frames(items: list[tuple[Client, Session]]) -> Iterator[list[tuple[Client, Session]]]:
+    """Sessions in frames of at most SESSIONS_PER_MESSAGE, and of well under MAX_FRAME bytes:
+    a slow reader's unsent output can be megabytes (base64 adds a third)."""
+    budget = handover.MAX_FRAME // 2
+    chunk: list[tuple[Client, Session]] = []
+    size = 0
+    for item in items:
+        weight = 4 * (len(item[1].unsent) + len(item[1].partial)) // 3 + 512
+        if chunk and (len(chunk) >= handover.SESSIONS_PER_MESSAGE or size + weight > budget):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += weight
+    if chunk:
+        yield chunk
 
 
 def _send_sockets(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import threading
@@ -300,3 +302,71 @@ def test_handovers_under_traffic_from_another_host_lose_and_repeat_nothing(
     assert msgs == [f"m{n}" for n in range(1, last + 1)]
     assert privs == [f"p{n}" for n in range(1, last + 1)]
     assert not [ln for ln in seen if ln.split()[0] in ("BYE", "HELLO", "ERR")]
+
+
+def test_a_handover_waits_for_the_answers_redis_owes_its_clients(
+    redis_server: RedisServer,
+    start_server: Callable[..., ServerProcess],
+    clients: Callable[..., LineClient],
+    tmp_path: Path,
+) -> None:
+    """A `/nick` is on its way to Redis (stopped for a moment) when the handover begins, with
+    a line queued behind it. The old release must not freeze that session half-way: it waits
+    for the answer, lets the queued line through, and only then hands over, so the successor
+    serves `bob`, named, and his line reaches everyone once."""
+    sock = str(tmp_path / "run" / "handover.sock")
+    url = redis_server.url
+    old = start_server("--backplane", url, "--handover-socket", sock, "--release", "v1")
+    two = start_server("--backplane", url)
+    ann = clients(two.port, "ann")
+    bob = clients(old.port)  # connected, not named yet
+    assert redis_server.proc is not None
+    redis_pid = redis_server.proc.pid
+    os.kill(redis_pid, signal.SIGSTOP)
+    resumed = threading.Timer(0.5, os.kill, (redis_pid, signal.SIGCONT))
+    try:
+        bob.sock.sendall(b"/nick bob\nhello from bob\n")
+        time.sleep(0.1)  # both lines are in the old release, the claim in flight
+        resumed.start()
+        new = start_server(
+            "--backplane", url, "--handover-socket", sock, "--release", "v2", port=old.port
+        )
+    finally:
+        resumed.join()
+        os.kill(redis_pid, signal.SIGCONT)
+    assert "how=handover" in new.wait_for_log("switch ")
+    assert old.proc.wait(10) == 99
+    seen = bob.until("MSG ")
+    assert "OK nick bob" in seen
+    assert seen[-1].endswith(" bob hello from bob")
+    assert ann.until("MSG ")[-1].endswith(" bob hello from bob")
+    bob.send("/who")
+    assert bob.until("WHO")[-1] == "WHO ann bob"
+    bob.send("again")
+    assert [ln for ln in ann.until("MSG ") if "hello" in ln] == []  # not twice
+
+
+def test_since_still_answers_after_a_handover_on_a_quiet_host(
+    redis_server: RedisServer,
+    start_server: Callable[..., ServerProcess],
+    clients: Callable[..., LineClient],
+    tmp_path: Path,
+) -> None:
+    """The retained conversation comes from Redis: a release that delivered nothing new since it
+    started must still hand on the id its clients could ask `/since` from (it handed on 0, and
+    the successor answered `/since 0` with nothing)."""
+    url = redis_server.url
+    two = start_server("--backplane", url)
+    ann = clients(two.port, "ann")
+    for text in ("one", "two", "three"):
+        ann.send(text)
+    ann.until("MSG 3 ")
+    sock = str(tmp_path / "run" / "handover.sock")
+    old = start_server("--backplane", url, "--handover-socket", sock, "--release", "v1")
+    bob = clients(old.port, "bob")
+    new = start_server(
+        "--backplane", url, "--handover-socket", sock, "--release", "v2", port=old.port
+    )
+    assert "how=handover" in new.wait_for_log("switch ")
+    bob.send("/since 0")
+    assert [bob.line() for _ in range(3)] == ["MSG 1 ann one", "MSG 2 ann two", "MSG 3 ann three"]

@@ -147,6 +147,33 @@ class FakeSuccessor:
         self.channel.close()
 
 
+def test_a_session_the_successor_cannot_take_fails_the_handover_before_ready(
+    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+) -> None:
+    """The new release has a shorter line limit than a half-received line: it must refuse
+    before `ready` (the old one serves on), not after the old one let go of everyone."""
+    old = start_release(start_server, sock_path, "v1", "--max-line", "4096")
+    ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
+    ann.sock.sendall(b"x" * 2000)  # half a line, longer than the next release's limit
+    new = subprocess.run(
+        [
+            *(sys.executable, "-m", "chat.server", "--host", "127.0.0.1", "--port", str(old.port)),
+            *("--handover-socket", sock_path, "--release", "v2", "--max-line", "1024"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert new.returncode == 1
+    assert "cannot take the session" in new.stdout
+    assert "Traceback" not in new.stdout + new.stderr
+    old.wait_for_log("handover aborted")
+    ann.sock.sendall(b" end\n")
+    assert bob.until("MSG")[-1] == "MSG 1 ann " + "x" * 2000 + " end"
+    assert_still_serving(old, ann, bob, 1)
+
+
 def test_successor_dying_after_the_sockets_leaves_the_old_one_serving(
     start_server: Start, clients: Callable[..., LineClient], sock_path: str
 ) -> None:
