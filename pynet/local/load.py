@@ -215,7 +215,9 @@ class LiveLoad:
         lost = sorted(posted - seen_texts - {f"p{self.sent}"})  # the last may be in flight
         cut = [r.cut for r in self._readers if r.cut]
         duplicated = [r.nick for r in sampled if len(r.ids) != len(set(r.ids))]
-        duplicated += [r.nick for r in self._readers if r.lines > self.acknowledged]
+        # A cut client stopped counting wherever it was cut: more or fewer lines than the others
+        # says nothing about repeats then.
+        duplicated += [r.nick for r in self._readers if r.lines > self.acknowledged and not r.cut]
         out_of_order = [r.nick for r in sampled if r.ids != sorted(r.ids)]
         for r in self._readers:
             if r.lines < self.acknowledged:
