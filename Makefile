@@ -9,8 +9,9 @@ demo: venv system-deps
 	$(BIN)/python -m pynet.demo
 
 # The cluster journey on local EC2-like hosts: two chat hosts and a Redis host provisioned by
-# site.yml; clients on different hosts talk; Redis restarted; a chat host removed while a client
-# moves to the other (docs/cluster.md).
+# site.yml; clients on different hosts talk; Redis restarted; `fab deploy` of a new release, one
+# chat host at a time, under connected clients; a chat host removed while a client moves to the
+# other (docs/cluster.md).
 demo-cluster: venv system-deps
 	$(BIN)/python -m pytest -s -q -p no:cacheprovider tests/ansible/test_cluster_e2e.py
 
