@@ -22,6 +22,21 @@ from dataclasses import dataclass, field
 MSG = b"MSG "
 
 
+def join(host: str, port: int, nick: str) -> socket.socket:
+    """A client named NICK, non-blocking, once the server said its own JOIN (everything up to
+    that belongs to before a measurement)."""
+    sock = socket.create_connection((host, port), timeout=10)
+    sock.sendall(f"/nick {nick}\n".encode())
+    buf = b""
+    while f"JOIN {nick}\n".encode() not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"{nick}: closed before joining")
+        buf += data
+    sock.setblocking(False)
+    return sock
+
+
 @dataclass
 class _Reader:
     sock: socket.socket
@@ -89,19 +104,7 @@ class LiveLoad:
         self._started = 0.0
 
     def _join(self, nick: str) -> socket.socket:
-        sock = socket.create_connection((self.host, self.port), timeout=10)
-        sock.sendall(f"/nick {nick}\n".encode())
-        buf = b""
-        while f"OK nick {nick}\n".encode() not in buf:
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionError(f"{nick}: closed before OK nick")
-            buf += data
-        # Everything up to our own JOIN belongs to before the measurement.
-        while f"JOIN {nick}\n".encode() not in buf:
-            buf += sock.recv(65536)
-        sock.setblocking(False)
-        return sock
+        return join(self.host, self.port, nick)
 
     def start(self) -> LiveLoad:
         self._started = time.monotonic()

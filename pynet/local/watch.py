@@ -21,6 +21,8 @@ import time
 from collections.abc import Sequence
 from typing import IO
 
+from pynet.local.load import join
+
 MSG = b"MSG "
 
 
@@ -44,19 +46,6 @@ class Watch:
         """The watcher's verdict: `longest_pause` (s) and `lines` per client."""
         out, _ = self._proc.communicate(timeout=30)
         return dict(json.loads(out))
-
-
-def _join(host: str, port: int, nick: str) -> socket.socket:
-    sock = socket.create_connection((host, port), timeout=10)
-    sock.sendall(f"/nick {nick}\n".encode())
-    buf = b""
-    while f"JOIN {nick}\n".encode() not in buf:
-        data = sock.recv(65536)
-        if not data:
-            raise ConnectionError(f"{nick}: closed before joining")
-        buf += data
-    sock.setblocking(False)
-    return sock
 
 
 def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
@@ -95,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m pynet.local.watch HOST PORT [CLIENTS]", file=sys.stderr)
         return 2
     host, port, clients = args[0], int(args[1]), int(args[2]) if len(args) == 3 else 5
-    socks = [_join(host, port, f"watch{i}") for i in range(clients)]
+    socks = [join(host, port, f"watch{i}") for i in range(clients)]
     print("ready", flush=True)
     print(json.dumps(watch(socks, sys.stdin)), flush=True)
     return 0
