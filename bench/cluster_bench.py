@@ -11,8 +11,10 @@ reported. 3. cross-host latency: the senders on server A, --cross-receivers clie
 --cross-rate broadcasts/s; p50/p99 post-to-delivery as seen on B.
 
 The load generator is bench/loadgen.py (epoll, one process); only the port each connection goes
-to differs. Everything runs on 127.0.0.1; every run is bounded in time. On a shared machine the
-figures are noisy: compare them side by side, not with other machines'.
+to differs. The chat servers and Redis share one core and the load generator has the other (on
+a machine with two or more), so the pair gets no more CPU than the single server. Everything
+runs on 127.0.0.1; every run is bounded in time. On a shared machine the figures are noisy:
+compare them side by side, not with other machines'.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from collections.abc import Iterator
 from multiprocessing.connection import Connection
 from typing import Any
 
-from bench._common import HOST, Server, pin_self, raise_nofile, start_server
+from bench._common import HOST, Server, cpu_plan, pin_self, raise_nofile, start_server
 from bench.loadgen import LoadGen
 
 
@@ -49,7 +51,7 @@ class SpreadLoadGen(LoadGen):
 
 def _run(ctl: Connection, ports: list[int], mode: str, server_pid: int, kw: dict[str, Any]) -> None:
     raise_nofile()
-    pin_self(None)
+    pin_self(cpu_plan()[1])
     lg = SpreadLoadGen(ports, mode, server_pid, **kw)
     try:
         while True:
@@ -101,16 +103,22 @@ class Driver:
 
 @contextlib.contextmanager
 def servers(count: int, clients: int) -> Iterator[list[Server]]:
-    """COUNT chat servers; with more than one, a redis-server backplane they all share."""
+    """COUNT chat servers; with more than one, a redis-server backplane they all share.
+
+    Every server (Redis too) is pinned to the same core, the load generator to the other: the
+    pair and its Redis get no more CPU than the single server does, and the load generator's
+    core is its own in both runs, so the comparison is of the servers' work, not of who got
+    more of a shared machine."""
     started: list[Server] = []
+    cpus = cpu_plan()[0]
     try:
         extra: list[str] = []
         if count > 1:
-            redis = start_server("redis", None, max_clients=100)
+            redis = start_server("redis", cpus, max_clients=100)
             started.append(redis)
             extra = ["--backplane", f"redis://{HOST}:{redis.port}/0"]
         for _ in range(count):
-            started.append(start_server("pynet", None, max_clients=clients, extra_args=extra))
+            started.append(start_server("pynet", cpus, max_clients=clients, extra_args=extra))
         yield [s for s in started if s.kind != "redis"]
     finally:
         for server in reversed(started):
