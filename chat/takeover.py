@@ -4,7 +4,7 @@
 is the predecessor's: a unix socket it listens on, and `give`, which pauses every connection,
 sends them with their state (`chat.handover`, over `chat.fdpass`) and lets go only once the
 successor has everything. The races this avoids, in order: connections accepted but whose
-transport asyncio has not built yet (counted, and waited for, after closing the listener),
+transport asyncio has not built yet (tracked, and waited for, once accepting pauses),
 output queued but not written (flushed, and the transport's unsent bytes carried), input read
 but not parsed (the partial line carried), and a FIN sent by accident (sockets are never shut
 down, only closed, and the successor holds its own descriptor by then).
@@ -21,7 +21,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from chat import fdpass, handover
 from chat.handover import Begin, HandoverError, Session
@@ -95,31 +95,13 @@ class Inheritance(Generic[P]):
         self.channel.close()
 
 
-def _close(sock: socket.socket) -> None:
-    sock.close()
-
-
-@overload
-def take(path: str, release: str, timeout: float) -> Inheritance[socket.socket] | None: ...
-
-
-@overload
 def take(
     path: str,
     release: str,
     timeout: float,
     hold: Callable[[socket.socket], P],
     drop: Callable[[P], None],
-) -> Inheritance[P] | None: ...
-
-
-def take(
-    path: str,
-    release: str,
-    timeout: float,
-    hold: Callable[[socket.socket], Any] = lambda sock: sock,
-    drop: Callable[[Any], None] = _close,
-) -> Inheritance[Any] | None:
+) -> Inheritance[P] | None:
     """Ask the release serving on PATH for its sockets; None when nothing serves there.
 
     HOLD gets each client socket as it arrives (before the predecessor pauses, for most), so
@@ -132,8 +114,8 @@ def take(
     channel = fdpass.connect(path, timeout)
     if channel is None:
         return None
-    held: dict[int, Any] = {}
-    sessions: list[tuple[Session, Any]] = []
+    held: dict[int, P] = {}
+    sessions: list[tuple[Session, P]] = []
     listener: socket.socket | None = None
     try:
         channel.send(handover.hello(release))
@@ -245,8 +227,7 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
     """Hand every socket and session to SUCCESSOR. True once it took them; else serve on."""
     began = time.perf_counter()
     keys: dict[Client, int] = {}
-    listener: socket.socket | None = None
-    stopped = False  # accepting paused: from here on, failing means `thaw`
+    listener: socket.socket | None = None  # set once accepting stopped: failing means `thaw`
     items: list[tuple[Client, Session]] = []
     try:
         # The sockets first, while their clients are still served (see chat.handover).
@@ -254,7 +235,6 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
             _send_sockets(server, channel, keys, batch)
             await asyncio.sleep(0)
         server.pause_accepting()
-        stopped = True
         await server.accepted_all(ACCEPT_LIMIT)
         listener = server.stop_accepting()
         await server.pause()
@@ -286,8 +266,8 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         with contextlib.suppress(OSError):
             channel.send(handover.abort(reason))
         channel.close()
-        if stopped:  # else nothing had stopped yet
-            await server.thaw(listener if listener is not None else server.stop_accepting())
+        if listener is not None:  # else nothing had stopped yet
+            await server.thaw(listener)
         log.warning("handover aborted successor=%s reason=%s: serving on", successor, reason)
         return False
     channel.close()
