@@ -158,7 +158,7 @@ class ChatServer:
         self.release = settings.release
         self.handed_over = asyncio.Event()  # set once a successor took every connection
         self._handover_point: HandoverPoint | None = None
-        self._frozen: dict[Client, bytes] = {}  # output taken back from transports by freeze
+        self._taken: dict[Client, bytes] = {}  # output taken back from transports by freeze
         self.reading = True  # False while a handover is under way: new connections wait too
         self._loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
@@ -320,21 +320,22 @@ class ChatServer:
         (`_accepted`) in the next turn. Connections whose transport never came (it failed) are
         forgotten after LIMIT, so they cannot hold up a later handover too.
         """
-        deadline = self._loop.time() + limit
         await asyncio.sleep(0)
-        while self._unborn and self._loop.time() < deadline:
-            await asyncio.sleep(0.001)
-        if self._unborn:
+        if not await self._until(lambda: not self._unborn, limit):
             log.warning("handover %d accepted connections never connected", len(self._unborn))
             self._unborn.clear()
 
     async def answers_settled(self, limit: float) -> bool:
         """Wait (up to LIMIT seconds, after `pause`) until no client waits for an answer from
         Redis (chat/cluster.py): such an answer changes the session (a nickname, a reply)."""
+        return await self._until(lambda: not self.waiting, limit)
+
+    async def _until(self, done: Callable[[], bool], limit: float) -> bool:
+        """Let the loop run until DONE() or LIMIT seconds passed; whether it is done."""
         deadline = self._loop.time() + limit
-        while self.waiting and self._loop.time() < deadline:
+        while not done() and self._loop.time() < deadline:
             await asyncio.sleep(0.001)
-        return not self.waiting
+        return done()
 
     def stop_accepting(self) -> socket.socket:
         """Close the listener for asyncio but keep the socket (and its queue) in a duplicate."""
@@ -397,7 +398,7 @@ class ChatServer:
 
     def _take_unsent(self, client: Client) -> bytes:
         """The client's unsent output, taken from its transport (kept for `thaw`)."""
-        data = self._frozen[client] = take_unsent(client.transport) + client.conn.data_to_send()
+        data = self._taken[client] = take_unsent(client.transport) + client.conn.data_to_send()
         return data
 
     async def thaw(self, listener: socket.socket) -> None:
@@ -407,9 +408,9 @@ class ChatServer:
         self.frozen = False
         if self.cluster is not None:
             self.cluster.backplane.resume()
-        frozen, self._frozen = self._frozen, {}
+        taken, self._taken = self._taken, {}
         for client in self.clients:
-            data = frozen.get(client)
+            data = taken.get(client)
             if data:
                 client.transport.write(data)  # ours to send again
             if not client.transport.is_closing() and client not in self.waiting:
@@ -426,7 +427,7 @@ class ChatServer:
         for client in self.clients:
             client.transport.abort()
         self.clients.clear()  # so their connection_lost is not ours to handle
-        self._frozen.clear()
+        self._taken.clear()
         self.unnamed.clear()
         self.named.clear()
         self._per_address.clear()
@@ -922,6 +923,15 @@ async def serve(settings: Settings) -> int:
         return 1
     server = ChatServer(settings, history)
     inheritance, how, why = None, "fresh", ""
+
+    def give_up(exc: Exception) -> int:
+        """Before `ready`: say why, and let the serving release (if any) serve on."""
+        log.error("error starting: %s", exc)
+        if inheritance is not None:
+            inheritance.refuse(f"successor failed: {exc}")
+        history.close()
+        return 1
+
     if settings.handover_socket:
         try:
             inheritance = take(
@@ -952,19 +962,12 @@ async def serve(settings: Settings) -> int:
                 inherit = Position(**begin.backplane) if begin.backplane else None
                 await join(server, begin.last_id, inherit)
         except BackplaneError as exc:
-            log.error("error starting: %s", exc)
-            if inheritance is not None:
-                inheritance.refuse(f"successor failed: {exc}")
-            history.close()
-            return 1
+            return give_up(exc)
     if inheritance is not None:
         try:
             server.restore(inheritance)
         except HandoverError as exc:
-            log.error("error starting: %s", exc)
-            inheritance.refuse(f"successor failed: {exc}")
-            history.close()
-            return 1
+            return give_up(exc)
     try:
         if inheritance is not None:
             if not inheritance.confirm():
