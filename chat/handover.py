@@ -240,6 +240,10 @@ def begin(
     return message
 
 
+MAX_INBOXES = 16
+"""Inboxes a backplane position may name (chat/backplane.py hands on at most
+`MAX_INHERITED + 1`)."""
+
 _STREAM_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _HOST_ID = re.compile(r"[A-Za-z0-9.-]{1,100}")
 
@@ -253,7 +257,7 @@ def _is_position(value: Any) -> bool:
         isinstance(room, str)
         and _STREAM_ID.fullmatch(room) is not None
         and isinstance(inboxes, dict)
-        and 0 < len(inboxes) <= 16
+        and 0 < len(inboxes) <= MAX_INBOXES
         and all(
             isinstance(host, str)
             and _HOST_ID.fullmatch(host) is not None

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from chat import handover
+from chat import backplane, handover
 from chat.backplane import Position
 from chat.handover import Begin, FrameReader, HandoverError, Session
 from chat.protocol import ServerConnection, State
@@ -90,6 +90,19 @@ def test_begin_carries_where_a_cluster_host_stopped_reading() -> None:
     parsed = Begin.parse(json.loads(json.dumps(wire)))
     assert parsed.backplane is not None
     assert Position(**parsed.backplane) == position
+
+
+def test_every_position_a_host_hands_on_passes_the_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What `chat.backplane` sends must be what `Begin.parse` accepts: as many inboxes as it
+    hands on, and host ids made from any hostname (even one that is not ASCII)."""
+    assert backplane.MAX_INHERITED + 1 <= handover.MAX_INBOXES
+    monkeypatch.setattr(backplane.socket, "gethostname", lambda: "chät-höst_1.example")
+    hosts = [backplane.host_id() for _ in range(backplane.MAX_INHERITED + 1)]
+    position = Position("1-0", dict.fromkeys(hosts, "0-0"))
+    message = handover.begin("v1", 0, 1, [], dataclasses.asdict(position))
+    assert Begin.parse(message).backplane == dataclasses.asdict(position)
 
 
 @pytest.mark.parametrize(
