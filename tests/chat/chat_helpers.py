@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tests.kit import WaitTimeout, wait_until
@@ -92,6 +92,19 @@ class ServerProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+Start = Callable[..., "ServerProcess"]
+
+
+def start_release(
+    start_server: Start, path: str, release: str, *args: str, port: int = 0
+) -> ServerProcess:
+    """A server with a handover socket, once that socket is bound (after the port: `listen=`),
+    so a release started next cannot miss it and fall back."""
+    server = start_server("--handover-socket", path, "--release", release, *args, port=port)
+    server.wait_for_log("handover listening")
+    return server
 
 
 class LineClient:

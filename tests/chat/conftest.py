@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import resource
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,9 @@ def many_files() -> None:
     want = min(hard, 8192) if hard != resource.RLIM_INFINITY else 8192
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+@pytest.fixture
+def sock(tmp_path: Path) -> str:
+    """Where a release's handover socket goes (its directory is made by the server)."""
+    return str(tmp_path / "run" / "handover.sock")

@@ -9,14 +9,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
 from chat.backplane import LEASE_MS
 from chat.client import split_servers
-from tests.chat.chat_helpers import ROOT, ClientProcess, LineClient, ServerProcess
+from tests.chat.chat_helpers import ROOT, ClientProcess, LineClient, ServerProcess, start_release
 from tests.chat.redis_helpers import RedisServer
 from tests.kit import free_port, wait_until
 
@@ -214,21 +213,18 @@ def test_a_handover_on_one_host_keeps_its_clients_in_the_cluster(
     redis_server: RedisServer,
     start_server: Callable[..., ServerProcess],
     clients: Callable[..., LineClient],
-    tmp_path: Path,
+    sock: str,
 ) -> None:
     """Host one hands its connections to a new release: its client keeps its nickname, gets
     what host two posted during the switch, once, and can still talk."""
-    sock = str(tmp_path / "run" / "handover.sock")
     url = redis_server.url
-    old = start_server("--backplane", url, "--handover-socket", sock, "--release", "v1")
+    old = start_release(start_server, sock, "v1", "--backplane", url)
     two = start_server("--backplane", url)
     ann = clients(old.port, "ann")
     bob = clients(two.port, "bob")
     bob.send("before")
     assert ann.until("MSG")[-1] == "MSG 1 bob before"
-    new = start_server(
-        "--backplane", url, "--handover-socket", sock, "--release", "v2", port=old.port
-    )
+    new = start_release(start_server, sock, "v2", "--backplane", url, port=old.port)
     bob.send("during")  # may reach Redis while the switch is under way
     assert "how=handover" in new.wait_for_log("switch ")
     assert old.proc.wait(10) == 99
@@ -247,16 +243,15 @@ def test_handovers_under_traffic_from_another_host_lose_and_repeat_nothing(
     redis_server: RedisServer,
     start_server: Callable[..., ServerProcess],
     clients: Callable[..., LineClient],
-    tmp_path: Path,
+    sock: str,
 ) -> None:
     """Host two keeps posting and sending ann private messages while host one switches
     releases twice. Ann must get every broadcast once and in order, and every private message:
     the old release delivers nothing from Redis once it froze her session (the successor reads
     on from exactly where it stopped), and private messages Redis routed to the old release's
     inbox before her lease moved are read from that inbox by the successor."""
-    sock = str(tmp_path / "run" / "handover.sock")
     url = redis_server.url
-    release = start_server("--backplane", url, "--handover-socket", sock, "--release", "v0")
+    release = start_release(start_server, sock, "v0", "--backplane", url)
     two = start_server("--backplane", url, "--rate", "0")
     ann = clients(release.port, "ann")
     bob = clients(two.port, "bob")
@@ -277,15 +272,7 @@ def test_handovers_under_traffic_from_another_host_lose_and_repeat_nothing(
     try:
         for n in (1, 2):
             time.sleep(0.3)
-            new = start_server(
-                "--backplane",
-                url,
-                "--handover-socket",
-                sock,
-                "--release",
-                f"v{n}",
-                port=release.port,
-            )
+            new = start_release(start_server, sock, f"v{n}", "--backplane", url, port=release.port)
             assert "how=handover" in new.wait_for_log("switch ")
             assert release.proc.wait(10) == 99
             release = new
@@ -308,15 +295,14 @@ def test_a_handover_waits_for_the_answers_redis_owes_its_clients(
     redis_server: RedisServer,
     start_server: Callable[..., ServerProcess],
     clients: Callable[..., LineClient],
-    tmp_path: Path,
+    sock: str,
 ) -> None:
     """A `/nick` is on its way to Redis (stopped for a moment) when the handover begins, with
     a line queued behind it. The old release must not freeze that session half-way: it waits
     for the answer, lets the queued line through, and only then hands over, so the successor
     serves `bob`, named, and his line reaches everyone once."""
-    sock = str(tmp_path / "run" / "handover.sock")
     url = redis_server.url
-    old = start_server("--backplane", url, "--handover-socket", sock, "--release", "v1")
+    old = start_release(start_server, sock, "v1", "--backplane", url)
     two = start_server("--backplane", url)
     ann = clients(two.port, "ann")
     bob = clients(old.port)  # connected, not named yet
@@ -328,9 +314,7 @@ def test_a_handover_waits_for_the_answers_redis_owes_its_clients(
         bob.sock.sendall(b"/nick bob\nhello from bob\n")
         time.sleep(0.1)  # both lines are in the old release, the claim in flight
         resumed.start()
-        new = start_server(
-            "--backplane", url, "--handover-socket", sock, "--release", "v2", port=old.port
-        )
+        new = start_release(start_server, sock, "v2", "--backplane", url, port=old.port)
     finally:
         resumed.join()
         os.kill(redis_pid, signal.SIGCONT)
@@ -350,7 +334,7 @@ def test_since_still_answers_after_a_handover_on_a_quiet_host(
     redis_server: RedisServer,
     start_server: Callable[..., ServerProcess],
     clients: Callable[..., LineClient],
-    tmp_path: Path,
+    sock: str,
 ) -> None:
     """The retained conversation comes from Redis: a release that delivered nothing new since it
     started must still hand on the id its clients could ask `/since` from (it handed on 0, and
@@ -361,12 +345,9 @@ def test_since_still_answers_after_a_handover_on_a_quiet_host(
     for text in ("one", "two", "three"):
         ann.send(text)
     ann.until("MSG 3 ")
-    sock = str(tmp_path / "run" / "handover.sock")
-    old = start_server("--backplane", url, "--handover-socket", sock, "--release", "v1")
+    old = start_release(start_server, sock, "v1", "--backplane", url)
     bob = clients(old.port, "bob")
-    new = start_server(
-        "--backplane", url, "--handover-socket", sock, "--release", "v2", port=old.port
-    )
+    new = start_release(start_server, sock, "v2", "--backplane", url, port=old.port)
     assert "how=handover" in new.wait_for_log("switch ")
     bob.send("/since 0")
     assert [bob.line() for _ in range(3)] == ["MSG 1 ann one", "MSG 2 ann two", "MSG 3 ann three"]

@@ -25,36 +25,20 @@ import pytest
 from chat import fdpass, handover
 from chat.takeover import BUSY, take
 from pynet.local.load import LiveLoad
-from tests.chat.chat_helpers import LineClient, ServerProcess
+from tests.chat.chat_helpers import LineClient, ServerProcess, Start, start_release
 from tests.kit import wait_until
-
-Start = Callable[..., ServerProcess]
-
-
-@pytest.fixture
-def sock_path(tmp_path: Path) -> str:
-    return str(tmp_path / "run" / "handover.sock")
-
-
-def start_release(
-    start_server: Start, path: str, release: str, *args: str, port: int = 0
-) -> ServerProcess:
-    """A server with a handover socket, once that socket is bound (after the port: `listen=`)."""
-    server = start_server("--handover-socket", path, "--release", release, *args, port=port)
-    server.wait_for_log("handover listening")
-    return server
 
 
 def test_handover_keeps_every_session_line_and_partial_line(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
-    old = start_release(start_server, sock_path, "v1")
+    old = start_release(start_server, sock, "v1")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
     lurker = clients(old.port)  # connected, never named
     ann.send("before")
     assert bob.until("MSG")[-1] == "MSG 1 ann before"
     ann.sock.sendall(b"split acr")  # half a line in the old process ...
-    new = start_release(start_server, sock_path, "v2", port=old.port)
+    new = start_release(start_server, sock, "v2", port=old.port)
     assert "how=handover" in new.wait_for_log("switch ")
     assert old.proc.wait(10) == 99  # handed over: the unit must not restart it
     ann.sock.sendall(b"oss the handover\n")  # ... the rest to the new one
@@ -76,7 +60,7 @@ def test_handover_keeps_every_session_line_and_partial_line(
     assert lurker.line() == "JOIN cat"
     late = clients(old.port, "dan")  # the listener moved too
     assert late.hello.startswith("HELLO pynet")
-    record = json.loads((Path(sock_path).parent / "last-switch.json").read_text())
+    record = json.loads((Path(sock).parent / "last-switch.json").read_text())
     assert record["how"] == "handover"
     assert record["from"] == "v1"
     assert record["sessions"] == 3
@@ -87,17 +71,17 @@ def test_handover_keeps_every_session_line_and_partial_line(
 
 
 def test_unsent_output_of_a_slow_reader_crosses_in_order(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
     """Output the old process queued but the kernel had not taken arrives first, intact."""
-    old = start_release(start_server, sock_path, "v1", "--rate", "0", "--max-backlog", "8000000")
+    old = start_release(start_server, sock, "v1", "--rate", "0", "--max-backlog", "8000000")
     slow = clients(old.port, "slow", rcvbuf=4096)
     ann = clients(old.port, "ann")
     text = "x" * 3000
     for i in range(300):  # ~1 MB: far more than the socket buffers hold
         ann.send(f"{i} {text}")
     ann.until("MSG 300")
-    new = start_release(start_server, sock_path, "v2", port=old.port)
+    new = start_release(start_server, sock, "v2", port=old.port)
     new.wait_for_log("how=handover")
     ann.send("last")
     slow.until("JOIN ann")
@@ -106,8 +90,8 @@ def test_unsent_output_of_a_slow_reader_crosses_in_order(
 
 
 @pytest.mark.usefixtures("many_files")
-def test_a_thousand_clients_move_in_several_fd_batches(start_server: Start, sock_path: str) -> None:
-    old = start_release(start_server, sock_path, "v1", "--max-per-address", "0")
+def test_a_thousand_clients_move_in_several_fd_batches(start_server: Start, sock: str) -> None:
+    old = start_release(start_server, sock, "v1", "--max-per-address", "0")
     socks = []
     for _ in range(1000):
         s = socket.create_connection(("127.0.0.1", old.port))
@@ -115,7 +99,7 @@ def test_a_thousand_clients_move_in_several_fd_batches(start_server: Start, sock
     for s in socks:
         s.settimeout(10)
         assert s.recv(4096).startswith(b"HELLO pynet")
-    new = start_release(start_server, sock_path, "v2", port=old.port)
+    new = start_release(start_server, sock, "v2", port=old.port)
     assert "sessions=1000" in new.wait_for_log("how=handover")
     assert old.proc.wait(10) == 99
     for s in socks:  # every one answers in the new process
@@ -148,17 +132,17 @@ class FakeSuccessor:
 
 
 def test_a_session_the_successor_cannot_take_fails_the_handover_before_ready(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
     """The new release has a shorter line limit than a half-received line: it must refuse
     before `ready` (the old one serves on), not after the old one let go of everyone."""
-    old = start_release(start_server, sock_path, "v1", "--max-line", "4096")
+    old = start_release(start_server, sock, "v1", "--max-line", "4096")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
     ann.sock.sendall(b"x" * 2000)  # half a line, longer than the next release's limit
     new = subprocess.run(
         [
             *(sys.executable, "-m", "chat.server", "--host", "127.0.0.1", "--port", str(old.port)),
-            *("--handover-socket", sock_path, "--release", "v2", "--max-line", "1024"),
+            *("--handover-socket", sock, "--release", "v2", "--max-line", "1024"),
         ],
         capture_output=True,
         text=True,
@@ -175,14 +159,14 @@ def test_a_session_the_successor_cannot_take_fails_the_handover_before_ready(
 
 
 def test_successor_dying_after_the_sockets_leaves_the_old_one_serving(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
     """It dies while the clients are still served (only their sockets crossed): nothing at all
     may change for them, not even the line one of them was half-way through."""
-    old = start_release(start_server, sock_path, "v1")
+    old = start_release(start_server, sock, "v1")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
     ann.sock.sendall(b"half")
-    fake = FakeSuccessor(sock_path)
+    fake = FakeSuccessor(sock)
     assert fake.channel.recv()["t"] == "sockets"
     fake.close()
     old.wait_for_log("handover aborted")
@@ -239,7 +223,7 @@ def _session(nick: str) -> handover.Session:
     )
 
 
-def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock_path: str) -> None:
+def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock: str) -> None:
     """Sockets cross before the sessions (two batches: before and during the pause); a socket
     no session names belongs to a client that left meanwhile and is dropped, never adopted."""
     pairs = [socket.socketpair() for _ in range(4)]
@@ -254,10 +238,10 @@ def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock_pat
         channel.send(handover.sessions([(12, _session("cal"))]))
         channel.send(handover.end())
 
-    FakePredecessor(sock_path, script)
+    FakePredecessor(sock, script)
     held: list[socket.socket] = []
     dropped: list[socket.socket] = []
-    inheritance = take(sock_path, "new", 5, keeping(held), dropped.append)
+    inheritance = take(sock, "new", 5, keeping(held), dropped.append)
     assert inheritance is not None
     assert len(held) == 4
     by_nick = {str(session.nick): sock for session, sock in inheritance.sessions}
@@ -280,7 +264,7 @@ def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock_pat
     ],
 )
 def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
-    sock_path: str, keys: list[int], named: list[int], reason: str
+    sock: str, keys: list[int], named: list[int], reason: str
 ) -> None:
     pairs = [socket.socketpair() for _ in keys]
     listener = socket.socket()
@@ -297,11 +281,11 @@ def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
             channel.send(handover.end())
         aborted.append(channel.recv())
 
-    FakePredecessor(sock_path, script)
+    FakePredecessor(sock, script)
     held: list[socket.socket] = []
     dropped: list[socket.socket] = []
     with pytest.raises(handover.HandoverError, match=reason):
-        take(sock_path, "new", 5, keeping(held), dropped.append)
+        take(sock, "new", 5, keeping(held), dropped.append)
     assert sorted(map(id, dropped)) == sorted(map(id, held))  # every socket held is let go
     wait_until(lambda: aborted, 5, "the predecessor's abort")
     assert aborted[0]["t"] == "abort"
@@ -316,12 +300,12 @@ def assert_still_serving(old: ServerProcess, ann: LineClient, bob: LineClient, n
 
 
 def test_successor_dying_mid_handover_leaves_the_old_one_serving(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
-    old = start_release(start_server, sock_path, "v1")
+    old = start_release(start_server, sock, "v1")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
     ann.sock.sendall(b"half")
-    fake = FakeSuccessor(sock_path)
+    fake = FakeSuccessor(sock)
     messages = fake.receive_all()  # everything arrived, fds included ...
     kinds = [m["t"] for m in messages]
     assert kinds[0] == "sockets"  # sent while the clients were still served
@@ -334,18 +318,18 @@ def test_successor_dying_mid_handover_leaves_the_old_one_serving(
 
 
 def test_a_failed_handover_sends_a_slow_readers_backlog_once_and_whole(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
     """The old process takes the unsent bytes back from its transports while the successor
     confirms, and writes them itself again when it does not: nothing twice, nothing lost."""
-    old = start_release(start_server, sock_path, "v1", "--rate", "0", "--max-backlog", "16000000")
+    old = start_release(start_server, sock, "v1", "--rate", "0", "--max-backlog", "16000000")
     slow = clients(old.port, "slow", rcvbuf=4096)
     ann = clients(old.port, "ann")
     text = "y" * 3000
     for i in range(2500):
         ann.send(f"{i} {text}")
     ann.until("MSG 2500")
-    fake = FakeSuccessor(sock_path)
+    fake = FakeSuccessor(sock)
     fake.receive_all()
     slow.until("JOIN ann")
     got = [slow.line() for _ in range(20)]  # the old loop runs while it waits for `ready`
@@ -358,11 +342,11 @@ def test_a_failed_handover_sends_a_slow_readers_backlog_once_and_whole(
 
 
 def test_successor_that_never_says_ready_times_out_and_nothing_changes(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
-    old = start_release(start_server, sock_path, "v1", "--handover-timeout", "1")
+    old = start_release(start_server, sock, "v1", "--handover-timeout", "1")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
-    fake = FakeSuccessor(sock_path)
+    fake = FakeSuccessor(sock)
     fake.receive_all()
     old.wait_for_log("handover aborted", timeout=5)
     fake.close()
@@ -382,13 +366,13 @@ def test_successor_that_never_says_ready_times_out_and_nothing_changes(
 def test_a_peer_that_is_not_a_compatible_release_is_refused_and_changes_nothing(
     start_server: Start,
     clients: Callable[..., LineClient],
-    sock_path: str,
+    sock: str,
     hello: dict[str, object] | bytes,
     reason: str,
 ) -> None:
-    old = start_release(start_server, sock_path, "v1")
+    old = start_release(start_server, sock, "v1")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
-    fake = FakeSuccessor(sock_path, hello)
+    fake = FakeSuccessor(sock, hello)
     answer = fake.receive_all()
     assert answer[-1]["t"] == "refuse"
     assert reason in str(answer[-1]["reason"])
@@ -398,13 +382,13 @@ def test_a_peer_that_is_not_a_compatible_release_is_refused_and_changes_nothing(
 
 
 def test_a_second_takeover_while_one_runs_is_refused(
-    start_server: Start, clients: Callable[..., LineClient], sock_path: str
+    start_server: Start, clients: Callable[..., LineClient], sock: str
 ) -> None:
-    old = start_release(start_server, sock_path, "v1", "--handover-timeout", "5")
+    old = start_release(start_server, sock, "v1", "--handover-timeout", "5")
     ann, bob = clients(old.port, "ann"), clients(old.port, "bob")
-    first = FakeSuccessor(sock_path)
+    first = FakeSuccessor(sock)
     first.receive_all()  # the old one now waits for the first one's `ready`
-    second = FakeSuccessor(sock_path).receive_all()
+    second = FakeSuccessor(sock).receive_all()
     assert second == [handover.refuse(BUSY)]
     assert BUSY in old.wait_for_log("handover refused")
     first.close()
@@ -412,23 +396,21 @@ def test_a_second_takeover_while_one_runs_is_refused(
     assert_still_serving(old, ann, bob, 1)
 
 
-def test_handover_socket_is_private_to_the_service_user(
-    start_server: Start, sock_path: str
-) -> None:
-    start_release(start_server, sock_path, "v1")
-    mode = os.stat(sock_path).st_mode & 0o777
+def test_handover_socket_is_private_to_the_service_user(start_server: Start, sock: str) -> None:
+    start_release(start_server, sock, "v1")
+    mode = os.stat(sock).st_mode & 0o777
     assert mode == 0o600
-    assert os.stat(Path(sock_path).parent).st_mode & 0o777 == 0o700
+    assert os.stat(Path(sock).parent).st_mode & 0o777 == 0o700
 
 
 def test_no_predecessor_starts_fresh_and_a_stale_socket_file_is_replaced(
-    start_server: Start, sock_path: str
+    start_server: Start, sock: str
 ) -> None:
-    Path(sock_path).parent.mkdir(mode=0o700)
+    Path(sock).parent.mkdir(mode=0o700)
     stale = socket.socket(socket.AF_UNIX)
-    stale.bind(sock_path)  # bound, never listening: what a killed release leaves
+    stale.bind(sock)  # bound, never listening: what a killed release leaves
     stale.close()
-    server = start_release(start_server, sock_path, "v1")
+    server = start_release(start_server, sock, "v1")
     assert "how=fresh" in server.wait_for_log("switch ")
     client = LineClient(server.port, "ann")
     client.close()
@@ -591,10 +573,10 @@ def test_sigkill_at_random_moments_never_loses_a_seen_message_or_reuses_an_id(
 
 
 def test_consecutive_handovers_under_live_load_cut_refuse_and_lose_nothing(
-    start_server: Start, sock_path: str, tmp_path: Path
+    start_server: Start, sock: str, tmp_path: Path
 ) -> None:
     flags = ("--history", str(tmp_path / "h.sqlite3"), "--rate", "0", "--max-per-address", "0")
-    first = start_release(start_server, sock_path, "r0", *flags)
+    first = start_release(start_server, sock, "r0", *flags)
     load = LiveLoad("127.0.0.1", first.port, clients=50, sampled=10, rate=100.0).start()
     serving = first
 
@@ -603,7 +585,7 @@ def test_consecutive_handovers_under_live_load_cut_refuse_and_lose_nothing(
 
     for n in range(1, 4):
         wait_until(flowing(20 * n), 30, "lines flowing before the switch")
-        new = start_release(start_server, sock_path, f"r{n}", *flags, port=first.port)
+        new = start_release(start_server, sock, f"r{n}", *flags, port=first.port)
         assert "how=handover" in new.wait_for_log("switch ")
         assert serving.proc.wait(10) == 99
         serving = new
