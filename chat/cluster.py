@@ -168,7 +168,7 @@ class Cluster:
         if not client.receiving:
             server.unnamed.discard(client)
             server.named[key] = client
-            client.receiving = True
+            server._receives(client)
             self.backplane.line(Joined(name).line())
             log.info("nick peer=%s nick=%s", client.peer, name)
         elif old is not None:

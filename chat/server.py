@@ -5,11 +5,14 @@ the limits, and shuts down gracefully. Everything about parsing and replies is i
 this module only moves bytes.
 
 How fan-out stays cheap (the benchmark drives 1,000 clients):
-- each broadcast is encoded once; during one loop iteration broadcasts collect in `_batch`, and
-  one flush at the end of the iteration writes the joined batch, the same bytes object, to every
-  named client: one `transport.write` per client per iteration, however many messages;
-- a client that also has its own lines this iteration (a reply, a private message) gets a
-  private copy of the batch so far (it is "forked"), and later broadcasts are appended to it,
+- each broadcast is encoded once and appended to `_log`; a flush writes every named client the
+  lines it has not had yet, joined once per distinct position (one `transport.write` per client
+  per flush, however many messages);
+- a fan-out to more than `FANOUT_STEP` clients is written over several loop turns: input read in
+  between joins the fan-out for the clients it has not reached yet, so a line is not held behind
+  a whole fan-out of an earlier one (at 10,000 clients one fan-out takes ~100 ms);
+- a client that also has its own lines (a reply, a private message) gets a private list with
+  the broadcasts it has not had yet (it is "forked"), and later broadcasts are appended to it,
   so every client still sees its lines in order;
 - one slow reader costs only its own buffer: past `max_backlog` unsent bytes it gets
   `BYE too-slow` and is cut; past `max_buffered` in total the biggest backlogs go first.
@@ -70,6 +73,9 @@ log = logging.getLogger("chat.server")
 BACKLOG = 4096
 SLOW_CLOSE_GRACE = 5.0
 """Seconds a disconnected slow reader gets to read its BYE before the socket is cut."""
+# Clients written per fan-out step: a 1,000-client fan-out (~5-10 ms) stays one step; a larger
+# one lets the loop read new lines every ~10 ms (bench/README.md, "Flush policy").
+FANOUT_STEP = 1024
 RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
 """A stop says BYE to at least RESTART_BATCH clients at a time, in at most RESTART_BATCHES
@@ -98,6 +104,7 @@ class Client(asyncio.Protocol):
         "peer",
         "reason",
         "receiving",
+        "seen",
         "server",
         "transport",
     )
@@ -113,6 +120,7 @@ class Client(asyncio.Protocol):
         self.transport: asyncio.Transport
         self.out: list[bytes] | None = None  # this iteration's lines when forked
         self.receiving = False  # named: gets broadcasts
+        self.seen = 0  # position in the server's broadcast log up to which it has its lines
         self.close_after_flush = False
         self.allowance = 0  # extra backlog tolerated after a /since replay
         self.reason = ""
@@ -149,7 +157,14 @@ class ChatServer:
         self.unnamed: set[Client] = set()
         self.named: dict[str, Client] = {}  # lower-cased nickname -> client
         self.port = 0
-        self._batch: list[bytes] = []
+        self._log: list[bytes] = []  # broadcasts some named client has not had yet
+        self._base = 0  # the position of _log[0]; a position counts broadcasts since start
+        self._sweeping = False  # a fan-out is under way, to the clients of _sweep from _at on
+        self._sweep: list[Client] = []
+        self._at = 0
+        self._sweep_head = 0  # the log's head when that fan-out began
+        self._sweep_began = 0.0
+        self._sweep_buffered = 0  # bytes left in the buffers of the clients it wrote
         self._forked: list[Client] = []
         self._flush_scheduled = False
         self._flush_policy = FlushPolicy(settings.flush_delay)
@@ -238,7 +253,7 @@ class ChatServer:
                 if conn.state is not State.CLOSING:
                     conn.send(notice)
                 self.drop(client, "restarting", "", announce=False)
-            self._flush()
+            self._flush_all()
         self.history.close()
         if self.cluster is not None:
             await self.cluster.stop()  # sends the queued releases, closes Redis connections
@@ -369,7 +384,7 @@ class ChatServer:
         Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
         """
         assert not self.reading, "pause() first"
-        self._flush()  # commits the history, then hands every queued line to the transports
+        self._flush_all()  # commits the history, then hands every queued line to the transports
         self.frozen = True
         now = self._loop.time()
         items = []
@@ -418,7 +433,7 @@ class ChatServer:
         departed, self._departed = self._departed, []
         for client, exc in departed:
             self.lost(client, exc)
-        if self._batch or self._forked:
+        if self._log or self._forked:
             self._schedule_flush()
 
     def let_go(self) -> None:
@@ -431,7 +446,9 @@ class ChatServer:
         self.unnamed.clear()
         self.named.clear()
         self._per_address.clear()
-        self._batch.clear()
+        self._log.clear()
+        self._sweeping = False
+        self._sweep.clear()
         self._forked.clear()
         self._departed.clear()
         if self._housekeeping is not None:
@@ -528,7 +545,7 @@ class ChatServer:
         elif conn.state is State.NAMED:
             assert conn.nick is not None
             self.named[conn.nick.lower()] = client
-            client.receiving = True
+            self._receives(client)
         else:
             self.unnamed.add(client)
 
@@ -684,7 +701,7 @@ class ChatServer:
         if not client.receiving:
             self.unnamed.discard(client)
             self.named[key] = client
-            client.receiving = True
+            self._receives(client)
             self._broadcast(Joined(name).line())
             log.info("nick peer=%s nick=%s", client.peer, name)
         elif old is not None and old != name:
@@ -735,10 +752,12 @@ class ChatServer:
             self._send(client, data)
 
     def _send(self, client: Client, data: bytes) -> None:
-        """Queue lines for one client, behind the broadcasts it already received this tick."""
+        """Queue lines for one client, behind the broadcasts it has not had yet."""
         out = client.out
         if out is None:
-            out = client.out = self._batch.copy() if client.receiving else []
+            out = client.out = []
+            if client.receiving and client.seen != self._base + len(self._log):
+                out.append(b"".join(self._log[client.seen - self._base :]))
             self._forked.append(client)
         out.append(data)
         if not self._flush_scheduled:
@@ -746,13 +765,18 @@ class ChatServer:
 
     def _broadcast(self, data: bytes) -> None:
         """Queue one encoded line for every named client."""
-        self._batch.append(data)
+        self._log.append(data)
         for client in self._forked:
             out = client.out  # never None for a forked client
             if client.receiving and out is not None:
                 out.append(data)
         if not self._flush_scheduled:
             self._schedule_flush()
+
+    def _receives(self, client: Client) -> None:
+        """CLIENT is named: from now on it gets every broadcast (none from before)."""
+        client.receiving = True
+        client.seen = self._base + len(self._log)
 
     def _schedule_flush(self) -> None:
         """Flush at the end of this tick while fan-outs keep up, a little later when they do not.
@@ -770,34 +794,81 @@ class ChatServer:
             self._loop.call_later(delay, self._flush)
 
     def _flush(self) -> None:
-        """Write this iteration's output: one write per client."""
+        """Write queued output: one step of the fan-out, the next one after a loop turn."""
         self._flush_scheduled = False
         if self.frozen:
             return  # kept for `thaw`: the sessions as sent to the successor must stay true
+        self._step(FANOUT_STEP)
+        if self._sweeping:  # read what came meanwhile, then write on
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+        elif self._log and not self._flush_scheduled:
+            self._schedule_flush()  # lines came during the fan-out: the first clients lack them
+
+    def _flush_all(self) -> None:
+        """Write everything queued, now (before a handover's snapshot, when stopping)."""
+        self._step(None)
+        while self._log or self._forked:  # dropping a slow reader broadcasts its LEFT
+            self._step(None)
+
+    def _step(self, limit: int | None) -> None:
+        """Write up to LIMIT clients of the fan-out (all: None), then every forked client.
+
+        A fan-out begins with the named clients as they are; each gets the log from its own
+        position to the head, so a line that came since the fan-out began reaches the clients
+        it has not written yet in the same write, and the others in the next fan-out.
+        """
         began = time.perf_counter()
-        # Group commit: the batch is durable before any client sees an id from it.
+        # Group commit: the lines are durable before any client sees an id from them.
         self.history.commit()
-        limit = self.settings.max_backlog
+        log_, base = self._log, self._base
+        head = base + len(log_)
+        max_backlog = self.settings.max_backlog
         slow: list[Client] = []
-        total = 0
-        batch = self._batch
-        if batch:
-            self._batch = []
-            data = b"".join(batch)
-            for client in self.named.values():
-                if client.out is None:
-                    transport = client.transport
-                    transport.write(data)
-                    size = transport.get_write_buffer_size()
-                    if size:
-                        total += size
-                        if size > limit and size > limit + client.allowance:
-                            slow.append(client)
-                    elif client.allowance:
-                        client.allowance = 0
+        if not self._sweeping and log_:
+            self._sweeping = True
+            self._sweep = list(self.named.values())
+            self._at = 0
+            self._sweep_head = head
+            self._sweep_began = began
+            self._sweep_buffered = 0
+        if self._sweeping:
+            sweep = self._sweep
+            at = self._at
+            end = len(sweep) if limit is None else min(len(sweep), at + limit)
+            joined: dict[int, bytes] = {}  # a client's position -> the lines after it
+            buffered = 0
+            for client in sweep[at:end] if at or end < len(sweep) else sweep:
+                seen = client.seen
+                if seen == head or client.out is not None or not client.receiving:
+                    continue
+                data = joined.get(seen)
+                if data is None:
+                    data = joined[seen] = b"".join(log_[seen - base :])
+                client.seen = head
+                transport = client.transport
+                transport.write(data)
+                size = transport.get_write_buffer_size()
+                if size:
+                    buffered += size
+                    if size > max_backlog and size > max_backlog + client.allowance:
+                        slow.append(client)
+                elif client.allowance:
+                    client.allowance = 0
+            self._sweep_buffered += buffered
+            self._at = end
+            if end == len(sweep):  # every client has the lines up to where it began
+                self._sweeping = False
+                self._sweep = []
+                carried = head - base
+                del log_[: self._sweep_head - base]
+                self._base = self._sweep_head
+                self._flush_policy.flushed(self._sweep_began, time.perf_counter(), carried)
+        total = self._sweep_buffered
         forked, self._forked = self._forked, []
         for client in forked:
             out, client.out = client.out, None
+            client.seen = head  # its list got every broadcast since it forked
             transport = client.transport
             if transport.is_closing():
                 continue
@@ -809,11 +880,11 @@ class ChatServer:
                 continue
             size = transport.get_write_buffer_size()
             total += size
-            if size > limit and size > limit + client.allowance:
+            if size > max_backlog and size > max_backlog + client.allowance:
                 slow.append(client)
-        self._flush_policy.flushed(began, time.perf_counter(), len(batch))
         if total > self.settings.max_buffered:
             slow.extend(self._biggest_backlogs(total))
+            self._sweep_buffered = 0
         for client in slow:
             if not client.close_after_flush:
                 log.warning(
