@@ -118,7 +118,7 @@ class Client(asyncio.Protocol):
         self.held = False  # made by `ChatServer.hold`: `adopt` registers it, not `connected`
         self.held_socket: socket.socket | None = None  # held, on a loop without a transport yet
         self.transport: asyncio.Transport
-        self.out: list[bytes] | None = None  # this iteration's lines when forked
+        self.out: list[bytes] | None = None  # forked: its own lines, in order, until a flush
         self.receiving = False  # named: gets broadcasts
         self.seen = 0  # position in the server's broadcast log up to which it has its lines
         self.close_after_flush = False
@@ -157,7 +157,7 @@ class ChatServer:
         self.unnamed: set[Client] = set()
         self.named: dict[str, Client] = {}  # lower-cased nickname -> client
         self.port = 0
-        self._log: list[bytes] = []  # broadcasts some named client has not had yet
+        self._log: list[bytes] = []  # broadcasts since the last fan-out began: some lack them
         self._base = 0  # the position of _log[0]; a position counts broadcasts since start
         self._sweeping = False  # a fan-out is under way, to the clients of _sweep from _at on
         self._sweep: list[Client] = []
@@ -433,7 +433,7 @@ class ChatServer:
         departed, self._departed = self._departed, []
         for client, exc in departed:
             self.lost(client, exc)
-        if self._log or self._forked:
+        if (self._log or self._forked) and not self._flush_scheduled:
             self._schedule_flush()
 
     def let_go(self) -> None:
@@ -757,6 +757,7 @@ class ChatServer:
         if out is None:
             out = client.out = []
             if client.receiving and client.seen != self._base + len(self._log):
+                assert client.seen >= self._base, "a client's lines were trimmed from the log"
                 out.append(b"".join(self._log[client.seen - self._base :]))
             self._forked.append(client)
         out.append(data)
@@ -799,7 +800,7 @@ class ChatServer:
         if self.frozen:
             return  # kept for `thaw`: the sessions as sent to the successor must stay true
         self._step(FANOUT_STEP)
-        if self._sweeping:  # read what came meanwhile, then write on
+        if self._sweeping and not self._flush_scheduled:  # read what came, then write on
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
         elif self._log and not self._flush_scheduled:
@@ -838,7 +839,7 @@ class ChatServer:
             end = len(sweep) if limit is None else min(len(sweep), at + limit)
             joined: dict[int, bytes] = {}  # a client's position -> the lines after it
             buffered = 0
-            for client in sweep[at:end] if at or end < len(sweep) else sweep:
+            for client in sweep[at:end]:
                 seen = client.seen
                 if seen == head or client.out is not None or not client.receiving:
                     continue
@@ -865,6 +866,8 @@ class ChatServer:
                 self._base = self._sweep_head
                 self._flush_policy.flushed(self._sweep_began, time.perf_counter(), carried)
         total = self._sweep_buffered
+        if not self._sweeping:
+            self._sweep_buffered = 0
         forked, self._forked = self._forked, []
         for client in forked:
             out, client.out = client.out, None
@@ -882,6 +885,8 @@ class ChatServer:
             total += size
             if size > max_backlog and size > max_backlog + client.allowance:
                 slow.append(client)
+        if total > self.settings.max_buffered:
+            total = sum(c.transport.get_write_buffer_size() for c in self.clients)
         if total > self.settings.max_buffered:
             slow.extend(self._biggest_backlogs(total))
             self._sweep_buffered = 0

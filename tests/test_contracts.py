@@ -95,3 +95,15 @@ def test_the_image_label_names_the_handover_version_the_code_speaks() -> None:
     dockerfile = (REPO / "Dockerfile").read_text()
     labels = re.findall(r'^LABEL io\.pynet\.handover="(\d+)"$', dockerfile, re.MULTILINE)
     assert labels == [str(handover.VERSION)]
+
+
+def test_the_docs_give_the_fan_out_step_the_server_uses() -> None:
+    """bench/README.md and docs/design.md explain figures measured with this step size."""
+    from chat import server
+
+    step = f"{server.FANOUT_STEP:,}"
+    bench = (REPO / "bench" / "README.md").read_text()
+    assert re.findall(r"`FANOUT_STEP` \(([\d,]+)\)", bench) == [step]
+    assert re.findall(r"\*\*([\d,]+) \(chosen\)\*\*", bench) == [step]
+    design = (REPO / "docs" / "design.md").read_text()
+    assert re.findall(r"a fan-out to more than ([\d,]+) clients", design) == [step]

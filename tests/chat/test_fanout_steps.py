@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -22,21 +22,23 @@ MSG = re.compile(rb"^MSG (\d+) (\S+) (.*)$")
 
 
 class Recorder(asyncio.Transport):
-    """A transport that keeps what is written, a write at a time."""
+    """A transport that keeps what is written, a write at a time, with a buffer size the test
+    sets (a slow or draining reader)."""
 
     def __init__(self, port: int) -> None:
         super().__init__()
         self.writes: list[bytes] = []
+        self.size = 0
         self.closing = False
         self.port = port
         self.protocol: Client
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        assert not self.closing or not data, "written after close"
-        self.writes.append(bytes(data))
+        if not self.closing:  # as asyncio's: once the connection is lost, writes are dropped
+            self.writes.append(bytes(data))
 
     def get_write_buffer_size(self) -> int:
-        return 0
+        return self.size
 
     def is_closing(self) -> bool:
         return self.closing
@@ -63,14 +65,36 @@ class Recorder(asyncio.Transport):
 
 
 @pytest.fixture
-def small_step(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+def small_step(monkeypatch: pytest.MonkeyPatch) -> int:
     monkeypatch.setattr(server_module, "FANOUT_STEP", 2)
-    yield 2
+    return 2
 
 
-def new_server() -> ChatServer:
-    settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0)
+def new_server(**limits: Any) -> ChatServer:
+    settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0, **limits)
     return ChatServer(settings, History(1000, None))
+
+
+def count_steps(server: ChatServer) -> list[int | None]:
+    """Record the limit of every fan-out step the server takes from now on."""
+    steps: list[int | None] = []
+    step = server._step
+
+    def counted(limit: int | None) -> None:
+        steps.append(limit)
+        step(limit)
+
+    server._step = counted  # type: ignore[method-assign]
+    return steps
+
+
+def without_listener(server: ChatServer) -> None:
+    """`thaw` restarts the listener; these servers never had one."""
+
+    async def start(listener: object = None) -> None:
+        await asyncio.sleep(0)
+
+    server.start = start  # type: ignore[method-assign]
 
 
 def connect(server: ChatServer, nick: str | None, port: int) -> tuple[Client, Recorder]:
@@ -134,45 +158,11 @@ async def _test_a_client_named_during_a_fan_out_gets_only_what_follows(small_ste
     await turn(10)
     server.received(peers[0][0], b"before\n")
     await turn()  # mid fan-out
-    newcomer, transport = connect(server, "new", 2000)
+    _, transport = connect(server, "new", 2000)
     server.received(peers[0][0], b"after\n")
     await turn(6)
     texts = [m[3] for m in map(MSG.match, transport.lines()) if m]
     assert texts == [b"after"]
-
-
-async def _test_every_client_gets_every_line_once_in_order(small_step: int, seed: int) -> None:
-    """Random talk, joins, quits, private messages and loop turns: each client's MSG ids are
-    consecutive from the first it got to the last (nothing lost, nothing twice, in order)."""
-    rng = random.Random(seed)
-    server = new_server()
-    peers: list[tuple[Client, Recorder]] = []
-    names = iter(f"n{i}" for i in range(1000))
-    for _ in range(7):
-        peers.append(connect(server, next(names), 3000 + len(peers)))
-    for _ in range(300):
-        live = [p for p in peers if p[0] in server.clients and p[0].receiving]
-        action = rng.random()
-        if action < 0.5 and live:
-            server.received(rng.choice(live)[0], f"hello {rng.random()}\n".encode())
-        elif action < 0.6 and live:
-            sender, target = rng.choice(live)[0], rng.choice(live)[0]
-            server.received(sender, f"/msg {target.conn.nick} psst\n".encode())
-        elif action < 0.65:
-            peers.append(connect(server, next(names), 3000 + len(peers)))
-        elif action < 0.68 and len(live) > 2:
-            server.received(rng.choice(live)[0], b"/quit bye\n")
-        else:
-            await turn(rng.randint(1, 3))
-    await turn(30)
-    assert not server._log and not server._forked and not server._sweeping
-    last = server.history.last_id
-    assert last > 50
-    for client, transport in peers:
-        ids = [int(m[1]) for m in map(MSG.match, transport.lines()) if m]
-        assert ids == list(range(ids[0], ids[0] + len(ids))) if ids else True, client.conn.nick
-        if client in server.clients:
-            assert not ids or ids[-1] == last, "a client still connected has every line"
 
 
 def test_a_line_joins_the_fan_out_under_way(small_step: int) -> None:
@@ -187,6 +177,151 @@ def test_a_client_named_during_a_fan_out_gets_only_what_follows(small_step: int)
     asyncio.run(_test_a_client_named_during_a_fan_out_gets_only_what_follows(small_step))
 
 
-@pytest.mark.parametrize("seed", range(12))
-def test_every_client_gets_every_line_once_in_order(small_step: int, seed: int) -> None:
-    asyncio.run(_test_every_client_gets_every_line_once_in_order(small_step, seed))
+async def _test_drained_buffers_are_not_counted_again(small_step: int) -> None:
+    """The `max_buffered` bound counts what is buffered now: bytes a fan-out left in buffers
+    that have drained since must not add up to a cut (it once cut every client for 50 bytes)."""
+    server = new_server(max_buffered=1000, max_backlog=10**6)
+    peers = [connect(server, f"u{i}", 1000 + i) for i in range(6)]
+    await turn(10)
+    for _, transport in peers:
+        transport.size = 160  # 6 x 160 = 960 <= max_buffered: no cut is due
+    server.received(peers[0][0], b"one\n")
+    await turn(5)  # three steps of two clients
+    assert not server._sweeping
+    assert not [c.conn.nick for c, _ in peers if c.close_after_flush]
+    for _, transport in peers:
+        transport.size = 0  # every buffer drained
+    peers[1][1].size = 50  # 50 bytes in the whole server
+    server.received(peers[0][0], b"/msg u1 hi\n")
+    await turn(3)
+    cut = [c.conn.nick for c, _ in peers if c.close_after_flush]
+    assert cut == [], f"cut as too slow with 50 bytes buffered in all: {cut}"
+
+
+async def _test_a_cut_mid_fan_out_keeps_one_step_per_turn(small_step: int) -> None:
+    """Cutting a slow reader mid-fan-out schedules a flush (its BYE, its LEFT): the fan-out
+    still takes one step per loop turn, not one more per cut."""
+    server = new_server(max_backlog=100)
+    peers = [connect(server, f"u{i}", 1000 + i) for i in range(12)]
+    await turn(20)
+    for _, transport in peers:
+        transport.writes.clear()
+    steps = count_steps(server)
+    peers[1][1].size = 200  # u1 is slow: cut in the first step
+    server.received(peers[0][0], b"one\n")
+    await turn()  # first step: u0, u1
+    per_turn = []
+    for _ in range(4):
+        steps.clear()
+        await turn()
+        per_turn.append(len(steps))
+    assert per_turn == [1, 1, 1, 1], f"_step calls per loop turn: {per_turn}"
+
+
+async def _test_a_thaw_keeps_one_step_per_turn(small_step: int) -> None:
+    """A failed handover's thaw, with a client lost meanwhile (its LEFT schedules a flush),
+    goes on with one step per loop turn."""
+    server = new_server()
+    peers = [connect(server, f"u{i}", 1000 + i) for i in range(12)]
+    await turn(20)
+    server.reading = False
+    server.freeze()
+    server._departed.append((peers[0][0], None))
+    without_listener(server)
+    steps = count_steps(server)
+    await server.thaw(None)  # type: ignore[arg-type]
+    await turn()
+    steps.clear()
+    await turn()
+    assert len(steps) == 1, f"_step calls in one loop turn: {len(steps)}"
+
+
+def test_drained_buffers_are_not_counted_again(small_step: int) -> None:
+    asyncio.run(_test_drained_buffers_are_not_counted_again(small_step))
+
+
+def test_a_cut_mid_fan_out_keeps_one_step_per_turn(small_step: int) -> None:
+    asyncio.run(_test_a_cut_mid_fan_out_keeps_one_step_per_turn(small_step))
+
+
+def test_a_thaw_keeps_one_step_per_turn(small_step: int) -> None:
+    asyncio.run(_test_a_thaw_keeps_one_step_per_turn(small_step))
+
+
+async def _test_each_client_gets_exactly_its_lines_in_order(small_step: int, seed: int) -> None:
+    """Each client gets exactly the lines queued for it (broadcasts while it receives, its own
+    lines), in the order they were queued; a lost connection a prefix of them."""
+    rng = random.Random(seed)
+    server = new_server(max_backlog=1000, flush_delay=0.0)
+    expected: dict[Client, list[bytes]] = {}
+    broadcast, send = server._broadcast, server._send
+
+    def model_broadcast(data: bytes) -> None:
+        for c in server.clients:
+            if c.receiving:
+                expected.setdefault(c, []).extend(data.splitlines(keepends=True))
+        broadcast(data)
+
+    def model_send(client: Client, data: bytes) -> None:
+        expected.setdefault(client, []).extend(data.splitlines(keepends=True))
+        send(client, data)
+
+    server._broadcast = model_broadcast  # type: ignore[method-assign]
+    server._send = model_send  # type: ignore[method-assign]
+    peers: list[tuple[Client, Recorder]] = []
+    names = iter(f"n{i}" for i in range(10000))
+    lost: set[Client] = set()
+    for _ in range(9):
+        peers.append(connect(server, next(names), 3000 + len(peers)))
+    for _ in range(400):
+        live = [p for p in peers if p[0] in server.clients and p[0].receiving and not p[1].closing]
+        action = rng.random()
+        if action < 0.4 and live:
+            server.received(rng.choice(live)[0], f"hello {rng.random()}\n".encode())
+        elif action < 0.5 and live:
+            sender, target = rng.choice(live)[0], rng.choice(live)[0]
+            server.received(sender, f"/msg {target.conn.nick} psst\n".encode())
+        elif action < 0.55 and live:
+            server.received(rng.choice(live)[0], f"/nick {next(names)}\n".encode())
+        elif action < 0.58 and live:
+            server.received(rng.choice(live)[0], b"/ping x\n")
+        elif action < 0.63:
+            peers.append(connect(server, next(names), 3000 + len(peers)))
+        elif action < 0.65 and len(live) > 3:
+            server.received(rng.choice(live)[0], b"/quit bye\n")
+        elif action < 0.67 and len(live) > 3:
+            c, t = rng.choice(live)
+            lost.add(c)
+            t.close()  # the peer vanished: connection_lost next turn
+        elif action < 0.69 and len(live) > 3:
+            rng.choice(live)[1].size = 5000  # too slow: cut at its next write
+        elif action < 0.70 and not server._sweeping:
+            for _, t in peers:
+                t.size = 0
+            server.reading = False
+            server.freeze()
+            if live and rng.random() < 0.5:
+                c, t = rng.choice(live)
+                lost.add(c)
+                t.closing = True
+                server.lost(c, None)
+            without_listener(server)
+            await server.thaw(None)  # type: ignore[arg-type]
+        else:
+            await turn(rng.randint(1, 3))
+    await turn(60)
+    assert not server._log, "the log is emptied once every client has every line"
+    assert not server._forked
+    assert not server._sweeping
+    for client, transport in peers:
+        got = b"".join(transport.writes).splitlines(keepends=True)
+        want = expected.get(client, [])
+        if client in lost:
+            assert got == want[: len(got)], client.conn.nick
+        else:
+            assert got == want, (client.conn.nick, got[-5:], want[-5:])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_each_client_gets_exactly_its_lines_in_order(small_step: int, seed: int) -> None:
+    asyncio.run(_test_each_client_gets_exactly_its_lines_in_order(small_step, seed))
