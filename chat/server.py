@@ -74,7 +74,7 @@ BACKLOG = 4096
 SLOW_CLOSE_GRACE = 5.0
 """Seconds a disconnected slow reader gets to read its BYE before the socket is cut."""
 # Clients written per fan-out step: a 1,000-client fan-out (~5-10 ms) stays one step; a larger
-# one lets the loop read new lines every ~10 ms (bench/README.md, "Flush policy").
+# one lets the loop read new lines every ~10 ms (bench/README.md, "Fan-out steps").
 FANOUT_STEP = 1024
 RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
@@ -756,7 +756,7 @@ class ChatServer:
         out = client.out
         if out is None:
             out = client.out = []
-            if client.receiving and client.seen != self._base + len(self._log):
+            if client.receiving and client.seen != self._head:
                 assert client.seen >= self._base, "a client's lines were trimmed from the log"
                 out.append(b"".join(self._log[client.seen - self._base :]))
             self._forked.append(client)
@@ -774,10 +774,15 @@ class ChatServer:
         if not self._flush_scheduled:
             self._schedule_flush()
 
+    @property
+    def _head(self) -> int:
+        """The position after the last broadcast."""
+        return self._base + len(self._log)
+
     def _receives(self, client: Client) -> None:
         """CLIENT is named: from now on it gets every broadcast (none from before)."""
         client.receiving = True
-        client.seen = self._base + len(self._log)
+        client.seen = self._head
 
     def _schedule_flush(self) -> None:
         """Flush at the end of this tick while fan-outs keep up, a little later when they do not.
@@ -800,10 +805,12 @@ class ChatServer:
         if self.frozen:
             return  # kept for `thaw`: the sessions as sent to the successor must stay true
         self._step(FANOUT_STEP)
-        if self._sweeping and not self._flush_scheduled:  # read what came, then write on
+        if self._flush_scheduled:
+            return  # the step cut a slow reader, and that scheduled the next one
+        if self._sweeping:  # read what came, then write on
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-        elif self._log and not self._flush_scheduled:
+        elif self._log:
             self._schedule_flush()  # lines came during the fan-out: the first clients lack them
 
     def _flush_all(self) -> None:
@@ -822,8 +829,7 @@ class ChatServer:
         began = time.perf_counter()
         # Group commit: the lines are durable before any client sees an id from them.
         self.history.commit()
-        log_, base = self._log, self._base
-        head = base + len(log_)
+        log_, base, head = self._log, self._base, self._head
         max_backlog = self.settings.max_backlog
         slow: list[Client] = []
         if not self._sweeping and log_:
