@@ -34,12 +34,13 @@ import secrets
 import socket
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from chat.protocol import Message, PrivateMessage
+from chat.window import Window
 
 log = logging.getLogger("chat.backplane")
 
@@ -265,30 +266,6 @@ class _Op:
     future: asyncio.Future[Any] | None = None
 
 
-@dataclass(slots=True)
-class _Retained:
-    """The last `size` broadcasts as encoded MSG lines, for `/since`."""
-
-    size: int
-    lines: deque[bytes] = field(default_factory=deque)
-    last_id: int = 0
-
-    def add(self, msg_id: int, line: bytes) -> None:
-        if self.size:
-            # Ids from the stream increase; a gap (trimmed while away) restarts the window.
-            if self.lines and msg_id != self.last_id + 1:
-                self.lines.clear()
-            self.lines.append(line)
-            if len(self.lines) > self.size:
-                self.lines.popleft()
-        self.last_id = msg_id
-
-    def since(self, after: int) -> list[bytes]:
-        first = self.last_id - len(self.lines) + 1
-        start = max(after + 1, first) - first
-        return list(islice(self.lines, start, None)) if start < len(self.lines) else []
-
-
 Connect = Callable[[str, float], Any]
 """(url, socket_timeout) -> a `redis.asyncio.Redis`; tests pass fakeredis here."""
 
@@ -332,7 +309,7 @@ class RedisBackplane:
         self.max_queue = max_queue
         self._connect = connect or _connect
         self._check_version = check_version
-        self._retained = _Retained(history_size)
+        self._retained = Window(history_size)
         self._maxlen = str(max(2 * history_size, RETAIN))
         self._load_count = max(2 * history_size, 100)
         self._room = prefix + "room"

@@ -1,40 +1,28 @@
-"""The seam between one chat server and the shared conversation of a cluster.
+"""A cluster's room: the conversation shared with the other hosts through Redis.
 
-`Cluster` replaces the server's handlers for the events that span hosts (broadcast, /nick,
-/msg, /who, /since) and is the backplane's `Sink`: what Redis delivers goes out through the
-server's usual fan-out. The server itself only asks "is there a cluster?" when a client leaves
-and at start and stop; single-host mode never imports this module.
+`ClusterRoom` is a `chat.room.Room` whose rules are `chat.room.Conversation`'s, written once for
+one host and a cluster alike; only how a line, a nickname claim, a private message to another
+host and `/who` travel differs (through `chat.backplane`). It is also the backplane's `Sink`:
+what Redis delivers goes out through the server's usual fan-out. It talks to the server only
+through `chat.room.Hub`; single-host mode never imports this module.
 
 A command whose answer comes from Redis (/nick, /who, /msg to another host) holds that client's
-later lines until the answer is there, so every client still gets its replies in order.
+later lines until the answer is there (`Hub.answer_later`), so every client still gets its
+replies in order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
-from chat.backplane import Position, RedisBackplane, Unavailable
-from chat.protocol import (
-    Info,
-    Joined,
-    Left,
-    Nick,
-    NickChanged,
-    Private,
-    PrivateMessage,
-    Say,
-    Since,
-    State,
-    Who,
-    WhoList,
-)
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from chat.server import ChatServer, Client
+from chat.backplane import BackplaneError, Position, RedisBackplane, Unavailable
+from chat.connection import Peer
+from chat.protocol import Info, Left, WhoList
+from chat.room import Conversation, Hub
 
 log = logging.getLogger("chat.cluster")
 
@@ -43,24 +31,15 @@ LOST_NOTICE = "the cluster's message store is unreachable: messages are held, th
 BACK_NOTICE = "the cluster's message store is back"
 
 
-class Cluster:
-    """Binds a `ChatServer` to a `RedisBackplane` (see chat/backplane.py)."""
+class ClusterRoom(Conversation):
+    """A `Room` whose conversation is shared through a `RedisBackplane` (chat/backplane.py),
+    and the backplane's `Sink`: what Redis delivers goes out through the server's fan-out."""
 
-    def __init__(self, server: ChatServer, backplane: RedisBackplane) -> None:
-        self.server = server
+    def __init__(self, hub: Hub, backplane: RedisBackplane, log_messages: bool = False) -> None:
+        super().__init__(hub, log, log_messages)
         self.backplane = backplane
-        self._claiming: dict[str, Client] = {}  # lower-cased nick -> client awaiting Redis
+        self._claiming: dict[str, Peer] = {}  # lower-cased nick -> client awaiting Redis
         self._started = False
-        server._handlers.update(
-            {
-                Say: self._on_say,
-                Nick: self._on_nick,
-                Private: self._on_private,
-                Who: self._on_who,
-                Since: self._on_since,
-            }
-        )
-        server.cluster = self
 
     @property
     def last_id(self) -> int:
@@ -75,17 +54,27 @@ class Cluster:
             await self.backplane.start(self, resume_from, inherit)
             self._started = True
 
-    async def stop(self) -> None:
+    # ---- the Room ----------------------------------------------------------------------------
+
+    async def close(self) -> None:
         await self.backplane.stop()
+
+    def pause(self) -> None:
+        self.backplane.hold()  # the successor reads on from here
+
+    def resume(self) -> None:
+        self.backplane.resume()
 
     def adopted(self) -> None:
         """The predecessor's connections are registered: hold their nicknames (whoever holds
         them now: the predecessor) and deliver what they have not seen yet."""
-        for client in self.server.named.values():
-            nick = client.conn.nick if client.conn else None
-            if nick is not None:
-                self.backplane.adopt(nick)
+        for nick in self.nicks_held():
+            self.backplane.adopt(nick)
         self.backplane.resume()
+
+    def handover_state(self) -> tuple[int, dict[str, Any] | None]:
+        # Its clients saw up to the backplane's id, not the file's.
+        return self.backplane.last_id, dataclasses.asdict(self.backplane.position())
 
     def left(self, nick: str, reason: str, announce: bool) -> None:
         """A named client is gone: free its nickname, tell every host."""
@@ -93,126 +82,71 @@ class Cluster:
         if announce:
             self.backplane.line(Left(nick, reason).line())
 
-    # ---- events ---------------------------------------------------------------------------
+    # ---- how the conversation's rules travel ------------------------------------------------
 
-    def _on_say(self, client: Client, event: Say) -> None:
-        conn = client.conn
-        assert conn.nick is not None
-        if not self.backplane.say(conn.nick, event.text):
-            conn.refuse("unavailable", UNAVAILABLE)
-            self.server._pump(client)
+    def say(self, peer: Peer, nick: str, text: str) -> None:
+        if not self.backplane.say(nick, text):
+            peer.conn.refuse("unavailable", UNAVAILABLE)
+            self.hub.reply(peer)
 
-    def _on_since(self, client: Client, event: Since) -> None:
-        lines = self.backplane.since(event.after)
-        if lines:
-            data = b"".join(lines)
-            client.allowance = len(data)  # a replay may exceed the backlog limit once
-            self.server._send(client, data)
+    def publish(self, line: bytes) -> None:
+        self.backplane.line(line)
 
-    def _on_who(self, client: Client, event: Who) -> None:
-        self._wait(client, self.backplane.who(), self._who_done)
+    def replay(self, after: int) -> list[bytes]:
+        return self.backplane.since(after)
 
-    def _who_done(self, client: Client, result: Any) -> None:
-        conn = client.conn
+    def who(self, peer: Peer) -> None:
+        self._later(peer, self.backplane.who(), self._who_done)
+
+    def _who_done(self, peer: Peer, result: Any) -> None:
+        conn = peer.conn
         if isinstance(result, Unavailable):
             conn.refuse("unavailable", UNAVAILABLE)
         else:
             conn.send(WhoList(tuple(result)))
 
-    def _on_private(self, client: Client, event: Private) -> None:
-        conn = client.conn
-        assert conn.nick is not None
-        target = self.server.named.get(event.to.lower())
-        if target is not None:  # on this host: no round trip
-            self.server._send(target, PrivateMessage(conn.nick, event.text).line())
-            return
-        self._wait(client, self.backplane.private(conn.nick, event.to, event.text), self._priv_done)
+    def private_elsewhere(self, peer: Peer, nick: str, to: str, text: str) -> None:
+        self._later(peer, self.backplane.private(nick, to, text), self._priv_done)
 
-    def _priv_done(self, client: Client, result: Any) -> None:
-        conn = client.conn
+    def _priv_done(self, peer: Peer, result: Any) -> None:
+        conn = peer.conn
         if isinstance(result, Unavailable):
             conn.refuse("unavailable", UNAVAILABLE)
         elif result is not True:
             conn.refuse("no-such-nick", "no such nickname")
 
-    def _on_nick(self, client: Client, event: Nick) -> None:
-        conn = client.conn
-        name, key = event.name, event.name.lower()
-        holder = self.server.named.get(key) or self._claiming.get(key)
-        if holder is not None and holder is not client:
-            conn.refuse("nick-taken", "that nickname is in use")
-            self.server._pump(client)
-            return
-        old = conn.nick
-        if old == name:
-            conn.accept_nick(name)
-            self.server._pump(client)
-            return
-        self._claiming[key] = client
+    def holder(self, key: str) -> Peer | None:
+        return self.hub.registry.named.get(key) or self._claiming.get(key)
+
+    def claim(self, peer: Peer, name: str, old: str | None) -> None:
+        self._claiming[name.lower()] = peer
         future = self.backplane.claim(name, old)
-        self._wait(client, future, lambda c, result: self._nick_done(c, name, old, result))
+        self._later(peer, future, lambda p, result: self._nick_done(p, name, old, result))
 
-    def _nick_done(self, client: Client, name: str, old: str | None, result: Any) -> None:
-        server = self.server
-        conn = client.conn
-        key = name.lower()
-        self._claiming.pop(key, None)
+    def _nick_done(self, peer: Peer, name: str, old: str | None, result: Any) -> None:
+        self._claiming.pop(name.lower(), None)
         if isinstance(result, Unavailable):
-            conn.refuse("unavailable", UNAVAILABLE)
-            return
-        if result is not True:
-            conn.refuse("nick-taken", "that nickname is in use")
-            return
-        conn.accept_nick(name)
-        server._pump(client)
-        if not client.receiving:
-            server.unnamed.discard(client)
-            server.named[key] = client
-            server._receives(client)
-            self.backplane.line(Joined(name).line())
-            log.info("nick peer=%s nick=%s", client.peer, name)
-        elif old is not None:
-            server.named.pop(old.lower(), None)
-            server.named[key] = client
-            if old != name:
-                self.backplane.line(NickChanged(old, name).line())
-            log.info("nick peer=%s old=%s nick=%s", client.peer, old, name)
+            peer.conn.refuse("unavailable", UNAVAILABLE)
+        elif result is not True:
+            peer.conn.refuse("nick-taken", "that nickname is in use")
+        else:
+            self.named(peer, name, old)
 
-    def _wait(
-        self,
-        client: Client,
-        future: asyncio.Future[Any],
-        done: Callable[[Client, Any], None],
+    def _later(
+        self, peer: Peer, future: asyncio.Future[Any], done: Callable[[Peer, Any], None]
     ) -> None:
-        """Hold this client's later lines until FUTURE is done, then answer and go on."""
-        server = self.server
-        server.waiting.add(client)
-        client.transport.pause_reading()
+        """Answer PEER with DONE once Redis answered FUTURE (an `Unavailable` is an answer)."""
+        self.hub.answer_later(
+            peer,
+            future,
+            lambda p, f: done(p, _outcome(f)),
+            lambda p, f: self._abandon_claim(p, _outcome(f)),
+        )
 
-        def finish(future: asyncio.Future[Any]) -> None:
-            server.waiting.discard(client)
-            exc = future.exception()
-            result: Any = exc if isinstance(exc, Unavailable) else future.result()
-            gone = (
-                client not in server.clients
-                or client.close_after_flush
-                or client.conn.state is State.CLOSING
-            )
-            if gone:  # a claim that succeeded for a client that left meanwhile: give it back
-                self._abandon_claim(client, result)
-                return
-            done(client, result)
-            server._pump(client)
-            # Paused for a handover: reading resumes with the rest (`thaw`), or in the successor.
-            if server.reading and not client.transport.is_closing():
-                client.transport.resume_reading()
-            server.received(client, b"")  # the lines that arrived meanwhile
-
-        future.add_done_callback(finish)
-
-    def _abandon_claim(self, client: Client, result: Any) -> None:
+    def _abandon_claim(self, peer: Peer, result: Any) -> None:
+        """PEER left while Redis answered: a claim that succeeded for it is given back."""
         for key, holder in list(self._claiming.items()):
-            if holder is client:
+            if holder is peer:
                 del self._claiming[key]
                 if result is True:
                     self.backplane.release(key)
@@ -220,53 +154,59 @@ class Cluster:
     # ---- the backplane's Sink -------------------------------------------------------------
 
     def deliver(self, lines: list[bytes]) -> None:
-        broadcast = self.server._broadcast
+        broadcast = self.hub.broadcast
         last = 0
         for line in lines:
             broadcast(line)
             if line.startswith(b"MSG "):
                 last = int(line[4 : line.index(b" ", 4)])
         if last:
-            # The id a handover hands on (chat/takeover.py sends history.last_id): the successor
-            # delivers from there.
-            self.server.history.last_id = last
+            # The id a handover hands on (`handover_state`) and the stop line log.
+            self.hub.history.last_id = last
 
     def deliver_private(self, to: str, line: bytes) -> None:
-        target = self.server.named.get(to)
+        target = self.hub.registry.named.get(to)
         if target is not None:
-            self.server._send(target, line)
+            self.hub.send(target, line)
 
     def status(self, available: bool) -> None:
-        self.server._broadcast(Info(BACK_NOTICE if available else LOST_NOTICE).line())
+        self.hub.broadcast(Info(BACK_NOTICE if available else LOST_NOTICE).line())
 
     def nicks_lost(self, nicks: list[str]) -> None:
-        if self.server.frozen:
+        if self.hub.frozen:
             return  # the sessions are the successor's now; its own renewal will tell it
         for nick in nicks:
-            client = self.server.named.get(nick.lower())
-            if client is not None:
-                log.warning("nick-lost peer=%s nick=%s", client.peer, nick)
-                self.server.drop(client, "nick-lost", "nick-lost")
+            peer = self.hub.registry.named.get(nick.lower())
+            if peer is not None:
+                log.warning("nick-lost peer=%s nick=%s", peer.peer, nick)
+                self.hub.drop(peer, "nick-lost", "nick-lost")
 
     def nicks_held(self) -> list[str]:
-        return [c.conn.nick for c in self.server.named.values() if c.conn and c.conn.nick]
+        return self.hub.registry.nicks()
+
+
+def _outcome(future: asyncio.Future[Any]) -> Any:
+    """What Redis answered: the result, or `Unavailable` (any other failure raises)."""
+    exc = future.exception()
+    return exc if isinstance(exc, Unavailable) else future.result()
 
 
 async def join(
-    server: ChatServer, resume_from: int | None = None, inherit: Position | None = None
-) -> Cluster:
-    """Connect SERVER to the backplane its settings name. Raises BackplaneError (one line)."""
-    from chat.backplane import BackplaneError
-
-    url = server.settings.backplane
-    assert url is not None
+    hub: Hub,
+    url: str,
+    history_size: int,
+    log_messages: bool = False,
+    resume_from: int | None = None,
+    inherit: Position | None = None,
+) -> ClusterRoom:
+    """The room of the cluster whose Redis URL names. Raises BackplaneError (one line)."""
     try:
         import redis.asyncio  # noqa: F401 - checked here for a clear error
     except ImportError:
         raise BackplaneError(
             "--backplane needs the redis package: pip install 'pynet[cluster]'"
         ) from None
-    cluster = Cluster(server, RedisBackplane(url, history_size=server.settings.history_size))
-    await cluster.start(resume_from, inherit)
-    log.info("cluster %s", cluster.describe())
-    return cluster
+    room = ClusterRoom(hub, RedisBackplane(url, history_size=history_size), log_messages)
+    await room.start(resume_from, inherit)
+    log.info("cluster %s", room.describe())
+    return room

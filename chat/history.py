@@ -18,11 +18,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections import deque
-from itertools import islice
 from pathlib import Path
 
 from chat.protocol import Message
+from chat.window import Window
 
 log = logging.getLogger("chat.history")
 
@@ -48,13 +47,21 @@ class History:
     def __init__(self, size: int, path: str | None = None) -> None:
         self.size = size
         self.path = path
-        self.last_id = 0
-        self._lines: deque[bytes] = deque(maxlen=size)
+        self._window = Window(size)
         self._store = _SqliteStore(path, size) if path else None
         self._pending: list[Row] = []
         if self._store:
-            self.last_id, rows = self._store.load()
-            self._lines.extend(Message(i, name, text).line() for i, name, text, _ in rows)
+            last_id, rows = self._store.load()
+            self._window.reset(last_id, [Message(i, n, t).line() for i, n, t, _ in rows])
+
+    @property
+    def last_id(self) -> int:
+        """The id of the newest broadcast (in a cluster: the newest one delivered here)."""
+        return self._window.last_id
+
+    @last_id.setter
+    def last_id(self, value: int) -> None:
+        self._window.last_id = value
 
     def describe(self) -> str:
         where = f"sqlite:{self.path}" if self.path else "memory"
@@ -65,18 +72,17 @@ class History:
 
         The line must not reach a client before the next `commit()`.
         """
-        self.last_id += 1
-        line = Message(self.last_id, name, text).line()
-        self._lines.append(line)
+        window = self._window
+        msg_id = window.last_id + 1
+        line = Message(msg_id, name, text).line()
+        window.add(msg_id, line)
         if self._store:
-            self._pending.append((self.last_id, name, text, time.time()))
+            self._pending.append((msg_id, name, text, time.time()))
         return line
 
     def since(self, after: int) -> list[bytes]:
         """Retained `MSG` lines whose id is greater than `after`, oldest first."""
-        first = self.last_id - len(self._lines) + 1
-        start = max(after + 1, first) - first
-        return list(islice(self._lines, start, None)) if start < len(self._lines) else []
+        return self._window.since(after)
 
     def adopt(self, last_id: int, lines: list[bytes]) -> None:
         """Continue where a predecessor left off (a handover): its ids and retained lines.
@@ -85,9 +91,7 @@ class History:
         it is the only way `/since` and the ids survive the switch.
         """
         if last_id > self.last_id:
-            self.last_id = last_id
-            self._lines.clear()
-            self._lines.extend(lines[-self.size :] if self.size else [])
+            self._window.reset(last_id, lines)
 
     @property
     def uncommitted(self) -> int:
@@ -113,10 +117,11 @@ class History:
         return True
 
     def close(self) -> None:
-        """Commit whatever is pending and close the database."""
+        """Commit whatever is pending and close the database (once: closing again does nothing)."""
         if self._store:
             self.commit()
             self._store.close()
+            self._store = None
 
 
 class _SqliteStore:

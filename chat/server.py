@@ -1,32 +1,25 @@
-"""The chat server: an asyncio adapter around `chat.protocol`.
+"""The chat server: the asyncio adapter around the rooms of `chat/`, and the process's wiring.
 
-It accepts connections, keeps the registry of named clients, fans broadcasts out, enforces
-the limits, and shuts down gracefully. Everything about parsing and replies is in the protocol;
-this module only moves bytes.
+`ChatServer` connects the parts and implements the three seams they talk through:
+`chat.connection.Owner` (what a connection tells it), `chat.room.Hub` (what a room may ask of
+it) and `chat.takeover.Giver` (what a handover asks of the serving release). The parts, each
+testable without sockets or processes (docs/design.md, "Layers"):
+- `chat.registry`: who is connected, nicknames, connections per address, timeouts due;
+- `chat.fanout`: the broadcast log, stepped writes, flush timing, slow-reader cuts;
+- `chat.connection`: one connection and its session as a handover carries it;
+- `chat.room` / `chat.cluster`: the conversation's rules, for one host or a cluster;
+- `chat.listener`: the listening socket, its accepts in flight, handing it on;
+- `chat.takeover`: taking over from the serving release, giving the service to the next.
 
-How fan-out stays cheap (the benchmark drives 1,000 clients):
-- each broadcast is encoded once and appended to `_log`; a flush writes every named client the
-  lines it has not had yet, joined once per distinct position (one `transport.write` per client
-  per flush, however many messages);
-- a fan-out to more than `FANOUT_STEP` clients is written over several loop turns: input read in
-  between joins the fan-out for the clients it has not reached yet, so a line is not held behind
-  a whole fan-out of an earlier one (at 10,000 clients one fan-out takes ~100 ms);
-- a client that also has its own lines (a reply, a private message) gets a private list with
-  the broadcasts it has not had yet (it is "forked"), and later broadcasts are appended to it,
-  so every client still sees its lines in order;
-- one slow reader costs only its own buffer: past `max_backlog` unsent bytes it gets
-  `BYE too-slow` and is cut; past `max_buffered` in total the biggest backlogs go first.
-- idle connections hold no task and no timer: one housekeeping callback per second checks
-  nickname timeouts;
-- durable ids: each flush first commits the batch's history rows in one SQLite transaction
-  (`History.commit`), so no client ever sees an id that a crash could hand out again.
+What stays here: admission (server-full, per-address cap), the release's lifecycle (`Phase`),
+the timers, input dispatch, graceful stop, and `serve()`: take over or start fresh, run until a
+signal or a successor, exit with the status the unit expects.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
+import enum
 import json
 import logging
 import os
@@ -36,46 +29,22 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from chat import __version__, config, keepalive
 from chat.config import Settings
-from chat.flush_policy import FlushPolicy
+from chat.connection import Peer, hold_socket, unhold
+from chat.fanout import Fanout
 from chat.handover import HandoverError, Session
 from chat.history import History, HistoryError
-from chat.protocol import (
-    Bye,
-    Error,
-    Hello,
-    Info,
-    Joined,
-    Left,
-    Nick,
-    NickChanged,
-    Private,
-    PrivateMessage,
-    Quit,
-    Refused,
-    Say,
-    ServerConnection,
-    Since,
-    State,
-    Who,
-    WhoList,
-)
-from chat.takeover import BUSY, HandoverPoint, Inheritance, take, take_unsent
-
-if TYPE_CHECKING:
-    from chat.cluster import Cluster
+from chat.listener import Listener
+from chat.protocol import Bye, Error, Hello, Info, ServerConnection, State
+from chat.registry import Registry, address_key
+from chat.room import Done, LocalRoom, Room
+from chat.takeover import BUSY, HandoverPoint, Inheritance, take
 
 log = logging.getLogger("chat.server")
 
-BACKLOG = 4096
-SLOW_CLOSE_GRACE = 5.0
-"""Seconds a disconnected slow reader gets to read its BYE before the socket is cut."""
-# Clients written per fan-out step: a 1,000-client fan-out (~5-10 ms) stays one step; a larger
-# one lets the loop read new lines every ~10 ms (bench/README.md, "Fan-out steps").
-FANOUT_STEP = 1024
 RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
 """A stop says BYE to at least RESTART_BATCH clients at a time, in at most RESTART_BATCHES
@@ -86,117 +55,78 @@ HANDED_OVER_EXIT = 99
 (`RestartPreventExitStatus=` in the chat role's unit)."""
 
 
-class Client(asyncio.Protocol):
-    """One TCP connection. Small on purpose: 10,000 idle ones must fit in ~100 MB."""
+class Phase(enum.Enum):
+    """The release's lifecycle, as `chat.protocol.State` is a session's.
 
-    __slots__ = (
-        "address",
-        "adopted",
-        "allowance",
-        "close_after_flush",
-        "conn",
-        "connected_at",
-        "held",
-        "held_socket",
-        "last_seen",
-        "out",
-        "partial_since",
-        "peer",
-        "reason",
-        "receiving",
-        "seen",
-        "server",
-        "transport",
-    )
+    serving -> paused (a handover stopped reading) -> frozen (sessions described; nothing
+    written) -> handed over (the successor took them) or back to serving (`thaw`);
+    serving -> stopping (a signal: BYE to everyone).
+    """
 
-    def __init__(self, server: ChatServer) -> None:
-        self.server = server
-        # Its protocol state, from the first byte: a refused connection has one too but is never
-        # registered (`ChatServer.clients` is the one truth of who is served here).
-        self.conn = server.new_connection()
-        self.adopted: Session | None = None  # set while taking over from a predecessor
-        self.held = False  # made by `ChatServer.hold`: `adopt` registers it, not `connected`
-        self.held_socket: socket.socket | None = None  # held, on a loop without a transport yet
-        self.transport: asyncio.Transport
-        self.out: list[bytes] | None = None  # forked: its own lines, in order, until a flush
-        self.receiving = False  # named: gets broadcasts
-        self.seen = 0  # position in the server's broadcast log up to which it has its lines
-        self.close_after_flush = False
-        self.allowance = 0  # extra backlog tolerated after a /since replay
-        self.reason = ""
-        self.connected_at = 0.0
-        self.peer = "?"
-        self.address = ""  # what the per-address cap counts (address_key of the peer)
-        self.last_seen = 0.0  # loop time of the last bytes received
-        self.partial_since = 0.0  # loop time the unfinished line began; 0.0: none
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        if not self.held:
-            self.server.connected(self)
-
-    def data_received(self, data: bytes) -> None:
-        self.server.received(self, data)
-
-    def eof_received(self) -> bool:
-        self.server.drop(self, "eof", "connection closed")
-        return True  # we close it ourselves once the replies are written
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.server.lost(self, exc)
+    SERVING = "serving"
+    PAUSED = "paused"
+    FROZEN = "frozen"
+    HANDED_OVER = "handed over"
+    STOPPING = "stopping"
 
 
 class ChatServer:
-    """Registry, fan-out, limits and shutdown for one listening socket."""
+    """One release serving one listening socket: the seams' implementation and the wiring."""
 
     def __init__(self, settings: Settings, history: History) -> None:
         self.settings = settings
         self.history = history
-        self.clients: set[Client] = set()
-        self.unnamed: set[Client] = set()
-        self.named: dict[str, Client] = {}  # lower-cased nickname -> client
-        self.port = 0
-        self._log: list[bytes] = []  # broadcasts since the last fan-out began: some lack them
-        self._base = 0  # the position of _log[0]; a position counts broadcasts since start
-        self._sweeping = False  # a fan-out is under way, to the clients of _sweep from _at on
-        self._sweep: list[Client] = []
-        self._at = 0
-        self._sweep_head = 0  # the log's head when that fan-out began
-        self._sweep_began = 0.0
-        self._sweep_buffered = 0  # bytes left in the buffers of the clients it wrote
-        self._forked: list[Client] = []
-        self._flush_scheduled = False
-        self._flush_policy = FlushPolicy(settings.flush_delay)
-        self._stopping = False
-        self._all_gone = asyncio.Event()
         self.release = settings.release
-        self.handed_over = asyncio.Event()  # set once a successor took every connection
-        self._handover_point: HandoverPoint | None = None
-        self._taken: dict[Client, bytes] = {}  # output taken back from transports by freeze
-        self.reading = True  # False while a handover is under way: new connections wait too
+        self.phase = Phase.SERVING
+        self.port = 0
         self._loop = asyncio.get_running_loop()
-        self._server: asyncio.Server | None = None
+        self.registry: Registry[Peer] = Registry()
+        self.clients = self.registry.clients  # the one truth of who is served here
+        self.fanout: Fanout[Peer] = Fanout(
+            self._loop,
+            settings.flush_delay,
+            settings.max_backlog,
+            settings.max_buffered,
+            receivers=self.registry.named.values,
+            everyone=lambda: self.clients,
+            commit=history.commit,
+            cut=self._too_slow,
+        )
+        # Bound once: the rooms call these for every line.
+        self.send = self.fanout.send
+        self.broadcast = self.fanout.broadcast
+        self.receives = self.fanout.receives
+        self.room: Room = LocalRoom(self, log, settings.log_messages)
+        self.listener: Listener[Peer] = Listener(self._loop, self._new_peer)
+        self.handed_over = asyncio.Event()  # set once a successor took every connection
+        self._all_gone = asyncio.Event()
+        self._handover_point: HandoverPoint | None = None
+        self._taken: dict[Peer, bytes] = {}  # output taken back from transports by freeze
+        self._departed: list[tuple[Peer, Exception | None]] = []  # lost while frozen
         self._housekeeping: asyncio.TimerHandle | None = None
-        self._per_address: dict[str, int] = {}  # connections held per address_key
-        self._unborn: set[Client] = set()  # accepted; their transport has not connected yet
-        self.frozen = False  # between a handover's freeze and its commit (or thaw): write nothing
-        self._departed: list[tuple[Client, Exception | None]] = []  # lost while frozen
-        self.cluster: Cluster | None = None  # the shared conversation (chat/cluster.py)
-        self.waiting: set[Client] = set()  # their next lines wait for an answer from Redis
+        self.waiting: set[Peer] = set()  # their next lines wait for an answer (`answer_later`)
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
-        self._handlers: dict[type, Callable[[Client, Any], None]] = {
-            Say: self._on_say,
-            Nick: self._on_nick,
-            Private: self._on_private,
-            Who: self._on_who,
-            Since: self._on_since,
-            Quit: self._on_quit,
-            Refused: self._on_refused,
-        }
 
     # ---- lifecycle ------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self.phase in (Phase.STOPPING, Phase.HANDED_OVER)
+
+    @property
+    def reading(self) -> bool:
+        """False while a handover is under way: new connections wait too."""
+        return self.phase is Phase.SERVING or self.phase is Phase.STOPPING
+
+    @property
+    def frozen(self) -> bool:
+        """Between a handover's freeze and its commit (or thaw): write nothing."""
+        return self.phase is Phase.FROZEN
+
+    @property
+    def last_id(self) -> int:
+        return self.history.last_id
 
     async def start(self, listener: socket.socket | None = None) -> None:
         """Serve on LISTENER (handed over by a predecessor) or on a new socket.
@@ -207,26 +137,15 @@ class ChatServer:
         connect is refused (with `net.ipv4.tcp_migrate_req=1` not even those in its queue).
         """
         s = self.settings
-        if listener is None:
-            self._server = await self._loop.create_server(
-                self._accepted,
-                s.host,
-                s.port,
-                backlog=BACKLOG,
-                reuse_port=bool(s.handover_socket),
-            )
-        else:
-            self._server = await self._loop.create_server(
-                self._accepted, sock=listener, backlog=BACKLOG
-            )
-        sockname = self._server.sockets[0].getsockname()
-        self.port = sockname[1]
+        self.port = await self.listener.open(
+            s.host, s.port, reuse_port=bool(s.handover_socket), sock=listener
+        )
         self._housekeep()
         log.info(
             "start version=%s release=%s listen=%s:%d loop=%s history=%s %s",
             __version__,
             self.release,
-            sockname[0],
+            self.listener.sockname[0],
             self.port,
             type(self._loop).__module__.split(".")[0],
             self.history.describe().replace(" ", ","),
@@ -236,9 +155,8 @@ class ChatServer:
     async def stop(self) -> None:
         """Stop accepting, say INFO + BYE restarting to everyone, flush history, close."""
         deadline = self._loop.time() + self.settings.stop_timeout * 0.8  # room to exit
-        self._stopping = True
-        if self._server is not None:
-            self._server.close()
+        self.phase = Phase.STOPPING
+        self.listener.close()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
         notice = Info(RESTART_NOTICE)
@@ -253,10 +171,9 @@ class ChatServer:
                 if conn.state is not State.CLOSING:
                     conn.send(notice)
                 self.drop(client, "restarting", "", announce=False)
-            self._flush_all()
+            self.fanout.flush_all()
         self.history.close()
-        if self.cluster is not None:
-            await self.cluster.stop()  # sends the queued releases, closes Redis connections
+        await self.room.close()  # a cluster sends the queued releases, closes Redis
         if self.clients:
             try:
                 await asyncio.wait_for(
@@ -269,38 +186,24 @@ class ChatServer:
                 await asyncio.sleep(0)
 
     def _housekeep(self) -> None:
-        """Once a period: drop connections that never chose a nickname."""
-        now = self._loop.time()
+        """Once a period: drop connections past a timeout (nickname, unfinished line, idle)."""
         s = self.settings
-        limit = now - s.nick_timeout
-        for client in [c for c in self.unnamed if c.connected_at <= limit]:
-            self.drop(client, "nick-timeout", "")
-        self._cut_stalled(now)
+        for peer, reason, left in self.registry.overdue(
+            self._loop.time(), s.nick_timeout, s.line_timeout, s.idle_timeout
+        ):
+            self.drop(peer, reason, left)
         timeouts = (s.nick_timeout, s.line_timeout, s.idle_timeout)
         period = min(1.0, *(t / 4 for t in timeouts if t))
         self._housekeeping = self._loop.call_later(period, self._housekeep)
-
-    def _cut_stalled(self, now: float) -> None:
-        """Close connections stuck in the middle of a line, and idle ones if configured."""
-        line_timeout, idle_timeout = self.settings.line_timeout, self.settings.idle_timeout
-        if line_timeout:
-            limit = now - line_timeout
-            for client in [c for c in self.clients if 0.0 < c.partial_since <= limit]:
-                self.drop(client, "line-timeout", "line-timeout")
-        if idle_timeout:
-            limit = now - idle_timeout
-            for client in [c for c in self.named.values() if c.last_seen <= limit]:
-                self.drop(client, "idle-timeout", "idle-timeout")
 
     def new_connection(self) -> ServerConnection:
         s = self.settings
         return ServerConnection(max_line=s.max_line, rate=s.rate, burst=s.rate_burst)
 
-    # ---- handover (chat.takeover drives these) ----------------------------------------------
+    def _new_peer(self) -> Peer:
+        return Peer(self)
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping
+    # ---- giving the service to a successor (chat.takeover.Giver) ---------------------------
 
     def open_handover_point(self, path: str) -> None:
         """Listen for a successor on PATH (the next release's takeover request)."""
@@ -312,53 +215,26 @@ class ChatServer:
             self._handover_point.close()
             self._handover_point = None
 
-    def _accepted(self) -> Client:
-        """asyncio's protocol factory: called as soon as a connection is accepted, a loop turn
-        or more before the transport calls `connection_made` (and `connected`)."""
-        client = Client(self)
-        self._unborn.add(client)
-        return client
+    def socket_of(self, client: Peer) -> socket.socket | None:
+        sock: socket.socket | None = client.transport.get_extra_info("socket")
+        return sock
 
     def pause_accepting(self) -> None:
-        """Accept nothing more (connects wait in the listener's queue), but keep the server
-        open: the tasks building transports for connections accepted in this very turn need
-        it (closed, they fail and the connection is dropped without a greeting)."""
-        assert self._server is not None
-        self._loop.remove_reader(self._server.sockets[0].fileno())
+        self.listener.pause()
 
     async def accepted_all(self, limit: float) -> None:
-        """Wait (up to LIMIT seconds) until every connection accepted before
-        `pause_accepting` is a registered client, so that none is left out of a handover.
-
-        Tracked, not guessed: a fixed settle time was too short when the loop's turns were long
-        (a big fan-out). One turn first: the tasks of the last accepts call the factory
-        (`_accepted`) in the next turn. Connections whose transport never came (it failed) are
-        forgotten after LIMIT, so they cannot hold up a later handover too.
-        """
-        await asyncio.sleep(0)
-        if not await self._until(lambda: not self._unborn, limit):
-            log.warning("handover %d accepted connections never connected", len(self._unborn))
-            self._unborn.clear()
+        await self.listener.settled(limit)
 
     async def answers_settled(self, limit: float) -> bool:
         """Wait (up to LIMIT seconds, after `pause`) until no client waits for an answer from
         Redis (chat/cluster.py): such an answer changes the session (a nickname, a reply)."""
-        return await self._until(lambda: not self.waiting, limit)
-
-    async def _until(self, done: Callable[[], bool], limit: float) -> bool:
-        """Let the loop run until DONE() or LIMIT seconds passed; whether it is done."""
         deadline = self._loop.time() + limit
-        while not done() and self._loop.time() < deadline:
+        while self.waiting and self._loop.time() < deadline:
             await asyncio.sleep(0.001)
-        return done()
+        return not self.waiting
 
     def stop_accepting(self) -> socket.socket:
-        """Close the listener for asyncio but keep the socket (and its queue) in a duplicate."""
-        assert self._server is not None
-        listener = socket.socket(fileno=os.dup(self._server.sockets[0].fileno()))
-        self._server.close()
-        self._server = None
-        return listener
+        return self.listener.detach()
 
     async def pause(self) -> None:
         """Stop reading from every connection, and let what was already read be handled.
@@ -368,61 +244,41 @@ class ChatServer:
         instead of consuming bytes after it (which would lose them: they would be in neither
         process). Connections made meanwhile are paused as they arrive (`connected`).
         """
-        self.reading = False
+        self.phase = Phase.PAUSED
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        if self.cluster is not None:
-            self.cluster.backplane.hold()  # nor from Redis: the successor reads on from here
+        self.room.pause()  # nor from Redis: the successor reads on from here
         for client in self.clients:
             client.transport.pause_reading()
         await asyncio.sleep(0)
         await asyncio.sleep(0)
 
-    def freeze(self) -> list[tuple[Client, Session]]:
+    def freeze(self) -> list[tuple[Peer, Session]]:
         """Write what is queued and describe every connection as it stands (after `pause`).
 
         Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
         """
-        assert not self.reading, "pause() first"
-        self._flush_all()  # commits the history, then hands every queued line to the transports
-        self.frozen = True
+        assert self.phase is Phase.PAUSED, "pause() first"
+        self.fanout.flush_all()  # commits the history, then hands every queued line out
+        self.fanout.hold()
+        self.phase = Phase.FROZEN
         now = self._loop.time()
         items = []
         for client in self.clients:
-            conn = client.conn
-            tokens, stamp_age, partial, discarding = conn.snapshot()
-            session = Session(
-                state=conn.state.value,
-                nick=conn.nick,
-                peer=client.peer,
-                connected_age=now - client.connected_at,
-                tokens=tokens,
-                stamp_age=stamp_age,
-                partial=partial,
-                discarding=discarding,
-                unsent=self._take_unsent(client),
-                allowance=client.allowance,
-                closing=client.close_after_flush,
-                extra={
-                    "last_seen_age": now - client.last_seen,
-                    "partial_age": now - client.partial_since if client.partial_since else None,
-                },
-            )
+            session = client.snapshot(now)
+            self._taken[client] = session.unsent
             items.append((client, session))
         return items
 
-    def _take_unsent(self, client: Client) -> bytes:
-        """The client's unsent output, taken from its transport (kept for `thaw`)."""
-        data = self._taken[client] = take_unsent(client.transport) + client.conn.data_to_send()
-        return data
+    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+        last_id, position = self.room.handover_state()
+        return last_id, self.history.since(0), position
 
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened."""
         await self.start(listener)  # restarts the housekeeping too
-        self.reading = True
-        self.frozen = False
-        if self.cluster is not None:
-            self.cluster.backplane.resume()
+        self.phase = Phase.SERVING
+        self.room.resume()
         taken, self._taken = self._taken, {}
         for client in self.clients:
             data = taken.get(client)
@@ -433,73 +289,39 @@ class ChatServer:
         departed, self._departed = self._departed, []
         for client, exc in departed:
             self.lost(client, exc)
-        if (self._log or self._forked) and not self._flush_scheduled:
-            self._schedule_flush()
+        self.fanout.resume()
 
     def let_go(self) -> None:
         """The successor owns every connection now: close ours without a word (no FIN: the
         successor holds its own descriptor of each socket) and stop."""
         for client in self.clients:
             client.transport.abort()
-        self.clients.clear()  # so their connection_lost is not ours to handle
+        self.registry.clear()  # so their connection_lost is not ours to handle
         self._taken.clear()
-        self.unnamed.clear()
-        self.named.clear()
-        self._per_address.clear()
-        self._log.clear()
-        self._sweeping = False
-        self._sweep.clear()
-        self._forked.clear()
+        self.fanout.clear()
         self._departed.clear()
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        self._stopping = True
+        self.phase = Phase.HANDED_OVER
         self.handed_over.set()
 
-    def hold(self, sock: socket.socket) -> Client:
-        """A socket the predecessor sends while it still serves it (`chat.takeover.take`):
-        wrap it now in a transport that neither reads nor writes, so `adopt` (during the pause
-        every client sees) has nothing left to build. CPython's selector loops can make the
-        transport synchronously (`_make_socket_transport`, what `connect_accepted_socket` calls
-        inside its task); on other loops (uvloop) the socket waits for `adopt`."""
-        client = Client(self)
-        client.held = True
-        sock.setblocking(False)
-        make = getattr(self._loop, "_make_socket_transport", None)
-        if make is None:
-            client.held_socket = sock
-            return client
-        client.transport = make(sock, client)
-        # Before the loop runs again: the transport would start reading in its next turn.
-        client.transport.pause_reading()
-        return client
+    # ---- taking over from a predecessor (chat.takeover.take) -------------------------------
 
-    def unhold(self, client: Client) -> None:
-        """Let go of a held socket (its client left, or the handover failed). Only our copy
-        closes: the predecessor still holds the connection, so the client sees nothing."""
-        if client.held_socket is not None:
-            client.held_socket.close()
-        else:
-            client.transport.abort()
+    def hold(self, sock: socket.socket) -> Peer:
+        """A socket the predecessor sends while it still serves it (`chat.takeover.take`)."""
+        return hold_socket(self._loop, self, sock)
 
-    def restore(self, inheritance: Inheritance[Client]) -> None:
+    def unhold(self, client: Peer) -> None:
+        unhold(client)
+
+    def restore(self, inheritance: Inheritance[Peer]) -> None:
         """Give each held connection its session's protocol state, before saying `ready`: a
         state this release cannot take (a longer line than its `max_line`, a nickname its
         rules refuse) must fail the handover while the predecessor can still serve on."""
         for session, client in inheritance.sessions:
-            try:
-                client.conn.restore(
-                    State(session.state),
-                    session.nick,
-                    session.tokens,
-                    session.stamp_age,
-                    session.partial,
-                    session.discarding,
-                )
-            except Exception as exc:
-                raise HandoverError(f"cannot take the session of {session.peer}: {exc}") from None
+            client.restore_state(session)
 
-    async def adopt(self, inheritance: Inheritance[Client]) -> None:
+    async def adopt(self, inheritance: Inheritance[Peer]) -> None:
         """Serve what a predecessor handed over (`restore`d): every session first, then the
         listener."""
         pending = []
@@ -519,23 +341,13 @@ class ChatServer:
                 client.transport.resume_reading()
         await self.start(inheritance.listener)
 
-    def _adopted(self, client: Client, session: Session) -> None:
+    def _adopted(self, client: Peer, session: Session) -> None:
         """Register a handed-over connection: unsent output first, then whatever comes next."""
         client.adopted = None
         transport = client.transport
         transport.pause_reading()  # until every session is back: no broadcast may miss one
-        now = self._loop.time()
-        client.peer = session.peer
-        client.connected_at = now - session.connected_age
-        last_seen_age = session.extra.get("last_seen_age")
-        client.last_seen = now - (last_seen_age if isinstance(last_seen_age, float) else 0.0)
-        partial_age = session.extra.get("partial_age")
-        client.partial_since = now - partial_age if isinstance(partial_age, float) else 0.0
-        client.allowance = session.allowance
-        key = address_key(transport.get_extra_info("peername"))
-        self._per_address[key] = self._per_address.get(key, 0) + 1
-        client.address = key
-        self.clients.add(client)
+        client.restore_times(session, self._loop.time())
+        self.registry.add(client, address_key(transport.get_extra_info("peername")))
         if session.unsent:
             transport.write(session.unsent)
         conn = client.conn
@@ -544,23 +356,23 @@ class ChatServer:
             transport.close()
         elif conn.state is State.NAMED:
             assert conn.nick is not None
-            self.named[conn.nick.lower()] = client
-            self._receives(client)
+            self.registry.named[conn.nick.lower()] = client
+            self.receives(client)
         else:
-            self.unnamed.add(client)
+            self.registry.unnamed.add(client)
 
-    # ---- connections ----------------------------------------------------------------------
+    # ---- connections (chat.connection.Owner) -----------------------------------------------
 
-    def connected(self, client: Client) -> None:
+    def connected(self, client: Peer) -> None:
         if client.adopted is not None:
             self._adopted(client, client.adopted)
             return
-        self._unborn.discard(client)
+        self.listener.born(client)
         transport = client.transport
         peer = transport.get_extra_info("peername")
         client.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         s = self.settings
-        if self._stopping or len(self.clients) >= s.max_clients:
+        if self.stopping or len(self.clients) >= s.max_clients:
             transport.write(
                 self._hello
                 + Error("server-full", "too many clients, try again later").line()
@@ -571,58 +383,44 @@ class ChatServer:
                 "refuse peer=%s reason=server-full clients=%d", client.peer, len(self.clients)
             )
             return
-        if not self._admit_address(client, peer):
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            keepalive.enable(sock, s.keepalive_idle, s.keepalive_interval, s.keepalive_count)
-        client.connected_at = client.last_seen = self._loop.time()
-        self.clients.add(client)
-        self.unnamed.add(client)
-        if not self.reading:
-            transport.pause_reading()  # a handover is under way: its successor reads this one
-        self._send(client, self._greeting)
-        log.info("connect peer=%s clients=%d", client.peer, len(self.clients))
-
-    def _admit_address(self, client: Client, peer: object) -> bool:
-        """Count the connection against its address; refuse it past `max_per_address`."""
         key = address_key(peer)
-        count = self._per_address.get(key, 0)
-        cap = self.settings.max_per_address
-        if cap and count >= cap:
-            client.transport.write(
+        cap = s.max_per_address
+        if not self.registry.admits(key, cap):
+            transport.write(
                 self._hello
                 + Error(
                     "server-full", f"too many connections from your address (limit {cap})"
                 ).line()
                 + Bye("too-many-connections").line()
             )
-            client.transport.close()
+            transport.close()
             log.warning("refuse peer=%s reason=too-many-connections limit=%d", client.peer, cap)
-            return False
-        self._per_address[key] = count + 1
-        client.address = key
-        return True
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            keepalive.enable(sock, s.keepalive_idle, s.keepalive_interval, s.keepalive_count)
+        client.connected_at = client.last_seen = self._loop.time()
+        self.registry.add(client, key)
+        self.registry.unnamed.add(client)
+        if not self.reading:
+            transport.pause_reading()  # a handover is under way: its successor reads this one
+        self.send(client, self._greeting)
+        log.info("connect peer=%s clients=%d", client.peer, len(self.clients))
 
-    def _release_address(self, client: Client) -> None:
-        count = self._per_address.pop(client.address, 0) - 1
-        if count > 0:
-            self._per_address[client.address] = count
-
-    def received(self, client: Client, data: bytes) -> None:
+    def received(self, client: Peer, data: bytes) -> None:
         if client not in self.clients:
             return  # refused, or handed over to a successor
         conn = client.conn
         conn.receive_data(data)
-        handlers = self._handlers
+        handlers = self.room.handlers
         waiting = self.waiting
         if client not in waiting:
             for event in conn.events_received():
-                self._pump(client)  # replies the protocol made before this event go first
+                self.reply(client)  # replies the protocol made before this event go first
                 handlers[type(event)](client, event)
                 if client in waiting:
                     break  # the rest stays buffered until the answer is there
-            self._pump(client)
+            self.reply(client)
         now = client.last_seen = self._loop.time()
         if conn.partial:  # a line has begun: time it from its first byte
             if not client.partial_since or b"\n" in data:
@@ -630,20 +428,20 @@ class ChatServer:
         elif client.partial_since:
             client.partial_since = 0.0
 
-    def drop(self, client: Client, reason: str, left: str, *, announce: bool = True) -> None:
+    def drop(self, client: Peer, reason: str, left: str, *, announce: bool = True) -> None:
         """Say `BYE reason` and close after the next flush; others see `LEFT nick left`."""
         conn = client.conn
         if client not in self.clients or client.close_after_flush:
             return
         conn.close(reason)
-        self._pump(client)
+        self.reply(client)
         if client.out is None:
-            self._send(client, b"")  # make sure the next flush closes it
+            self.send(client, b"")  # make sure the next flush closes it
         client.close_after_flush = True
         client.reason = reason
         self._forget(client, left, announce)
 
-    def lost(self, client: Client, exc: Exception | None) -> None:
+    def lost(self, client: Peer, exc: Exception | None) -> None:
         if client not in self.clients:
             return  # refused, or handed over: nothing of ours to forget
         if self.frozen:
@@ -651,10 +449,9 @@ class ChatServer:
             # itself); ours again only if the handover fails (`thaw`).
             self._departed.append((client, exc))
             return
-        self.clients.discard(client)
-        self._release_address(client)
+        self.registry.remove(client)
         reason = client.reason or _lost_reason(exc)
-        self._forget(client, reason, announce=not self._stopping)
+        self._forget(client, reason, announce=not self.stopping)
         log.info(
             "disconnect peer=%s nick=%s reason=%s clients=%d",
             client.peer,
@@ -662,241 +459,23 @@ class ChatServer:
             reason,
             len(self.clients),
         )
-        if self._stopping and not self.clients:
+        if self.stopping and not self.clients:
             self._all_gone.set()
 
-    def _forget(self, client: Client, left: str, announce: bool) -> None:
+    def _forget(self, client: Peer, left: str, announce: bool) -> None:
         """Take the client out of the registry; tell the others it left."""
-        self.unnamed.discard(client)
         if client.receiving:
             client.receiving = False
             nick = client.conn.nick
             assert nick is not None
-            del self.named[nick.lower()]
-            if self.cluster is not None:
-                self.cluster.left(nick, left, announce)
-            elif announce:
-                self._broadcast(Left(nick, left).line())
-
-    # ---- events ---------------------------------------------------------------------------
-
-    def _on_say(self, client: Client, event: Say) -> None:
-        nick = client.conn.nick
-        assert nick is not None
-        self._broadcast(self.history.add(nick, event.text))
-        if self.settings.log_messages:
-            log.debug("msg nick=%s id=%d text=%r", nick, self.history.last_id, event.text)
-
-    def _on_nick(self, client: Client, event: Nick) -> None:
-        conn = client.conn
-        name, key = event.name, event.name.lower()
-        holder = self.named.get(key)
-        if holder is not None and holder is not client:
-            conn.refuse("nick-taken", "that nickname is in use")
-            self._pump(client)
-            return
-        old = conn.nick
-        conn.accept_nick(name)
-        self._pump(client)
-        if not client.receiving:
-            self.unnamed.discard(client)
-            self.named[key] = client
-            self._receives(client)
-            self._broadcast(Joined(name).line())
-            log.info("nick peer=%s nick=%s", client.peer, name)
-        elif old is not None and old != name:
-            del self.named[old.lower()]
-            self.named[key] = client
-            self._broadcast(NickChanged(old, name).line())
-            log.info("nick peer=%s old=%s nick=%s", client.peer, old, name)
-
-    def _on_private(self, client: Client, event: Private) -> None:
-        target = self.named.get(event.to.lower())
-        conn = client.conn
-        assert conn.nick is not None
-        if target is None:
-            conn.refuse("no-such-nick", "no such nickname")
-            self._pump(client)
-            return
-        self._send(target, PrivateMessage(conn.nick, event.text).line())
-        if self.settings.log_messages:
-            log.debug("priv nick=%s to=%s text=%r", conn.nick, target.conn.nick, event.text)
-
-    def _nicks(self) -> list[str]:
-        """The nicknames of the named clients, as they chose them."""
-        return [c.conn.nick for c in self.named.values() if c.conn.nick]
-
-    def _on_who(self, client: Client, event: Who) -> None:
-        names = sorted(self._nicks(), key=str.lower)
-        client.conn.send(WhoList(tuple(names)))
-        self._pump(client)
-
-    def _on_since(self, client: Client, event: Since) -> None:
-        lines = self.history.since(event.after)
-        if lines:
-            data = b"".join(lines)
-            client.allowance = len(data)  # a replay may exceed the backlog limit once
-            self._send(client, data)
-
-    def _on_quit(self, client: Client, event: Quit) -> None:
-        self.drop(client, "quit", event.reason or "quit")
-
-    def _on_refused(self, client: Client, event: Refused) -> None:
-        log.debug("refused peer=%s code=%s", client.peer, event.code)
-
-    # ---- output ---------------------------------------------------------------------------
-
-    def _pump(self, client: Client) -> None:
-        data = client.conn.data_to_send()
-        if data:
-            self._send(client, data)
-
-    def _send(self, client: Client, data: bytes) -> None:
-        """Queue lines for one client, behind the broadcasts it has not had yet."""
-        out = client.out
-        if out is None:
-            out = client.out = []
-            if client.receiving and client.seen != self._head:
-                assert client.seen >= self._base, "a client's lines were trimmed from the log"
-                out.append(b"".join(self._log[client.seen - self._base :]))
-            self._forked.append(client)
-        out.append(data)
-        if not self._flush_scheduled:
-            self._schedule_flush()
-
-    def _broadcast(self, data: bytes) -> None:
-        """Queue one encoded line for every named client."""
-        self._log.append(data)
-        for client in self._forked:
-            out = client.out  # never None for a forked client
-            if client.receiving and out is not None:
-                out.append(data)
-        if not self._flush_scheduled:
-            self._schedule_flush()
-
-    @property
-    def _head(self) -> int:
-        """The position after the last broadcast."""
-        return self._base + len(self._log)
-
-    def _receives(self, client: Client) -> None:
-        """CLIENT is named: from now on it gets every broadcast (none from before)."""
-        client.receiving = True
-        client.seen = self._head
-
-    def _schedule_flush(self) -> None:
-        """Flush at the end of this tick while fan-outs keep up, a little later when they do not.
-
-        The policy (chat/flush_policy.py) writes at once while fan-outs keep up (the last one
-        carried a single broadcast), so a quiet server adds no wait; while broadcasts arrive
-        faster than a fan-out completes it waits up to a quarter of a fan-out's cost (capped by
-        `flush_delay`) so the broadcasts arriving meanwhile share one write per client.
-        """
-        self._flush_scheduled = True
-        delay = self._flush_policy.delay(time.perf_counter())
-        if delay <= 0.0:
-            self._loop.call_soon(self._flush)
+            self.registry.unname(client, nick)
+            self.room.left(nick, left, announce)
         else:
-            self._loop.call_later(delay, self._flush)
+            self.registry.unname(client, None)
 
-    def _flush(self) -> None:
-        """Write queued output: one step of the fan-out, the next one after a loop turn."""
-        self._flush_scheduled = False
-        if self.frozen:
-            return  # kept for `thaw`: the sessions as sent to the successor must stay true
-        self._step(FANOUT_STEP)
-        if self._flush_scheduled:
-            return  # the step cut a slow reader, and that scheduled the next one
-        if self._sweeping:  # read what came, then write on
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        elif self._log:
-            self._schedule_flush()  # lines came during the fan-out: the first clients lack them
-
-    def _flush_all(self) -> None:
-        """Write everything queued, now (before a handover's snapshot, when stopping)."""
-        self._step(None)
-        while self._log or self._forked:  # dropping a slow reader broadcasts its LEFT
-            self._step(None)
-
-    def _step(self, limit: int | None) -> None:
-        """Write up to LIMIT clients of the fan-out (all: None), then every forked client.
-
-        A fan-out begins with the named clients as they are; each gets the log from its own
-        position to the head, so a line that came since the fan-out began reaches the clients
-        it has not written yet in the same write, and the others in the next fan-out.
-        """
-        began = time.perf_counter()
-        # Group commit: the lines are durable before any client sees an id from them.
-        self.history.commit()
-        log_, base, head = self._log, self._base, self._head
-        max_backlog = self.settings.max_backlog
-        slow: list[Client] = []
-        if not self._sweeping and log_:
-            self._sweeping = True
-            self._sweep = list(self.named.values())
-            self._at = 0
-            self._sweep_head = head
-            self._sweep_began = began
-            self._sweep_buffered = 0
-        if self._sweeping:
-            sweep = self._sweep
-            at = self._at
-            end = len(sweep) if limit is None else min(len(sweep), at + limit)
-            joined: dict[int, bytes] = {}  # a client's position -> the lines after it
-            buffered = 0
-            for client in sweep[at:end]:
-                seen = client.seen
-                if seen == head or client.out is not None or not client.receiving:
-                    continue
-                data = joined.get(seen)
-                if data is None:
-                    data = joined[seen] = b"".join(log_[seen - base :])
-                client.seen = head
-                transport = client.transport
-                transport.write(data)
-                size = transport.get_write_buffer_size()
-                if size:
-                    buffered += size
-                    if size > max_backlog and size > max_backlog + client.allowance:
-                        slow.append(client)
-                elif client.allowance:
-                    client.allowance = 0
-            self._sweep_buffered += buffered
-            self._at = end
-            if end == len(sweep):  # every client has the lines up to where it began
-                self._sweeping = False
-                self._sweep = []
-                carried = head - base
-                del log_[: self._sweep_head - base]
-                self._base = self._sweep_head
-                self._flush_policy.flushed(self._sweep_began, time.perf_counter(), carried)
-        total = self._sweep_buffered
-        if not self._sweeping:
-            self._sweep_buffered = 0
-        forked, self._forked = self._forked, []
-        for client in forked:
-            out, client.out = client.out, None
-            client.seen = head  # its list got every broadcast since it forked
-            transport = client.transport
-            if transport.is_closing():
-                continue
-            transport.write(b"".join(out or ()))
-            if client.close_after_flush:
-                transport.close()
-                if transport.get_write_buffer_size():
-                    self._loop.call_later(SLOW_CLOSE_GRACE, transport.abort)
-                continue
-            size = transport.get_write_buffer_size()
-            total += size
-            if size > max_backlog and size > max_backlog + client.allowance:
-                slow.append(client)
-        if total > self.settings.max_buffered:
-            total = sum(c.transport.get_write_buffer_size() for c in self.clients)
-        if total > self.settings.max_buffered:
-            slow.extend(self._biggest_backlogs(total))
-            self._sweep_buffered = 0
-        for client in slow:
+    def _too_slow(self, clients: list[Peer]) -> None:
+        """The fan-out's verdict: these readers fell too far behind."""
+        for client in clients:
             if not client.close_after_flush:
                 log.warning(
                     "too-slow peer=%s nick=%s backlog=%d",
@@ -906,18 +485,38 @@ class ChatServer:
                 )
                 self.drop(client, "too-slow", "too-slow")
 
-    def _biggest_backlogs(self, total: int) -> list[Client]:
-        """Clients to cut, biggest backlog first, to bring the total back under the bound."""
-        target = self.settings.max_buffered * 3 // 4
-        chosen = []
-        for client in sorted(
-            self.clients, key=lambda c: c.transport.get_write_buffer_size(), reverse=True
-        ):
-            if total <= target:
-                break
-            total -= client.transport.get_write_buffer_size()
-            chosen.append(client)
-        return chosen
+    # ---- what a room may ask (chat.room.Hub) -----------------------------------------------
+
+    def reply(self, client: Peer) -> None:
+        data = client.conn.data_to_send()
+        if data:
+            self.send(client, data)
+
+    def answer_later(
+        self, client: Peer, future: asyncio.Future[Any], done: Done, abandon: Done
+    ) -> None:
+        """Hold this client's later lines until FUTURE is done, then answer and go on."""
+        self.waiting.add(client)
+        client.transport.pause_reading()
+
+        def finish(future: asyncio.Future[Any]) -> None:
+            self.waiting.discard(client)
+            gone = (
+                client not in self.clients
+                or client.close_after_flush
+                or client.conn.state is State.CLOSING
+            )
+            if gone:  # a claim that succeeded for a client that left meanwhile: give it back
+                abandon(client, future)
+                return
+            done(client, future)
+            self.reply(client)
+            # Paused for a handover: reading resumes with the rest (`thaw`), or in the successor.
+            if self.reading and not client.transport.is_closing():
+                client.transport.resume_reading()
+            self.received(client, b"")  # the lines that arrived meanwhile
+
+        future.add_done_callback(finish)
 
 
 def _lost_reason(exc: Exception | None) -> str:
@@ -928,33 +527,8 @@ def _lost_reason(exc: Exception | None) -> str:
     return "connection reset"
 
 
-def address_key(peer: object) -> str:
-    """The address a connection counts against for `max_per_address`.
-
-    IPv4: the address. IPv6: its /64, since one host or home usually gets a whole /64 and
-    could otherwise pick a new address per connection. IPv4-mapped IPv6 counts as IPv4.
-    """
-    host = peer[0] if isinstance(peer, tuple) and peer else peer
-    return _address_key(str(host))
-
-
-@functools.lru_cache(maxsize=4096)
-def _address_key(host: str) -> str:
-    """Cached: a handover registers a thousand sessions at once, mostly from few addresses,
-    and parsing each address again was a tenth of the time every client waited."""
-    try:
-        ip = ipaddress.ip_address(host.partition("%")[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
-
-
-def _factory(client: Client) -> Callable[[], Client]:
-    """A protocol factory that hands asyncio an already made (adopted) `Client`."""
+def _factory(client: Peer) -> Callable[[], Peer]:
+    """A protocol factory that hands asyncio an already made (adopted) `Peer`."""
     return lambda: client
 
 
@@ -1003,16 +577,51 @@ async def serve(settings: Settings) -> int:
     except HistoryError as exc:
         log.error("error starting: %s", exc)
         return 1
-    server = ChatServer(settings, history)
-    inheritance, how, why = None, "fresh", ""
+    try:
+        server = ChatServer(settings, history)
+        how = await _begin(server, settings)
+        if how is None:
+            return 1
+        record: dict[str, object] = {
+            "how": how[0],
+            "release": settings.release,
+            "sessions": len(server.clients),
+            "ms": round((time.perf_counter() - began) * 1000, 1),
+            "time": time.time(),
+        }
+        if how[1]:
+            record["from"] = how[1]
+        if how[2]:
+            record["reason"] = how[2]
+        log.info("switch %s", " ".join(f"{k}={v}" for k, v in record.items()))
+        if settings.handover_socket:
+            write_switch_record(settings.handover_socket, record)
+        signame = await _run_until_stopped(server)
+        if signame is None:
+            history.close()
+            await server.room.close()  # what this release queued still reaches Redis
+            log.info("stop version=%s release=%s handed over", __version__, settings.release)
+            return HANDED_OVER_EXIT
+        log.info("stopping signal=%s clients=%d", signame, len(server.clients))
+        server.close_handover_point()
+        await server.stop()
+        log.info("stop version=%s last_id=%d", __version__, history.last_id)
+        return 0
+    finally:
+        history.close()
 
-    def give_up(exc: Exception) -> int:
+
+async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str] | None:
+    """Take over or start; (how, from which release, why a fallback), or None after an error
+    (logged; a predecessor, if any, serves on)."""
+    inheritance: Inheritance[Peer] | None = None
+    how, why = "fresh", ""
+
+    def give_up(exc: Exception) -> None:
         """Before `ready`: say why, and let the serving release (if any) serve on."""
         log.error("error starting: %s", exc)
         if inheritance is not None:
             inheritance.refuse(f"successor failed: {exc}")
-        history.close()
-        return 1
 
     if settings.handover_socket:
         try:
@@ -1027,8 +636,7 @@ async def serve(settings: Settings) -> int:
             how, why = "fallback", str(exc) or type(exc).__name__
             if BUSY in why:
                 log.error("error starting: the serving release refused: %s", why)
-                history.close()
-                return 1
+                return None
             log.warning("handover impossible reason=%s: starting next to the serving release", why)
     if settings.backplane:
         from chat.backplane import BackplaneError, Position
@@ -1037,28 +645,31 @@ async def serve(settings: Settings) -> int:
         try:
             # Before listening: no client is served without Redis. A successor reads on from
             # the last id the predecessor's clients saw.
-            if inheritance is None:
-                await join(server)
-            else:
-                begin = inheritance.begin
-                inherit = Position(**begin.backplane) if begin.backplane else None
-                await join(server, begin.last_id, inherit)
+            begin = inheritance.begin if inheritance is not None else None
+            server.room = await join(
+                server,
+                settings.backplane,
+                settings.history_size,
+                settings.log_messages,
+                begin.last_id if begin is not None else None,
+                Position(**begin.backplane) if begin is not None and begin.backplane else None,
+            )
         except BackplaneError as exc:
-            return give_up(exc)
+            give_up(exc)
+            return None
     if inheritance is not None:
         try:
             server.restore(inheritance)
         except HandoverError as exc:
-            return give_up(exc)
+            give_up(exc)
+            return None
     try:
         if inheritance is not None:
             if not inheritance.confirm():
-                history.close()
-                return 1
-            history.adopt(inheritance.begin.last_id, inheritance.begin.history)
+                return None
+            server.history.adopt(inheritance.begin.last_id, inheritance.begin.history)
             await server.adopt(inheritance)
-            if server.cluster is not None:
-                server.cluster.adopted()
+            server.room.adopted()
             how = "handover"
         else:
             await server.start()
@@ -1066,22 +677,12 @@ async def serve(settings: Settings) -> int:
             server.open_handover_point(settings.handover_socket)
     except (OSError, HandoverError) as exc:
         log.error("error starting: %s", exc)
-        history.close()
-        return 1
-    record = {
-        "how": how,
-        "release": settings.release,
-        "sessions": len(server.clients),
-        "ms": round((time.perf_counter() - began) * 1000, 1),
-        "time": time.time(),
-    }
-    if inheritance is not None:
-        record["from"] = inheritance.begin.release
-    if why:
-        record["reason"] = why
-    log.info("switch %s", " ".join(f"{k}={v}" for k, v in record.items()))
-    if settings.handover_socket:
-        write_switch_record(settings.handover_socket, record)
+        return None
+    return how, inheritance.begin.release if inheritance is not None else "", why
+
+
+async def _run_until_stopped(server: ChatServer) -> str | None:
+    """Serve until a signal (its name) or until a successor took over (None)."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received: list[str] = []
@@ -1098,16 +699,8 @@ async def serve(settings: Settings) -> int:
     handed.cancel()
     stopped.cancel()
     if server.handed_over.is_set():
-        history.close()
-        if server.cluster is not None:
-            await server.cluster.stop()  # what this release queued still reaches Redis
-        log.info("stop version=%s release=%s handed over", __version__, settings.release)
-        return HANDED_OVER_EXIT
-    log.info("stopping signal=%s clients=%d", received[0], len(server.clients))
-    server.close_handover_point()
-    await server.stop()
-    log.info("stop version=%s last_id=%d", __version__, history.last_id)
-    return 0
+        return None
+    return received[0]
 
 
 def write_switch_record(handover_socket: str, record: dict[str, object]) -> None:

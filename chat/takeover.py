@@ -14,20 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from chat import fdpass, handover
 from chat.handover import Begin, HandoverError, Session
-
-if TYPE_CHECKING:
-    from chat.server import ChatServer, Client
 
 log = logging.getLogger("chat.takeover")
 
@@ -38,12 +34,60 @@ cluster) before the handover gives up: an answer changes the session it would ha
 ACCEPT_LIMIT = 1.0
 """Seconds, at most, for asyncio to finish building the transports of sockets accepted just
 before the listener closed (it does so in follow-up callbacks), so none is left out of the
-snapshot (`ChatServer.accepted_all`)."""
+snapshot (`Giver.accepted_all`)."""
 
 BUSY = "a takeover is already in progress"
 
 T = TypeVar("T")
 P = TypeVar("P")
+K = TypeVar("K", bound=Hashable)
+
+
+class Giver(Protocol[K]):
+    """What `give` asks of the serving release, in the order it asks. K is its connection."""
+
+    @property
+    def release(self) -> str: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def last_id(self) -> int:
+        """The last id of its history (what its log lines name)."""
+
+    @property
+    def clients(self) -> Collection[K]:
+        """The connections it serves now (one changes while the sockets are sent)."""
+
+    def socket_of(self, client: K) -> socket.socket | None:
+        """CLIENT's socket, or None once it is gone."""
+
+    def pause_accepting(self) -> None: ...
+
+    async def accepted_all(self, limit: float) -> None:
+        """Until every connection accepted before `pause_accepting` is one of `clients`."""
+
+    def stop_accepting(self) -> socket.socket:
+        """The listening socket, no longer served here."""
+
+    async def pause(self) -> None:
+        """Read nothing more from any client (nor from a cluster)."""
+
+    async def answers_settled(self, limit: float) -> bool:
+        """Whether no client waits for an answer that would change its session."""
+
+    def freeze(self) -> list[tuple[K, Session]]:
+        """Every session as it stands; nothing changes them until `let_go` or `thaw`."""
+
+    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+        """The last id its clients saw, the retained history, a cluster's reading position."""
+
+    async def thaw(self, listener: socket.socket) -> None:
+        """The successor failed: serve again as if nothing happened."""
+
+    def let_go(self) -> None:
+        """The successor owns every connection: close ours without a word and stop."""
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
@@ -166,8 +210,8 @@ def take(
 class HandoverPoint:
     """The unix socket a successor connects to. One takeover at a time; the rest is refused."""
 
-    def __init__(self, server: ChatServer, path: str, timeout: float) -> None:
-        self.server = server
+    def __init__(self, giver: Giver[Any], path: str, timeout: float) -> None:
+        self.giver = giver
         self.path = path
         self.timeout = timeout
         self.busy = False
@@ -206,7 +250,7 @@ class HandoverPoint:
             successor = handover.check_hello(messages[0])
             if self.busy:
                 raise HandoverError(BUSY)
-            if self.server.stopping:
+            if self.giver.stopping:
                 raise HandoverError("this server is stopping")
         except (HandoverError, OSError, TimeoutError) as exc:
             log.warning("handover refused reason=%s", exc or "timeout")
@@ -217,41 +261,35 @@ class HandoverPoint:
             return
         self.busy = True
         try:
-            if await give(self.server, channel, successor):
+            if await give(self.giver, channel, successor):
                 self.close()
         finally:
             self.busy = False
 
 
-async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> bool:
+async def give(giver: Giver[K], channel: fdpass.Channel, successor: str) -> bool:
     """Hand every socket and session to SUCCESSOR. True once it took them; else serve on."""
     began = time.perf_counter()
-    keys: dict[Client, int] = {}
+    keys: dict[K, int] = {}
     listener: socket.socket | None = None  # set once accepting stopped: failing means `thaw`
-    items: list[tuple[Client, Session]] = []
+    items: list[tuple[K, Session]] = []
     try:
         # The sockets first, while their clients are still served (see chat.handover).
-        for batch in _chunks(list(server.clients), handover.FDS_PER_MESSAGE):
-            _send_sockets(server, channel, keys, batch)
+        for batch in _chunks(list(giver.clients), handover.FDS_PER_MESSAGE):
+            _send_sockets(giver, channel, keys, batch)
             await asyncio.sleep(0)
-        server.pause_accepting()
-        await server.accepted_all(ACCEPT_LIMIT)
-        listener = server.stop_accepting()
-        await server.pause()
-        if not await server.answers_settled(ANSWER_LIMIT):
+        giver.pause_accepting()
+        await giver.accepted_all(ACCEPT_LIMIT)
+        listener = giver.stop_accepting()
+        await giver.pause()
+        if not await giver.answers_settled(ANSWER_LIMIT):
             raise HandoverError("clients still wait for answers from Redis")
-        items = server.freeze()
+        items = giver.freeze()
         late = [client for client, _ in items if client not in keys]
         for batch in _chunks(late, handover.FDS_PER_MESSAGE):
-            _send_sockets(server, channel, keys, batch)
-        history, cluster = server.history, server.cluster
-        last_id, position = history.last_id, None
-        if cluster is not None:  # its clients saw up to the backplane's id, not the file's
-            last_id = cluster.backplane.last_id
-            position = dataclasses.asdict(cluster.backplane.position())
-        channel.send(
-            handover.begin(server.release, len(items), last_id, history.since(0), position)
-        )
+            _send_sockets(giver, channel, keys, batch)
+        last_id, history, position = giver.handover_state()
+        channel.send(handover.begin(giver.release, len(items), last_id, history, position))
         channel.send(handover.listener(), [listener.fileno()])
         for chunk in _frames(items):
             channel.send(handover.sessions([(keys[client], s) for client, s in chunk]))
@@ -267,11 +305,11 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
             channel.send(handover.abort(reason))
         channel.close()
         if listener is not None:  # else nothing had stopped yet
-            await server.thaw(listener)
+            await giver.thaw(listener)
         log.warning("handover aborted successor=%s reason=%s: serving on", successor, reason)
         return False
     channel.close()
-    server.let_go()
+    giver.let_go()
     listener.close()
     log.info(
         "handover gave successor=%s sessions=%d unsent=%d/%dB partial=%d last_id=%d ms=%.1f",
@@ -280,17 +318,17 @@ async def give(server: ChatServer, channel: fdpass.Channel, successor: str) -> b
         sum(1 for _, s in items if s.unsent),
         sum(len(s.unsent) for _, s in items),
         sum(1 for _, s in items if s.partial),
-        server.history.last_id,
+        giver.last_id,
         (time.perf_counter() - began) * 1000,
     )
     return True
 
 
-def _frames(items: list[tuple[Client, Session]]) -> Iterator[list[tuple[Client, Session]]]:
+def _frames(items: list[tuple[K, Session]]) -> Iterator[list[tuple[K, Session]]]:
     """Sessions in frames of at most SESSIONS_PER_MESSAGE, and of well under MAX_FRAME bytes:
     a slow reader's unsent output can be megabytes (base64 adds a third)."""
     budget = handover.MAX_FRAME // 2
-    chunk: list[tuple[Client, Session]] = []
+    chunk: list[tuple[K, Session]] = []
     size = 0
     for item in items:
         weight = 4 * (len(item[1].unsent) + len(item[1].partial)) // 3 + 512
@@ -304,42 +342,19 @@ def _frames(items: list[tuple[Client, Session]]) -> Iterator[list[tuple[Client, 
 
 
 def _send_sockets(
-    server: ChatServer, channel: fdpass.Channel, keys: dict[Client, int], clients: list[Client]
+    giver: Giver[K], channel: fdpass.Channel, keys: dict[K, int], clients: list[K]
 ) -> None:
     """Send the sockets of CLIENTS that are still served, each under a new key.
 
     The descriptors are read here, at the moment they are sent: a client that left since the
     list was made has none (or one that already names another socket).
     """
-    batch = [(c, c.transport.get_extra_info("socket")) for c in clients if c in server.clients]
-    batch = [(c, sock) for c, sock in batch if sock is not None and sock.fileno() >= 0]
-    for client, _ in batch:
+    served = giver.clients
+    batch = [(c, giver.socket_of(c)) for c in clients if c in served]
+    pairs = [(c, sock) for c, sock in batch if sock is not None and sock.fileno() >= 0]
+    for client, _ in pairs:
         keys[client] = len(keys)
-    if batch:
+    if pairs:
         channel.send(
-            handover.sockets([keys[c] for c, _ in batch]), [sock.fileno() for _, sock in batch]
+            handover.sockets([keys[c] for c, _ in pairs]), [sock.fileno() for _, sock in pairs]
         )
-
-
-def take_unsent(transport: asyncio.Transport) -> bytes:
-    """Take back the bytes a transport accepted but the kernel has not: from now on they are
-    the successor's to send (or ours again, through `write`, if the handover fails).
-
-    Taking, not copying: the loop keeps running while the successor confirms, and a transport
-    that still held them would send them then, so the client would get them twice. asyncio has
-    no public way to do this; CPython's selector transports keep the bytes in `_buffer` (a
-    bytearray up to 3.11, a deque of memoryviews after) and write them from a writer callback,
-    removed here too (the public `remove_writer` refuses a transport's descriptor). Another
-    kind of transport must have nothing buffered.
-    """
-    buffer = getattr(transport, "_buffer", None)
-    if buffer is None:
-        if transport.get_write_buffer_size():
-            raise HandoverError(f"cannot take the unsent output of {type(transport).__name__}")
-        return b""
-    data = bytes(buffer) if isinstance(buffer, bytearray) else b"".join(bytes(p) for p in buffer)
-    if data:
-        buffer.clear()
-        sock = transport.get_extra_info("socket")
-        asyncio.get_running_loop()._remove_writer(sock.fileno())  # type: ignore[attr-defined]
-    return data

@@ -1,4 +1,4 @@
-"""A fan-out written over several loop turns (chat/server.py, `FANOUT_STEP`), without sockets.
+"""A fan-out written over several loop turns (chat/fanout.py, `FANOUT_STEP`), without sockets.
 
 The server runs on a real event loop but its clients' transports are recorders, so a test sees
 every `write` each client got and can interleave input between the steps of one fan-out.
@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from chat import server as server_module
+from chat import fanout as fanout_module
 from chat.config import Settings
 from chat.history import History
-from chat.server import ChatServer, Client
+from chat.connection import Peer
+from chat.server import ChatServer, Phase
 from tests.chat.test_backplane_units import run
 
 MSG = re.compile(rb"^MSG (\d+) (\S+) (.*)$")
@@ -32,7 +33,7 @@ class Recorder(asyncio.Transport):
         self.size = 0
         self.closing = False
         self.port = port
-        self.protocol: Client
+        self.protocol: Peer
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closing:  # as asyncio's: once the connection is lost, writes are dropped
@@ -68,7 +69,7 @@ class Recorder(asyncio.Transport):
 @pytest.fixture(autouse=True)
 def small_step(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two clients per step, so that a handful of clients make a fan-out of several steps."""
-    monkeypatch.setattr(server_module, "FANOUT_STEP", 2)
+    monkeypatch.setattr(fanout_module, "FANOUT_STEP", 2)
 
 
 def new_server(**limits: Any) -> ChatServer:
@@ -79,13 +80,13 @@ def new_server(**limits: Any) -> ChatServer:
 def count_steps(server: ChatServer) -> list[int | None]:
     """Record the limit of every fan-out step the server takes from now on."""
     steps: list[int | None] = []
-    step = server._step
+    step = server.fanout.step
 
     def counted(limit: int | None) -> None:
         steps.append(limit)
         step(limit)
 
-    server._step = counted  # type: ignore[method-assign]
+    server.fanout.step = counted  # type: ignore[method-assign]
     return steps
 
 
@@ -98,8 +99,8 @@ def without_listener(server: ChatServer) -> None:
     server.start = start  # type: ignore[method-assign]
 
 
-def connect(server: ChatServer, nick: str | None, port: int) -> tuple[Client, Recorder]:
-    client = Client(server)
+def connect(server: ChatServer, nick: str | None, port: int) -> tuple[Peer, Recorder]:
+    client = Peer(server)
     transport = Recorder(port)
     transport.protocol = client
     client.connection_made(transport)
@@ -135,7 +136,7 @@ def test_a_line_joins_the_fan_out_under_way() -> None:
         for _, transport in peers[:2]:
             assert len(transport.writes) == 2
             assert [MSG.match(line)[3] for line in transport.lines()] == [b"one", b"two"]  # type: ignore[index]
-        assert not server._log, "the log is emptied once every client has every line"
+        assert not server.fanout.log, "the log is emptied once every client has every line"
 
     run(body)
 
@@ -187,7 +188,7 @@ def test_drained_buffers_are_not_counted_again() -> None:
             transport.size = 160  # 6 x 160 = 960 <= max_buffered: no cut is due
         server.received(peers[0][0], b"one\n")
         await turn(5)  # three steps of two clients
-        assert not server._sweeping
+        assert not server.fanout.sweeping
         assert not [c.conn.nick for c, _ in peers if c.close_after_flush]
         for _, transport in peers:
             transport.size = 0  # every buffer drained
@@ -232,7 +233,7 @@ def test_a_thaw_keeps_one_step_per_turn() -> None:
         server = new_server()
         peers = [connect(server, f"u{i}", 1000 + i) for i in range(12)]
         await turn(20)
-        server.reading = False
+        server.phase = Phase.PAUSED
         server.freeze()
         server._departed.append((peers[0][0], None))
         without_listener(server)
@@ -254,8 +255,8 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
     async def body() -> None:
         rng = random.Random(seed)
         server = new_server(max_backlog=1000, flush_delay=0.0)
-        expected: dict[Client, list[bytes]] = {}
-        broadcast, send = server._broadcast, server._send
+        expected: dict[Peer, list[bytes]] = {}
+        broadcast, send = server.broadcast, server.send
 
         def model_broadcast(data: bytes) -> None:
             for c in server.clients:
@@ -263,15 +264,15 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
                     expected.setdefault(c, []).extend(data.splitlines(keepends=True))
             broadcast(data)
 
-        def model_send(client: Client, data: bytes) -> None:
-            expected.setdefault(client, []).extend(data.splitlines(keepends=True))
-            send(client, data)
+        def model_send(receiver: Peer, data: bytes) -> None:
+            expected.setdefault(receiver, []).extend(data.splitlines(keepends=True))
+            send(receiver, data)
 
-        server._broadcast = model_broadcast  # type: ignore[method-assign]
-        server._send = model_send  # type: ignore[method-assign]
-        peers: list[tuple[Client, Recorder]] = []
+        server.broadcast = model_broadcast
+        server.send = model_send
+        peers: list[tuple[Peer, Recorder]] = []
         names = iter(f"n{i}" for i in range(10000))
-        lost: set[Client] = set()
+        lost: set[Peer] = set()
         for _ in range(9):
             peers.append(connect(server, next(names), 3000 + len(peers)))
         for _ in range(400):
@@ -298,10 +299,10 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
                 t.close()  # the peer vanished: connection_lost next turn
             elif action < 0.69 and len(live) > 3:
                 rng.choice(live)[1].size = 5000  # too slow: cut at its next write
-            elif action < 0.70 and not server._sweeping:
+            elif action < 0.70 and not server.fanout.sweeping:
                 for _, t in peers:
                     t.size = 0
-                server.reading = False
+                server.phase = Phase.PAUSED
                 server.freeze()
                 if live and rng.random() < 0.5:
                     c, t = rng.choice(live)
@@ -313,9 +314,9 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
             else:
                 await turn(rng.randint(1, 3))
         await turn(60)
-        assert not server._log, "the log is emptied once every client has every line"
-        assert not server._forked
-        assert not server._sweeping
+        assert not server.fanout.log, "the log is emptied once every client has every line"
+        assert not server.fanout.forked
+        assert not server.fanout.sweeping
         for client, transport in peers:
             got = b"".join(transport.writes).splitlines(keepends=True)
             want = expected.get(client, [])

@@ -36,17 +36,18 @@ def test_a_connection_accepted_as_the_listener_stops_is_still_greeted() -> None:
                 paused.append(True)
 
         loop._accept_connection = accept_then_pause
-        assert server._server is not None
-        listener: Any = server._server.sockets[0]  # asyncio's TransportSocket around it
+        aio_server = server.listener.server
+        assert aio_server is not None
+        listener: Any = aio_server.sockets[0]  # asyncio's TransportSocket around it
         loop._remove_reader(listener.fileno())
-        loop._start_serving(server._accepted, listener._sock, None, server._server, 100)
+        loop._start_serving(server.listener.accepted, listener._sock, None, aio_server, 100)
         client = socket.create_connection(("127.0.0.1", server.port))
         client.settimeout(5)
         while not paused:
             await asyncio.sleep(0)
         await server.accepted_all(1.0)
         assert len(server.clients) == 1  # in the snapshot a handover would take now
-        assert not server._unborn
+        assert not server.listener.unborn
         kept = server.stop_accepting()
         assert client.recv(64).startswith(b"HELLO")  # written when it connected, just now
         client.close()

@@ -1,0 +1,194 @@
+"""One TCP connection: the asyncio protocol object, and its session as a handover carries it.
+
+`Peer` is deliberately small (10,000 idle ones must fit in ~100 MB): the protocol state
+(`chat.protocol.ServerConnection`) plus what the registry, the fan-out and the timers keep per
+connection. It tells its server what happens through the `Owner` Protocol and nothing else.
+
+This is also the one module that names the asyncio transport internals the handover relies on
+(`take_unsent`, `hold_socket`): CPython's selector transports, with a fallback for other loops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Protocol
+
+from chat.handover import HandoverError, Session
+from chat.protocol import ServerConnection, State
+
+
+class Owner(Protocol):
+    """What a connection tells the server it belongs to."""
+
+    def new_connection(self) -> ServerConnection: ...
+
+    def connected(self, peer: Peer) -> None: ...
+
+    def received(self, peer: Peer, data: bytes) -> None: ...
+
+    def drop(self, peer: Peer, reason: str, left: str, *, announce: bool = True) -> None: ...
+
+    def lost(self, peer: Peer, exc: Exception | None) -> None: ...
+
+
+class Peer(asyncio.Protocol):
+    """One TCP connection."""
+
+    __slots__ = (
+        "address",
+        "adopted",
+        "allowance",
+        "close_after_flush",
+        "conn",
+        "connected_at",
+        "held",
+        "held_socket",
+        "last_seen",
+        "out",
+        "owner",
+        "partial_since",
+        "peer",
+        "reason",
+        "receiving",
+        "seen",
+        "transport",
+    )
+
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
+        # Its protocol state, from the first byte: a refused connection has one too but is never
+        # registered (the registry's `clients` is the one truth of who is served here).
+        self.conn = owner.new_connection()
+        self.adopted: Session | None = None  # set while taking over from a predecessor
+        self.held = False  # made by `hold_socket`: the takeover registers it, not `connected`
+        self.held_socket: socket.socket | None = None  # held, on a loop without a transport yet
+        self.transport: asyncio.Transport
+        self.out: list[bytes] | None = None  # forked: its own lines, in order, until a flush
+        self.receiving = False  # named: gets broadcasts
+        self.seen = 0  # position in the fan-out's log up to which it has its lines
+        self.close_after_flush = False
+        self.allowance = 0  # extra backlog tolerated after a /since replay
+        self.reason = ""
+        self.connected_at = 0.0
+        self.peer = "?"
+        self.address = ""  # what the per-address cap counts (address_key of the peer)
+        self.last_seen = 0.0  # loop time of the last bytes received
+        self.partial_since = 0.0  # loop time the unfinished line began; 0.0: none
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if not self.held:
+            self.owner.connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.received(self, data)
+
+    def eof_received(self) -> bool:
+        self.owner.drop(self, "eof", "connection closed")
+        return True  # we close it ourselves once the replies are written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.lost(self, exc)
+
+    # ---- a handover's view of it ----------------------------------------------------------
+
+    def snapshot(self, now: float) -> Session:
+        """The session as a successor needs it; its unsent output is taken from the transport
+        (the caller keeps it, to write again if the handover fails)."""
+        conn = self.conn
+        tokens, stamp_age, partial, discarding = conn.snapshot()
+        return Session(
+            state=conn.state.value,
+            nick=conn.nick,
+            peer=self.peer,
+            connected_age=now - self.connected_at,
+            tokens=tokens,
+            stamp_age=stamp_age,
+            partial=partial,
+            discarding=discarding,
+            unsent=take_unsent(self.transport) + conn.data_to_send(),
+            allowance=self.allowance,
+            closing=self.close_after_flush,
+            extra={
+                "last_seen_age": now - self.last_seen,
+                "partial_age": now - self.partial_since if self.partial_since else None,
+            },
+        )
+
+    def restore_state(self, session: Session) -> None:
+        """The protocol state of SESSION; raises HandoverError when this release refuses it."""
+        try:
+            self.conn.restore(
+                State(session.state),
+                session.nick,
+                session.tokens,
+                session.stamp_age,
+                session.partial,
+                session.discarding,
+            )
+        except Exception as exc:
+            raise HandoverError(f"cannot take the session of {session.peer}: {exc}") from None
+
+    def restore_times(self, session: Session, now: float) -> None:
+        """The rest of SESSION: its clocks (relative to NOW), its peer name and allowance."""
+        self.peer = session.peer
+        self.connected_at = now - session.connected_age
+        last_seen_age = session.extra.get("last_seen_age")
+        self.last_seen = now - (last_seen_age if isinstance(last_seen_age, float) else 0.0)
+        partial_age = session.extra.get("partial_age")
+        self.partial_since = now - partial_age if isinstance(partial_age, float) else 0.0
+        self.allowance = session.allowance
+
+
+def hold_socket(loop: asyncio.AbstractEventLoop, owner: Owner, sock: socket.socket) -> Peer:
+    """A socket a predecessor sends while it still serves it: wrap it now in a transport that
+    neither reads nor writes, so the takeover (during the pause every client sees) has nothing
+    left to build. CPython's selector loops can make the transport synchronously
+    (`_make_socket_transport`, what `connect_accepted_socket` calls inside its task); on other
+    loops (uvloop) the socket waits in `held_socket` for the takeover."""
+    peer = Peer(owner)
+    peer.held = True
+    sock.setblocking(False)
+    make = getattr(loop, "_make_socket_transport", None)
+    if make is None:
+        peer.held_socket = sock
+        return peer
+    peer.transport = make(sock, peer)
+    # Before the loop runs again: the transport would start reading in its next turn.
+    peer.transport.pause_reading()
+    return peer
+
+
+def unhold(peer: Peer) -> None:
+    """Let go of a held socket (its client left, or the handover failed). Only our copy
+    closes: the predecessor still holds the connection, so the client sees nothing."""
+    if peer.held_socket is not None:
+        peer.held_socket.close()
+    else:
+        peer.transport.abort()
+
+
+def take_unsent(transport: asyncio.Transport) -> bytes:
+    """Take back the bytes a transport accepted but the kernel has not: from now on they are
+    the successor's to send (or ours again, through `write`, if the handover fails).
+
+    Taking, not copying: the loop keeps running while the successor confirms, and a transport
+    that still held them would send them then, so the client would get them twice. asyncio has
+    no public way to do this; CPython's selector transports keep the bytes in `_buffer` (a
+    bytearray up to 3.11, a deque of memoryviews after) and write them from a writer callback,
+    removed here too (the public `remove_writer` refuses a transport's descriptor). Another
+    kind of transport must have nothing buffered.
+    """
+    buffer = getattr(transport, "_buffer", None)
+    if buffer is None:
+        if transport.get_write_buffer_size():
+            raise HandoverError(f"cannot take the unsent output of {type(transport).__name__}")
+        return b""
+    data = bytes(buffer) if isinstance(buffer, bytearray) else b"".join(bytes(p) for p in buffer)
+    if data:
+        buffer.clear()
+        sock = transport.get_extra_info("socket")
+        asyncio.get_running_loop()._remove_writer(sock.fileno())  # type: ignore[attr-defined]
+    return data
