@@ -15,8 +15,8 @@ import pytest
 
 from chat import fanout as fanout_module
 from chat.config import Settings
-from chat.history import History
 from chat.connection import Peer
+from chat.history import History
 from chat.server import ChatServer, Phase
 from tests.chat.test_backplane_units import run
 
