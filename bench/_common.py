@@ -10,13 +10,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
+from pynet.local import chat_server
 from pynet.local.host import free_port  # the one free_port (127.0.0.1, as HOST)
 from pynet.wait import WaitTimeout, wait_until
 
@@ -205,7 +205,7 @@ def start_server(
     else:
         module = os.environ.get("BENCH_PYNET_MODULE", "") if kind.startswith("pynet") else ""
         module = module or SERVER_MODULES[kind]
-        cmd = [sys.executable, "-m", module, "--host", HOST, "--port", str(port)]
+        cmd = chat_server.command(host=HOST, port=port, module=module)
     cmd += extra_args or []
     with open(log, "wb") as logf:
         proc = subprocess.Popen(

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pynet.local import chat_server
 from pynet.local.load import LiveLoad, Report
 from pynet.local.watch import Watch
 
@@ -37,27 +38,18 @@ class Release:
 
     def __init__(self, work: Path, name: str, port: int) -> None:
         self.log = work / f"{name}.log"
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chat.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--release",
-                name,
-                "--handover-socket",
-                str(work / "run" / "handover.sock"),
-                "--history",
-                str(work / "history.sqlite3"),
-                "--rate",
-                "0",
-                "--max-per-address",
-                "0",
-            ],
-            cwd=ROOT,
+        self.proc = chat_server.start(
+            "--release",
+            name,
+            "--handover-socket",
+            str(work / "run" / "handover.sock"),
+            "--history",
+            str(work / "history.sqlite3"),
+            "--rate",
+            "0",
+            "--max-per-address",
+            "0",
+            port=port,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
         )

@@ -99,9 +99,9 @@ def test_the_image_label_names_the_handover_version_the_code_speaks() -> None:
 
 def test_the_docs_give_the_fan_out_step_the_server_uses() -> None:
     """bench/README.md and docs/design.md explain figures measured with this step size."""
-    from chat import server
+    from chat import fanout
 
-    step = f"{server.FANOUT_STEP:,}"
+    step = f"{fanout.FANOUT_STEP:,}"
     bench = (REPO / "bench" / "README.md").read_text()
     assert re.findall(r"`FANOUT_STEP` \(([\d,]+)\)", bench) == [step]
     assert re.findall(r"\*\*([\d,]+) \(chosen\)\*\*", bench) == [step]

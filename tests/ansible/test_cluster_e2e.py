@@ -25,7 +25,7 @@ from pynet.deploy.probe import chat_hello
 from pynet.local.host import Host
 from pynet.local.provision import build_context_copy, inventory_entry, playbook_argv
 from tests.ansible.ansible_helpers import REPO, recap, run
-from tests.chat.chat_helpers import ClientProcess, LineClient
+from tests.chat.fakes import ClientProcess, LineClient
 from tests.kit import wait_until
 
 pytestmark = pytest.mark.e2e

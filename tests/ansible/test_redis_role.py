@@ -23,7 +23,7 @@ import yaml
 
 from chat.backplane import RedisBackplane, validate_url
 from tests.ansible.ansible_helpers import ROLES, run, tool
-from tests.chat.test_backplane_units import Recorder, until
+from tests.chat.fakes import SinkRecorder, until
 from tests.kit import free_port
 
 ROLE = ROLES / "redis"
@@ -98,8 +98,8 @@ def test_the_backplane_works_as_that_user(role_redis: tuple[int, str]) -> None:
     url = f"redis://pynet:{PASSWORD}@127.0.0.1:{port}/0"
 
     async def body() -> None:
-        a, sa = RedisBackplane(url), Recorder()
-        b, sb = RedisBackplane(url), Recorder()
+        a, sa = RedisBackplane(url), SinkRecorder()
+        b, sb = RedisBackplane(url), SinkRecorder()
         await a.start(sa)
         await b.start(sb)
         assert await a.claim("ann", None) is True

@@ -1,4 +1,4 @@
-"""Fixtures for the chat tests (helpers live in chat_helpers.py)."""
+"""Fixtures for the chat tests (helpers live in fakes.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.chat.chat_helpers import LineClient, ServerProcess
+from tests.chat.fakes import LineClient, ServerProcess
 
 
 @pytest.fixture

@@ -11,8 +11,7 @@ from typing import Any
 import pytest
 
 from chat.backplane import BackplaneError, RedisBackplane
-from tests.chat.redis_helpers import RedisServer
-from tests.chat.test_backplane_units import Recorder, msgs, until
+from tests.chat.fakes import RedisServer, SinkRecorder, msgs, until
 from tests.kit import free_port
 
 
@@ -27,9 +26,9 @@ def redis_server() -> Iterator[RedisServer]:
     server.close()
 
 
-async def start(url: str, **kwargs: Any) -> tuple[RedisBackplane, Recorder]:
+async def start(url: str, **kwargs: Any) -> tuple[RedisBackplane, SinkRecorder]:
     backplane = RedisBackplane(url, history_size=100, **kwargs)
-    sink = Recorder()
+    sink = SinkRecorder()
     await backplane.start(sink)
     return backplane, sink
 
@@ -84,7 +83,7 @@ def test_unreachable_wrong_password_and_not_redis_are_clear_errors(
     async def expect(url: str, pattern: str) -> None:
         backplane = RedisBackplane(url)
         with pytest.raises(BackplaneError, match=pattern) as caught:
-            await backplane.start(Recorder())
+            await backplane.start(SinkRecorder())
         assert "s3cret" not in str(caught.value)
         assert "\n" not in str(caught.value)
 

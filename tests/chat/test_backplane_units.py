@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Coroutine
-from typing import Any
 
 import fakeredis
 import pytest
@@ -22,64 +20,7 @@ from chat.backplane import (
     redact,
     validate_url,
 )
-
-URL = "redis://:secret@127.0.0.1:6379/0"
-
-
-class Recorder:
-    """A Sink that remembers what the backplane delivered."""
-
-    def __init__(self) -> None:
-        self.lines: list[bytes] = []
-        self.privates: list[tuple[str, bytes]] = []
-        self.statuses: list[bool] = []
-        self.lost: list[str] = []
-        self.held: list[str] = []
-
-    def deliver(self, lines: list[bytes]) -> None:
-        self.lines.extend(lines)
-
-    def deliver_private(self, to: str, line: bytes) -> None:
-        self.privates.append((to, line))
-
-    def status(self, available: bool) -> None:
-        self.statuses.append(available)
-
-    def nicks_lost(self, nicks: list[str]) -> None:
-        self.lost.extend(nicks)
-
-    def nicks_held(self) -> list[str]:
-        return list(self.held)
-
-
-def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    asyncio.run(asyncio.wait_for(test(), 20))
-
-
-def fake_connect(server: fakeredis.FakeServer) -> Callable[[str, float], Any]:
-    return lambda url, timeout: fakeredis.FakeAsyncRedis(server=server)
-
-
-async def host(
-    server: fakeredis.FakeServer, size: int = 100, **kwargs: Any
-) -> tuple[RedisBackplane, Recorder]:
-    backplane = RedisBackplane(
-        URL, history_size=size, connect=fake_connect(server), check_version=False, **kwargs
-    )
-    sink = Recorder()
-    await backplane.start(sink)
-    return backplane, sink
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "timed out"
-        await asyncio.sleep(0.01)
-
-
-def msgs(lines: list[bytes]) -> list[bytes]:
-    return [line for line in lines if line.startswith(b"MSG ")]
+from tests.chat.fakes import URL, SinkRecorder, fake_connect, host, msgs, run, until
 
 
 def test_broadcasts_from_two_hosts_share_one_id_sequence() -> None:
@@ -277,7 +218,7 @@ def test_unreachable_at_start_is_one_clear_error() -> None:
         server.connected = False
         backplane = RedisBackplane(URL, connect=fake_connect(server), check_version=False)
         with pytest.raises(BackplaneError, match=r"cannot reach Redis at redis://:\*\*\*@"):
-            await backplane.start(Recorder())
+            await backplane.start(SinkRecorder())
 
     run(body)
 
@@ -317,7 +258,7 @@ def test_a_successor_holds_delivery_then_reads_on_from_the_handed_over_id() -> N
         successor = RedisBackplane(
             URL, history_size=100, connect=fake_connect(server), check_version=False
         )
-        sink = Recorder()
+        sink = SinkRecorder()
         await successor.start(sink, resume_from=2)
         assert successor.since(0) == [b"MSG 1 ann m0\n", b"MSG 2 ann m1\n"]
         await asyncio.sleep(0.1)

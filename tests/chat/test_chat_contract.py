@@ -11,7 +11,7 @@ import re
 
 from chat import events
 from chat import protocol as p
-from tests.chat.chat_helpers import ROOT
+from tests.chat.fakes import ROOT
 
 DOC = (ROOT / "docs" / "protocol.md").read_text()
 README = (ROOT / "README.md").read_text()

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.chat.chat_helpers import ClientProcess, LineClient, ServerProcess
+from tests.chat.fakes import ClientProcess, LineClient, ServerProcess
 
 pytestmark = pytest.mark.netns
 

@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from tests.chat.chat_helpers import ROOT, ClientProcess, LineClient
+from tests.chat.fakes import ROOT, ClientProcess, LineClient
 
 
 def test_sigterm_says_bye_and_exits_zero(start_server, clients) -> None:

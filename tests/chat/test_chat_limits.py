@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.chat.chat_helpers import LineClient
+from tests.chat.fakes import LineClient
 
 
 def test_rate_limit_refuses_lines_past_the_burst(start_server, clients) -> None:

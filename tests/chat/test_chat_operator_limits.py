@@ -10,7 +10,7 @@ import pytest
 
 from chat import client, config, keepalive
 from chat.server import address_key
-from tests.chat.chat_helpers import LineClient
+from tests.chat.fakes import LineClient
 
 
 def test_named_client_that_never_finishes_a_line_is_cut(start_server, clients) -> None:

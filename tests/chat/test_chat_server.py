@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chat import __version__
-from tests.chat.chat_helpers import ServerProcess
+from tests.chat.fakes import ServerProcess
 
 
 def test_greets_with_hello_then_accepts_a_nickname(server: ServerProcess, clients) -> None:
@@ -195,7 +195,7 @@ def test_help_lists_every_option() -> None:
     import sys
 
     from chat.config import OPTIONS
-    from tests.chat.chat_helpers import ROOT
+    from tests.chat.fakes import ROOT
 
     out = subprocess.run(
         [sys.executable, "-m", "chat.server", "--help"],
@@ -220,7 +220,7 @@ def test_port_in_use_exits_with_error(server: ServerProcess) -> None:
     import subprocess
     import sys
 
-    from tests.chat.chat_helpers import ROOT
+    from tests.chat.fakes import ROOT
 
     proc = subprocess.run(
         [sys.executable, "-m", "chat.server", "--host", "127.0.0.1", "--port", str(server.port)],

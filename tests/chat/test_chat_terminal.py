@@ -10,7 +10,7 @@ import pytest
 
 from chat import client
 from chat.protocol import Error, Left, Message, PrivateMessage, Unknown, parse_reply
-from tests.chat.chat_helpers import ClientProcess
+from tests.chat.fakes import ClientProcess
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,14 @@ import redis
 
 from chat.backplane import LEASE_MS
 from chat.client import split_servers
-from tests.chat.chat_helpers import ROOT, ClientProcess, LineClient, ServerProcess, start_release
-from tests.chat.redis_helpers import RedisServer
+from tests.chat.fakes import (
+    ROOT,
+    ClientProcess,
+    LineClient,
+    RedisServer,
+    ServerProcess,
+    start_release,
+)
 from tests.kit import free_port, wait_until
 
 PASSWORD = "cluster-test-pw"

@@ -18,52 +18,9 @@ from chat.config import Settings
 from chat.connection import Peer
 from chat.history import History
 from chat.server import ChatServer, Phase
-from tests.chat.test_backplane_units import run
+from tests.chat.fakes import RecordingTransport, run
 
 MSG = re.compile(rb"^MSG (\d+) (\S+) (.*)$")
-
-
-class Recorder(asyncio.Transport):
-    """A transport that keeps what is written, a write at a time, with a buffer size the test
-    sets (a slow or draining reader)."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__()
-        self.writes: list[bytes] = []
-        self.size = 0
-        self.closing = False
-        self.port = port
-        self.protocol: Peer
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self.closing:  # as asyncio's: once the connection is lost, writes are dropped
-            self.writes.append(bytes(data))
-
-    def get_write_buffer_size(self) -> int:
-        return self.size
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", self.port) if name == "peername" else default
-
-    def lines(self) -> list[bytes]:
-        return b"".join(self.writes).splitlines()
 
 
 @pytest.fixture(autouse=True)
@@ -99,9 +56,9 @@ def without_listener(server: ChatServer) -> None:
     server.start = start  # type: ignore[method-assign]
 
 
-def connect(server: ChatServer, nick: str | None, port: int) -> tuple[Peer, Recorder]:
+def connect(server: ChatServer, nick: str | None, port: int) -> tuple[Peer, RecordingTransport]:
     client = Peer(server)
-    transport = Recorder(port)
+    transport = RecordingTransport(port)
     transport.protocol = client
     client.connection_made(transport)
     if nick is not None:
@@ -270,7 +227,7 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
 
         server.broadcast = model_broadcast
         server.send = model_send
-        peers: list[tuple[Peer, Recorder]] = []
+        peers: list[tuple[Peer, RecordingTransport]] = []
         names = iter(f"n{i}" for i in range(10000))
         lost: set[Peer] = set()
         for _ in range(9):

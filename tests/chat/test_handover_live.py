@@ -25,7 +25,7 @@ import pytest
 from chat import fdpass, handover
 from chat.takeover import BUSY, take
 from pynet.local.load import LiveLoad
-from tests.chat.chat_helpers import LineClient, ServerProcess, Start, start_release
+from tests.chat.fakes import LineClient, ServerProcess, Start, start_release
 from tests.kit import wait_until
 
 

@@ -14,7 +14,7 @@ from chat.backplane import MAX_INHERITED, Position, RedisBackplane
 from chat.config import Settings
 from chat.history import History
 from chat.server import ChatServer
-from tests.chat.test_backplane_units import Recorder
+from tests.chat.fakes import SinkRecorder
 
 
 def test_a_connection_accepted_as_the_listener_stops_is_still_greeted() -> None:
@@ -70,7 +70,7 @@ def test_a_handover_chain_hands_on_only_the_newest_inboxes() -> None:
         hosts = []
         for _ in range(MAX_INHERITED + 5):
             backplane = RedisBackplane("redis://x:1/0", connect=connect, check_version=False)
-            await backplane.start(Recorder(), 0 if position else None, position)
+            await backplane.start(SinkRecorder(), 0 if position else None, position)
             hosts.append(backplane.host)
             position = backplane.position()
             await backplane.stop()

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 from pynet.local.watch import Watch
-from tests.chat.chat_helpers import LineClient, ServerProcess
+from tests.chat.fakes import LineClient, ServerProcess
 
 
 def test_it_reports_the_longest_silence_between_lines(

@@ -18,8 +18,7 @@ import pytest
 
 from pynet.local.engine import docker
 from pynet.local.host import free_port
-from tests.chat.chat_helpers import LineClient
-from tests.chat.redis_helpers import RedisServer
+from tests.chat.fakes import LineClient, RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 WHEELS = REPO / "wheels"

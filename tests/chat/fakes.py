@@ -1,19 +1,31 @@
-"""Test helpers: the server in a subprocess, and a blocking line client (imported by tests)."""
+"""The chat tests' helpers, in one module: the server in a subprocess, blocking line clients,
+a real `redis-server`, a fake Redis for the backplane, and socket-free recorders.
+
+Test files import from here only (never from one another).
+"""
 
 from __future__ import annotations
 
-import os
+import asyncio
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
-from tests.kit import WaitTimeout, wait_until
+import fakeredis
 
+from chat.backplane import RedisBackplane
+from pynet.local import chat_server
+from tests.kit import WaitTimeout, free_port, wait_until
+
+URL = "redis://:secret@127.0.0.1:6379/0"
 ROOT = Path(__file__).resolve().parents[2]
 LISTEN = re.compile(r"listen=[^ ]*:(\d+)")
 
@@ -34,20 +46,11 @@ class ServerProcess:
         self.args = args
         self.lines: list[str] = []
         self._done = False
-        self.proc = subprocess.Popen(
-            [
-                *prefix,
-                sys.executable,
-                "-m",
-                "chat.server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                *args,
-            ],
-            cwd=ROOT,
-            env={**os.environ, **(env or {})},
+        self.proc = chat_server.start(
+            *args,
+            port=port,
+            env=env,
+            prefix=prefix,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -243,3 +246,170 @@ class ClientProcess:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait()
+
+
+class RedisServer:
+    """`redis-server` without persistence (unless `appendonly`), killed by `stop()`."""
+
+    def __init__(
+        self, password: str | None = None, port: int = 0, appendonly: bool = False
+    ) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is missing: scripts/system-deps.sh installs it"
+        self.binary = binary
+        self.password = password
+        self.port = port or free_port()
+        self.appendonly = appendonly
+        self.dir = Path(tempfile.mkdtemp(prefix="pynet-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        argv = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--appendfsync",
+            "always",
+            "--dir",
+            str(self.dir),
+        ]
+        if self.password:
+            argv += ["--requirepass", self.password]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self._answers, 10, "redis-server answering PING")
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        assert self.proc.poll() is None, "redis-server exited at start"
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return bool(sock.recv(64))
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Kill it (no shutdown save): what a crash looks like to the chat hosts."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SinkRecorder:
+    """A backplane Sink that remembers what the backplane delivered."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.privates: list[tuple[str, bytes]] = []
+        self.statuses: list[bool] = []
+        self.lost: list[str] = []
+        self.held: list[str] = []
+
+    def deliver(self, lines: list[bytes]) -> None:
+        self.lines.extend(lines)
+
+    def deliver_private(self, to: str, line: bytes) -> None:
+        self.privates.append((to, line))
+
+    def status(self, available: bool) -> None:
+        self.statuses.append(available)
+
+    def nicks_lost(self, nicks: list[str]) -> None:
+        self.lost.extend(nicks)
+
+    def nicks_held(self) -> list[str]:
+        return list(self.held)
+
+
+def run(test: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def fake_connect(server: fakeredis.FakeServer) -> Callable[[str, float], Any]:
+    return lambda url, timeout: fakeredis.FakeAsyncRedis(server=server)
+
+
+async def host(
+    server: fakeredis.FakeServer, size: int = 100, **kwargs: Any
+) -> tuple[RedisBackplane, SinkRecorder]:
+    backplane = RedisBackplane(
+        URL, history_size=size, connect=fake_connect(server), check_version=False, **kwargs
+    )
+    sink = SinkRecorder()
+    await backplane.start(sink)
+    return backplane, sink
+
+
+async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+def msgs(lines: list[bytes]) -> list[bytes]:
+    return [line for line in lines if line.startswith(b"MSG ")]
+
+
+class RecordingTransport(asyncio.Transport):
+    """A transport that keeps what is written, a write at a time, with a buffer size the test
+    sets (a slow or draining reader)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.size = 0
+        self.closing = False
+        self.port = port
+        self.protocol: asyncio.Protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self.closing:  # as asyncio's: once the connection is lost, writes are dropped
+            self.writes.append(bytes(data))
+
+    def get_write_buffer_size(self) -> int:
+        return self.size
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            asyncio.get_running_loop().call_soon(self.protocol.connection_lost, None)
+
+    def abort(self) -> None:
+        self.close()
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", self.port) if name == "peername" else default
+
+    def lines(self) -> list[bytes]:
+        return b"".join(self.writes).splitlines()
