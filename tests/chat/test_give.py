@@ -1,0 +1,186 @@
+"""`chat.takeover.give` against a fake `Giver`, in one process: the successor's end of the
+channel is a socket pair read by the test.
+
+Whatever step fails, the clients must be served again: the successor is told to abort, the
+giver thaws exactly when it had stopped accepting (and never lets go), and it lets go only once
+the successor said `ready`.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import pytest
+
+from chat import fdpass, handover
+from chat.handover import HandoverError, Session
+from chat.takeover import give
+from tests.chat.fakes import run
+
+STEPS = [
+    "pause_accepting",
+    "accepted_all",
+    "stop_accepting",
+    "pause",
+    "answers_settled",
+    "freeze",
+    "handover_state",
+]
+
+
+class FakeGiver:
+    """Serves three clients (real socket pairs, so their descriptors can be sent), records
+    every call, and fails at FAIL_AT."""
+
+    release = "old"
+    stopping = False
+    last_id = 7
+
+    def __init__(self, fail_at: str = "") -> None:
+        self.fail_at = fail_at
+        self.calls: list[str] = []
+        self.pairs = [socket.socketpair() for _ in range(3)]
+        self.clients = {i: pair[0] for i, pair in enumerate(self.pairs)}
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+
+    def _step(self, name: str) -> None:
+        self.calls.append(name)
+        if name == self.fail_at:
+            raise HandoverError(f"{name} failed")
+
+    def socket_of(self, client: int) -> socket.socket | None:
+        return self.clients.get(client)
+
+    def pause_accepting(self) -> None:
+        self._step("pause_accepting")
+
+    async def accepted_all(self, limit: float) -> None:
+        self._step("accepted_all")
+
+    def stop_accepting(self) -> socket.socket:
+        self._step("stop_accepting")
+        return self.listener
+
+    async def pause(self) -> None:
+        self._step("pause")
+
+    async def answers_settled(self, limit: float) -> bool:
+        self.calls.append("answers_settled")
+        return self.fail_at != "answers_settled"
+
+    def freeze(self) -> list[tuple[int, Session]]:
+        self._step("freeze")
+        return [(key, _session(f"u{key}")) for key in self.clients]
+
+    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+        self._step("handover_state")
+        return self.last_id, [b"MSG 7 u0 hi\r\n"], None
+
+    async def thaw(self, listener: socket.socket) -> None:
+        assert listener is self.listener
+        self.calls.append("thaw")
+
+    def let_go(self) -> None:
+        self.calls.append("let_go")
+
+    def close(self) -> None:
+        for a, b in self.pairs:
+            a.close()
+            b.close()
+        self.listener.close()
+
+
+def _session(nick: str) -> Session:
+    return Session(
+        state="named",
+        nick=nick,
+        peer="127.0.0.1:1",
+        connected_age=1.0,
+        tokens=1.0,
+        stamp_age=0.0,
+        partial=b"",
+        discarding=False,
+        unsent=b"",
+        allowance=0,
+        closing=False,
+        extra={},
+    )
+
+
+def successor_heard(end: socket.socket) -> list[str]:
+    """The kinds of every message the successor's end received, until the giver closed."""
+    channel = fdpass.Channel(end, 2.0)
+    kinds = []
+    try:
+        while True:
+            kinds.append(channel.recv()["t"])
+    except (EOFError, ConnectionResetError):  # reset: it closed with our answer unread
+        pass
+    channel.close()
+    return kinds
+
+
+def hand(giver: FakeGiver, answer: dict[str, Any] | None) -> tuple[bool, list[str]]:
+    """Run `give`; the successor's ANSWER is waiting in the channel (None: it says nothing
+    and closes once everything was sent)."""
+    ours, theirs = socket.socketpair()
+    if answer is not None:
+        fdpass.Channel(theirs, 2.0).send(answer)
+    else:
+        theirs.shutdown(socket.SHUT_WR)
+    result: list[bool] = []
+
+    async def body() -> None:
+        result.append(await give(giver, fdpass.Channel(ours, 2.0), "new"))
+
+    run(body)
+    return result[0], successor_heard(theirs)
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_a_failure_at_any_step_serves_on_and_tells_the_successor(step: str) -> None:
+    giver = FakeGiver(fail_at=step)
+    try:
+        given, heard = hand(giver, handover.ready(3))
+    finally:
+        giver.close()
+    assert not given
+    assert heard[-1] == "abort"
+    assert "let_go" not in giver.calls
+    stopped = STEPS.index(step) > STEPS.index("stop_accepting")
+    assert ("thaw" in giver.calls) == stopped, giver.calls
+    assert giver.calls[-1] == ("thaw" if stopped else step)
+
+
+def test_a_successor_that_never_says_ready_leaves_the_giver_serving() -> None:
+    giver = FakeGiver()
+    try:
+        given, heard = hand(giver, None)
+    finally:
+        giver.close()
+    assert not given
+    assert heard[:3] == ["sockets", "begin", "listener"]
+    assert heard[-2:] == ["end", "abort"]
+    assert giver.calls[-1] == "thaw"
+
+
+def test_a_successor_that_says_ready_gets_everything_and_the_giver_lets_go() -> None:
+    giver = FakeGiver()
+    try:
+        given, heard = hand(giver, handover.ready(3))
+    finally:
+        giver.close()
+    assert given
+    assert heard == ["sockets", "begin", "listener", "sessions", "end", "commit"]
+    assert giver.calls == [*STEPS, "let_go"]
+
+
+def test_a_client_gone_before_its_socket_is_sent_is_not_handed_over() -> None:
+    giver = FakeGiver()
+    del giver.clients[1]  # left between the list and the send
+    try:
+        given, _ = hand(giver, handover.ready(2))
+    finally:
+        giver.close()
+    assert given

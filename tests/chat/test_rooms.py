@@ -1,0 +1,175 @@
+"""The rooms without processes: `LocalRoom` and `ClusterRoom` (over fakeredis) behind a real
+`ChatServer` whose connections are recording transports.
+
+The rules are written once (`chat.room.Conversation`); these tests hold both rooms to them:
+the same conversation gives the same lines on one host and across two hosts of a cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import fakeredis
+
+from chat.backplane import RedisBackplane
+from chat.cluster import ClusterRoom
+from chat.config import Settings
+from chat.connection import Peer
+from chat.history import History
+from chat.room import LocalRoom
+from chat.server import ChatServer
+from tests.chat.fakes import URL, RecordingTransport, fake_connect, run, until
+
+
+def new_server() -> ChatServer:
+    settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0)
+    return ChatServer(settings, History(100, None))
+
+
+async def clustered(redis: fakeredis.FakeServer) -> ChatServer:
+    server = new_server()
+    backplane = RedisBackplane(
+        URL, history_size=100, connect=fake_connect(redis), check_version=False
+    )
+    room = ClusterRoom(server, backplane)
+    await room.start()
+    server.room = room
+    return server
+
+
+def connect(server: ChatServer, port: int) -> tuple[Peer, RecordingTransport]:
+    peer = Peer(server)
+    transport = RecordingTransport(port)
+    transport.protocol = peer
+    peer.connection_made(transport)
+    return peer, transport
+
+
+def said(transport: RecordingTransport) -> Callable[[], list[bytes]]:
+    """The lines TRANSPORT got, without the greeting."""
+    return lambda: [
+        line for line in transport.lines() if not line.startswith((b"HELLO", b"INFO choose"))
+    ]
+
+
+def test_local_room_nick_say_who_private_since_quit() -> None:
+    async def body() -> None:
+        server = new_server()
+        assert isinstance(server.room, LocalRoom)
+        ann, ann_t = connect(server, 1)
+        bob, bob_t = connect(server, 2)
+        server.received(ann, b"/nick ann\n")
+        server.received(bob, b"/nick ann\n/nick bob\n")
+        server.received(ann, b"hello\n/who\n/msg bob psst\n/msg nobody x\n")
+        server.received(bob, b"/since 0\n/quit done\n")
+        await until(lambda: bob_t.closing)
+        assert said(ann_t)() == [
+            b"OK nick ann",
+            b"JOIN ann",
+            b"JOIN bob",
+            b"MSG 1 ann hello",
+            b"WHO ann bob",
+            b"ERR no-such-nick no such nickname",
+            b"LEFT bob done",
+        ]
+        assert said(bob_t)() == [
+            b"ERR nick-taken that nickname is in use",
+            b"OK nick bob",
+            b"JOIN bob",
+            b"MSG 1 ann hello",
+            b"PRIV ann psst",
+            b"MSG 1 ann hello",
+            b"BYE quit",
+        ]
+
+    run(body)
+
+
+def test_local_room_renames_and_frees_the_old_name() -> None:
+    async def body() -> None:
+        server = new_server()
+        ann, ann_t = connect(server, 1)
+        bob, bob_t = connect(server, 2)
+        server.received(ann, b"/nick ann\n")
+        server.received(ann, b"/nick anna\n")
+        server.received(bob, b"/nick ann\n")
+        await until(lambda: len(said(bob_t)()) >= 2)
+        assert said(ann_t)()[:3] == [b"OK nick ann", b"JOIN ann", b"OK nick anna"]
+        assert b"NICK ann anna" in said(ann_t)()
+        assert said(bob_t)()[:2] == [b"OK nick ann", b"JOIN ann"]
+        assert sorted(server.registry.named) == ["ann", "anna"]
+
+    run(body)
+
+
+def test_cluster_room_one_conversation_across_two_hosts() -> None:
+    async def body() -> None:
+        redis = fakeredis.FakeServer()
+        one, two = await clustered(redis), await clustered(redis)
+        ann, ann_t = connect(one, 1)
+        bob, bob_t = connect(two, 2)
+        one.received(ann, b"/nick ann\n")
+        await until(lambda: b"OK nick ann" in said(ann_t)())
+        two.received(bob, b"/nick ANN\n")  # taken on the other host, whatever the case
+        two.received(bob, b"/nick bob\n")
+        await until(lambda: b"JOIN bob" in said(ann_t)())
+        one.received(ann, b"hello\n/who\n/msg bob psst\n/msg nobody x\n")
+        await until(lambda: b"ERR no-such-nick no such nickname" in said(ann_t)())
+        await until(lambda: b"PRIV ann psst" in said(bob_t)())
+        two.received(bob, b"/since 0\n")
+        await until(lambda: said(bob_t)().count(b"MSG 1 ann hello") == 2)
+        assert said(ann_t)() == [
+            b"OK nick ann",
+            b"JOIN ann",
+            b"JOIN bob",
+            b"MSG 1 ann hello",
+            b"WHO ann bob",
+            b"ERR no-such-nick no such nickname",
+        ]
+        assert said(bob_t)()[:3] == [
+            b"ERR nick-taken that nickname is in use",
+            b"OK nick bob",
+            b"JOIN bob",
+        ]
+        assert said(bob_t)()[3:] == [b"MSG 1 ann hello", b"PRIV ann psst", b"MSG 1 ann hello"]
+        one.received(ann, b"/quit bye\n")
+        await until(lambda: b"LEFT ann bye" in said(bob_t)())
+        two.received(bob, b"/nick ann\n")  # free again once its holder left
+        await until(lambda: b"NICK bob ann" in said(bob_t)())
+        for server in (one, two):
+            await server.room.close()
+
+    run(body)
+
+
+def test_cluster_room_holds_a_clients_later_lines_until_redis_answers() -> None:
+    async def body() -> None:
+        server = await clustered(fakeredis.FakeServer())
+        ann, ann_t = connect(server, 1)
+        # /nick needs Redis; the line after it must not overtake its answer.
+        server.received(ann, b"/nick ann\nfirst\n")
+        assert ann in server.waiting
+        await until(lambda: b"MSG 1 ann first" in said(ann_t)())
+        assert said(ann_t)() == [b"OK nick ann", b"JOIN ann", b"MSG 1 ann first"]
+        assert not server.waiting
+        await server.room.close()
+
+    run(body)
+
+
+def test_cluster_room_gives_back_a_name_claimed_for_a_client_that_left() -> None:
+    async def body() -> None:
+        redis = fakeredis.FakeServer()
+        one, two = await clustered(redis), await clustered(redis)
+        ann, ann_t = connect(one, 1)
+        one.received(ann, b"/nick ann\n")
+        ann_t.close()  # gone before Redis answered
+        await asyncio.sleep(0.05)
+        bob, bob_t = connect(two, 2)
+        two.received(bob, b"/nick ann\n")
+        await until(lambda: b"OK nick ann" in said(bob_t)())
+        for server in (one, two):
+            await server.room.close()
+
+    run(body)
