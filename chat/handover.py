@@ -16,7 +16,8 @@ The conversation, one JSON frame (4-byte big-endian length, then UTF-8 JSON) at 
                                      <-     sockets {keys}          (+1 fd per key), repeated
                                             ... the predecessor pauses every client here ...
                                      <-     sockets {keys}          (those connected since)
-                                     <-     begin {release, sessions, history}
+                                     <-     begin {proto, version, release, sessions,
+                                                   last_id, history, backplane?}
                                      <-     listener                (+1 fd)
                                      <-     sessions {items}        (each names its socket's key)
                                      <-     end

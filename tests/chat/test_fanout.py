@@ -88,7 +88,8 @@ def test_each_receiver_gets_every_broadcast_in_one_write_and_callbacks_run_per_s
             assert member.transport.writes == [b"MSG 0\nMSG 1\nMSG 2\n"]
         assert owner.commits == 1, "one group commit for the whole fan-out"
         assert owner.receiver_calls == 1
-        assert not fanout.log and not fanout.pending
+        assert not fanout.log
+        assert not fanout.pending
 
     run(body)
 
