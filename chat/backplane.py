@@ -482,6 +482,10 @@ class RedisBackplane:
     def since(self, after: int) -> list[bytes]:
         return self._retained.since(after)
 
+    def page(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int]:
+        """One page of a replay (`chat.window.Window.page`)."""
+        return self._retained.page(after, upto, limit)
+
     def say(self, nick: str, text: str) -> bool:
         """Queue a broadcast. False: it cannot be placed now (answer ERR unavailable)."""
         return self._enqueue("say", nick, text) is not None

@@ -29,6 +29,8 @@ log = logging.getLogger("chat.cluster")
 UNAVAILABLE = "the shared message store is unreachable; try again shortly"
 LOST_NOTICE = "the cluster's message store is unreachable: messages are held, then refused"
 BACK_NOTICE = "the cluster's message store is back"
+WHO_TTL = 1.0
+"""Seconds a `/who` answer from Redis is served again to whoever asks on this host."""
 
 
 class ClusterRoom(Conversation):
@@ -40,6 +42,9 @@ class ClusterRoom(Conversation):
         self.backplane = backplane
         self._claiming: dict[str, Peer] = {}  # lower-cased nick -> client awaiting Redis
         self._started = False
+        self._who_line: bytes | None = None  # the last answer from Redis, encoded
+        self._who_at = 0.0  # loop time it came
+        self._who_asked: asyncio.Future[Any] | None = None  # a question in flight, shared
 
     @property
     def last_id(self) -> int:
@@ -92,18 +97,36 @@ class ClusterRoom(Conversation):
     def publish(self, line: bytes) -> None:
         self.backplane.line(line)
 
-    def replay(self, after: int) -> list[bytes]:
-        return self.backplane.since(after)
+    def newest(self) -> int:
+        return self.backplane.last_id
+
+    def page(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int]:
+        return self.backplane.page(after, upto, limit)
 
     def who(self, peer: Peer) -> None:
-        self._later(peer, self.backplane.who(), self._who_done)
+        """Redis is asked at most once per `WHO_TTL` per host, however many ask: `/who`
+        costs every host and Redis the same with 10 or 10,000 users online."""
+        loop = asyncio.get_running_loop()
+        if self._who_line is not None and loop.time() - self._who_at < WHO_TTL:
+            self.hub.send(peer, self._who_line)
+            return
+        if self._who_asked is None:
+            self._who_asked = self.backplane.who()
+            self._who_asked.add_done_callback(self._who_answered)
+        self._later(peer, self._who_asked, self._who_done)
+
+    def _who_answered(self, future: asyncio.Future[Any]) -> None:
+        self._who_asked = None
+        if not future.cancelled() and future.exception() is None:
+            self._who_line = WhoList(tuple(future.result())).line()
+            self._who_at = asyncio.get_running_loop().time()
 
     def _who_done(self, peer: Peer, result: Any) -> None:
-        conn = peer.conn
         if isinstance(result, Unavailable):
-            conn.refuse("unavailable", UNAVAILABLE)
-        else:
-            conn.send(WhoList(tuple(result)))
+            peer.conn.refuse("unavailable", UNAVAILABLE)
+        else:  # encoded once by `_who_answered`, which runs first
+            line = self._who_line
+            self.hub.send(peer, line if line is not None else WhoList(tuple(result)).line())
 
     def private_elsewhere(self, peer: Peer, nick: str, to: str, text: str) -> None:
         self._later(peer, self.backplane.private(nick, to, text), self._priv_done)

@@ -42,6 +42,8 @@ class Settings:
     keepalive_count: int = 3
     rate: float = 50.0
     rate_burst: int = 100
+    address_rate: float = 100.0
+    address_burst: int = 200
     max_clients: int = 20000
     max_backlog: int = 1 * MIB
     max_buffered: int = 256 * MIB
@@ -330,6 +332,22 @@ OPTIONS: tuple[Option, ...] = (
         "PYNET_RATE_BURST",
         _positive_int,
         "lines a client may send at once before the rate applies",
+        "N",
+    ),
+    Option(
+        "address_rate",
+        "PYNET_ADDRESS_RATE",
+        _non_negative_float,
+        "lines per second allowed per address (IPv6: per /64), shared by all its connections, "
+        "so that more connections do not buy more lines; 0 = unlimited (also off when --rate "
+        "or --max-per-address is 0)",
+        "N",
+    ),
+    Option(
+        "address_burst",
+        "PYNET_ADDRESS_BURST",
+        _positive_int,
+        "lines one address may send at once before its rate applies",
         "N",
     ),
     Option(

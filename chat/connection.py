@@ -31,6 +31,9 @@ class Owner(Protocol):
 
     def lost(self, peer: Peer, exc: Exception | None) -> None: ...
 
+    def drained(self, peer: Peer) -> None:
+        """PEER's transport wrote out what it held past its high-water mark."""
+
 
 class Peer(asyncio.Protocol):
     """One TCP connection."""
@@ -39,6 +42,7 @@ class Peer(asyncio.Protocol):
         "address",
         "adopted",
         "allowance",
+        "blocked",
         "close_after_flush",
         "conn",
         "connected_at",
@@ -51,7 +55,9 @@ class Peer(asyncio.Protocol):
         "peer",
         "reason",
         "receiving",
+        "replay",
         "seen",
+        "throttled",
         "transport",
     )
 
@@ -75,6 +81,11 @@ class Peer(asyncio.Protocol):
         self.address = ""  # what the per-address cap counts (address_key of the peer)
         self.last_seen = 0.0  # loop time of the last bytes received
         self.partial_since = 0.0  # loop time the unfinished line began; 0.0: none
+        # Served as it reads: a /since replay under way ([after, upto] ids), and whether its
+        # next lines wait until what it was answered drains (`blocked`: asyncio said so).
+        self.replay: list[int] | None = None
+        self.throttled = False
+        self.blocked = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -91,6 +102,13 @@ class Peer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.blocked = True
+
+    def resume_writing(self) -> None:
+        self.blocked = False
+        self.owner.drained(self)
 
     # ---- a handover's view of it ----------------------------------------------------------
 
@@ -114,6 +132,11 @@ class Peer(asyncio.Protocol):
             extra={
                 "last_seen_age": now - self.last_seen,
                 "partial_age": now - self.partial_since if self.partial_since else None,
+                # Served as it reads: the rest of a replay, the lines held meanwhile.
+                "replay": self.replay,
+                "held": [
+                    None if line is None else line.decode("latin-1") for line in conn.held_lines()
+                ],
             },
         )
 
@@ -130,6 +153,10 @@ class Peer(asyncio.Protocol):
             )
         except Exception as exc:
             raise HandoverError(f"cannot take the session of {session.peer}: {exc}") from None
+        held = session.extra.get("held")
+        if isinstance(held, list) and all(h is None or isinstance(h, str) for h in held):
+            self.conn.hold_lines([None if h is None else h.encode("latin-1") for h in held])
+            self.throttled = bool(held)  # served once what it is owed drains
 
     def restore_times(self, session: Session, now: float) -> None:
         """The rest of SESSION: its clocks (relative to NOW), its peer name and allowance."""
@@ -140,6 +167,13 @@ class Peer(asyncio.Protocol):
         partial_age = session.extra.get("partial_age")
         self.partial_since = now - partial_age if isinstance(partial_age, float) else 0.0
         self.allowance = session.allowance
+        replay = session.extra.get("replay")
+        if (
+            isinstance(replay, list)
+            and len(replay) == 2
+            and all(type(i) is int and i >= 0 for i in replay)
+        ):
+            self.replay = list(replay)
 
 
 def hold_socket(loop: asyncio.AbstractEventLoop, owner: Owner, sock: socket.socket) -> Peer:

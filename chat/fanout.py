@@ -112,6 +112,16 @@ class Fanout(Generic[R]):
         if not self.scheduled:
             self.schedule()
 
+    def write_now(self, receiver: R, data: bytes) -> None:
+        """Write DATA to RECEIVER at once, behind the broadcasts it has not had (nothing else
+        may be queued for it: `out` is None). For output made as the receiver reads (a replay's
+        pages), so it never waits for a flush."""
+        assert receiver.out is None, "queued output would be overtaken"
+        if receiver.receiving and receiver.seen != self.head:
+            data = b"".join(self.log[receiver.seen - self.base :]) + data
+            receiver.seen = self.head
+        receiver.transport.write(data)
+
     def broadcast(self, data: bytes) -> None:
         """Queue one encoded line for every receiver."""
         self.log.append(data)

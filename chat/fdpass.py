@@ -50,8 +50,15 @@ class Channel:
     def recv(self) -> dict[str, Any]:
         """The next message; EOFError when the peer closed, TimeoutError when it is silent."""
         while not self._messages:
-            data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, _MAX_FDS_PER_RECV)
+            data, fds, flags, _addr = socket.recv_fds(self.sock, 1 << 16, _MAX_FDS_PER_RECV)
             self._fds.extend(fds)
+            if flags & socket.MSG_CTRUNC:
+                # The kernel dropped descriptors it could not install: almost always this
+                # process's open-file limit (RLIMIT_NOFILE), or SCM_MAX_FD.
+                raise HandoverError(
+                    "descriptors were cut off in transit (MSG_CTRUNC): this process is at its "
+                    "open-file limit (ulimit -n / LimitNOFILE=)"
+                )
             if not data:
                 raise EOFError("the peer closed the handover socket")
             self._messages.extend(self._reader.feed(data))

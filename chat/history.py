@@ -84,6 +84,10 @@ class History:
         """Retained `MSG` lines whose id is greater than `after`, oldest first."""
         return self._window.since(after)
 
+    def page(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int]:
+        """One page of a replay (`chat.window.Window.page`)."""
+        return self._window.page(after, upto, limit)
+
     def adopt(self, last_id: int, lines: list[bytes]) -> None:
         """Continue where a predecessor left off (a handover): its ids and retained lines.
 

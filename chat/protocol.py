@@ -83,6 +83,7 @@ __all__ = [
     "ServerEvent",
     "Since",
     "State",
+    "TokenBucket",
     "Unknown",
     "UsageError",
     "Who",
@@ -203,6 +204,33 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 }
 
 
+class TokenBucket:
+    """RATE tokens per second, up to BURST at once: a rate limit shared by several connections
+    (those of one address), so that opening more connections does not buy more lines."""
+
+    __slots__ = ("_clock", "_stamp", "_tokens", "burst", "rate")
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._stamp = clock()
+
+    def take(self) -> bool:
+        """One token, if there is one."""
+        now = self._clock()
+        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+        self._stamp = now
+        if tokens < 1.0:
+            self._tokens = tokens
+            return False
+        self._tokens = tokens - 1.0
+        return True
+
+
 class ServerConnection:
     """One client connection as the server sees it.
 
@@ -211,7 +239,18 @@ class ServerConnection:
     iterating, so each reply lands in order with the events around it.
     """
 
-    __slots__ = ("_clock", "_out", "_split", "_stamp", "_tokens", "burst", "nick", "rate", "state")
+    __slots__ = (
+        "_clock",
+        "_out",
+        "_split",
+        "_stamp",
+        "_tokens",
+        "burst",
+        "nick",
+        "rate",
+        "shared",
+        "state",
+    )
 
     def __init__(
         self,
@@ -233,6 +272,9 @@ class ServerConnection:
         self._clock = clock
         self._tokens = float(burst)
         self._stamp = clock() if rate else 0.0
+        # A second limit, shared with the other connections of the same address (the server
+        # sets it once it knows the address); None: this connection's own limit only.
+        self.shared: TokenBucket | None = None
 
     # ---- input ----------------------------------------------------------------------------
 
@@ -263,6 +305,8 @@ class ServerConnection:
             return None
         if self.rate and not self._take_token():
             return self._refuse("rate-limited", "too many lines, slow down")
+        if self.shared is not None and not self.shared.take():
+            return self._refuse("rate-limited", "too many lines from your address, slow down")
         try:
             line = raw.decode()
         except UnicodeDecodeError:
@@ -395,6 +439,18 @@ class ServerConnection:
         return self._split.partial
 
     # ---- handover (chat.handover carries these across releases) -----------------------------
+
+    def held_lines(self) -> list[bytes | None]:
+        """Whole lines received and not parsed yet (the server held them: its answers to this
+        client were not read yet), None for an over-long one."""
+        return [line if isinstance(line, bytes) else None for line in self._split.lines]
+
+    def hold_lines(self, lines: list[bytes | None]) -> None:
+        """Lines to parse before anything received from now on (the inverse of `held_lines`)."""
+        limit = self._split.max_line
+        self._split.lines.extend(
+            line if line is not None and len(line) < limit else _TOO_LONG for line in lines
+        )
 
     def snapshot(self) -> tuple[float, float, bytes, bool]:
         """(tokens, seconds since the bucket was last filled, partial input, discarding)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Callable
 from typing import Generic, Protocol, TypeVar
 
 
@@ -33,19 +34,36 @@ class Member(Protocol):
 
 
 M = TypeVar("M", bound=Member)
+B = TypeVar("B")
 
 
-class Registry(Generic[M]):
+class Registry(Generic[M, B]):
     """The connections served here. `clients` is the one truth of who is served: a refused
-    connection, or one handed over to a successor, is in none of these."""
+    connection, or one handed over to a successor, is in none of these.
 
-    __slots__ = ("clients", "named", "per_address", "unnamed")
+    SHARED, when given, makes what the connections of one address share (a rate limit: see
+    `chat.protocol.TokenBucket`); it lives while the address holds a connection.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_shared", "clients", "named", "per_address", "shared", "unnamed", "version")
+
+    def __init__(self, shared: Callable[[], B] | None = None) -> None:
         self.clients: set[M] = set()
         self.unnamed: set[M] = set()
         self.named: dict[str, M] = {}  # lower-cased nickname -> connection
         self.per_address: dict[str, int] = {}  # connections held per address_key
+        self.shared: dict[str, B] = {}  # what the connections of an address share
+        self._shared = shared
+        self.version = 0  # changes whenever a nickname comes, goes or changes (for caches)
+
+    def shared_of(self, key: str) -> B | None:
+        """What the connections of address KEY share (None: nothing is shared)."""
+        if self._shared is None:
+            return None
+        value = self.shared.get(key)
+        if value is None:
+            value = self.shared[key] = self._shared()
+        return value
 
     def admits(self, key: str, cap: int) -> bool:
         """Whether one more connection from KEY fits under CAP (0: no cap)."""
@@ -63,6 +81,8 @@ class Registry(Generic[M]):
         count = self.per_address.pop(member.address, 0) - 1
         if count > 0:
             self.per_address[member.address] = count
+        else:
+            self.shared.pop(member.address, None)
 
     def name(self, member: M, nick: str, old: str | None) -> None:
         """MEMBER is known as NICK from now on (it was OLD, or unnamed when OLD is None)."""
@@ -71,12 +91,14 @@ class Registry(Generic[M]):
         else:
             self.named.pop(old.lower(), None)
         self.named[nick.lower()] = member
+        self.version += 1
 
     def unname(self, member: M, nick: str | None) -> None:
         """Forget MEMBER's nickname (it is leaving)."""
         self.unnamed.discard(member)
         if nick is not None:
             del self.named[nick.lower()]
+            self.version += 1
 
     def nicks(self) -> list[str]:
         """The nicknames in use here, as their holders chose them."""
@@ -113,6 +135,8 @@ class Registry(Generic[M]):
         self.unnamed.clear()
         self.named.clear()
         self.per_address.clear()
+        self.shared.clear()
+        self.version += 1
 
 
 def address_key(peer: object) -> str:

@@ -40,7 +40,7 @@ Done = Callable[[Peer, "asyncio.Future[Any]"], None]
 class Hub(Protocol):
     """What a room may ask of the server it serves in."""
 
-    registry: Registry[Peer]
+    registry: Registry[Peer, Any]
     history: History
 
     @property
@@ -60,6 +60,10 @@ class Hub(Protocol):
 
     def drop(self, peer: Peer, reason: str, left: str, *, announce: bool = True) -> None:
         """Say BYE to PEER and close it."""
+
+    def replay(self, peer: Peer, after: int) -> None:
+        """Send PEER the retained lines after id AFTER, a page at a time as it reads them; its
+        next lines wait until the replay is written."""
 
     def answer_later(
         self, peer: Peer, future: asyncio.Future[Any], done: Done, abandon: Done
@@ -87,6 +91,12 @@ class Room(Protocol):
 
     def handover_state(self) -> tuple[int, dict[str, Any] | None]:
         """The last id the clients saw, and where a successor reads on (a cluster's position)."""
+
+    def newest(self) -> int:
+        """The id of the newest retained line (what a replay asked now ends with)."""
+
+    def page(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int]:
+        """Retained lines with ids in (AFTER, UPTO] that fit in LIMIT bytes, and the last id."""
 
     async def close(self) -> None:
         """Send what is queued elsewhere and let go of it."""
@@ -132,9 +142,6 @@ class Conversation:
         raise NotImplementedError
 
     def who(self, peer: Peer) -> None:
-        raise NotImplementedError
-
-    def replay(self, after: int) -> list[bytes]:
         raise NotImplementedError
 
     # ---- the rules --------------------------------------------------------------------------
@@ -190,11 +197,7 @@ class Conversation:
         self.who(peer)
 
     def _on_since(self, peer: Peer, event: Since) -> None:
-        lines = self.replay(event.after)
-        if lines:
-            data = b"".join(lines)
-            peer.allowance = len(data)  # a replay may exceed the backlog limit once
-            self.hub.send(peer, data)
+        self.hub.replay(peer, event.after)
 
     def _on_quit(self, peer: Peer, event: Quit) -> None:
         self.hub.drop(peer, "quit", event.reason or "quit")
@@ -220,6 +223,11 @@ class Conversation:
 class LocalRoom(Conversation):
     """One host's conversation: the history and the registry of this process."""
 
+    def __init__(self, hub: Hub, log: logging.Logger, log_messages: bool) -> None:
+        super().__init__(hub, log, log_messages)
+        self._who_version = -1
+        self._who_line = b""
+
     def say(self, peer: Peer, nick: str, text: str) -> None:
         history = self.hub.history
         self.hub.broadcast(history.add(nick, text))
@@ -237,12 +245,19 @@ class LocalRoom(Conversation):
         self.hub.reply(peer)
 
     def who(self, peer: Peer) -> None:
-        names = sorted(self.hub.registry.nicks(), key=str.lower)
-        peer.conn.send(WhoList(tuple(names)))
-        self.hub.reply(peer)
+        """The same answer costs the same whoever asks: encoded once per change of names."""
+        registry = self.hub.registry
+        if self._who_version != registry.version:
+            names = sorted(registry.nicks(), key=str.lower)
+            self._who_line = WhoList(tuple(names)).line()
+            self._who_version = registry.version
+        self.hub.send(peer, self._who_line)
 
-    def replay(self, after: int) -> list[bytes]:
-        return self.hub.history.since(after)
+    def newest(self) -> int:
+        return self.hub.history.last_id
+
+    def page(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int]:
+        return self.hub.history.page(after, upto, limit)
 
     def left(self, nick: str, reason: str, announce: bool) -> None:
         if announce:

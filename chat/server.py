@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from chat.fanout import Fanout
 from chat.handover import HandoverError, Session
 from chat.history import History, HistoryError
 from chat.listener import Listener
-from chat.protocol import Bye, Error, Hello, Info, ServerConnection, State
+from chat.protocol import Bye, Error, Hello, Info, ServerConnection, State, TokenBucket
 from chat.registry import Registry, address_key
 from chat.room import Done, LocalRoom, Room
 from chat.takeover import BUSY, HandoverPoint, Inheritance, take
@@ -49,6 +50,16 @@ RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
 """A stop says BYE to at least RESTART_BATCH clients at a time, in at most RESTART_BATCHES
 batches RESTART_PAUSE seconds apart."""
+REPLAY_PAGE = 64 * 1024
+"""Bytes of a `/since` replay written at a time: the next page goes once the client read this
+one, so a replay costs the server a page, however much is asked (and however often)."""
+ANSWER_BUDGET = 64 * 1024
+"""Bytes of answers a client may leave unread before its next lines wait (they are read again,
+and answered, as it reads): a request costs the server no more than this, whatever it asks."""
+DRAINED = 16 * 1024
+"""A client's unsent bytes at or below which it reads again (asyncio's low-water mark)."""
+DRAIN_POLL = 0.005
+"""Seconds between looks at a client whose output asyncio will not report drained."""
 SWITCH_RECORD = "last-switch.json"
 HANDED_OVER_EXIT = 99
 """Exit status after a successor took over: the unit must not restart this release
@@ -80,7 +91,11 @@ class ChatServer:
         self.phase = Phase.SERVING
         self.port = 0
         self._loop = asyncio.get_running_loop()
-        self.registry: Registry[Peer] = Registry()
+        shared = None
+        if settings.address_rate and settings.rate and settings.max_per_address:
+            rate, burst = settings.address_rate, settings.address_burst
+            shared = functools.partial(TokenBucket, rate, burst)
+        self.registry: Registry[Peer, TokenBucket] = Registry(shared)
         self.clients = self.registry.clients  # the one truth of who is served here
         self.fanout: Fanout[Peer] = Fanout(
             self._loop,
@@ -105,6 +120,7 @@ class ChatServer:
         self._departed: list[tuple[Peer, Exception | None]] = []  # lost while frozen
         self._housekeeping: asyncio.TimerHandle | None = None
         self.waiting: set[Peer] = set()  # their next lines wait for an answer (`answer_later`)
+        self._continuing: set[Peer] = set()  # a `_continue` is scheduled for them
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
 
@@ -284,7 +300,9 @@ class ChatServer:
             data = taken.get(client)
             if data:
                 client.transport.write(data)  # ours to send again
-            if not client.transport.is_closing() and client not in self.waiting:
+            if client.replay is not None or client.throttled:
+                self._continue_soon(client)
+            elif not client.transport.is_closing() and client not in self.waiting:
                 client.transport.resume_reading()
         departed, self._departed = self._departed, []
         for client, exc in departed:
@@ -337,7 +355,9 @@ class ChatServer:
         # `_adopted`), and one at a time a thousand of them would add a thousand turns.
         await asyncio.gather(*pending)
         for client in self.clients:
-            if not client.transport.is_closing():
+            if client.replay is not None or client.throttled:
+                self._continue_soon(client)  # served as it reads, as before the handover
+            elif not client.transport.is_closing():
                 client.transport.resume_reading()
         await self.start(inheritance.listener)
 
@@ -347,7 +367,9 @@ class ChatServer:
         transport = client.transport
         transport.pause_reading()  # until every session is back: no broadcast may miss one
         client.restore_times(session, self._loop.time())
-        self.registry.add(client, address_key(transport.get_extra_info("peername")))
+        key = address_key(transport.get_extra_info("peername"))
+        self.registry.add(client, key)
+        client.conn.shared = self.registry.shared_of(key)
         if session.unsent:
             transport.write(session.unsent)
         conn = client.conn
@@ -356,7 +378,7 @@ class ChatServer:
             transport.close()
         elif conn.state is State.NAMED:
             assert conn.nick is not None
-            self.registry.named[conn.nick.lower()] = client
+            self.registry.name(client, conn.nick, None)
             self.receives(client)
         else:
             self.registry.unnamed.add(client)
@@ -401,6 +423,7 @@ class ChatServer:
             keepalive.enable(sock, s.keepalive_idle, s.keepalive_interval, s.keepalive_count)
         client.connected_at = client.last_seen = self._loop.time()
         self.registry.add(client, key)
+        client.conn.shared = self.registry.shared_of(key)
         self.registry.unnamed.add(client)
         if not self.reading:
             transport.pause_reading()  # a handover is under way: its successor reads this one
@@ -412,14 +435,23 @@ class ChatServer:
             return  # refused, or handed over to a successor
         conn = client.conn
         conn.receive_data(data)
-        handlers = self.room.handlers
         waiting = self.waiting
-        if client not in waiting:
+        if client in waiting:
+            pass  # the rest stays buffered until the answer is there
+        elif client.replay is not None or client.throttled:
+            client.transport.pause_reading()  # served as it reads what it asked for
+        else:
+            handlers = self.room.handlers
             for event in conn.events_received():
                 self.reply(client)  # replies the protocol made before this event go first
                 handlers[type(event)](client, event)
-                if client in waiting:
-                    break  # the rest stays buffered until the answer is there
+                if client in waiting or client.replay is not None:
+                    break
+                if client.out is not None and self._owed(client) > ANSWER_BUDGET:
+                    client.throttled = True
+                    client.transport.pause_reading()
+                    self._continue_soon(client)
+                    break
             self.reply(client)
         now = client.last_seen = self._loop.time()
         if conn.partial:  # a line has begun: time it from its first byte
@@ -485,7 +517,61 @@ class ChatServer:
                 )
                 self.drop(client, "too-slow", "too-slow")
 
+    def drained(self, client: Peer) -> None:
+        if client.replay is not None or client.throttled:
+            self._continue_soon(client)
+
+    # ---- serving a client as it reads --------------------------------------------------------
+
+    def _owed(self, client: Peer) -> int:
+        """Bytes queued for CLIENT and not sent yet."""
+        size = client.transport.get_write_buffer_size()
+        return size + sum(map(len, client.out)) if client.out is not None else size
+
+    def _continue_soon(self, client: Peer, delay: float = 0.0) -> None:
+        if client not in self._continuing:
+            self._continuing.add(client)
+            self._loop.call_later(delay, self._continue, client)
+
+    def _continue(self, client: Peer) -> None:
+        """CLIENT may have read what it was sent: the next page of its replay, then its lines
+        held meanwhile. Waits (asyncio's `resume_writing`, or a look every DRAIN_POLL) while
+        more than DRAINED bytes are unsent."""
+        self._continuing.discard(client)
+        if client.replay is None and not client.throttled:
+            return
+        if client not in self.clients or client.close_after_flush:
+            return
+        if self.phase is not Phase.SERVING:
+            return  # frozen for a handover: `thaw`, or the successor, goes on from here
+        transport = client.transport
+        if client.out is not None or transport.get_write_buffer_size() > DRAINED:
+            if not client.blocked:  # asyncio says when it drained only after a pause
+                self._continue_soon(client, DRAIN_POLL)
+            return
+        cursor = client.replay
+        if cursor is not None:
+            lines, last = self.room.page(cursor[0], cursor[1], REPLAY_PAGE)
+            if lines:
+                cursor[0] = last
+                self.fanout.write_now(client, b"".join(lines))
+                if last < cursor[1]:
+                    self._continue_soon(client)
+                    return
+            client.replay = None
+        client.throttled = False
+        if self.reading and not transport.is_closing():
+            transport.resume_reading()
+        self.received(client, b"")
+
     # ---- what a room may ask (chat.room.Hub) -----------------------------------------------
+
+    def replay(self, client: Peer, after: int) -> None:
+        upto = self.room.newest()
+        if upto > after:
+            client.replay = [after, upto]
+            client.transport.pause_reading()
+            self._continue_soon(client)
 
     def reply(self, client: Peer) -> None:
         data = client.conn.data_to_send()

@@ -35,6 +35,22 @@ class Window:
         start = max(after + 1, first) - first
         return list(islice(lines, start, None)) if start < len(lines) else []
 
+    def page(self, after: int, upto: int, limit: int) -> tuple[list[bytes], int]:
+        """The retained lines with ids in (AFTER, UPTO], oldest first, as many as fit in LIMIT
+        bytes (at least one), and the id of the last one (AFTER when there is none): a replay
+        is written a page at a time, as its client reads."""
+        lines = self.lines
+        first = self.last_id - len(lines) + 1
+        start = max(after + 1, first)
+        page: list[bytes] = []
+        size = 0
+        for line in islice(lines, start - first, max(0, upto - first + 1)):
+            if page and size + len(line) > limit:
+                break
+            page.append(line)
+            size += len(line)
+        return page, start + len(page) - 1 if page else after
+
     def reset(self, last_id: int, lines: list[bytes]) -> None:
         """Hold LINES (the newest, up to `size` of them), the last of which has id LAST_ID."""
         self.last_id = last_id

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chat import __version__
-from tests.chat.fakes import ServerProcess
+from tests.chat.fakes import ServerProcess, Start
 
 
 def test_greets_with_hello_then_accepts_a_nickname(server: ServerProcess, clients) -> None:
@@ -138,8 +138,9 @@ async def _read_msgs(reader: asyncio.StreamReader, count: int) -> list[bytes]:
     return got
 
 
-def test_many_senders_keep_order(server: ServerProcess) -> None:
+def test_many_senders_keep_order(start_server: Start) -> None:
     """Every receiver sees increasing ids and each sender's lines in the order sent."""
+    server = start_server("--address-rate", "0")  # 20 users behind one address, all at once
     senders, per_sender = 20, 25
 
     async def scenario() -> list[list[bytes]]:

@@ -19,14 +19,18 @@ from tests.chat.fakes import RecordingTransport, run
 
 @dataclass(eq=False)
 class Member:
-    """A receiver as the fan-out sees one."""
+    """A receiver as the fan-out sees one (`transport` is `recorder`)."""
 
-    transport: RecordingTransport
+    recorder: RecordingTransport
+    transport: asyncio.Transport = field(init=False)
     out: list[bytes] | None = None
     receiving: bool = False
     seen: int = 0
     allowance: int = 0
     close_after_flush: bool = False
+
+    def __post_init__(self) -> None:
+        self.transport = self.recorder
 
 
 @dataclass
@@ -85,7 +89,7 @@ def test_each_receiver_gets_every_broadcast_in_one_write_and_callbacks_run_per_s
             fanout.broadcast(f"MSG {i}\n".encode())
         await turns()
         for member in members:
-            assert member.transport.writes == [b"MSG 0\nMSG 1\nMSG 2\n"]
+            assert member.recorder.writes == [b"MSG 0\nMSG 1\nMSG 2\n"]
         assert owner.commits == 1, "one group commit for the whole fan-out"
         assert owner.receiver_calls == 1
         assert not fanout.log
@@ -103,8 +107,8 @@ def test_own_lines_wait_behind_the_broadcasts_not_yet_had() -> None:
         fanout.send(a, b"OK private\n")
         fanout.broadcast(b"MSG 2\n")
         await turns()
-        assert a.transport.lines() == [b"MSG 1", b"OK private", b"MSG 2"]
-        assert b.transport.lines() == [b"MSG 1", b"MSG 2"]
+        assert a.recorder.lines() == [b"MSG 1", b"OK private", b"MSG 2"]
+        assert b.recorder.lines() == [b"MSG 1", b"MSG 2"]
 
     run(body)
 
@@ -118,8 +122,8 @@ def test_a_receiver_named_later_gets_only_what_follows() -> None:
         late = join(fanout, owner, 2)
         fanout.broadcast(b"MSG 2\n")
         await turns()
-        assert early.transport.lines() == [b"MSG 1", b"MSG 2"]
-        assert late.transport.lines() == [b"MSG 2"]
+        assert early.recorder.lines() == [b"MSG 1", b"MSG 2"]
+        assert late.recorder.lines() == [b"MSG 2"]
 
     run(body)
 
@@ -136,10 +140,10 @@ def test_a_large_fan_out_is_written_in_steps_and_a_line_joins_it(
         fanout.broadcast(b"MSG 1\n")
         await asyncio.sleep(0)  # the first step: two receivers written
         assert fanout.sweeping
-        assert sum(1 for m in members if m.transport.writes) == 2
+        assert sum(1 for m in members if m.recorder.writes) == 2
         fanout.broadcast(b"MSG 2\n")  # read between two steps
         await turns(10)
-        written = [m.transport.writes for m in members]
+        written = [m.recorder.writes for m in members]
         assert written[:2] == [[b"MSG 1\n", b"MSG 2\n"]] * 2  # in the next fan-out
         assert written[2:] == [[b"MSG 1\nMSG 2\n"]] * 4  # joined the one under way
         assert owner.commits >= 3
@@ -152,11 +156,11 @@ def test_a_slow_reader_is_handed_to_cut_once_and_the_others_go_on() -> None:
         owner = Owner()
         fanout = make(owner, max_backlog=100)
         slow, fine = join(fanout, owner, 1), join(fanout, owner, 2)
-        slow.transport.size = 101
+        slow.recorder.size = 101
         fanout.broadcast(b"MSG 1\n")
         await turns()
         assert owner.cuts == [[slow]]
-        assert fine.transport.lines() == [b"MSG 1"]
+        assert fine.recorder.lines() == [b"MSG 1"]
 
     run(body)
 
@@ -167,11 +171,11 @@ def test_a_replay_allowance_tolerates_one_big_backlog() -> None:
         fanout = make(owner, max_backlog=100)
         member = join(fanout, owner, 1)
         member.allowance = 500
-        member.transport.size = 400
+        member.recorder.size = 400
         fanout.broadcast(b"MSG 1\n")
         await turns()
         assert owner.cuts == []
-        member.transport.size = 0
+        member.recorder.size = 0
         fanout.broadcast(b"MSG 2\n")
         await turns()
         assert member.allowance == 0, "spent once the backlog drained"
@@ -186,7 +190,7 @@ def test_past_max_buffered_the_biggest_backlogs_go_first() -> None:
         sizes = [100, 700, 300, 50]
         members = [join(fanout, owner, i) for i in range(len(sizes))]
         for member, size in zip(members, sizes, strict=True):
-            member.transport.size = size
+            member.recorder.size = size
         fanout.broadcast(b"MSG 1\n")
         await turns()
         # 1,150 buffered: cut down to three quarters of the bound, biggest first.
@@ -204,10 +208,10 @@ def test_nothing_is_written_while_held_and_everything_after_resume() -> None:
         fanout.broadcast(b"MSG 1\n")
         fanout.send(member, b"PONG\n")
         await turns()
-        assert member.transport.writes == []
+        assert member.recorder.writes == []
         fanout.resume()
         await turns()
-        assert member.transport.lines() == [b"MSG 1", b"PONG"]
+        assert member.recorder.lines() == [b"MSG 1", b"PONG"]
 
     run(body)
 
@@ -217,11 +221,11 @@ def test_close_after_flush_writes_the_last_lines_then_closes() -> None:
         owner = Owner()
         fanout = make(owner)
         member = join(fanout, owner, 1)
-        member.transport.protocol = asyncio.Protocol()
+        member.recorder.protocol = asyncio.Protocol()
         fanout.send(member, b"BYE quit\n")
         member.close_after_flush = True
         await turns()
-        assert member.transport.lines() == [b"BYE quit"]
-        assert member.transport.closing
+        assert member.recorder.lines() == [b"BYE quit"]
+        assert member.recorder.closing
 
     run(body)

@@ -30,6 +30,10 @@ def small_step(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def new_server(**limits: Any) -> ChatServer:
+    """A server whose fan-outs are written in the next loop turn however long they took
+    (`flush_delay` 0: the flush policy's timing would make turn counts depend on the machine's
+    load)."""
+    limits.setdefault("flush_delay", 0.0)
     settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0, **limits)
     return ChatServer(settings, History(1000, None))
 
@@ -211,7 +215,7 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
 
     async def body() -> None:
         rng = random.Random(seed)
-        server = new_server(max_backlog=1000, flush_delay=0.0)
+        server = new_server(max_backlog=1000)
         expected: dict[Peer, list[bytes]] = {}
         broadcast, send = server.broadcast, server.send
 

@@ -99,7 +99,7 @@ def test_a_thousand_clients_move_in_several_fd_batches(start_server: Start, sock
     for s in socks:
         s.settimeout(10)
         assert s.recv(4096).startswith(b"HELLO pynet")
-    new = start_release(start_server, sock, "v2", port=old.port)
+    new = start_release(start_server, sock, "v2", "--max-per-address", "0", port=old.port)
     assert "sessions=1000" in new.wait_for_log("how=handover")
     assert old.proc.wait(10) == 99
     for s in socks:  # every one answers in the new process
