@@ -39,10 +39,13 @@ from itertools import islice
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
-from chat.protocol import Message, PrivateMessage
+from chat.protocol import Message, PrivateMessage, bad_text, valid_nick
 from chat.window import Window
 
 log = logging.getLogger("chat.backplane")
+
+MAX_TEXT = 1 << 16
+"""Longest text or line accepted from Redis (a client's is at most `--max-line`, 4 KiB)."""
 
 LEASE_MS = 15_000
 """A nickname held by a host that stopped renewing it is free again after this long."""
@@ -118,6 +121,50 @@ def redact(url: str) -> str:
     user = parts.username or ""
     netloc = f"{user}:***@" + parts.netloc.rpartition("@")[2]
     return parts._replace(netloc=netloc).geturl()
+
+
+PRESENCE = ("JOIN ", "LEFT ", "NICK ", "INFO ")
+"""The server lines a host puts in the room besides messages."""
+
+
+def _nick(raw: bytes) -> str:
+    nick = raw.decode()
+    if not valid_nick(nick):
+        raise ValueError(f"an invalid nickname {nick[:40]!r}")
+    return nick
+
+
+def _text(raw: bytes) -> str:
+    text = raw.decode()
+    if not text or len(raw) > MAX_TEXT or bad_text(text):
+        raise ValueError(
+            "text a client could not have sent (empty, too long or control characters)"
+        )
+    return text
+
+
+def _presence(raw: bytes) -> bytes:
+    """A presence line as read from the room, if it is one a host could have written."""
+    text = raw.decode()
+    if not text.startswith(PRESENCE) or not text.endswith("\n") or len(raw) > MAX_TEXT:
+        raise ValueError("a line that is not a presence line")
+    if bad_text(text[:-1]):
+        raise ValueError("a presence line with control characters")
+    return raw
+
+
+def _private(fields: dict[bytes, bytes]) -> tuple[str, bytes]:
+    """(to, the PRIV line) of an inbox entry, checked."""
+    return _nick(fields[b"to"]), PrivateMessage(_nick(fields[b"f"]), _text(fields[b"t"])).line()
+
+
+def _skipped(stream: str, entry_id: bytes, why: object) -> None:
+    log.warning(
+        "backplane skipped a malformed entry stream=%s id=%s reason=%s",
+        stream,
+        entry_id.decode(errors="replace"),
+        why,
+    )
 
 
 def host_id() -> str:
@@ -657,7 +704,10 @@ class RedisBackplane:
             if reply:
                 await self._reading.wait()  # held during a handover's freeze
                 if not self._closing:
-                    self._dispatch(reply)
+                    try:
+                        self._dispatch(reply)
+                    except Exception:  # a bug must not end reading: every host would go deaf
+                        log.exception("backplane could not deliver a batch: reading on")
 
     def _dispatch(self, reply: Any) -> None:
         """Room entries in order; each private one after the room entries it followed."""
@@ -669,7 +719,13 @@ class RedisBackplane:
                 room.extend(entries)
             elif name in self._inboxes:
                 for entry_id, fields in entries:
-                    inbox.append((int(fields.get(b"a", b"0")), name, entry_id, fields))
+                    try:
+                        after = int(fields.get(b"a", b"0"))
+                    except ValueError:
+                        self._inboxes[name] = entry_id.decode()
+                        _skipped(name, entry_id, "a position that is not a number")
+                        continue
+                    inbox.append((after, name, entry_id, fields))
         inbox.sort(key=lambda item: item[0])  # stable: each inbox keeps its own order
         lines: list[bytes] = []
         privates: list[tuple[str, bytes]] = []
@@ -680,8 +736,12 @@ class RedisBackplane:
                 i += 1
             self._flush_lines(lines, privates)
             self._inboxes[name] = entry_id.decode()
-            line = PrivateMessage(fields[b"f"].decode(), fields[b"t"].decode()).line()
-            privates.append((fields[b"to"].decode(), line))
+            try:
+                to, line = _private(fields)
+            except (KeyError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+                _skipped(name, entry_id, exc)
+                continue
+            privates.append((to, line))
             self._flush_lines(lines, privates)
         for entry_id, fields in room[i:]:
             self._entry(entry_id, fields, lines)
@@ -697,6 +757,16 @@ class RedisBackplane:
         privates.clear()
 
     def _entry(self, entry_id: bytes, fields: dict[bytes, bytes], out: list[bytes] | None) -> None:
+        """One room entry: checked as client input is (a bad one is skipped and logged: what
+        Redis holds may have been written by anything that reached it)."""
+        try:
+            self._checked_entry(entry_id, fields, out)
+        except (KeyError, ValueError) as exc:
+            _skipped(self._room, entry_id, exc)
+
+    def _checked_entry(
+        self, entry_id: bytes, fields: dict[bytes, bytes], out: list[bytes] | None
+    ) -> None:
         ms, _, seq = entry_id.decode().partition("-")
         self._room_pos = entry_id.decode()
         if seq == "0" and b"n" in fields:
@@ -709,10 +779,10 @@ class RedisBackplane:
                     log.warning(
                         "backplane gap after=%d next=%d (trimmed before read)", last, msg_id
                     )
-            line = Message(msg_id, fields[b"n"].decode(), fields[b"t"].decode()).line()
+            line = Message(msg_id, _nick(fields[b"n"]), _text(fields[b"t"])).line()
             self._retained.add(msg_id, line)
         elif b"l" in fields and out is not None:
-            line = fields[b"l"]
+            line = _presence(fields[b"l"])
         else:
             return
         if out is not None:

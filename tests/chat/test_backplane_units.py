@@ -271,3 +271,51 @@ def test_a_successor_holds_delivery_then_reads_on_from_the_handed_over_id() -> N
         await successor.stop()
 
     run(body)
+
+
+def test_malformed_entries_in_redis_are_skipped_logged_and_reading_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What Redis holds is checked as client input is: anything that reached Redis could have
+    written it, and one bad entry must neither reach a terminal nor stop every host."""
+
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        (a, sa), (b, sb) = await host(server), await host(server)
+        raw = fakeredis.FakeAsyncRedis(server=server)
+        assert a.say("ann", "before")
+        await until(lambda: len(msgs(sb.lines)) == 1)
+        room = "pynet:room"
+        bad = [
+            {"n": "eve\x1b[2J", "t": "hi"},  # a nickname no client may take
+            {"n": "eve", "t": "\x1b]0;pwned\x07"},  # text that drives terminals
+            {"n": "eve", "t": b"\xff\xfe"},  # not UTF-8
+            {"t": "no nickname"},
+            {"l": "MSG 1 forged\n"},  # not a presence line
+            {"l": "JOIN x\nBYE forged\n"},  # two lines in one
+        ]
+        for i, fields in enumerate(bad):
+            await raw.xadd(
+                room, fields, id=f"{100 + i}-{0 if 'n' in fields or 't' in fields else 1}"
+            )
+        await raw.xadd(f"pynet:inbox:{b.host}", {"a": "x", "f": "eve", "to": "bob", "t": "x"})
+        await raw.xadd(f"pynet:inbox:{b.host}", {"a": "0", "f": "eve", "to": "bo b", "t": "x"})
+        await raw.set("pynet:counter", 200)
+        assert a.say("ann", "after")
+        await until(lambda: b"after" in b"".join(sb.lines))
+        assert not [line for line in sb.lines if b"eve" in line or b"forged" in line]
+        assert sb.privates == []
+        skipped = [r for r in caplog.records if "skipped a malformed entry" in r.message]
+        assert len(skipped) >= len(bad) + 2
+        assert b.say("bob", "still reading")
+        await until(lambda: b"still reading" in b"".join(sa.lines))
+        await a.stop()
+        await b.stop()
+        # A host that starts now loads the same stream without crashing on it.
+        (c, _) = await host(server)
+        replay = b"".join(c.since(0))
+        await c.stop()
+        assert b"ann after" in replay
+        assert b"eve" not in replay
+
+    run(body)
