@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import fakeredis
 import pytest
@@ -286,7 +287,7 @@ def test_malformed_entries_in_redis_are_skipped_logged_and_reading_goes_on(
         assert a.say("ann", "before")
         await until(lambda: len(msgs(sb.lines)) == 1)
         room = "pynet:room"
-        bad = [
+        bad: list[dict[Any, Any]] = [
             {"n": "eve\x1b[2J", "t": "hi"},  # a nickname no client may take
             {"n": "eve", "t": "\x1b]0;pwned\x07"},  # text that drives terminals
             {"n": "eve", "t": b"\xff\xfe"},  # not UTF-8
