@@ -175,3 +175,11 @@ def test_baseline_server_speaks_enough_of_the_protocol() -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.mark.timeout(180)
+def test_hostile_bench_runs_each_attack_and_prints_a_verdict() -> None:
+    out = run_bench("bench.hostile_bench", "--seconds", "1")
+    for attack in ("quiet (baseline)", "replays", "who", "flood"):
+        assert f"\n{attack}" in out or out.startswith(attack), out
+    assert out.count("PASS") + out.count("MISS") == 3
