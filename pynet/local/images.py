@@ -51,7 +51,13 @@ BASE_IMAGE = base_image()
 HOST_IMAGE = host_image()
 RECIPE_LABEL = "dev.pynet.recipe"
 BASE_FILES = ("base.Dockerfile",)
-HOST_FILES = ("base.Dockerfile", "host.Dockerfile", "sshd-pynet.conf", "ssh-hostkeys.conf")
+HOST_FILES = (
+    "base.Dockerfile",
+    "host.Dockerfile",
+    "sshd-pynet.conf",
+    "ssh-hostkeys.conf",
+    "docker-harness.conf",
+)
 RECIPES = {
     **{base_image(suite): BASE_FILES for suite in SUITES},
     **{host_image(suite): HOST_FILES for suite in SUITES},
