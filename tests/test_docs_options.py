@@ -8,6 +8,8 @@ a row, a row for an option that is gone, or a `PYNET_*` name no code reads, fail
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from invoke.collection import Collection
 
 import fabfile
 from chat import client, config
+from pynet.aws.requests import DEFAULT_OS, SSH_USERS
 from pynet.tasks.options import ENVIRONMENT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -127,6 +130,22 @@ def test_fab_commands_in_the_docs_use_real_options() -> None:
             flags = {w.split("=")[0] for w in words if w.startswith("-")}
             unknown = flags - TASKS[tasks[0]] - core
             assert not unknown, f"{path.name}: `{command}` uses {unknown}"
+
+
+def test_the_default_os_is_the_one_the_docs_and_help_name() -> None:
+    """`fab launch`'s default image (Debian 13) is said in docs/aws.md and in `fab --help`."""
+    text = (REPO / "docs" / "aws.md").read_text(encoding="utf-8")
+    assert re.findall(r"`--os (\w+)` \(default", text) == [DEFAULT_OS]
+    assert set(re.findall(r"`--os (\w+)`", text)) == set(SSH_USERS)
+    collection = Collection.from_module(fabfile)
+    fab = Path(sys.executable).parent / "fab"
+    for name in ("launch", "launch-cluster"):
+        [os_arg] = [arg for arg in collection[name].get_arguments() if arg.name == "os"]
+        assert os_arg.default == DEFAULT_OS, name
+        shown = subprocess.run(
+            [str(fab), "--help", name], capture_output=True, text=True, check=True, cwd=REPO
+        ).stdout
+        assert re.search(rf"--os=STRING +{DEFAULT_OS} \(default\)", shown), shown
 
 
 # --- the environment --------------------------------------------------------------------------

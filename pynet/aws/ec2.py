@@ -32,6 +32,7 @@ from pynet.aws.keys import (
     find_key_pairs,
 )
 from pynet.aws.requests import (
+    DEFAULT_OS,
     DEPLOYMENT_TAG,
     DESTROYABLE_STATES,
     LIVE_STATES,
@@ -96,7 +97,7 @@ class LaunchSpec:
     name: str
     ssh_cidr: str
     instance_type: str = "t3.micro"
-    os_name: str = "debian12"
+    os_name: str = DEFAULT_OS
     ami: str | None = None
     disk_gib: int = 16
     recovery: bool = True  # CloudWatch alarms: recover (system check), reboot (instance check)
@@ -365,6 +366,7 @@ def launch(
         key_name=key_name,
         group_id=group_id,
         ssh_user=SSH_USERS[spec.os_name],
+        os_name=spec.os_name,
         disk_gib=spec.disk_gib,
     )
     group = _ensure_logging(clients, spec, say)

@@ -106,7 +106,7 @@ def explain(
         if code in _NO_AMI:
             return CloudError(
                 f"AMI not found{where} while {doing} ({code}): AMI ids differ per region; check "
-                "--ami or leave it out to use the latest Debian 12 image"
+                "--ami or leave it out to use the latest image of --os"
             )
         message = _one_line(err.response.get("Error", {}).get("Message", ""))
         return CloudError(f"AWS error while {doing}{where}: {code}: {message}")

@@ -7,6 +7,7 @@ from typing import Any
 from pynet.aws.errors import CloudError, explained
 from pynet.aws.requests import (
     AL2023_PARAMETER,
+    DEBIAN_RELEASES,
     SSH_USERS,
     architecture,
     debian_images_request,
@@ -33,11 +34,13 @@ def resolve_image(
             parameter = ssm.get_parameter(Name=AL2023_PARAMETER.format(arch=arch))
         image_id = parameter["Parameter"]["Value"]
     else:
-        with explained("looking up the latest Debian 12 image", region):
-            found = newest_image(ec2.describe_images(**debian_images_request(arch))["Images"])
+        release = DEBIAN_RELEASES[os_name]
+        with explained(f"looking up the latest Debian {release} image", region):
+            request = debian_images_request(arch, release)
+            found = newest_image(ec2.describe_images(**request)["Images"])
         if found is None:
             raise CloudError(
-                f"no Debian 12 {arch} image from the Debian account in {region}: pass --ami"
+                f"no Debian {release} {arch} image from the Debian account in {region}: pass --ami"
             )
         image_id = found["ImageId"]
     with explained(f"describing AMI {image_id}", region):

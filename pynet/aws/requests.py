@@ -19,6 +19,7 @@ APP_TAG = "pynet:app"
 APP = "pynet"
 DEPLOYMENT_TAG = "pynet:deployment"
 SSH_USER_TAG = "pynet:ssh-user"
+OS_TAG = "pynet:os"  # the --os it was launched with (debian12 and debian13 share a user)
 KEY_ORIGIN_TAG = "pynet:key-origin"  # "created" (we hold the private key) or "imported"
 
 CHAT_PORT = PORT
@@ -216,7 +217,11 @@ def create_key_pair_request(name: str) -> dict[str, Any]:
 
 DEBIAN_OWNER = "136693071363"  # the Debian cloud team's AWS account
 AL2023_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-{arch}"
-SSH_USERS = {"debian12": "admin", "al2023": "ec2-user"}
+#: Every --os: its SSH user. The first is the default (Debian 13: stable since August 2025).
+SSH_USERS = {"debian13": "admin", "debian12": "admin", "al2023": "ec2-user"}
+DEFAULT_OS = next(iter(SSH_USERS))
+#: The Debian release of each Debian --os, as the Debian cloud team names its images.
+DEBIAN_RELEASES = {"debian13": "13", "debian12": "12"}
 
 _GRAVITON = re.compile(r"^(a1|[a-z]+\d+g[a-z-]*)$")
 
@@ -227,13 +232,20 @@ def architecture(instance_type: str) -> str:
     return "arm64" if _GRAVITON.match(family) else "x86_64"
 
 
-def debian_images_request(arch: str) -> dict[str, Any]:
-    """DescribeImages parameters for official Debian 12 images of one architecture."""
+def launched_os(instance: dict[str, Any]) -> str:
+    """The --os an instance was launched with: its tag, else (launched before the tag, when
+    `admin` meant Debian 12) what its SSH user says; "" when neither tells."""
+    legacy = {"admin": "debian12", "ec2-user": "al2023"}
+    return tag_value(instance, OS_TAG) or legacy.get(tag_value(instance, SSH_USER_TAG), "")
+
+
+def debian_images_request(arch: str, release: str) -> dict[str, Any]:
+    """DescribeImages parameters for official Debian RELEASE ("12", "13") images of one CPU."""
     debian_arch = {"x86_64": "amd64", "arm64": "arm64"}[arch]
     return {
         "Owners": [DEBIAN_OWNER],
         "Filters": [
-            {"Name": "name", "Values": [f"debian-12-{debian_arch}-*"]},
+            {"Name": "name", "Values": [f"debian-{release}-{debian_arch}-*"]},
             {"Name": "architecture", "Values": [arch]},
             {"Name": "state", "Values": ["available"]},
         ],
@@ -266,8 +278,10 @@ def run_instances_request(
     group_id: str,
     ssh_user: str,
     disk_gib: int,
+    os_name: str = "",
 ) -> dict[str, Any]:
     """RunInstances parameters: IMDSv2 only, encrypted gp3 root, everything tagged at birth."""
+    instance_tags = {SSH_USER_TAG: ssh_user, **({OS_TAG: os_name} if os_name else {})}
     request: dict[str, Any] = {
         "ImageId": image["ImageId"],
         "InstanceType": instance_type,
@@ -294,7 +308,7 @@ def run_instances_request(
             }
         ],
         "TagSpecifications": [
-            *tag_specifications(name, "instance", **{SSH_USER_TAG: ssh_user}),
+            *tag_specifications(name, "instance", **instance_tags),
             *tag_specifications(name, "volume", "network-interface"),
         ],
     }

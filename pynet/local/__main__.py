@@ -1,11 +1,13 @@
 """`python -m pynet.local`: the local harness from the shell (used by `make demo` and by hand).
 
-python -m pynet.local engine              start a Docker engine if none runs
-python -m pynet.local images              build or load the cached base and host images
-python -m pynet.local chat-image VERSION  build pynet-chat:VERSION on the local base
-python -m pynet.local host up NAME        boot an EC2-like host, print how to reach it (JSON)
-python -m pynet.local host down NAME      remove it
-python -m pynet.local host list           list the harness's hosts
+python -m pynet.local engine                     start a Docker engine if none runs
+python -m pynet.local images [--debian S]        build or load the cached base and host images
+python -m pynet.local chat-image VERSION         build pynet-chat:VERSION on the local base
+python -m pynet.local host up NAME [--debian S]  boot an EC2-like host, print how to reach it (JSON)
+python -m pynet.local host down NAME             remove it
+python -m pynet.local host list                  list the harness's hosts
+
+S is the host's Debian release: bookworm (Debian 12, the default) or trixie (Debian 13).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("engine", help="start a Docker engine if none is running")
-    sub.add_parser("images", help="build or load the base and host images")
+    built = sub.add_parser("images", help="build or load the base and host images")
+    built.add_argument("--debian", choices=sorted(images.SUITES), default=images.DEFAULT_SUITE)
     chat = sub.add_parser("chat-image", help="build the chat image on the local base")
     chat.add_argument("version")
     hosts = sub.add_parser("host", help="manage EC2-like hosts")
@@ -40,20 +43,24 @@ def main(argv: list[str] | None = None) -> int:
         help="private key whose .pub is authorized (made if missing)",
     )
     hosts.add_argument("--ssh-port", type=int, default=0)
+    hosts.add_argument("--debian", choices=sorted(images.SUITES), default=images.DEFAULT_SUITE)
     hosts.add_argument("--app-port", type=int, default=0)
     args = parser.parse_args(argv)
 
     try:
         engine.ensure_engine()
         if args.command == "images":
-            print(images.ensure_base_image())
-            print(images.ensure_host_image())
+            print(images.ensure_base_image(args.debian))
+            print(images.ensure_host_image(args.debian))
         elif args.command == "chat-image":
             print(images.build_chat_image(args.version))
         elif args.command == "host":
             if args.action == "up":
                 _, public = host.make_keypair(args.key)
-                print(host.start_host(args.name, public, args.ssh_port, args.app_port).as_json())
+                started = host.start_host(
+                    args.name, public, args.ssh_port, args.app_port, suite=args.debian
+                )
+                print(started.as_json())
             elif args.action == "down":
                 host.stop_host(args.name)
             else:

@@ -2,8 +2,8 @@
 
 moto ships Amazon Linux images but no Debian ones, and it reads its image list once, when it is
 imported; so the server runs as a subprocess with MOTO_AMIS_PATH pointing at a list that also has
-Debian 12 images published by Debian's account, and `fab launch` finds its default image exactly
-as it does on AWS.
+Debian 13 and 12 images published by Debian's account, and `fab launch` finds its default image
+exactly as it does on AWS.
 """
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pynet.wait import WaitTimeout, wait_until
 
 MOTO_SERVER = Path(sys.executable).parent / "moto_server"
 
-#: (id, name, owner, architecture, creation date): Debian 12 images as Debian publishes them.
+#: (id, name, owner, architecture, creation date): Debian 13 and 12 images as Debian publishes them.
 DEBIAN_IMAGES: tuple[tuple[str, str, str, str, str], ...] = (
+    ("ami-0deb13amd64local", "debian-13-amd64-20260101-2350", DEBIAN_OWNER, "x86_64", "2026-01-01"),
+    ("ami-0deb13arm64local", "debian-13-arm64-20260101-2350", DEBIAN_OWNER, "arm64", "2026-01-01"),
     ("ami-0deb12amd64local", "debian-12-amd64-20260101-2350", DEBIAN_OWNER, "x86_64", "2026-01-01"),
     ("ami-0deb12arm64local", "debian-12-arm64-20260101-2350", DEBIAN_OWNER, "arm64", "2026-01-01"),
 )

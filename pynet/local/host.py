@@ -1,6 +1,7 @@
 """The local EC2-like host: a container that boots systemd with sshd, reached over SSH.
 
-Ansible and Fabric talk to it exactly as they would to a Debian EC2 instance
+Debian 12 (bookworm, the default) or 13 (trixie). Ansible and Fabric talk to it exactly as they
+would to a Debian EC2 instance
 (`admin@127.0.0.1:PORT` with a key); only the address differs. As `fab launch` does for an
 instance, the harness makes the host's SSH key here, puts it on the host before sshd first
 starts, and pins it in a known_hosts file of its own: every connection checks it strictly.
@@ -22,7 +23,7 @@ from chat import PORT
 from pynet import hostkeys
 from pynet.deploy.probe import ProbeError, ssh_banner
 from pynet.local.engine import EngineError, docker, ensure_engine
-from pynet.local.images import ensure_host_image
+from pynet.local.images import DEFAULT_SUITE, ensure_host_image
 from pynet.wait import WaitTimeout, wait_until
 
 LABEL = "pynet.local.host"
@@ -176,15 +177,16 @@ def start_host(
     timeout: float = 60.0,
     known_hosts: Path | None = None,
     host_key: hostkeys.HostKeyPair | None = None,
+    suite: str = DEFAULT_SUITE,
 ) -> Host:
     """Boot host NAME (replacing any old one) with a host key made here, and wait for SSH.
 
     Ports are chosen here rather than by Docker so they survive a restart (a "reboot"). The
     host key (HOST_KEY, else a new one) is pinned in KNOWN_HOSTS (default: known_hosts beside
-    the client key).
+    the client key). SUITE is the Debian release it runs (bookworm or trixie).
     """
     ensure_engine()
-    image = ensure_host_image()
+    image = ensure_host_image(suite)
     stop_host(name, known_hosts)
     public_key = Path(public_key_path).resolve()
     pins = (known_hosts or default_known_hosts(public_key)).resolve()

@@ -1,10 +1,11 @@
 """Images the harness builds locally, because no registry is reachable from here.
 
-`debootstrap` makes a Debian 12 root filesystem once; it becomes a `FROM scratch` base image
-(`BASE_IMAGE`, which the chat Dockerfile accepts as its `BASE_IMAGE` build argument) and, with
+`debootstrap` makes a Debian root filesystem once per release (12 "bookworm" or 13 "trixie",
+`SUITES`); it becomes a `FROM scratch` base image (`base_image(suite)`; `BASE_IMAGE` is
+bookworm's, which the chat Dockerfile accepts as its `BASE_IMAGE` build argument) and, with
 systemd and sshd set up like a Debian EC2 instance, the image of the local EC2-like host
-(`HOST_IMAGE`). Both are cached as `docker save | gzip` files under `.cache/images/`, so a later
-run loads them in seconds instead of rebuilding for minutes.
+(`host_image(suite)`; `HOST_IMAGE` is bookworm's). All are cached as `docker save | gzip` files
+under `.cache/images/`, so a later run loads them in seconds instead of rebuilding for minutes.
 """
 
 from __future__ import annotations
@@ -23,12 +24,43 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("PYNET_CACHE", REPO / ".cache")) / "images"
 FILES = Path(__file__).resolve().parent / "files"
 
-BASE_IMAGE = "pynet-local/debian:bookworm"
-HOST_IMAGE = "pynet-local/ec2-host:bookworm"
+#: The Debian releases a local host can run: codename -> version (`fab launch --os debianN`).
+SUITES = {"bookworm": "12", "trixie": "13"}
+DEFAULT_SUITE = "bookworm"
+
+
+def base_image(suite: str = DEFAULT_SUITE) -> str:
+    """The tag of the Debian SUITE base image."""
+    return f"pynet-local/debian:{check_suite(suite)}"
+
+
+def host_image(suite: str = DEFAULT_SUITE) -> str:
+    """The tag of the EC2-like host image on Debian SUITE."""
+    return f"pynet-local/ec2-host:{check_suite(suite)}"
+
+
+def check_suite(suite: str) -> str:
+    """Refuse a Debian release the harness cannot build, in one line."""
+    if suite not in SUITES:
+        choices = ", ".join(f"{name} (Debian {version})" for name, version in SUITES.items())
+        raise EngineError(f"unknown Debian release {suite!r} for a local host: choose {choices}")
+    return suite
+
+
+BASE_IMAGE = base_image()
+HOST_IMAGE = host_image()
 RECIPE_LABEL = "dev.pynet.recipe"
+BASE_FILES = ("base.Dockerfile",)
+HOST_FILES = (
+    "base.Dockerfile",
+    "host.Dockerfile",
+    "sshd-pynet.conf",
+    "ssh-hostkeys.conf",
+    "docker-harness.conf",
+)
 RECIPES = {
-    BASE_IMAGE: ("base.Dockerfile",),
-    HOST_IMAGE: ("base.Dockerfile", "host.Dockerfile", "sshd-pynet.conf", "ssh-hostkeys.conf"),
+    **{base_image(suite): BASE_FILES for suite in SUITES},
+    **{host_image(suite): HOST_FILES for suite in SUITES},
 }
 DEBIAN_MIRROR = os.environ.get("PYNET_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 ROOTFS_PACKAGES = (
@@ -49,6 +81,9 @@ ROOTFS_TRIM = (
 def recipe_digest(tag: str) -> str:
     """A digest of what TAG is made from: a changed recipe invalidates the cached image."""
     digest = hashlib.sha256(ROOTFS_PACKAGES.encode() + DEBIAN_MIRROR.encode())
+    suite = tag.rsplit(":", 1)[1]
+    if suite != "bookworm":  # bookworm's digest predates the choice: its cache stays valid
+        digest.update(suite.encode())
     for name in RECIPES[tag]:
         digest.update(name.encode() + (FILES / name).read_bytes())
     return digest.hexdigest()[:12]
@@ -111,7 +146,7 @@ def _cached(tag: str, build: Callable[[], None]) -> str:
     return tag
 
 
-def _debootstrap(rootfs: Path) -> None:
+def _debootstrap(rootfs: Path, suite: str = DEFAULT_SUITE) -> None:
     if os.geteuid() != 0:
         raise EngineError(
             "building the local Debian base image needs root (debootstrap): run "
@@ -128,7 +163,7 @@ def _debootstrap(rootfs: Path) -> None:
             "debootstrap",
             "--variant=minbase",
             f"--include={ROOTFS_PACKAGES}",
-            "bookworm",
+            suite,
             str(rootfs),
             DEBIAN_MIRROR,
         ],
@@ -146,50 +181,54 @@ def _debootstrap(rootfs: Path) -> None:
     # Empty lists with a fresh mtime make Ansible's cache_valid_time skip `apt-get update`.
     os.utime(lists, (946684800, 946684800))
     (rootfs / "etc/apt/sources.list").write_text(
-        f"deb {DEBIAN_MIRROR} bookworm main\n"
-        f"deb {DEBIAN_MIRROR} bookworm-updates main\n"
-        f"deb {DEBIAN_MIRROR.replace('/debian', '/debian-security')} bookworm-security main\n"
+        f"deb {DEBIAN_MIRROR} {suite} main\n"
+        f"deb {DEBIAN_MIRROR} {suite}-updates main\n"
+        f"deb {DEBIAN_MIRROR.replace('/debian', '/debian-security')} {suite}-security main\n"
     )
+    # trixie writes its sources in deb822 form too: one list, the one above.
+    (rootfs / "etc/apt/sources.list.d/debian.sources").unlink(missing_ok=True)
 
 
-def _build_base() -> None:
+def _build_base(suite: str) -> None:
+    tag = base_image(suite)
     with tempfile.TemporaryDirectory(prefix="pynet-rootfs-", dir=CACHE) as tmp:
         work = Path(tmp)
         rootfs = work / "rootfs"
-        _debootstrap(rootfs)
+        _debootstrap(rootfs, suite)
         subprocess.run(["tar", "-C", str(rootfs), "-cf", str(work / "rootfs.tar"), "."], check=True)
         shutil.rmtree(rootfs)
         shutil.copy(FILES / "base.Dockerfile", work / "Dockerfile")
-        label = f"{RECIPE_LABEL}={recipe_digest(BASE_IMAGE)}"
-        docker("build", "-q", "-t", BASE_IMAGE, "--label", label, str(work))
+        label = f"{RECIPE_LABEL}={recipe_digest(tag)}"
+        docker("build", "-q", "-t", tag, "--label", label, str(work))
 
 
-def _build_host() -> None:
+def _build_host(suite: str) -> None:
+    tag = host_image(suite)
     docker(
         "build",
         "-q",
         "-t",
-        HOST_IMAGE,
+        tag,
         "--build-arg",
-        f"BASE={ensure_base_image()}",
+        f"BASE={ensure_base_image(suite)}",
         "--label",
-        f"{RECIPE_LABEL}={recipe_digest(HOST_IMAGE)}",
+        f"{RECIPE_LABEL}={recipe_digest(tag)}",
         "-f",
         str(FILES / "host.Dockerfile"),
         str(FILES),
     )
 
 
-def ensure_base_image() -> str:
-    """Debian 12 with python3, built without a registry: the chat image's local base."""
+def ensure_base_image(suite: str = DEFAULT_SUITE) -> str:
+    """Debian SUITE with python3, built without a registry: the chat image's local base."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    return _cached(BASE_IMAGE, _build_base)
+    return _cached(base_image(suite), lambda: _build_base(suite))
 
 
-def ensure_host_image() -> str:
-    """Debian 12 booting systemd with sshd and a sudo user `admin`: the EC2-like host."""
+def ensure_host_image(suite: str = DEFAULT_SUITE) -> str:
+    """Debian SUITE booting systemd with sshd and a sudo user `admin`: the EC2-like host."""
     CACHE.mkdir(parents=True, exist_ok=True)
-    return _cached(HOST_IMAGE, _build_host)
+    return _cached(host_image(suite), lambda: _build_host(suite))
 
 
 def build_chat_image(version: str, base: str | None = None) -> str:

@@ -24,7 +24,7 @@ from pynet.aws.keys import find_local_key
 from pynet.aws.logs import check_retention
 from pynet.aws.publicip import ssh_source
 from pynet.aws.recovery import check_topic
-from pynet.aws.requests import SSH_USERS, WIDEST_SSH_PREFIX, check_name
+from pynet.aws.requests import DEFAULT_OS, WIDEST_SSH_PREFIX, check_name, launched_os
 from pynet.aws.session import Clients, connect
 from pynet.aws.userdata import HOST_KEY_TAG
 from pynet.hostkeys import fingerprint, known_hosts_beside, pin, pinned_key, unpin
@@ -95,7 +95,7 @@ DISK_GIB = (1, 16384)
         "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
         "instance-type": "EC2 instance type; Graviton types (t4g, m7g...) get arm64 images "
         "(default t3.micro)",
-        "os": "debian12 (default; SSH user admin) or al2023 (SSH user ec2-user)",
+        "os": "debian13 (default) or debian12 (SSH user admin), or al2023 (SSH user ec2-user)",
         "ami": "launch this AMI instead of the latest image of --os (default: none)",
         "ssh-cidr": "who may SSH in (default: your public IP as /32, detected)",
         "allow-ssh-from-anywhere": f"permit an --ssh-cidr wider than /{WIDEST_SSH_PREFIX[4]} "
@@ -118,7 +118,7 @@ def launch(
     name: str = "",
     region: str | None = None,
     instance_type: str = "t3.micro",
-    os: str = "debian12",
+    os: str = DEFAULT_OS,
     ami: str | None = None,
     ssh_cidr: str | None = None,
     allow_ssh_from_anywhere: bool = False,
@@ -180,7 +180,7 @@ def _left_behind(clients: Clients, name: str) -> str:
 def unapplied(spec: ec2.LaunchSpec, instance: dict[str, Any], disk_gib: int | None) -> list[str]:
     """The launch options an existing instance does not match: they only apply to a new one."""
     found = ec2.Ec2Host.from_instance(instance)
-    os_name = next((o for o, user in SSH_USERS.items() if user == found.ssh_user), "")
+    os_name = launched_os(instance)
     notes = []
     if found.instance_type != spec.instance_type:
         notes.append(f"--instance-type {spec.instance_type} (it is {found.instance_type})")

@@ -20,6 +20,7 @@ from pynet.aws.errors import CloudError
 from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
 from pynet.aws.publicip import ssh_source
+from pynet.aws.requests import DEFAULT_OS
 from pynet.aws.session import Clients, connect
 from pynet.hostkeys import fingerprint, known_hosts_beside, unpin
 from pynet.tasks.cloud import (
@@ -48,7 +49,7 @@ def _elbv2(clients: Clients) -> object:
         "count": "number of chat hosts behind the load balancer (default 2)",
         "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
         "instance-type": "EC2 instance type of every host (default t3.micro)",
-        "os": "debian12 (default) or al2023",
+        "os": "debian13 (default), debian12 or al2023",
         "ami": "launch this AMI instead of the latest image of --os (default: none)",
         "ssh-cidr": "who may SSH in (default: your public IP as /32, detected)",
         "key": "public key to import (default ~/.ssh/id_ed25519.pub or id_rsa.pub)",
@@ -62,7 +63,7 @@ def launch_cluster(
     count: int = 2,
     region: str | None = None,
     instance_type: str = "t3.micro",
-    os: str = "debian12",
+    os: str = DEFAULT_OS,
     ami: str | None = None,
     ssh_cidr: str | None = None,
     key: str | None = None,

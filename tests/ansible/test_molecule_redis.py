@@ -1,4 +1,4 @@
-"""`molecule test` of the redis role on the local EC2-like systemd image (slow)."""
+"""`molecule test` of the redis role on the local EC2-like host, Debian 12 and 13 (slow)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ from tests.ansible.test_molecule import molecule_test
 pytestmark = [pytest.mark.e2e, pytest.mark.molecule]
 
 
-@pytest.mark.timeout(900)
-def test_redis_role(host_image: str) -> None:
-    molecule_test("redis", PYNET_HOST_IMAGE=host_image)
+@pytest.mark.timeout(1500)
+def test_redis_role(host_images: dict[str, str]) -> None:
+    molecule_test("redis", host_images)

@@ -1,7 +1,9 @@
 """playbooks/site.yml over real SSH against one local EC2-like host, then faults on that host.
 
-The tests share one provisioned host (module scope) and run in file order: the failure cases
-come last and leave the host provisioned again.
+On Debian 12 and Debian 13 alike: the host fixture is parametrized over both releases. The tests
+share one provisioned host per release (module scope) and run in file order: the failure cases
+come last and leave the host provisioned again. Faults that do not depend on the release (the
+kills, a bad image archive) run on Debian 13 only, the default of `fab launch`.
 """
 
 from __future__ import annotations
@@ -16,18 +18,23 @@ from pathlib import Path
 import pytest
 
 from pynet.local.host import Host
+from pynet.local.images import SUITES
 from pynet.local.provision import playbook_argv, write_inventory
 from tests.ansible.ansible_helpers import ChatClient, Ran, ping, recap, run, wait_for_pong
 from tests.kit import wait_until
 
 pytestmark = pytest.mark.e2e
 
+#: Where the faults that do not depend on the Debian release run: `fab launch`'s default.
+DEFAULT = pytest.mark.parametrize("site", ["trixie"], indirect=True)
+
 
 class Site:
     """One host and the way to run site.yml against it."""
 
-    def __init__(self, host: Host, inventory: Path, archive: Path) -> None:
+    def __init__(self, host: Host, inventory: Path, archive: Path, suite: str) -> None:
         self.host = host
+        self.suite = suite
         self.inventory = inventory
         self.archive = archive
 
@@ -39,22 +46,26 @@ class Site:
         return self.host.exec("sh", "-c", script, check=check)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=list(SUITES))
 def site(
-    host_image: str,
+    request: pytest.FixtureRequest,
+    host_images: dict[str, str],
     ssh_keypair: tuple[Path, Path],
     chat_image_archive: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Site]:
     from pynet.local.host import start_host, stop_host
 
-    name = f"pynet-ansible-{uuid.uuid4().hex[:8]}"
-    host = start_host(name, ssh_keypair[1])
+    suite = request.param
+    name = f"pynet-ansible-{suite}-{uuid.uuid4().hex[:8]}"
+    host = start_host(name, ssh_keypair[1], suite=suite)
     try:
+        release = host.exec("cat", "/etc/debian_version").stdout
+        assert release.startswith(f"{SUITES[suite]}."), release  # the release it claims to be
         inventory = write_inventory(tmp_path_factory.mktemp("inv") / "hosts.yml", host)
-        site = Site(host, inventory, chat_image_archive)
+        site = Site(host, inventory, chat_image_archive, suite)
         first = site.play()
-        print(f"site.yml, first run: {first.duration:.0f} s")
+        print(f"site.yml on {suite}, first run: {first.duration:.0f} s")
         assert first.returncode == 0, first.stdout[-8000:]
         assert recap(first.stdout)[name]["failed"] == 0
         yield site
@@ -64,7 +75,7 @@ def site(
 
 def test_second_run_changes_nothing(site: Site) -> None:
     second = site.play()
-    print(f"site.yml, second run: {second.duration:.0f} s")
+    print(f"site.yml on {site.suite}, second run: {second.duration:.0f} s")
     assert second.returncode == 0, second.stdout[-8000:]
     assert recap(second.stdout)[site.host.name] == {
         "ok": recap(second.stdout)[site.host.name]["ok"],
@@ -83,11 +94,12 @@ def test_dry_run_on_the_provisioned_host_changes_nothing(site: Site) -> None:
     assert "Dry run stops here" not in dry.stdout
 
 
+@pytest.mark.parametrize("suite", list(SUITES))
 def test_dry_run_on_a_fresh_host_goes_as_far_as_it_can(
-    ec2_host: Callable[..., Host], chat_image_archive: Path, tmp_path: Path
+    ec2_host: Callable[..., Host], chat_image_archive: Path, tmp_path: Path, suite: str
 ) -> None:
     """Check mode installs nothing: the run stops, saying why, where packages are missing."""
-    host = ec2_host()
+    host = ec2_host(suite=suite)
     inventory = write_inventory(tmp_path / "hosts.yml", host)
     argv = playbook_argv(inventory, f"chat_image_archive={chat_image_archive}")
     dry = run([*argv, "--check", "--diff"], timeout=600)
@@ -114,7 +126,7 @@ def test_the_unit_is_sandboxed(site: Site) -> None:
     report = site.sh(f"systemd-analyze security --no-pager {unit}").stdout
     match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report)
     assert match, report
-    print(f"systemd-analyze security on the host: {match[1]}")
+    print(f"systemd-analyze security on the {site.suite} host: {match[1]}")
     assert float(match[1]) <= 2.0, report
 
 
@@ -131,16 +143,19 @@ def _recovery(site: Site, fault: str, script: str) -> float:
     return seconds
 
 
+@DEFAULT
 def test_comes_back_after_docker_kill(site: Site) -> None:
     script = "docker kill $(docker ps --quiet --filter name=^pynet-chat-)"
     assert _recovery(site, "docker kill", script) < 10
 
 
+@DEFAULT
 def test_comes_back_after_kill_9_of_the_server(site: Site) -> None:
     script = "kill -9 $(pgrep -f 'python3 -m chat.server' | head -n 1)"
     assert _recovery(site, "kill -9 of the chat server process", script) < 10
 
 
+@DEFAULT
 def test_comes_back_after_kill_9_of_the_docker_client(site: Site) -> None:
     unit = (
         "$(systemctl list-units --plain --no-legend --state=active 'pynet-chat@*' | cut -d' ' -f1)"
@@ -180,6 +195,24 @@ def test_broken_docker_config_fails_with_the_reason(site: Site) -> None:
     wait_for_pong(site.host.app_port)
 
 
+@DEFAULT
+def test_docker_without_its_cli_fails_in_one_line(site: Site) -> None:
+    """Debian 13's docker.io only recommends docker-cli: a host left without the `docker`
+    command is named as such, not blamed on daemon.json, and the next run repairs it."""
+    site.sh("apt-get remove -y -q docker-cli >/dev/null 2>&1")
+    assert site.sh("test -e /usr/bin/docker", check=False).returncode != 0
+    broken = site.play("-e", '{"docker_distro_packages": ["docker.io"]}')
+    assert broken.returncode != 0
+    assert "there is no /usr/bin/docker" in broken.stdout, broken.stdout[-8000:]
+    assert "Debian 13 needs docker-cli" in broken.stdout, broken.stdout[-8000:]
+    assert "Docker could not start" not in broken.stdout, broken.stdout[-8000:]
+
+    repaired = site.play()
+    assert repaired.returncode == 0, repaired.stdout[-8000:]
+    wait_for_pong(site.host.app_port)
+
+
+@DEFAULT
 def test_bad_image_archive_fails_with_the_reason(site: Site, tmp_path: Path) -> None:
     bad = tmp_path / "pynet-chat-broken.tar.gz"
     bad.write_bytes(b"this is not a docker save archive\n" * 100)

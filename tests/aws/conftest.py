@@ -26,6 +26,9 @@ from tests.aws.helpers import REGION
 
 #: Debian images as the Debian account publishes them, plus decoys the lookup must skip.
 DEBIAN_IMAGES = [
+    ("ami-0deb13old000000a", "debian-13-amd64-20250815-2200", DEBIAN_OWNER, "x86_64", "2025-08-15"),
+    ("ami-0deb13new000000a", "debian-13-amd64-20251201-1500", DEBIAN_OWNER, "x86_64", "2025-12-01"),
+    ("ami-0deb13arm000000a", "debian-13-arm64-20251201-1500", DEBIAN_OWNER, "arm64", "2025-12-01"),
     ("ami-0deb12old000000a", "debian-12-amd64-20240101-1600", DEBIAN_OWNER, "x86_64", "2024-01-01"),
     ("ami-0deb12new000000a", "debian-12-amd64-20250601-2100", DEBIAN_OWNER, "x86_64", "2025-06-01"),
     ("ami-0deb12arm000000a", "debian-12-arm64-20250601-2100", DEBIAN_OWNER, "arm64", "2025-06-01"),

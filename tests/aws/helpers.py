@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 REGION = "eu-central-1"
-NEWEST_DEBIAN_AMD64 = "ami-0deb12new000000a"
+NEWEST_DEBIAN_AMD64 = "ami-0deb13new000000a"  # Debian 13: the default --os
+NEWEST_DEBIAN12_AMD64 = "ami-0deb12new000000a"
 
 
 @dataclass

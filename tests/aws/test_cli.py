@@ -56,7 +56,7 @@ def test_launch_twice_hosts_inventory_destroy(cli_env: dict[str, str], tmp_path:
     assert "next: ansible-playbook" in first.out
     assert "playbooks/site.yml" in first.out
     [instance] = instances(cli_env, "demo")
-    assert instance["ImageId"] == NEWEST_DEBIAN_AMD64  # the newest Debian 12 amd64 image
+    assert instance["ImageId"] == NEWEST_DEBIAN_AMD64  # the newest Debian 13 amd64 image
 
     again = fab("launch", "--name", "demo", "--ssh-cidr", "203.0.113.7/32", env=cli_env)
     assert again.code == 0, again.err

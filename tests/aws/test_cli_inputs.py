@@ -134,7 +134,7 @@ def test_relaunch_names_the_options_that_did_not_apply(
     out = capsys.readouterr().out
     [note] = [line for line in out.splitlines() if line.startswith("note:")]
     assert "--instance-type t3.small (it is t3.micro)" in note
-    assert "--os al2023 (it runs debian12)" in note
+    assert "--os al2023 (it runs debian13)" in note
     assert "--disk-gib 30 (it has 20 GiB)" in note
     assert f"`fab destroy --name {name}`" in note
     # the next step names the inventory the release tasks must read

@@ -64,6 +64,7 @@ def test_launch_creates_a_tagged_locked_down_host(
         "pynet:app": "pynet",
         "pynet:deployment": name,
         "pynet:ssh-user": "admin",
+        "pynet:os": "debian13",
     }
     volumes = clients.ec2.describe_volumes(
         Filters=[{"Name": "tag:pynet:deployment", "Values": [name]}]
@@ -205,7 +206,8 @@ def test_al2023_image_comes_from_ssm(clients: Clients) -> None:
     assert arm["Architecture"] == "arm64"
 
 
-def test_debian_lookup_picks_the_newest_image(clients: Clients) -> None:
+@pytest.mark.parametrize(("os_name", "release"), [("debian13", "13"), ("debian12", "12")])
+def test_debian_lookup_picks_the_newest_image(clients: Clients, os_name: str, release: str) -> None:
     """moto holds no Debian images: stub the calls the way real AWS answers them."""
     images = [
         {"ImageId": "ami-old", "CreationDate": "2024-01-01T00:00:00.000Z"},
@@ -213,12 +215,13 @@ def test_debian_lookup_picks_the_newest_image(clients: Clients) -> None:
     ]
     described = {"ImageId": "ami-new", "Architecture": "arm64", "RootDeviceName": "/dev/xvda"}
     with Stubber(clients.ec2) as stub:
-        stub.add_response("describe_images", {"Images": images}, debian_images_request("arm64"))
+        request = debian_images_request("arm64", release)
+        stub.add_response("describe_images", {"Images": images}, request)
         stub.add_response("describe_images", {"Images": [described]}, {"ImageIds": ["ami-new"]})
         image = resolve_image(
             clients.ec2,
             clients.ssm,
-            os_name="debian12",
+            os_name=os_name,
             instance_type="t4g.small",
             ami=None,
             region=clients.region,
@@ -228,7 +231,7 @@ def test_debian_lookup_picks_the_newest_image(clients: Clients) -> None:
 
 def test_no_debian_image_says_pass_ami(clients: Clients) -> None:
     with Stubber(clients.ec2) as stub:
-        stub.add_response("describe_images", {"Images": []}, debian_images_request("x86_64"))
+        stub.add_response("describe_images", {"Images": []}, debian_images_request("x86_64", "12"))
         with pytest.raises(CloudError, match=r"no Debian 12 x86_64 image .* pass --ami"):
             resolve_image(
                 clients.ec2,

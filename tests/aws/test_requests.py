@@ -6,6 +6,11 @@ import pytest
 
 from pynet.aws.errors import CloudError
 from pynet.aws.requests import (
+    DEBIAN_RELEASES,
+    DEFAULT_OS,
+    OS_TAG,
+    SSH_USER_TAG,
+    SSH_USERS,
     Rule,
     architecture,
     check_name,
@@ -16,6 +21,7 @@ from pynet.aws.requests import (
     host_cidr,
     import_key_pair_request,
     instance_filters,
+    launched_os,
     newest_image,
     permissions,
     root_volume_size,
@@ -67,6 +73,7 @@ def test_run_instances_request() -> None:
         group_id="sg-1",
         ssh_user="admin",
         disk_gib=16,
+        os_name="debian13",
     )
     assert request["MetadataOptions"] == {
         "HttpTokens": "required",
@@ -95,6 +102,7 @@ def test_run_instances_request() -> None:
         assert {"Key": "pynet:app", "Value": "pynet"} in resource_tags
         assert {"Key": "Name", "Value": "pynet-demo"} in resource_tags
     assert {"Key": "pynet:ssh-user", "Value": "admin"} in specs["instance"]
+    assert {"Key": "pynet:os", "Value": "debian13"} in specs["instance"]
     assert "ClientToken" not in request  # botocore fills a fresh one; moto ignores it anyway
 
 
@@ -139,15 +147,32 @@ def test_architecture(instance_type: str, arch: str) -> None:
 
 
 def test_debian_images_request() -> None:
-    assert debian_images_request("arm64") == {
+    assert debian_images_request("arm64", "13") == {
         "Owners": ["136693071363"],
         "Filters": [
-            {"Name": "name", "Values": ["debian-12-arm64-*"]},
+            {"Name": "name", "Values": ["debian-13-arm64-*"]},
             {"Name": "architecture", "Values": ["arm64"]},
             {"Name": "state", "Values": ["available"]},
         ],
     }
-    assert debian_images_request("x86_64")["Filters"][0]["Values"] == ["debian-12-amd64-*"]
+    assert debian_images_request("x86_64", "12")["Filters"][0]["Values"] == ["debian-12-amd64-*"]
+
+
+def test_debian_13_is_the_default_os_and_every_debian_os_has_a_release() -> None:
+    assert DEFAULT_OS == "debian13"
+    assert SSH_USERS[DEFAULT_OS] == "admin"
+    assert {name for name in SSH_USERS if name.startswith("debian")} == set(DEBIAN_RELEASES)
+
+
+def test_the_launched_os_comes_from_its_tag_or_from_before_the_tag() -> None:
+    def instance(**tags: str) -> dict[str, object]:
+        return {"Tags": [{"Key": key, "Value": value} for key, value in tags.items()]}
+
+    assert launched_os(instance(**{OS_TAG: "debian13", SSH_USER_TAG: "admin"})) == "debian13"
+    assert launched_os(instance(**{OS_TAG: "debian12", SSH_USER_TAG: "admin"})) == "debian12"
+    assert launched_os(instance(**{SSH_USER_TAG: "admin"})) == "debian12"  # launched before the tag
+    assert launched_os(instance(**{SSH_USER_TAG: "ec2-user"})) == "al2023"
+    assert launched_os(instance()) == ""
 
 
 def test_newest_image() -> None:

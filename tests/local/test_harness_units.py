@@ -47,3 +47,24 @@ def test_a_changed_recipe_invalidates_only_the_images_built_from_it(
     assert images._archive(images.HOST_IMAGE).name.endswith(
         f"-{images.recipe_digest(images.HOST_IMAGE)}.tar.gz"
     )
+
+
+def test_each_debian_release_has_its_own_images_and_cache() -> None:
+    bookworm, trixie = images.host_image("bookworm"), images.host_image("trixie")
+    assert (bookworm, trixie) == ("pynet-local/ec2-host:bookworm", "pynet-local/ec2-host:trixie")
+    assert images.host_image() == bookworm  # the default: what every other test boots
+    assert images.base_image() == images.base_image("bookworm")
+    assert images.recipe_digest(trixie) != images.recipe_digest(bookworm)
+    base = images.base_image("trixie")
+    assert images.recipe_digest(base) != images.recipe_digest(images.base_image("bookworm"))
+    assert images._archive(trixie).name.startswith("pynet-local_ec2-host_trixie-")
+
+
+def test_an_unknown_debian_release_is_refused_in_one_line() -> None:
+    with pytest.raises(images.EngineError) as refused:
+        images.host_image("sid")
+    message = str(refused.value)
+    assert message == (
+        "unknown Debian release 'sid' for a local host: choose bookworm (Debian 12), "
+        "trixie (Debian 13)"
+    )

@@ -1,10 +1,11 @@
-# A Debian 12 "EC2 instance": systemd as PID 1, sshd with key-only login, user `admin` with
+# A Debian 12 or 13 "EC2 instance": systemd as PID 1, sshd with key-only login, user `admin` with
 # passwordless sudo (as on Debian's official AMIs). The authorized key is written at start.
 ARG BASE
 FROM ${BASE}
 ENV container=docker
 COPY sshd-pynet.conf /etc/ssh/sshd_config.d/10-pynet-harness.conf
 COPY ssh-hostkeys.conf /etc/systemd/system/ssh.service.d/hostkeys.conf
+COPY docker-harness.conf /etc/systemd/system/docker.service.d/pynet-harness.conf
 RUN useradd --create-home --shell /bin/bash --groups sudo admin \
  && echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users \
  && chmod 0440 /etc/sudoers.d/90-cloud-init-users \
