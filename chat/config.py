@@ -54,6 +54,9 @@ class Settings:
     release: str = __version__
     log_level: str = "INFO"
     log_messages: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9050
+    metrics_cloudwatch: str | None = None
 
 
 def _whole(text: str) -> int:
@@ -170,6 +173,18 @@ def _backplane(text: str) -> str | None:
 
 def _path(text: str) -> str | None:
     return text or None
+
+
+_DEPLOYMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
+
+
+def _deployment(text: str) -> str | None:
+    """A CloudWatch dimension value: the deployment's name (what `fab launch --name` got)."""
+    if not text:
+        return None
+    if not _DEPLOYMENT.fullmatch(text):
+        raise ValueError("must be a deployment name: letters, digits, '_', '.', '-' (max 255)")
+    return text
 
 
 _HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
@@ -415,6 +430,30 @@ OPTIONS: tuple[Option, ...] = (
         _bool,
         "also log message text at DEBUG (off: message text is private)",
         "BOOL",
+    ),
+    Option(
+        "metrics_host",
+        "PYNET_METRICS_HOST",
+        _listen_host,
+        "address /metrics (Prometheus text) listens on; keep it on loopback: `fab top` reads "
+        "it through SSH and no security group opens it",
+        "ADDR",
+    ),
+    Option(
+        "metrics_port",
+        "PYNET_METRICS_PORT",
+        _port,
+        "TCP port of /metrics (docs/operating.md); 0 = no metrics endpoint",
+        "N",
+    ),
+    Option(
+        "metrics_cloudwatch",
+        "PYNET_METRICS_CLOUDWATCH",
+        _deployment,
+        "deployment name: print the figures every minute as CloudWatch embedded-metric JSON "
+        "lines (namespace PyNet, dimension Deployment) for the awslogs driver to ship; "
+        "empty = off",
+        "NAME",
     ),
 )
 

@@ -105,6 +105,7 @@ class LaunchSpec:
     eip: bool = False  # an Elastic IP, so the address survives a stop and start
     cloudwatch_logs: bool = False  # log group + instance profile for Docker's awslogs driver
     log_retention_days: int = 30
+    connections_alarm: int = 0  # minutes without an accepted connection that raise an alarm
 
 
 @dataclass(frozen=True)
@@ -473,6 +474,11 @@ def _operate(clients: Clients, spec: LaunchSpec, instance: dict[str, Any], say: 
             f"alarms {', '.join(recovery.alarm_names(spec.name))}: recover on a failed system "
             "check, reboot on a failed instance check"
         )
+    if spec.connections_alarm:
+        alarm = recovery.ensure_idle_alarm(
+            clients.cloudwatch, spec.name, spec.connections_alarm, clients.region, spec.alarm_topic
+        )
+        say(f"alarm {alarm}: no connection accepted for {spec.connections_alarm} minutes")
     if spec.eip:
         eip = address.ensure_address(clients.ec2, spec.name, host.instance_id, clients.region)
         say(f"Elastic IP {eip['PublicIp']} on {host.instance_id}")

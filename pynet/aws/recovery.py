@@ -119,9 +119,10 @@ def ensure_alarms(
 
 
 def find_alarms(cloudwatch: Any, name: str, region: str = "") -> list[str]:
-    """The names of the deployment's alarms that exist."""
+    """The names of the deployment's alarms that exist (recovery and no-connections)."""
+    names = [*alarm_names(name), alarm_name(name, IDLE_SUFFIX)]
     with explained("listing CloudWatch alarms", region):
-        found = cloudwatch.describe_alarms(AlarmNames=alarm_names(name))["MetricAlarms"]
+        found = cloudwatch.describe_alarms(AlarmNames=names)["MetricAlarms"]
     return [alarm["AlarmName"] for alarm in found]
 
 
@@ -129,3 +130,48 @@ def delete_alarms(cloudwatch: Any, names: list[str], region: str = "") -> None:
     if names:
         with explained(f"deleting CloudWatch alarms {', '.join(names)}", region):
             cloudwatch.delete_alarms(AlarmNames=names)
+
+
+# --- the service's own alarm (--connections-alarm) ------------------------------------------
+
+#: What the chat server's embedded-metric lines are filed under (chat/metrics.py, EMF_*).
+SERVICE_NAMESPACE = "PyNet"
+SERVICE_DIMENSION = "Deployment"
+IDLE_SUFFIX = "no-connections"
+
+
+def idle_alarm_request(name: str, minutes: int, topic_arn: str | None = None) -> dict[str, Any]:
+    """PutMetricAlarm parameters: fewer than one connection accepted, summed over every host of
+    the deployment, in each of MINUTES one-minute periods. The figure only exists when the
+    servers print it (`--cloudwatch-logs` sets `PYNET_METRICS_CLOUDWATCH`), so missing data
+    counts as breaching: a host that stopped serving also stops reporting."""
+    if minutes < 1:
+        raise CloudError(f"bad --connections-alarm {minutes}: expected minutes >= 1")
+    return {
+        "AlarmName": alarm_name(name, IDLE_SUFFIX),
+        "AlarmDescription": (
+            f"pynet {name}: no chat connection accepted for {minutes} minutes (docs/operating.md)"
+        ),
+        "Namespace": SERVICE_NAMESPACE,
+        "MetricName": "ConnectionsAccepted",
+        "Dimensions": [{"Name": SERVICE_DIMENSION, "Value": name}],
+        "Statistic": "Sum",
+        "Period": PERIOD,
+        "EvaluationPeriods": minutes,
+        "Threshold": 1.0,
+        "ComparisonOperator": "LessThanThreshold",
+        "Unit": "Count",
+        "TreatMissingData": "breaching",
+        "AlarmActions": [topic_arn] if topic_arn else [],
+        "Tags": tags(name),
+    }
+
+
+def ensure_idle_alarm(
+    cloudwatch: Any, name: str, minutes: int, region: str, topic_arn: str | None = None
+) -> str:
+    """Create (or update) the no-connections alarm; returns its name."""
+    request = idle_alarm_request(name, minutes, topic_arn)
+    with explained(f"creating the CloudWatch alarm {request['AlarmName']}", region):
+        cloudwatch.put_metric_alarm(**request)
+    return str(request["AlarmName"])

@@ -33,6 +33,7 @@ UNIT_PREFIX = "pynet-chat@"
 UNITS = f"{UNIT_PREFIX}*.service"
 CONTAINER_PREFIX = "pynet-chat-"
 APP_PORT = PORT
+METRICS_PORT = 9050  # the chat server's --metrics-port default (chat/config.py)
 HANDOVER_DIR = "/run/pynet"
 SWITCH_RECORD = f"{HANDOVER_DIR}/last-switch.json"
 STATE_DIR = "/var/lib/pynet-deploy"
@@ -240,6 +241,19 @@ def host_clock() -> Argv:
 def sessions(port: int = APP_PORT) -> Argv:
     """Established TCP connections on the chat port: the sessions the host serves right now."""
     return ["ss", "-Htn", "state", "established", f"( sport = :{port} )"]
+
+
+#: Fetch a URL with the host's python3 (every image we target has it, for Ansible); no curl.
+_FETCH = (
+    "import sys, urllib.request; "
+    "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())"
+)
+
+
+def scrape_metrics(port: int = METRICS_PORT) -> Argv:
+    """The chat server's /metrics, read on the host itself: the containers share the host's
+    network, and the endpoint listens on 127.0.0.1 only (`fab top`, `fab status`)."""
+    return ["python3", "-c", _FETCH, f"http://127.0.0.1:{port}/metrics"]
 
 
 # --- remote: systemd --------------------------------------------------------------------------

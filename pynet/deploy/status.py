@@ -12,6 +12,8 @@ from pynet.deploy import commands as cmd
 from pynet.deploy.probe import ProbeError, chat_hello
 from pynet.deploy.release import HostState, Instances, describe_switch, read_switch
 from pynet.deploy.remote import Remote
+from pynet.deploy.top import MetricsError, summary
+from pynet.deploy.top import read as read_metrics
 from pynet.tables import columns
 
 
@@ -35,8 +37,9 @@ def since(started: str, now: datetime | None = None) -> str:
     return "".join(shown) or "0s"
 
 
-def status(remote: Remote, app_port: int) -> tuple[str, bool]:
-    """A short report, and whether everything in it is fine."""
+def status(remote: Remote, app_port: int, metrics_port: int = cmd.METRICS_PORT) -> tuple[str, bool]:
+    """A short report, and whether everything in it is fine. The figures come from the
+    server's /metrics (docs/operating.md); a server without them is not unhealthy for that."""
     state = HostState.read(remote)
     units = Instances.read(remote)
     current = state.current
@@ -69,6 +72,11 @@ def status(remote: Remote, app_port: int) -> tuple[str, bool]:
         lines.append("           more than one release runs: a deploy is under way")
     sessions = remote.output(cmd.sessions(app_port), check=False)
     lines.append(f"sessions   {len(sessions.splitlines())} connected")
+    if units.active:
+        try:
+            lines.append(f"figures    {summary(read_metrics(remote, metrics_port))}")
+        except MetricsError as exc:
+            lines.append(f"figures    {exc}")
     switch = read_switch(remote)
     if switch:
         lines.append(f"switch     {switch.get('release', '?')}: {describe_switch(switch)}")

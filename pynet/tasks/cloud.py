@@ -88,7 +88,7 @@ DISK_GIB = (1, 16384)
 
 @task(
     positional=[],
-    bounds={"disk_gib": DISK_GIB},
+    bounds={"disk_gib": DISK_GIB, "connections_alarm": (0, 1440)},
     help={
         "name": "deployment name (tags, security group and key pair are named after it; "
         "required, no default)",
@@ -111,6 +111,8 @@ DISK_GIB = (1, 16384)
         "cloudwatch-logs": "log group /pynet/NAME and an instance profile that may write only "
         "to it; the inventory switches the chat role to Docker's awslogs driver",
         "log-retention-days": "days CloudWatch Logs keeps the chat's logs (default 30)",
+        "connections-alarm": "with --cloudwatch-logs: a CloudWatch alarm when no chat "
+        "connection is accepted for this many minutes (default 0: none)",
     },
 )
 def launch(
@@ -131,6 +133,7 @@ def launch(
     alarm_topic: str | None = None,
     cloudwatch_logs: bool = False,
     log_retention_days: int = 30,
+    connections_alarm: int = 0,
 ) -> None:
     """Launch the chat host (or find the one already running) and write the inventory."""
     with _one_line_errors():
@@ -138,6 +141,11 @@ def launch(
         check_os(os)
         with _inventory_errors():  # read and writable now, not after an instance exists
             hosts_file.check_writable(inventory)
+        if connections_alarm and not cloudwatch_logs:
+            raise CloudError(
+                f"--connections-alarm {connections_alarm} needs --cloudwatch-logs: the figure "
+                "reaches CloudWatch through the chat's log stream"
+            )
         clients = connect(region)
         source = ssh_source(ssh_cidr, allow_anywhere=allow_ssh_from_anywhere)
         spec = ec2.LaunchSpec(
@@ -152,6 +160,7 @@ def launch(
             eip=eip,
             cloudwatch_logs=cloudwatch_logs,
             log_retention_days=check_retention(log_retention_days),
+            connections_alarm=connections_alarm,
         )
         local_key = find_local_key(key)
         try:
@@ -250,15 +259,19 @@ def _say_replaced(host: ec2.Ec2Host, before: str, path: Path) -> None:
     )
 
 
-def _log_vars(log_group: str | None, region: str) -> dict[str, Any]:
-    """Inventory variables that switch the chat role to CloudWatch Logs."""
+def _log_vars(log_group: str | None, region: str, name: str = "") -> dict[str, Any]:
+    """Inventory variables that switch the chat role to CloudWatch Logs, and the server to
+    printing its figures there as embedded-metric lines (CloudWatch Metrics, no agent)."""
     if not log_group:
         return {}
-    return {
+    extra: dict[str, Any] = {
         "chat_log_driver": "awslogs",
         "chat_awslogs_group": log_group,
         "chat_awslogs_region": region,
     }
+    if name:
+        extra["chat_env"] = {"PYNET_METRICS_CLOUDWATCH": name}
+    return extra
 
 
 def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> None:
@@ -277,7 +290,7 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
         user=host.ssh_user,
         key_file=str(key_file) if key_file else None,
         known_hosts=str(known_hosts) if known_hosts else None,
-        extra=_log_vars(result.log_group, region),
+        extra=_log_vars(result.log_group, region, host.name),
     )
     with _inventory_errors():
         path = hosts_file.upsert_host(entry, inventory_file)

@@ -1,4 +1,4 @@
-"""Release tasks: deploy, rollback, releases, logs, status, doctor, unlock.
+"""Release tasks: deploy, rollback, releases, logs, status, top, doctor, unlock.
 
 Thin on purpose: each task picks its hosts (`-H`, else inventory/hosts.yml), calls one function
 of `pynet.deploy`, and turns known failures into one line on stderr and a non-zero exit.
@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import socket
+import sys
+import threading
 from collections.abc import Callable
 from functools import wraps
 from pathlib import Path
@@ -26,6 +28,7 @@ from paramiko.ssh_exception import (
 
 from pynet.deploy import commands as cmd
 from pynet.deploy import logsource, release
+from pynet.deploy import top as top_view
 from pynet.deploy.doctor import diagnose, report
 from pynet.deploy.hosts import NoHosts, Target, targets
 from pynet.deploy.lock import read_lock
@@ -36,7 +39,7 @@ from pynet.deploy.trust import HostKeyError
 from pynet.deploy.version import VersionError, repo_root, source_version
 from pynet.tasks.options import PORT, env_int, task
 
-__all__ = ["deploy", "doctor", "logs", "releases", "rollback", "status", "unlock"]
+__all__ = ["deploy", "doctor", "logs", "releases", "rollback", "status", "top", "unlock"]
 
 CONNECT_TIMEOUT = 10
 #: A release name is a Docker tag and a file name on the host: no slashes, no leading dot or dash.
@@ -47,6 +50,10 @@ INVENTORY_HELP = (
 )
 APP_PORT_HELP = (
     "chat port as reachable from here (0: $PYNET_APP_PORT, else the inventory's, else 5050)"
+)
+METRICS_PORT_HELP = (
+    f"port of the chat server's /metrics on the host's loopback (default {cmd.METRICS_PORT}, "
+    "the server's --metrics-port)"
 )
 
 # paramiko logs a failed handshake with a traceback from its own thread; we report it in one line.
@@ -88,6 +95,25 @@ def _each(hosts: list[Target], body: Callable[[Target], object]) -> None:
             if reason is None:
                 raise
             raise Exit(f"{target.label}: {reason}", code=1) from None
+
+
+def _every(hosts: list[Target], body: Callable[[Target], bool]) -> bool:
+    """Run BODY for every host, whatever happens on one: a failure a person can act on is one
+    line on stderr and the next host goes on. True if BODY said True for every host."""
+    ok = True
+    for target in hosts:
+        target.conn.connect_timeout = target.conn.connect_timeout or CONNECT_TIMEOUT
+        try:
+            ok = body(target) and ok
+        except Exit:
+            raise
+        except Exception as exc:
+            reason = _reason(exc, target)
+            if reason is None:
+                raise
+            print(f"{target.label}: {reason}", file=sys.stderr, flush=True)
+            ok = False
+    return ok
 
 
 def _clean(fn: Callable[..., None]) -> Callable[..., None]:
@@ -245,43 +271,128 @@ def releases(c: Context, inventory: str = "") -> None:
 @task(
     bounds={"lines": (0, None)},
     help={
-        "follow": "keep printing new lines",
+        "follow": "keep printing new lines, of every host at once",
         "lines": "how many lines to show",
         "inventory": INVENTORY_HELP,
     },
 )
 @_clean
 def logs(c: Context, follow: bool = False, lines: int = 50, inventory: str = "") -> None:
-    """The chat service's journal on the host (and where else its logs go, e.g. CloudWatch)."""
+    """The chat service's journal on each host, every line prefixed with its host (and where
+    else its logs go, e.g. CloudWatch)."""
+    hosts = _hosts(c, inventory)
 
     # A pty for --follow: Ctrl-C then reaches journalctl as SIGINT (without one Fabric cannot
     # interrupt the remote command and waits for it forever).
-    def one(t: Target) -> None:
+    def one(t: Target) -> bool:
         remote = Remote(t.conn)
         note = logsource.elsewhere(remote)  # first: --follow does not return
         if note:
-            print(f"note: {note}", flush=True)
-        remote.run(cmd.journal(lines, follow), hide=False, pty=follow, check=not (follow or note))
+            print(f"{t.label} note: {note}", flush=True)
+        out = Prefixed(t.label, sys.stdout)
+        try:
+            remote.run(
+                cmd.journal(lines, follow),
+                check=not (follow or note),
+                hide=False,
+                pty=follow,
+                out_stream=out,
+            )
+        finally:
+            out.flush()
+        return True
 
-    _each(_hosts(c, inventory), one)
+    if not follow:
+        if not _every(hosts, one):
+            raise Exit(code=1)
+        return
+    _follow_all(hosts, one)
+
+
+class Prefixed:
+    """A text stream that writes whole lines, each prefixed with its host (hosts followed at
+    once interleave line by line, never mid-line)."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, label: str, out: Any) -> None:
+        self.label, self.out, self.pending = label, out, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text.replace("\r\n", "\n")  # a pty ends lines with CRLF
+        *done, self.pending = self.pending.split("\n")
+        if done:
+            with self._lock:
+                self.out.write("".join(f"{self.label} {line}\n" for line in done))
+                self.out.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            with self._lock:
+                self.out.write(f"{self.label} {self.pending}\n")
+                self.out.flush()
+            self.pending = ""
+
+
+def _follow_all(hosts: list[Target], one: Callable[[Target], bool]) -> None:
+    """Follow every host in its own thread until Ctrl-C (or every journal ends)."""
+    threads = [
+        threading.Thread(target=_every, args=([t], one), name=t.label, daemon=True) for t in hosts
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        pass  # exiting closes every SSH session, which hangs up each remote journalctl
 
 
 @task(
-    bounds={"app_port": (0, 65535)},
-    help={"app-port": APP_PORT_HELP, "inventory": INVENTORY_HELP},
+    bounds={"app_port": (0, 65535), "metrics_port": PORT},
+    help={
+        "app-port": APP_PORT_HELP,
+        "metrics-port": METRICS_PORT_HELP,
+        "inventory": INVENTORY_HELP,
+    },
 )
 @_clean
-def status(c: Context, app_port: int = 0, inventory: str = "") -> None:
-    """Unit state, running version, uptime, restarts, and whether the port answers from here."""
+def status(
+    c: Context, app_port: int = 0, metrics_port: int = cmd.METRICS_PORT, inventory: str = ""
+) -> None:
+    """Every host, healthy or not: unit state, running version, uptime, restarts, the key
+    figures, and whether the port answers from here. Exit 1 if any host is not healthy."""
     port = _port(app_port)
 
-    def one(t: Target) -> None:
-        text, healthy = status_report(Remote(t.conn), t.public_port(port))
-        print(f"{t.label}\n{text}")
-        if not healthy:
-            raise Exit(code=1)
+    def one(t: Target) -> bool:
+        text, healthy = status_report(Remote(t.conn), t.public_port(port), metrics_port)
+        print(f"{t.label}\n{text}", flush=True)
+        return healthy
 
-    _each(_hosts(c, inventory), one)
+    if not _every(_hosts(c, inventory), one):
+        raise Exit(code=1)
+
+
+@task(
+    bounds={"metrics_port": PORT},
+    help={
+        "once": "print one frame (two scrapes a second apart) and exit, for scripts",
+        "metrics-port": METRICS_PORT_HELP,
+        "inventory": INVENTORY_HELP,
+    },
+)
+@_clean
+def top(
+    c: Context, once: bool = False, metrics_port: int = cmd.METRICS_PORT, inventory: str = ""
+) -> None:
+    """Every host's users, lines/s in and out, deliveries/s, p99 fan-out time, slow readers
+    cut and last handover, refreshed every second from /metrics over SSH (Ctrl-C ends it)."""
+    hosts = _hosts(c, inventory)
+    _reach(hosts)
+    watched = [top_view.Watched(t.label, Remote(t.conn)) for t in hosts]
+    top_view.watch(watched, metrics_port, once=once)
 
 
 @task(

@@ -1,0 +1,464 @@
+"""The service's figures: Prometheus text on `/metrics`, and CloudWatch embedded-metric lines.
+
+Why plain ints: the server counts on its hot path (every fan-out step, every line read), and a
+`prometheus_client.Counter` takes a lock and a label lookup per call. Here the server adds to
+plain attributes of one `Metrics` object (`metrics.deliveries += n`, once per fan-out step with
+the step's count, never once per client), and a custom collector turns them into metric families
+only when `/metrics` is scraped (about once a second at most). The event loop is the only
+writer; the HTTP thread only reads, and reading an int or copying a list is atomic under the GIL,
+so no lock is taken anywhere.
+
+Served by a daemon thread on its own port (`--metrics-port`, default 9050, 0 = off), bound to
+127.0.0.1 unless told otherwise: the figures are for the operator (`fab top` reads them through
+SSH), never for the internet, and the security group never opens the port. With host networking
+two releases share the port during a handover: the new one keeps retrying the bind every second
+until the old one has exited.
+
+With `--metrics-cloudwatch DEPLOYMENT`, every 60 s one JSON line in CloudWatch's embedded metric
+format goes to stdout; Docker's awslogs driver already ships stdout to CloudWatch Logs, which
+turns the line into CloudWatch metrics (namespace `PyNet`, dimension `Deployment`): no agent.
+
+This module imports nothing from the server: the server imports it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any, TextIO
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("chat.metrics")
+
+PREFIX = "pynet"
+#: Why a session ended (`pynet_disconnects_total{reason}`); the server names one per close.
+REASONS = ("quit", "too_slow", "timeout", "vanished", "refused", "handover", "shutdown")
+#: Fan-out and commit times: 100 us .. 2.5 s (a 10,000-client fan-out step is about 10 ms).
+DURATION_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
+EMF_NAMESPACE = "PyNet"
+EMF_INTERVAL = 60.0
+BIND_RETRY = 1.0
+
+
+class Histogram:
+    """Counts per bucket, without a lock: `observe` is one bisect and two additions."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: Iterable[float] = DURATION_BUCKETS) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        counts = list(self.counts)  # one atomic copy: the buckets agree with each other
+        cumulative, running = [], 0
+        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
+            running += count
+            cumulative.append((_bound(bound), running))
+        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.sum)
+
+
+def _bound(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class Metrics:
+    """Everything the server counts. Add to the attributes directly; call the few methods for
+    the figures that need more than an addition. Read by `Collector` at scrape time."""
+
+    __slots__ = (
+        "accepted",
+        "backplane_lag",
+        "backplane_unavailable",
+        "broadcasts",
+        "bytes_sent",
+        "commit",
+        "connected",
+        "deliveries",
+        "disconnects",
+        "errors",
+        "fanout",
+        "handover_last_pause",
+        "handover_last_time",
+        "handovers",
+        "lines_received",
+        "named",
+        "rate_limited",
+        "release",
+        "started",
+    )
+
+    def __init__(self, release: str = "") -> None:
+        self.release = release
+        self.started = time.time()
+        # Gauges: set by the server as sessions come and go (or before each scrape).
+        self.connected = 0  # TCP sessions now
+        self.named = 0  # of those, the ones that sent /nick
+        # Counters: only ever added to.
+        self.accepted = 0  # connections accepted (refused ones included: they are counted
+        # again under disconnects{reason="refused"})
+        self.lines_received = 0
+        self.broadcasts = 0  # lines fanned out to everyone (MSG, JOIN, ...)
+        self.deliveries = 0  # lines queued to one client each: a broadcast to N clients is N
+        self.bytes_sent = 0
+        self.rate_limited = 0
+        self.backplane_unavailable = 0  # `ERR unavailable` answers: Redis could not take it
+        self.handovers = 0
+        self.disconnects: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.errors: dict[str, int] = {}  # ERR replies by code
+        # Distributions and last values.
+        self.fanout = Histogram()  # one observation per fan-out step
+        self.commit = Histogram()  # one per history commit
+        self.handover_last_pause = float("nan")  # seconds the last handover paused clients
+        self.handover_last_time = 0.0  # when it ended (Unix time); 0 = none since start
+        self.backplane_lag = float("nan")  # seconds from publish to delivery, last measured
+
+    def disconnect(self, reason: str, count: int = 1) -> None:
+        """COUNT sessions ended for REASON (one of REASONS; another name is counted as is)."""
+        self.disconnects[reason] = self.disconnects.get(reason, 0) + count
+
+    def error(self, code: str, count: int = 1) -> None:
+        """COUNT `ERR CODE` replies (rate-limited ones also go to `rate_limited`)."""
+        self.errors[code] = self.errors.get(code, 0) + count
+
+    def handover(self, pause: float) -> None:
+        """A handover finished here (on the release that took over) after PAUSE seconds."""
+        self.handovers += 1
+        self.handover_last_pause = pause
+        self.handover_last_time = time.time()
+
+    def families(self) -> Iterator[Metric]:
+        """The figures as Prometheus metric families (conventional names and base units)."""
+        p = PREFIX
+        info = GaugeMetricFamily(f"{p}_info", "The release serving (always 1)", labels=["release"])
+        info.add_metric([self.release], 1)
+        yield info
+        yield GaugeMetricFamily(
+            f"{p}_start_time_seconds", "When this server started (Unix time)", self.started
+        )
+        yield GaugeMetricFamily(f"{p}_connections", "Connected sessions now", self.connected)
+        yield GaugeMetricFamily(
+            f"{p}_named_connections", "Sessions now that have a nickname", self.named
+        )
+        yield CounterMetricFamily(
+            f"{p}_connections_accepted", "Connections accepted", self.accepted
+        )
+        ended = CounterMetricFamily(
+            f"{p}_disconnects", "Sessions ended, by reason", labels=["reason"]
+        )
+        for reason, count in sorted(dict(self.disconnects).items()):
+            ended.add_metric([reason], count)
+        yield ended
+        yield CounterMetricFamily(f"{p}_lines_received", "Lines read", self.lines_received)
+        yield CounterMetricFamily(f"{p}_broadcasts", "Lines fanned out", self.broadcasts)
+        yield CounterMetricFamily(
+            f"{p}_deliveries", "Lines queued to one client each", self.deliveries
+        )
+        yield CounterMetricFamily(f"{p}_sent_bytes", "Bytes queued to clients", self.bytes_sent)
+        yield CounterMetricFamily(
+            f"{p}_rate_limited", "Lines refused by the rate limit", self.rate_limited
+        )
+        errors = CounterMetricFamily(f"{p}_errors", "ERR replies, by code", labels=["code"])
+        for code, count in sorted(dict(self.errors).items()):
+            errors.add_metric([code], count)
+        yield errors
+        yield self.fanout.family(f"{p}_fanout_duration_seconds", "Time to write one fan-out step")
+        yield self.commit.family(
+            f"{p}_history_commit_duration_seconds", "Time to commit history to SQLite"
+        )
+        yield CounterMetricFamily(
+            f"{p}_handovers", "Handovers this release took over", self.handovers
+        )
+        yield GaugeMetricFamily(
+            f"{p}_handover_last_pause_seconds",
+            "Pause clients saw in the last handover",
+            self.handover_last_pause,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_handover_last_timestamp_seconds",
+            "When the last handover ended (Unix time; 0 = none)",
+            self.handover_last_time,
+        )
+        yield GaugeMetricFamily(
+            f"{p}_backplane_lag_seconds",
+            "Publish-to-delivery time through the cluster's Redis, last measured",
+            self.backplane_lag,
+        )
+        yield CounterMetricFamily(
+            f"{p}_backplane_unavailable",
+            "ERR unavailable answers (the backplane could not take a line)",
+            self.backplane_unavailable,
+        )
+
+
+class MetricsCollector(Collector):
+    """prometheus_client's hook: called once per scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return list(self.metrics.families())
+
+
+def registry(metrics: Metrics) -> CollectorRegistry:
+    """Our figures and the process's own (CPU, memory, open files, from /proc)."""
+    reg = CollectorRegistry(auto_describe=False)
+    reg.register(MetricsCollector(metrics))
+    ProcessCollector(registry=reg)
+    return reg
+
+
+# --- serving /metrics ----------------------------------------------------------------------
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Quiet(WSGIRequestHandler):
+    """No line per scrape on stderr (it is the service's log)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
+    """The exposition at `/metrics` (and `/`); anything else is a 404."""
+
+    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics\n"]
+        return app(environ, start_response)
+
+    return wsgi
+
+
+class Endpoint:
+    """`/metrics` on HOST:PORT in a daemon thread; `close()` stops it. While the port is taken
+    (the release handing over still holds it) the thread retries every second."""
+
+    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9050) -> None:
+        self.host, self.port = host, port
+        self._app = _only_metrics(make_wsgi_app(registry(metrics)))
+        self._server: _Server | None = None
+        self._stop = threading.Event()
+        self._bound = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+
+    def start(self) -> Endpoint:
+        self._thread.start()
+        return self
+
+    def wait_bound(self, timeout: float) -> bool:
+        """True once the port is bound (`self.port` is then the real one, if 0 was asked)."""
+        return self._bound.wait(timeout)
+
+    def _bind(self) -> _Server:
+        server_class = type(
+            "_MetricsServer",
+            (_Server,),
+            {"address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET},
+        )
+        return make_server(self.host, self.port, self._app, server_class, _Quiet)
+
+    def _run(self) -> None:
+        warned = False
+        while not self._stop.is_set():
+            try:
+                server = self._bind()
+            except OSError as exc:
+                if not warned:
+                    log.warning(
+                        "metrics: cannot listen on %s:%s yet (%s); retrying every %.0f s",
+                        self.host,
+                        self.port,
+                        exc.strerror or exc,
+                        BIND_RETRY,
+                    )
+                    warned = True
+                self._stop.wait(BIND_RETRY)
+                continue
+            self._server = server
+            self.port = server.server_address[1]
+            self._bound.set()
+            log.info("metrics on http://%s:%s/metrics", self.host, self.port)
+            server.serve_forever(poll_interval=0.5)
+            server.server_close()
+            return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.shutdown()
+        self._thread.join(timeout=2)
+
+
+# --- CloudWatch embedded metric format ------------------------------------------------------
+
+#: (EMF metric name, Metrics attribute, unit, counter?) for the figures sent to CloudWatch.
+EMF_FIGURES = (
+    ("Connections", "connected", "Count", False),
+    ("ConnectionsAccepted", "accepted", "Count", True),
+    ("LinesReceived", "lines_received", "Count", True),
+    ("Broadcasts", "broadcasts", "Count", True),
+    ("Deliveries", "deliveries", "Count", True),
+    ("BytesSent", "bytes_sent", "Bytes", True),
+    ("RateLimited", "rate_limited", "Count", True),
+    ("BackplaneUnavailable", "backplane_unavailable", "Count", True),
+    ("Handovers", "handovers", "Count", True),
+)
+
+
+class EmfReporter:
+    """One embedded-metric-format JSON line per interval: counters as the change since the
+    last line (CloudWatch sums them per period), gauges as they are now."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        deployment: str,
+        out: TextIO | None = None,
+        interval: float = EMF_INTERVAL,
+    ) -> None:
+        self.metrics, self.deployment, self.interval = metrics, deployment, interval
+        self.out = out
+        self._last = {attr: getattr(metrics, attr) for _, attr, _, _ in EMF_FIGURES}
+        self._last_cuts = metrics.disconnects.get("too_slow", 0)
+        self._last_fanout = list(metrics.fanout.counts)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metrics-emf", daemon=True)
+
+    def line(self, now: float | None = None) -> str:
+        """The next line (and remember what it reported, so the next one has only changes)."""
+        m = self.metrics
+        values: dict[str, float] = {}
+        units: list[dict[str, str]] = []
+        for name, attr, unit, counter in EMF_FIGURES:
+            value = getattr(m, attr)
+            values[name] = value - self._last[attr] if counter else value
+            self._last[attr] = value
+            units.append({"Name": name, "Unit": unit})
+        cuts = m.disconnects.get("too_slow", 0)
+        values["SlowReadersCut"], self._last_cuts = cuts - self._last_cuts, cuts
+        units.append({"Name": "SlowReadersCut", "Unit": "Count"})
+        counts = list(m.fanout.counts)
+        delta = [a - b for a, b in zip(counts, self._last_fanout, strict=True)]
+        self._last_fanout = counts
+        p99 = quantile(m.fanout.bounds, delta, 0.99)
+        if p99 == p99:  # no fan-out this interval: no figure (NaN is not valid JSON)
+            values["FanoutP99"] = p99 * 1000
+            units.append({"Name": "FanoutP99", "Unit": "Milliseconds"})
+        record: dict[str, Any] = {
+            "_aws": {
+                "Timestamp": int((time.time() if now is None else now) * 1000),
+                "CloudWatchMetrics": [
+                    {
+                        "Namespace": EMF_NAMESPACE,
+                        "Dimensions": [["Deployment"]],
+                        "Metrics": units,
+                    }
+                ],
+            },
+            "Deployment": self.deployment,
+            "Release": m.release,
+            **values,
+        }
+        return json.dumps(record, separators=(",", ":"))
+
+    def start(self) -> EmfReporter:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.emit()
+
+    def emit(self) -> None:
+        out = self.out or sys.stdout
+        out.write(self.line() + "\n")
+        out.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def quantile(bounds: tuple[float, ...], counts: list[int], q: float) -> float:
+    """The Q-quantile of a histogram's per-bucket COUNTS (not cumulative), interpolated in the
+    bucket like Prometheus' histogram_quantile; NaN when empty. The +Inf bucket answers with
+    the highest finite bound."""
+    total = sum(counts)
+    if total <= 0:
+        return float("nan")
+    rank = q * total
+    running = 0
+    for i, count in enumerate(counts):
+        if running + count >= rank and count > 0:
+            if i >= len(bounds):
+                return bounds[-1]
+            low = bounds[i - 1] if i else 0.0
+            return low + (bounds[i] - low) * (rank - running) / count
+        running += count
+    return bounds[-1]
+
+
+class Running:
+    """What `start` started; `close()` stops all of it (on shutdown or after a handover)."""
+
+    def __init__(self, endpoint: Endpoint | None, reporter: EmfReporter | None) -> None:
+        self.endpoint, self.reporter = endpoint, reporter
+
+    def close(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.close()
+        if self.reporter is not None:
+            self.reporter.close()
+
+
+def start(
+    metrics: Metrics, host: str = "127.0.0.1", port: int = 9050, cloudwatch: str | None = None
+) -> Running:
+    """Serve `/metrics` on HOST:PORT (PORT 0 = not at all) and, with CLOUDWATCH (a deployment
+    name), print embedded-metric lines every minute. Returns at once: both run in threads."""
+    endpoint = Endpoint(metrics, host, port).start() if port else None
+    reporter = EmfReporter(metrics, cloudwatch).start() if cloudwatch else None
+    return Running(endpoint, reporter)

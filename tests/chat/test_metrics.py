@@ -1,0 +1,262 @@
+"""chat/metrics.py: the figures scraped over real HTTP and parsed by prometheus_client's parser,
+the embedded-metric lines CloudWatch reads, and the metrics options."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import socket
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from chat import config
+from chat.metrics import (
+    DURATION_BUCKETS,
+    EmfReporter,
+    Endpoint,
+    Histogram,
+    Metrics,
+    quantile,
+    start,
+)
+from pynet.local.host import free_port
+
+
+def scrape(port: int, path: str = "/metrics") -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as answer:
+        return answer.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """{(sample name, sorted labels): value} from the exposition, parsed by the library."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            assert isinstance(sample, Sample)
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, int]]:
+    metrics = Metrics(release="v7")
+    port = free_port()
+    running = start(metrics, "127.0.0.1", port)
+    assert running.endpoint is not None
+    assert running.endpoint.wait_bound(5)
+    yield metrics, port
+    running.close()
+
+
+def test_the_figures_move_as_the_server_counts(served: tuple[Metrics, int]) -> None:
+    metrics, port = served
+    before = samples(scrape(port))
+    assert before[("pynet_connections", ())] == 0
+    assert before[("pynet_deliveries_total", ())] == 0
+    assert before[("pynet_info", (("release", "v7"),))] == 1
+    assert before[("pynet_disconnects_total", (("reason", "too_slow"),))] == 0
+
+    # What the server does for 3 connects, a line fanned out to 3 clients in one step, a cut.
+    metrics.accepted += 3
+    metrics.connected = 3
+    metrics.named = 2
+    metrics.lines_received += 1
+    metrics.broadcasts += 1
+    metrics.deliveries += 3
+    metrics.bytes_sent += 3 * 20
+    metrics.fanout.observe(0.0003)
+    metrics.commit.observe(0.002)
+    metrics.disconnect("too_slow")
+    metrics.connected = 2
+    metrics.rate_limited += 1
+    metrics.error("rate-limited")
+    metrics.error("bad-text", 2)
+    metrics.backplane_unavailable += 1
+    metrics.backplane_lag = 0.004
+    metrics.handover(0.035)
+
+    after = samples(scrape(port))
+    assert after[("pynet_connections", ())] == 2
+    assert after[("pynet_named_connections", ())] == 2
+    assert after[("pynet_connections_accepted_total", ())] == 3
+    assert after[("pynet_lines_received_total", ())] == 1
+    assert after[("pynet_broadcasts_total", ())] == 1
+    assert after[("pynet_deliveries_total", ())] == 3
+    assert after[("pynet_sent_bytes_total", ())] == 60
+    assert after[("pynet_disconnects_total", (("reason", "too_slow"),))] == 1
+    assert after[("pynet_disconnects_total", (("reason", "quit"),))] == 0
+    assert after[("pynet_rate_limited_total", ())] == 1
+    assert after[("pynet_errors_total", (("code", "bad-text"),))] == 2
+    assert after[("pynet_errors_total", (("code", "rate-limited"),))] == 1
+    assert after[("pynet_backplane_unavailable_total", ())] == 1
+    assert after[("pynet_backplane_lag_seconds", ())] == pytest.approx(0.004)
+    assert after[("pynet_handovers_total", ())] == 1
+    assert after[("pynet_handover_last_pause_seconds", ())] == pytest.approx(0.035)
+    assert after[("pynet_handover_last_timestamp_seconds", ())] > 0
+    # The histogram: cumulative buckets, count and sum, as Prometheus expects them.
+    assert after[("pynet_fanout_duration_seconds_bucket", (("le", "0.00025"),))] == 0
+    assert after[("pynet_fanout_duration_seconds_bucket", (("le", "0.0005"),))] == 1
+    assert after[("pynet_fanout_duration_seconds_bucket", (("le", "+Inf"),))] == 1
+    assert after[("pynet_fanout_duration_seconds_count", ())] == 1
+    assert after[("pynet_fanout_duration_seconds_sum", ())] == pytest.approx(0.0003)
+    assert after[("pynet_history_commit_duration_seconds_count", ())] == 1
+    # The process's own figures come along (memory, CPU, open files).
+    assert after[("process_resident_memory_bytes", ())] > 0
+
+
+def test_before_any_handover_or_lag_the_gauges_say_nan(served: tuple[Metrics, int]) -> None:
+    _, port = served
+    found = samples(scrape(port))
+    assert math.isnan(found[("pynet_handover_last_pause_seconds", ())])
+    assert math.isnan(found[("pynet_backplane_lag_seconds", ())])
+    assert found[("pynet_handover_last_timestamp_seconds", ())] == 0
+
+
+def test_only_metrics_is_served(served: tuple[Metrics, int]) -> None:
+    _, port = served
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        scrape(port, "/secret")
+
+
+def test_the_endpoint_listens_on_loopback_only() -> None:
+    """Bound to 127.0.0.1: another address of this machine is refused (if it has one)."""
+    endpoint = Endpoint(Metrics(), "127.0.0.1", 0).start()
+    try:
+        assert endpoint.wait_bound(5)
+        assert samples(scrape(endpoint.port))[("pynet_connections", ())] == 0
+        bound = endpoint._server
+        assert bound is not None
+        assert bound.server_address[0] == "127.0.0.1"
+    finally:
+        endpoint.close()
+
+
+def test_a_taken_port_is_retried_until_it_is_free() -> None:
+    """During a handover the old release still holds the port: the new one waits for it."""
+    port = free_port()
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", port))
+    holder.listen()
+    endpoint = Endpoint(Metrics(), "127.0.0.1", port).start()
+    try:
+        assert not endpoint.wait_bound(0.5)
+        holder.close()
+        assert endpoint.wait_bound(5)
+        assert ("pynet_connections", ()) in samples(scrape(port))
+    finally:
+        holder.close()
+        endpoint.close()
+
+
+def test_port_zero_is_off() -> None:
+    running = start(Metrics(), "127.0.0.1", 0)
+    assert running.endpoint is None
+    assert running.reporter is None
+    running.close()
+
+
+def test_the_emf_line_is_what_cloudwatch_extracts() -> None:
+    metrics = Metrics(release="v7")
+    out = io.StringIO()
+    reporter = EmfReporter(metrics, "prod", out=out, interval=3600)
+    metrics.accepted += 5
+    metrics.connected = 4
+    metrics.deliveries += 100
+    metrics.disconnect("too_slow", 2)
+    for _ in range(100):
+        metrics.fanout.observe(0.002)
+    reporter.emit()
+    metrics.accepted += 1
+    reporter.emit()
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    directive = first["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Namespace"] == "PyNet"
+    assert directive["Dimensions"] == [["Deployment"]]
+    names = {m["Name"] for m in directive["Metrics"]}
+    # Every metric the directive names is a number at the top level (or CloudWatch drops it).
+    assert all(isinstance(first[name], (int, float)) for name in names)
+    assert first["Deployment"] == "prod"
+    assert isinstance(first["_aws"]["Timestamp"], int)
+    assert first["ConnectionsAccepted"] == 5
+    assert first["Connections"] == 4
+    assert first["Deliveries"] == 100
+    assert first["SlowReadersCut"] == 2
+    assert 1.0 < first["FanoutP99"] <= 2.5  # milliseconds, inside the 1..2.5 ms bucket
+    # Counters are sent as the change since the last line; gauges as they are.
+    assert second["ConnectionsAccepted"] == 1
+    assert second["Connections"] == 4
+    assert second["Deliveries"] == 0
+    assert "FanoutP99" not in second  # no fan-out in that minute: no figure, not a zero
+
+
+def test_the_reporter_thread_prints_lines() -> None:
+    out = io.StringIO()
+    reporter = EmfReporter(Metrics(), "prod", out=out, interval=0.05).start()
+    try:
+        deadline = 100
+        while out.getvalue().count("\n") < 2 and deadline:
+            deadline -= 1
+            reporter._stop.wait(0.05)
+    finally:
+        reporter.close()
+    assert out.getvalue().count("\n") >= 2
+
+
+def test_quantile_interpolates_like_prometheus() -> None:
+    bounds = (0.001, 0.01, 0.1)
+    assert math.isnan(quantile(bounds, [0, 0, 0, 0], 0.99))
+    assert quantile(bounds, [100, 0, 0, 0], 0.5) == pytest.approx(0.0005)
+    assert quantile(bounds, [0, 100, 0, 0], 0.99) == pytest.approx(0.001 + 0.009 * 0.99)
+    assert quantile(bounds, [0, 0, 0, 10], 0.99) == 0.1  # beyond the last bound: that bound
+
+
+def test_histogram_buckets_are_upper_bounds_inclusive() -> None:
+    histogram = Histogram()
+    histogram.observe(DURATION_BUCKETS[0])  # le="0.0001" counts 0.0001 itself
+    histogram.observe(10.0)
+    assert histogram.counts[0] == 1
+    assert histogram.counts[-1] == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        ([], {}, ("127.0.0.1", 9050, None)),
+        ([], {"PYNET_METRICS_PORT": "0"}, ("127.0.0.1", 0, None)),
+        (["--metrics-port", "9100"], {"PYNET_METRICS_PORT": "1"}, ("127.0.0.1", 9100, None)),
+        (["--metrics-host", "::1"], {"PYNET_METRICS_CLOUDWATCH": "prod"}, ("::1", 9050, "prod")),
+    ],
+)
+def test_metrics_options(argv: list[str], env: dict[str, str], expected: tuple) -> None:
+    settings = config.load(argv, env)
+    assert (settings.metrics_host, settings.metrics_port, settings.metrics_cloudwatch) == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "says"),
+    [
+        (
+            ["--metrics-port", "70000"],
+            {},
+            "--metrics-port: invalid value '70000': must be 0..65535",
+        ),
+        ([], {"PYNET_METRICS_PORT": "x"}, "PYNET_METRICS_PORT: invalid value 'x'"),
+        (["--metrics-cloudwatch", "a b"], {}, "must be a deployment name"),
+    ],
+)
+def test_bad_metrics_options_say_which(
+    argv: list[str], env: dict[str, str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        config.load(argv, env)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err
+    assert len(err.strip().splitlines()) == 1
