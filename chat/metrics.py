@@ -361,9 +361,10 @@ class EmfReporter:
     ) -> None:
         self.metrics, self.deployment, self.interval = metrics, deployment, interval
         self.out = out
-        self._last = {attr: getattr(metrics, attr) for _, attr, _, _ in EMF_FIGURES}
-        self._last_cuts = metrics.disconnects.get("too_slow", 0)
-        self._last_fanout = list(metrics.fanout.counts)
+        # From zero: the first line carries everything since the server started.
+        self._last = {attr: 0 for _, attr, _, _ in EMF_FIGURES}
+        self._last_cuts = 0
+        self._last_fanout = [0] * len(metrics.fanout.counts)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics-emf", daemon=True)
 

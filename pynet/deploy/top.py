@@ -8,6 +8,7 @@ pure part, text to `Scrape`, two scrapes to a `Row` of rates, is tested without 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -272,7 +273,8 @@ def watch(
 ) -> None:
     """Refresh the table every INTERVAL seconds until Ctrl-C; ONCE: two scrapes INTERVAL apart
     (rates need two), one frame printed, done."""
-    console = console or Console()
+    if console is None:  # not a terminal (a script, a pipe): wide enough for one line per host
+        console = Console() if sys.stdout.isatty() else Console(width=200)
     poll_all(hosts, port)  # the first scrape: the next one has rates
     if once:
         time.sleep(interval)

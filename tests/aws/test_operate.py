@@ -320,6 +320,7 @@ def test_cli_pins_the_host_key_and_writes_the_log_settings(
         "chat_log_driver": "awslogs",
         "chat_awslogs_group": "/pynet/ops",
         "chat_awslogs_region": REGION,
+        "chat_env": {"PYNET_METRICS_CLOUDWATCH": "ops"},  # the figures, as EMF lines
     }
     assert f"logs:      CloudWatch Logs /pynet/ops in {REGION}" in done.out
     assert "PRIVATE KEY" not in done.out + done.err

@@ -364,6 +364,34 @@ def test_rollback_to_a_version_not_on_the_host(rig: Rig) -> None:
     assert rig.hello().endswith("+one")
 
 
+def test_top_once_shows_the_figures_of_the_serving_release(rig: Rig) -> None:
+    """`fab top --once` reads /metrics through SSH (chat/metrics.py, served by chat.server on
+    127.0.0.1:9050 of the host): users, rates while a load runs, the rollback's handover."""
+    serving = rig.serving().removeprefix("pynet-chat@").removesuffix(".service")
+    load = rig.load(clients=5, sampled=5, rate=20.0, connect_every=3600, prefix="t")
+    try:
+        proc = rig.fab("top", "--once", timeout=60)
+    finally:
+        load.stop()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    label = f"admin@127.0.0.1:{rig.host.ssh_port}"
+    [row] = [line for line in proc.stdout.splitlines() if label in line]
+    cells = [cell.strip() for cell in re.split(r"[│┃|]", row)[1:-1]]
+    host, release, users, named, lines_in, out, deliveries, p99, cuts, handover = cells
+    assert (host, release) == (label, serving)
+    assert int(users) >= 6
+    assert int(named) >= 6
+    assert float(lines_in) > 0
+    assert float(out) > 0
+    assert float(deliveries.replace(",", "")) >= float(out) * 6 * 0.5
+    assert p99.endswith(("ms", "s")), p99
+    assert cuts == "0"
+    assert "ms pause" in handover  # the rollback just before handed the connections over
+    status = rig.fab("status")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert re.search(r"^figures +\d+ connected \(\d+ named\), \d+ accepted", status.stdout, re.M)
+
+
 def test_logs_and_status_tell_the_truth(rig: Rig) -> None:
     logs = rig.fab("logs", "--lines", "30")
     assert logs.returncode == 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import math
+import re
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -189,3 +191,60 @@ def test_top_with_an_unreachable_host_is_one_line() -> None:
         f"admin@127.0.0.1:{port}: cannot reach the host over SSH "
         f"([Errno None] Unable to connect to port {port} on 127.0.0.1); `fab doctor` says why"
     ]
+
+
+class ShellRemote:
+    """Runs the command here instead of over SSH: the same command line, pointed at PORT (each
+    "host" here has its own port on one loopback)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def run(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        assert argv == cmd.scrape_metrics(cmd.METRICS_PORT)
+        line = render(cmd.scrape_metrics(self.port))
+        done = subprocess.run(["sh", "-c", line], capture_output=True, text=True, check=False)
+        done.failed = done.returncode != 0  # type: ignore[attr-defined] # Fabric's Result's name
+        return done
+
+
+def test_watch_once_prints_one_frame_with_rates() -> None:
+    from chat.metrics import Endpoint
+
+    metrics = Metrics("v5")
+    metrics.connected = metrics.named = 3
+    endpoint = Endpoint(metrics, "127.0.0.1", 0).start()
+    gone = closed_port()
+    out = io.StringIO()
+    stop = threading.Event()
+
+    def traffic() -> None:
+        while not stop.is_set():
+            metrics.lines_received += 1
+            metrics.broadcasts += 1
+            metrics.deliveries += 3
+            stop.wait(0.01)
+
+    thread = threading.Thread(target=traffic, daemon=True)
+    try:
+        assert endpoint.wait_bound(5)
+        hosts = [
+            top.Watched("live", ShellRemote(endpoint.port)),  # type: ignore[arg-type]
+            top.Watched("gone", ShellRemote(gone)),  # type: ignore[arg-type]
+        ]
+        thread.start()
+        top.watch(
+            hosts, cmd.METRICS_PORT, once=True, interval=0.5, console=Console(file=out, width=200)
+        )
+    finally:
+        stop.set()
+        endpoint.close()
+    text = out.getvalue()
+    [live] = [line for line in text.splitlines() if " live " in line]
+    cells = [cell.strip() for cell in re.split(r"[│┃|]", live)[1:-1]]
+    assert cells[:4] == ["live", "v5", "3", "3"]
+    assert float(cells[4]) > 10  # lines/s in, about 100 a second
+    assert float(cells[6].replace(",", "")) > 30  # deliveries/s, 3 per line
+    [gone_row] = [line for line in text.splitlines() if " gone " in line]
+    assert "no metrics on 127.0.0.1:9050" in gone_row  # the port asked, as the operator gave it
+    assert "Connection refused" in gone_row
