@@ -47,8 +47,25 @@ from prometheus_client.registry import Collector
 log = logging.getLogger("chat.metrics")
 
 PREFIX = "pynet"
-#: Why a session ended (`pynet_disconnects_total{reason}`); the server names one per close.
+#: Why a session ended (`pynet_disconnects_total{reason}`), always present (0 until it happens).
 REASONS = ("quit", "too_slow", "timeout", "vanished", "refused", "handover", "shutdown")
+#: The server's own words for a close (its BYE reason or its log's `reason=`) -> REASONS.
+#: Another word is counted under itself, `-` made `_`.
+REASON_OF = {
+    "quit": "quit",
+    "eof": "quit",  # the client closed its side: a quit without /quit
+    "connection closed": "quit",
+    "too-slow": "too_slow",
+    "nick-timeout": "timeout",
+    "line-timeout": "timeout",
+    "idle-timeout": "timeout",
+    "timed out": "vanished",  # keepalive or TCP_USER_TIMEOUT gave the peer up
+    "connection reset": "vanished",
+    "server-full": "refused",
+    "too-many-connections": "refused",
+    "restarting": "shutdown",
+    "handover": "handover",
+}
 #: Fan-out and commit times: 100 us .. 2.5 s (a 10,000-client fan-out step is about 10 ms).
 DURATION_BUCKETS = (
     0.0001,
@@ -150,8 +167,10 @@ class Metrics:
         self.backplane_lag = float("nan")  # seconds from publish to delivery, last measured
 
     def disconnect(self, reason: str, count: int = 1) -> None:
-        """COUNT sessions ended for REASON (one of REASONS; another name is counted as is)."""
-        self.disconnects[reason] = self.disconnects.get(reason, 0) + count
+        """COUNT sessions ended for REASON: one of REASONS, or the server's own word for it
+        (`too-slow`, `nick-timeout`, `connection reset`...: REASON_OF)."""
+        key = REASON_OF.get(reason) or reason.replace("-", "_").replace(" ", "_")
+        self.disconnects[key] = self.disconnects.get(key, 0) + count
 
     def error(self, code: str, count: int = 1) -> None:
         """COUNT `ERR CODE` replies (rate-limited ones also go to `rate_limited`)."""

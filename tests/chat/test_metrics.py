@@ -260,3 +260,25 @@ def test_bad_metrics_options_say_which(
     err = capsys.readouterr().err
     assert says in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("said", "counted"),
+    [
+        ("too-slow", "too_slow"),
+        ("too_slow", "too_slow"),
+        ("nick-timeout", "timeout"),
+        ("idle-timeout", "timeout"),
+        ("connection reset", "vanished"),
+        ("timed out", "vanished"),
+        ("eof", "quit"),
+        ("server-full", "refused"),
+        ("too-many-connections", "refused"),
+        ("nick-lost", "nick_lost"),
+    ],
+)
+def test_the_servers_words_for_a_close_are_counted_by_reason(said: str, counted: str) -> None:
+    metrics = Metrics()
+    metrics.disconnect(said)
+    assert metrics.disconnects[counted] == 1
+    assert sum(metrics.disconnects.values()) == 1
