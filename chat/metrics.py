@@ -31,18 +31,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from socketserver import ThreadingMixIn
-from typing import Any, TextIO
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from typing import TYPE_CHECKING, Any, TextIO
 
-from prometheus_client import CollectorRegistry, ProcessCollector, make_wsgi_app
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.registry import Collector
+if TYPE_CHECKING:  # imported where used: prometheus_client and wsgiref take ~0.2 s to import,
+    # and the server should not pay that before it serves (the endpoint's thread pays it instead)
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import HistogramMetricFamily, Metric
 
 log = logging.getLogger("chat.metrics")
 
@@ -103,6 +99,8 @@ class Histogram:
         self.sum += value
 
     def family(self, name: str, documentation: str) -> HistogramMetricFamily:
+        from prometheus_client.core import HistogramMetricFamily
+
         counts = list(self.counts)  # one atomic copy: the buckets agree with each other
         cumulative, running = [], 0
         for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
@@ -131,6 +129,7 @@ class Metrics:
         "disconnects",
         "errors",
         "fanout",
+        "gauges",
         "handover_last_pause",
         "handover_last_time",
         "handovers",
@@ -147,6 +146,9 @@ class Metrics:
         # Gauges: set by the server as sessions come and go (or before each scrape).
         self.connected = 0  # TCP sessions now
         self.named = 0  # of those, the ones that sent /nick
+        # Or a function that says both, called at scrape time, e.g.
+        # `lambda: (len(server.clients), len(server.named))` (len() is safe from any thread).
+        self.gauges: Callable[[], tuple[int, int]] | None = None
         # Counters: only ever added to.
         self.accepted = 0  # connections accepted (refused ones included: they are counted
         # again under disconnects{reason="refused"})
@@ -166,6 +168,12 @@ class Metrics:
         self.handover_last_time = 0.0  # when it ended (Unix time); 0 = none since start
         self.backplane_lag = float("nan")  # seconds from publish to delivery, last measured
 
+    def read_gauges(self) -> None:
+        """Refresh `connected` and `named` from `gauges`, if the server gave one (then it need
+        not keep them up to date itself: they are read when someone asks)."""
+        if self.gauges is not None:
+            self.connected, self.named = self.gauges()
+
     def disconnect(self, reason: str, count: int = 1) -> None:
         """COUNT sessions ended for REASON: one of REASONS, or the server's own word for it
         (`too-slow`, `nick-timeout`, `connection reset`...: REASON_OF)."""
@@ -184,6 +192,9 @@ class Metrics:
 
     def families(self) -> Iterator[Metric]:
         """The figures as Prometheus metric families (conventional names and base units)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        self.read_gauges()
         p = PREFIX
         info = GaugeMetricFamily(f"{p}_info", "The release serving (always 1)", labels=["release"])
         info.add_metric([self.release], 1)
@@ -246,37 +257,23 @@ class Metrics:
         )
 
 
-class MetricsCollector(Collector):
-    """prometheus_client's hook: called once per scrape."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterable[Metric]:
-        return list(self.metrics.families())
-
-
 def registry(metrics: Metrics) -> CollectorRegistry:
-    """Our figures and the process's own (CPU, memory, open files, from /proc)."""
+    """Our figures (collected once per scrape) and the process's own (CPU, memory, open
+    files, from /proc)."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
+    from prometheus_client.registry import Collector
+
+    class MetricsCollector(Collector):
+        def collect(self) -> Iterable[Metric]:
+            return list(metrics.families())
+
     reg = CollectorRegistry(auto_describe=False)
-    reg.register(MetricsCollector(metrics))
+    reg.register(MetricsCollector())
     ProcessCollector(registry=reg)
     return reg
 
 
 # --- serving /metrics ----------------------------------------------------------------------
-
-
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _Quiet(WSGIRequestHandler):
-    """No line per scrape on stderr (it is the service's log)."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
 
 
 def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
@@ -297,8 +294,9 @@ class Endpoint:
 
     def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9050) -> None:
         self.host, self.port = host, port
-        self._app = _only_metrics(make_wsgi_app(registry(metrics)))
-        self._server: _Server | None = None
+        self.metrics = metrics
+        self._app: Callable[..., Any] | None = None  # made in the thread (the import is slow)
+        self._server: WSGIServer | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
@@ -311,13 +309,26 @@ class Endpoint:
         """True once the port is bound (`self.port` is then the real one, if 0 was asked)."""
         return self._bound.wait(timeout)
 
-    def _bind(self) -> _Server:
-        server_class = type(
-            "_MetricsServer",
-            (_Server,),
-            {"address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET},
-        )
-        return make_server(self.host, self.port, self._app, server_class, _Quiet)
+    def _bind(self) -> WSGIServer:
+        if self._app is None:
+            from prometheus_client import make_wsgi_app
+
+            self._app = _only_metrics(make_wsgi_app(registry(self.metrics)))
+        from socketserver import ThreadingMixIn
+        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+        class Server(ThreadingMixIn, WSGIServer):
+            daemon_threads = True
+            allow_reuse_address = True
+            address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+
+        class Quiet(WSGIRequestHandler):
+            """No line per scrape on stderr (it is the service's log)."""
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        return make_server(self.host, self.port, self._app, Server, Quiet)
 
     def _run(self) -> None:
         warned = False
@@ -390,6 +401,7 @@ class EmfReporter:
     def line(self, now: float | None = None) -> str:
         """The next line (and remember what it reported, so the next one has only changes)."""
         m = self.metrics
+        m.read_gauges()
         values: dict[str, float] = {}
         units: list[dict[str, str]] = []
         for name, attr, unit, counter in EMF_FIGURES:

@@ -282,3 +282,32 @@ def test_the_servers_words_for_a_close_are_counted_by_reason(said: str, counted:
     metrics.disconnect(said)
     assert metrics.disconnects[counted] == 1
     assert sum(metrics.disconnects.values()) == 1
+
+
+def test_gauges_can_be_read_from_the_server_at_scrape_time(served: tuple[Metrics, int]) -> None:
+    """The server may hand over a function instead of keeping the two gauges up to date."""
+    metrics, port = served
+    clients, named = {"a", "b", "c"}, {"a": 1}
+    metrics.gauges = lambda: (len(clients), len(named))
+    found = samples(scrape(port))
+    assert found[("pynet_connections", ())] == 3
+    assert found[("pynet_named_connections", ())] == 1
+    clients.add("d")
+    assert samples(scrape(port))[("pynet_connections", ())] == 4
+    out = io.StringIO()
+    EmfReporter(metrics, "prod", out=out).emit()
+    assert json.loads(out.getvalue())["Connections"] == 4
+
+
+def test_importing_the_module_is_cheap() -> None:
+    """The server imports chat.metrics before it serves: prometheus_client (and wsgiref) are
+    imported by the endpoint's thread, not at import time."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, chat.metrics; "
+        "print(any(m.startswith(('prometheus_client', 'wsgiref')) for m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
