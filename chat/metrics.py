@@ -351,7 +351,7 @@ class Endpoint:
             self.port = server.server_address[1]
             self._bound.set()
             log.info("metrics on http://%s:%s/metrics", self.host, self.port)
-            server.serve_forever(poll_interval=0.5)
+            server.serve_forever(poll_interval=0.1)
             server.server_close()
             return
 
