@@ -138,11 +138,27 @@ def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
     return parse
 
 
+def record_run(path: Path, run: dict[str, object]) -> None:
+    """Add RUN to the data file at PATH (made if missing): what `python -m bench.plot` draws."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    data.setdefault("what", "bench.handover_bench: the longest pause clients saw in a run")
+    data.setdefault("command", "python -m bench.handover_bench --json PATH")
+    data.setdefault("target_ms", round(PAUSE_TARGET * 1000))
+    data.setdefault("runs", []).append(run)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=positive(int), default=1000)
     parser.add_argument("--rate", type=positive(float), default=1000.0, help="broadcasts/s")
     parser.add_argument("--switches", type=positive(int), default=10)
+    parser.add_argument(
+        "--json",
+        metavar="PATH",
+        type=Path,
+        help="also add this run to PATH (the `runs` of bench/data/handover.json, for bench.plot)",
+    )
     args = parser.parse_args(argv)
     raise_file_limit()
     with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
@@ -173,6 +189,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name, met in targets.items():
         print(f"  target {name}: {'met' if met else 'MISSED'}")
+    if args.json:
+        record_run(
+            args.json,
+            {
+                "clients": args.clients,
+                "rate": args.rate,
+                "switches": args.switches,
+                "longest_pause_ms": round(pause * 1000),
+                "refused": report.refused,
+                "cut": len(report.cut),
+                "lost": len(report.lost),
+                "date": time.strftime("%Y-%m-%d"),
+            },
+        )
     return 0 if all(targets.values()) else 1
 
 

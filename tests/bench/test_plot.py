@@ -188,3 +188,16 @@ def test_a_missing_data_folder_is_one_line(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"bench.plot: no data files in {tmp_path / 'none'}"]
+
+
+def test_handover_bench_runs_become_the_data_file(tmp_path: Path) -> None:
+    from bench.handover_bench import record_run
+
+    path = tmp_path / "handover.json"
+    record_run(path, {"clients": 100, "longest_pause_ms": 30})
+    record_run(path, {"clients": 3000, "longest_pause_ms": 140})
+    data = json.loads(path.read_text())
+    assert data["target_ms"] == 100
+    assert [run["clients"] for run in data["runs"]] == [100, 3000]
+    [ax] = plot.handover(data).axes
+    assert numpy.asarray(ax.collections[0].get_offsets()).tolist() == [[100, 30], [3000, 140]]
