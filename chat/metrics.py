@@ -1,9 +1,9 @@
 """The service's figures: Prometheus text on `/metrics`, and CloudWatch embedded-metric lines.
 
-Why plain ints: the server counts on its hot path (every fan-out step, every line read), and a
-`prometheus_client.Counter` takes a lock and a label lookup per call. Here the server adds to
-plain attributes of one `Metrics` object (`metrics.deliveries += n`, once per fan-out step with
-the step's count, never once per client), and a custom collector turns them into metric families
+Why plain ints: the server counts on its hot path (every broadcast, every line read, every
+fan-out step), and a `prometheus_client.Counter` takes a lock and a label lookup per call. Here
+the server adds to plain attributes of one `Metrics` object (`metrics.deliveries += n`, once per
+broadcast with the number of receivers, never once per client written), and a custom collector turns them into metric families
 only when `/metrics` is scraped (about once a second at most). The event loop is the only
 writer; the HTTP thread only reads, and reading an int or copying a list is atomic under the GIL,
 so no lock is taken anywhere.
@@ -155,7 +155,7 @@ class Metrics:
         self.lines_received = 0
         self.broadcasts = 0  # lines fanned out to everyone (MSG, JOIN, ...)
         self.deliveries = 0  # lines queued to one client each: a broadcast to N clients is N
-        self.bytes_sent = 0
+        self.bytes_sent = 0  # bytes of those (count both per broadcast: line x receivers)
         self.rate_limited = 0
         self.backplane_unavailable = 0  # `ERR unavailable` answers: Redis could not take it
         self.handovers = 0
@@ -220,7 +220,9 @@ class Metrics:
         yield CounterMetricFamily(
             f"{p}_deliveries", "Lines queued to one client each", self.deliveries
         )
-        yield CounterMetricFamily(f"{p}_sent_bytes", "Bytes queued to clients", self.bytes_sent)
+        yield CounterMetricFamily(
+            f"{p}_sent_bytes", "Bytes of broadcast lines queued to clients", self.bytes_sent
+        )
         yield CounterMetricFamily(
             f"{p}_rate_limited", "Lines refused by the rate limit", self.rate_limited
         )
