@@ -3,10 +3,10 @@
 Why plain ints: the server counts on its hot path (every broadcast, every line read, every
 fan-out step), and a `prometheus_client.Counter` takes a lock and a label lookup per call. Here
 the server adds to plain attributes of one `Metrics` object (`metrics.deliveries += n`, once per
-broadcast with the number of receivers, never once per client written), and a custom collector turns them into metric families
-only when `/metrics` is scraped (about once a second at most). The event loop is the only
-writer; the HTTP thread only reads, and reading an int or copying a list is atomic under the GIL,
-so no lock is taken anywhere.
+broadcast with the number of receivers, never once per client written), and a custom collector
+turns them into metric families only when `/metrics` is scraped (about once a second at most).
+The event loop is the only writer; the HTTP thread only reads, and reading an int or copying a
+list is atomic under the GIL, so no lock is taken anywhere.
 
 Served by a daemon thread on its own port (`--metrics-port`, default 9050, 0 = off), bound to
 127.0.0.1 unless told otherwise: the figures are for the operator (`fab top` reads them through
