@@ -294,8 +294,11 @@ class Endpoint:
     """`/metrics` on HOST:PORT in a daemon thread; `close()` stops it. While the port is taken
     (the release handing over still holds it) the thread retries every second."""
 
-    def __init__(self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9050) -> None:
+    def __init__(
+        self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9050, delay: float = 0.0
+    ) -> None:
         self.host, self.port = host, port
+        self.delay = delay  # seconds to wait before importing and binding (see `start`)
         self.metrics = metrics
         self._app: Callable[..., Any] | None = None  # made in the thread (the import is slow)
         self._server: WSGIServer | None = None
@@ -333,6 +336,8 @@ class Endpoint:
         return make_server(self.host, self.port, self._app, Server, Quiet)
 
     def _run(self) -> None:
+        if self.delay and self._stop.wait(self.delay):
+            return
         warned = False
         while not self._stop.is_set():
             try:
@@ -357,11 +362,18 @@ class Endpoint:
             server.server_close()
             return
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop serving. WAIT=False returns at once (the event loop must not block: the port is
+        free within 0.1 s, and a successor retries every second anyway)."""
         self._stop.set()
-        if self._server is not None:
-            self._server.shutdown()
-        self._thread.join(timeout=2)
+        server = self._server
+        if server is None:
+            return
+        if wait:
+            server.shutdown()
+            self._thread.join(timeout=2)
+        else:
+            threading.Thread(target=server.shutdown, name="metrics-stop", daemon=True).start()
 
 
 # --- CloudWatch embedded metric format ------------------------------------------------------
@@ -451,9 +463,10 @@ class EmfReporter:
         out.write(self.line() + "\n")
         out.flush()
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        if wait:
+            self._thread.join(timeout=2)
 
 
 def quantile(bounds: tuple[float, ...], counts: list[int], q: float) -> float:
@@ -481,18 +494,30 @@ class Running:
     def __init__(self, endpoint: Endpoint | None, reporter: EmfReporter | None) -> None:
         self.endpoint, self.reporter = endpoint, reporter
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop both; WAIT=False from the event loop (nothing blocks it then)."""
         if self.endpoint is not None:
-            self.endpoint.close()
+            self.endpoint.close(wait)
         if self.reporter is not None:
-            self.reporter.close()
+            self.reporter.close(wait)
+
+
+#: How long after `start` the endpoint imports prometheus_client and binds: a release that has
+#: just taken the connections over should not share the CPU with that import (~0.2 s) while its
+#: clients' first lines come in.
+START_DELAY = 1.0
 
 
 def start(
-    metrics: Metrics, host: str = "127.0.0.1", port: int = 9050, cloudwatch: str | None = None
+    metrics: Metrics,
+    host: str = "127.0.0.1",
+    port: int = 9050,
+    cloudwatch: str | None = None,
+    delay: float = START_DELAY,
 ) -> Running:
-    """Serve `/metrics` on HOST:PORT (PORT 0 = not at all) and, with CLOUDWATCH (a deployment
-    name), print embedded-metric lines every minute. Returns at once: both run in threads."""
-    endpoint = Endpoint(metrics, host, port).start() if port else None
+    """Serve `/metrics` on HOST:PORT (PORT 0 = not at all) from DELAY seconds on and, with
+    CLOUDWATCH (a deployment name), print embedded-metric lines every minute. Returns at once:
+    both run in threads."""
+    endpoint = Endpoint(metrics, host, port, delay).start() if port else None
     reporter = EmfReporter(metrics, cloudwatch).start() if cloudwatch else None
     return Running(endpoint, reporter)

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -47,7 +48,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 def served() -> Iterator[tuple[Metrics, int]]:
     metrics = Metrics(release="v7")
     port = free_port()
-    running = start(metrics, "127.0.0.1", port)
+    running = start(metrics, "127.0.0.1", port, delay=0.0)
     assert running.endpoint is not None
     assert running.endpoint.wait_bound(5)
     yield metrics, port
@@ -311,3 +312,32 @@ def test_importing_the_module_is_cheap() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_close_without_waiting_frees_the_port_soon() -> None:
+    """From the event loop the server closes without blocking; the port is free right after."""
+    running = start(Metrics(), "127.0.0.1", free_port(), delay=0.0)
+    endpoint = running.endpoint
+    assert endpoint is not None
+    assert endpoint.wait_bound(5)
+    running.close(wait=False)
+    for _ in range(50):
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", endpoint.port))
+            break
+        except OSError:
+            time.sleep(0.05)
+    else:
+        pytest.fail("the port stayed bound")
+
+
+def test_the_endpoint_waits_before_it_binds() -> None:
+    running = start(Metrics(), "127.0.0.1", free_port(), delay=0.3)
+    endpoint = running.endpoint
+    assert endpoint is not None
+    try:
+        assert not endpoint.wait_bound(0.1)
+        assert endpoint.wait_bound(5)
+    finally:
+        running.close()
