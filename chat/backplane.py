@@ -32,6 +32,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -311,6 +312,7 @@ class _Op:
     b: str = ""
     c: str = ""
     future: asyncio.Future[Any] | None = None
+    queued: float = 0.0  # time.monotonic() when it was queued
 
 
 Connect = Callable[[str, float], Any]
@@ -352,6 +354,7 @@ class RedisBackplane:
         self.prefix = prefix
         self.host = host_id()
         self.available = False
+        self.lag = float("nan")  # seconds the oldest line of the last batch waited for Redis
         self.lease_ms = lease_ms
         self.max_queue = max_queue
         self._connect = connect or _connect
@@ -580,7 +583,7 @@ class RedisBackplane:
         if len(self._queue) >= self.max_queue or self._closing:
             return None
         self._seq += 1
-        op = _Op(kind, self._seq, a, b, c, future)
+        op = _Op(kind, self._seq, a, b, c, future, time.monotonic())
         self._queue.append(op)
         self._wake.set()
         return op
@@ -643,6 +646,7 @@ class RedisBackplane:
             raise
         for _ in batch:
             self._queue.popleft()
+        self.lag = time.monotonic() - batch[0].queued  # the oldest of the batch waited most
         for op, result in zip(batch, results, strict=True):
             if op.future is None or op.future.done():
                 continue

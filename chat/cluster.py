@@ -91,7 +91,7 @@ class ClusterRoom(Conversation):
 
     def say(self, peer: Peer, nick: str, text: str) -> None:
         if not self.backplane.say(nick, text):
-            peer.conn.refuse("unavailable", UNAVAILABLE)
+            self.unavailable(peer)
             self.hub.reply(peer)
 
     def publish(self, line: bytes) -> None:
@@ -123,7 +123,7 @@ class ClusterRoom(Conversation):
 
     def _who_done(self, peer: Peer, result: Any) -> None:
         if isinstance(result, Unavailable):
-            peer.conn.refuse("unavailable", UNAVAILABLE)
+            self.unavailable(peer)
         else:  # encoded once by `_who_answered`, which runs first
             line = self._who_line
             self.hub.send(peer, line if line is not None else WhoList(tuple(result)).line())
@@ -132,11 +132,10 @@ class ClusterRoom(Conversation):
         self._later(peer, self.backplane.private(nick, to, text), self._priv_done)
 
     def _priv_done(self, peer: Peer, result: Any) -> None:
-        conn = peer.conn
         if isinstance(result, Unavailable):
-            conn.refuse("unavailable", UNAVAILABLE)
+            self.unavailable(peer)
         elif result is not True:
-            conn.refuse("no-such-nick", "no such nickname")
+            self.refuse(peer, "no-such-nick", "no such nickname")
 
     def holder(self, key: str) -> Peer | None:
         return self.hub.registry.named.get(key) or self._claiming.get(key)
@@ -149,11 +148,16 @@ class ClusterRoom(Conversation):
     def _nick_done(self, peer: Peer, name: str, old: str | None, result: Any) -> None:
         self._claiming.pop(name.lower(), None)
         if isinstance(result, Unavailable):
-            peer.conn.refuse("unavailable", UNAVAILABLE)
+            self.unavailable(peer)
         elif result is not True:
-            peer.conn.refuse("nick-taken", "that nickname is in use")
+            self.refuse(peer, "nick-taken", "that nickname is in use")
         else:
             self.named(peer, name, old)
+
+    def unavailable(self, peer: Peer) -> None:
+        """Redis could not take PEER's request: it may ask again (counted apart)."""
+        self.refuse(peer, "unavailable", UNAVAILABLE)
+        self.hub.metrics.backplane_unavailable += 1
 
     def _later(
         self, peer: Peer, future: asyncio.Future[Any], done: Callable[[Peer, Any], None]
@@ -177,6 +181,7 @@ class ClusterRoom(Conversation):
     # ---- the backplane's Sink -------------------------------------------------------------
 
     def deliver(self, lines: list[bytes]) -> None:
+        self.hub.metrics.backplane_lag = self.backplane.lag
         broadcast = self.hub.broadcast
         last = 0
         for line in lines:

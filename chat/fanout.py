@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from typing import Generic, Protocol, TypeVar
 
 from chat.flush_policy import FlushPolicy
+from chat.metrics import Metrics
 
 # Clients written per fan-out step: a 1,000-client fan-out (~5-10 ms) stays one step; a larger
 # one lets the loop read new lines every ~10 ms (bench/README.md, "Fan-out steps").
@@ -63,8 +64,10 @@ class Fanout(Generic[R]):
         everyone: Callable[[], Iterable[R]],
         commit: Callable[[], object],
         cut: Callable[[list[R]], None],
+        metrics: Metrics | None = None,
     ) -> None:
         self._loop = loop
+        self.metrics = metrics or Metrics()  # fan-out and commit times, once per step
         self.max_backlog = max_backlog
         self.max_buffered = max_buffered
         self._receivers = receivers
@@ -195,6 +198,8 @@ class Fanout(Generic[R]):
         # Group commit: the lines are durable before any client sees an id from them.
         self._commit()
         log_, base, head = self.log, self.base, self.head
+        if log_:
+            self.metrics.commit.observe(time.perf_counter() - began)
         max_backlog = self.max_backlog
         slow: list[R] = []
         if not self.sweeping and log_:
@@ -228,6 +233,7 @@ class Fanout(Generic[R]):
                 elif receiver.allowance:
                     receiver.allowance = 0
             self._sweep_buffered += buffered
+            self.metrics.fanout.observe(time.perf_counter() - began)
             self._at = end
             if end == len(sweep):  # every receiver has the lines up to where it began
                 self.sweeping = False

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 from chat.connection import Peer
 from chat.history import History
+from chat.metrics import Metrics
 from chat.protocol import (
     Joined,
     Left,
@@ -42,6 +43,7 @@ class Hub(Protocol):
 
     registry: Registry[Peer, Any]
     history: History
+    metrics: Metrics
 
     @property
     def frozen(self) -> bool: ...
@@ -156,7 +158,7 @@ class Conversation:
         name = event.name
         holder = self.holder(name.lower())
         if holder is not None and holder is not peer:
-            conn.refuse("nick-taken", "that nickname is in use")
+            self.refuse(peer, "nick-taken", "that nickname is in use")
             self.hub.reply(peer)
             return
         old = conn.nick
@@ -204,6 +206,15 @@ class Conversation:
 
     def _on_refused(self, peer: Peer, event: Refused) -> None:
         self.log.debug("refused peer=%s code=%s", peer.peer, event.code)
+        metrics = self.hub.metrics
+        metrics.error(event.code)
+        if event.code == "rate-limited":
+            metrics.rate_limited += 1
+
+    def refuse(self, peer: Peer, code: str, text: str) -> None:
+        """Refuse PEER's last command for a reason the room knows (counted by code)."""
+        peer.conn.refuse(code, text)
+        self.hub.metrics.error(code)
 
     # ---- the Room's lifecycle, where nothing lives elsewhere -------------------------------
 
@@ -241,7 +252,7 @@ class LocalRoom(Conversation):
         self.named(peer, name, old)
 
     def private_elsewhere(self, peer: Peer, nick: str, to: str, text: str) -> None:
-        peer.conn.refuse("no-such-nick", "no such nickname")
+        self.refuse(peer, "no-such-nick", "no such nickname")
         self.hub.reply(peer)
 
     def who(self, peer: Peer) -> None:

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from chat import __version__, config, keepalive
+from chat import metrics as metrics_
 from chat.config import Settings
 from chat.connection import Peer, hold_socket, unhold
 from chat.fanout import Fanout
@@ -97,6 +98,9 @@ class ChatServer:
             shared = functools.partial(TokenBucket, rate, burst)
         self.registry: Registry[Peer, TokenBucket] = Registry(shared)
         self.clients = self.registry.clients  # the one truth of who is served here
+        self.metrics = metrics_.Metrics(settings.release)
+        named = self.registry.named
+        self.metrics.gauges = lambda: (len(self.clients), len(named))
         self.fanout: Fanout[Peer] = Fanout(
             self._loop,
             settings.flush_delay,
@@ -106,10 +110,22 @@ class ChatServer:
             everyone=lambda: self.clients,
             commit=history.commit,
             cut=self._too_slow,
+            metrics=self.metrics,
         )
         # Bound once: the rooms call these for every line.
         self.send = self.fanout.send
-        self.broadcast = self.fanout.broadcast
+        fanout_broadcast = self.fanout.broadcast
+        metrics = self.metrics
+
+        def broadcast(data: bytes) -> None:
+            # Counted per line, never per receiver: every named client gets it.
+            receivers = len(named)
+            metrics.broadcasts += 1
+            metrics.deliveries += receivers
+            metrics.bytes_sent += len(data) * receivers
+            fanout_broadcast(data)
+
+        self.broadcast = broadcast
         self.receives = self.fanout.receives
         self.room: Room = LocalRoom(self, log, settings.log_messages)
         self.listener: Listener[Peer] = Listener(self._loop, self._new_peer)
@@ -394,7 +410,9 @@ class ChatServer:
         peer = transport.get_extra_info("peername")
         client.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         s = self.settings
+        self.metrics.accepted += 1
         if self.stopping or len(self.clients) >= s.max_clients:
+            self.metrics.disconnect("server-full")
             transport.write(
                 self._hello
                 + Error("server-full", "too many clients, try again later").line()
@@ -416,6 +434,7 @@ class ChatServer:
                 + Bye("too-many-connections").line()
             )
             transport.close()
+            self.metrics.disconnect("too-many-connections")
             log.warning("refuse peer=%s reason=too-many-connections limit=%d", client.peer, cap)
             return
         sock = transport.get_extra_info("socket")
@@ -443,6 +462,7 @@ class ChatServer:
         else:
             handlers = self.room.handlers
             for event in conn.events_received():
+                self.metrics.lines_received += 1
                 self.reply(client)  # replies the protocol made before this event go first
                 handlers[type(event)](client, event)
                 if client in waiting or client.replay is not None:
@@ -483,6 +503,7 @@ class ChatServer:
             return
         self.registry.remove(client)
         reason = client.reason or _lost_reason(exc)
+        self.metrics.disconnect(reason)
         self._forget(client, reason, announce=not self.stopping)
         log.info(
             "disconnect peer=%s nick=%s reason=%s clients=%d",
@@ -682,7 +703,14 @@ async def serve(settings: Settings) -> int:
         log.info("switch %s", " ".join(f"{k}={v}" for k, v in record.items()))
         if settings.handover_socket:
             write_switch_record(settings.handover_socket, record)
+        exposed = metrics_.start(
+            server.metrics,
+            settings.metrics_host,
+            settings.metrics_port,
+            settings.metrics_cloudwatch,
+        )
         signame = await _run_until_stopped(server)
+        exposed.close(wait=False)  # never blocks the loop; a successor binds the port next
         if signame is None:
             history.close()
             await server.room.close()  # what this release queued still reaches Redis
@@ -757,6 +785,8 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
             await server.adopt(inheritance)
             server.room.adopted()
             how = "handover"
+            # From the freeze (the begin frame follows it at once) to reading again.
+            server.metrics.handover(time.perf_counter() - inheritance.frozen_at)
         else:
             await server.start()
         if settings.handover_socket:

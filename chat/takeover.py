@@ -110,6 +110,9 @@ class Inheritance(Generic[P]):
     sessions: list[tuple[Session, P]]
     channel: fdpass.Channel
     drop: Callable[[P], None]
+    frozen_at: float = 0.0
+    """`time.perf_counter()` when the begin frame came: about when the predecessor froze its
+    clients, so the pause they see ends when this release reads them again."""
 
     def confirm(self) -> bool:
         """Say `ready`; True once the predecessor lets go (`commit`, or it is gone)."""
@@ -178,6 +181,7 @@ def take(
                     if fd >= 0:
                         os.close(fd)
         begin = Begin.parse(message)
+        frozen_at = time.perf_counter()  # sent just after the predecessor froze every client
         handover.expect(channel.recv(), "listener")
         (listener_fd,) = channel.take_fds(1)
         listener = socket.socket(fileno=listener_fd)
@@ -201,7 +205,7 @@ def take(
         raise
     for item in held.values():  # their clients left before the pause
         drop(item)
-    return Inheritance(begin, listener, sessions, channel, drop)
+    return Inheritance(begin, listener, sessions, channel, drop, frozen_at)
 
 
 # --- the predecessor --------------------------------------------------------------------------
