@@ -10,11 +10,12 @@ import socket
 
 import pytest
 
-from chat import fdpass
+from chat import fdpass, handover
 from chat.connection import Peer
 from chat.handover import HandoverError, Session
 from chat.protocol import Refused, ServerConnection, TokenBucket, Who
 from chat.registry import Registry
+from chat.takeover import _frames
 from chat.window import Window
 from tests.chat.fakes import RecordingTransport
 
@@ -137,3 +138,21 @@ def test_a_successor_at_its_open_file_limit_says_why() -> None:
             os.close(fd)
         channel.close()
         ours.close()
+
+
+def test_a_sessions_frame_stays_under_the_frame_limit_with_held_lines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Held lines travel as latin-1 JSON strings: a byte past 0x7f is `\\u00ff`, six bytes.
+    A client paused mid-replay holds up to a whole read (256 KiB), so 43 of them in one frame
+    would pass 64 MiB (MAX_FRAME): `_frames` must weigh them, or the handover fails for all."""
+    monkeypatch.setattr(handover, "MAX_FRAME", 1 << 20)  # the same arithmetic, smaller
+    owner = Owner()
+    peer = Peer(owner)
+    peer.transport = RecordingTransport(1)
+    peer.replay = [0, 900]
+    peer.conn.receive_data((b"\xff" * 4000 + b"\n") * 16)  # 64,016 bytes held, unparsed
+    session = peer.snapshot(now=1.0)
+    items = [(i, session) for i in range(handover.SESSIONS_PER_MESSAGE)]
+    for chunk in _frames(items):
+        handover.frame(handover.sessions(chunk))  # raises HandoverError past MAX_FRAME

@@ -173,3 +173,58 @@ def test_cluster_room_gives_back_a_name_claimed_for_a_client_that_left() -> None
             await server.room.close()
 
     run(body)
+
+
+def test_cluster_room_who_lists_a_name_just_taken_on_this_host() -> None:
+    """`/who` is served again for a second (WHO_TTL), but not once a name came or went here:
+    a client that just got `OK nick bob` must find bob in the `/who` that follows."""
+
+    async def body() -> None:
+        server = await clustered(fakeredis.FakeServer())
+        try:  # closed whatever happens: a room left open keeps the loop from ending
+            ann, ann_t = connect(server, 1)
+            bob, bob_t = connect(server, 2)
+            server.received(ann, b"/nick ann\n/who\n")
+            await until(lambda: b"WHO ann" in said(ann_t)())
+            server.received(bob, b"/nick bob\n/who\n")
+            await until(lambda: any(line.startswith(b"WHO") for line in said(bob_t)()))
+            whos = [line for line in said(bob_t)() if line.startswith(b"WHO")]
+            assert whos == [b"WHO ann bob"]
+            server.received(bob, b"/quit\n")
+            await until(lambda: b"LEFT bob quit" in said(ann_t)())
+            server.received(ann, b"/who\n")
+            await until(lambda: said(ann_t)().count(b"WHO ann") == 2)
+        finally:
+            await server.room.close()
+
+    run(body)
+
+
+def test_a_line_begun_before_a_replay_is_not_timed_while_the_server_does_not_read() -> None:
+    """During a `/since` replay the server stops reading the client (the rest of its line
+    waits in the kernel): the line timeout must not cut it for a line only the server holds up."""
+
+    async def body() -> None:
+        settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0, line_timeout=0.2)
+        server = ChatServer(settings, History(100, None))
+        for _ in range(40):  # 120 KB: more than one page
+            server.history.add("old", "y" * 3000)
+        ann, ann_t = connect(server, 1)
+        server.received(ann, b"/nick ann\n")
+        await until(lambda: b"OK nick ann" in said(ann_t)())
+        ann_t.size = 20_000  # a reader that has not read the first page yet
+        server.received(ann, b"/since 0\nhel")
+        assert ann.replay is not None
+        server._housekeep()
+        try:
+            await asyncio.sleep(0.5)
+            assert not ann_t.closing, said(ann_t)()[-1]
+            ann_t.size = 0
+            await until(lambda: ann.replay is None)
+            server.received(ann, b"lo\n")
+            await until(lambda: b"MSG 41 ann hello" in said(ann_t)())
+        finally:
+            if server._housekeeping is not None:
+                server._housekeeping.cancel()
+
+    run(body)
