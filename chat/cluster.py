@@ -44,7 +44,9 @@ class ClusterRoom(Conversation):
         self._started = False
         self._who_line: bytes | None = None  # the last answer from Redis, encoded
         self._who_at = 0.0  # loop time it came
+        self._who_version = -1  # the registry's version when it was asked
         self._who_asked: asyncio.Future[Any] | None = None  # a question in flight, shared
+        self._who_asked_version = -1
 
     @property
     def last_id(self) -> int:
@@ -105,12 +107,20 @@ class ClusterRoom(Conversation):
 
     def who(self, peer: Peer) -> None:
         """Redis is asked at most once per `WHO_TTL` per host, however many ask: `/who`
-        costs every host and Redis the same with 10 or 10,000 users online."""
+        costs every host and Redis the same with 10 or 10,000 users online. A name that came
+        or went on this host since the answer asks again: a client that just got `OK nick`
+        finds itself in the next `/who`."""
         loop = asyncio.get_running_loop()
-        if self._who_line is not None and loop.time() - self._who_at < WHO_TTL:
+        version = self.hub.registry.version
+        if (
+            self._who_line is not None
+            and self._who_version == version
+            and loop.time() - self._who_at < WHO_TTL
+        ):
             self.hub.send(peer, self._who_line)
             return
         if self._who_asked is None:
+            self._who_asked_version = version
             self._who_asked = self.backplane.who()
             self._who_asked.add_done_callback(self._who_answered)
         self._later(peer, self._who_asked, self._who_done)
@@ -120,6 +130,7 @@ class ClusterRoom(Conversation):
         if not future.cancelled() and future.exception() is None:
             self._who_line = WhoList(tuple(future.result())).line()
             self._who_at = asyncio.get_running_loop().time()
+            self._who_version = self._who_asked_version
 
     def _who_done(self, peer: Peer, result: Any) -> None:
         if isinstance(result, Unavailable):

@@ -223,10 +223,17 @@ class ChatServer:
         for peer, reason, left in self.registry.overdue(
             self._loop.time(), s.nick_timeout, s.line_timeout, s.idle_timeout
         ):
+            if reason == "line-timeout" and self._unread(peer):
+                continue  # the rest of its line waits for us, not for the client
             self.drop(peer, reason, left)
         timeouts = (s.nick_timeout, s.line_timeout, s.idle_timeout)
         period = min(1.0, *(t / 4 for t in timeouts if t))
         self._housekeeping = self._loop.call_later(period, self._housekeep)
+
+    def _unread(self, client: Peer) -> bool:
+        """Whether this server, not the client, stopped reading CLIENT (served as it reads, or
+        waiting for an answer)."""
+        return client.replay is not None or client.throttled or client in self.waiting
 
     def new_connection(self) -> ServerConnection:
         s = self.settings
@@ -581,6 +588,8 @@ class ChatServer:
                     return
             client.replay = None
         client.throttled = False
+        if client.partial_since:  # its line's clock stood still while we did not read
+            client.partial_since = self._loop.time()
         if self.reading and not transport.is_closing():
             transport.resume_reading()
         self.received(client, b"")

@@ -330,12 +330,16 @@ async def give(giver: Giver[K], channel: fdpass.Channel, successor: str) -> bool
 
 def _frames(items: list[tuple[K, Session]]) -> Iterator[list[tuple[K, Session]]]:
     """Sessions in frames of at most SESSIONS_PER_MESSAGE, and of well under MAX_FRAME bytes:
-    a slow reader's unsent output can be megabytes (base64 adds a third)."""
+    a slow reader's unsent output can be megabytes (base64 adds a third), and the lines held
+    for a client served as it reads travel as latin-1 strings (up to six bytes each: `\u00ff`)."""
     budget = handover.MAX_FRAME // 2
     chunk: list[tuple[K, Session]] = []
     size = 0
     for item in items:
         weight = 4 * (len(item[1].unsent) + len(item[1].partial)) // 3 + 512
+        held = item[1].extra.get("held")
+        if isinstance(held, list):
+            weight += 6 * sum(len(line) for line in held if isinstance(line, str))
         if chunk and (len(chunk) >= handover.SESSIONS_PER_MESSAGE or size + weight > budget):
             yield chunk
             chunk, size = [], 0
