@@ -112,7 +112,7 @@ class Peer(asyncio.Protocol):
 
     # ---- a handover's view of it ----------------------------------------------------------
 
-    def snapshot(self, now: float) -> Session:
+    def snapshot(self, now: float, held_out: bytes = b"") -> Session:
         """The session as a successor needs it; its unsent output is taken from the transport
         (the caller keeps it, to write again if the handover fails)."""
         conn = self.conn
@@ -132,8 +132,10 @@ class Peer(asyncio.Protocol):
             extra={
                 "last_seen_age": now - self.last_seen,
                 "partial_age": now - self.partial_since if self.partial_since else None,
-                # Served as it reads: the rest of a replay, the lines held meanwhile.
+                # Served as it reads: the rest of a replay, what waits behind it, the lines
+                # it sent meanwhile.
                 "replay": self.replay,
+                "held_out": held_out.decode("latin-1"),
                 "held": [
                     None if line is None else line.decode("latin-1") for line in conn.held_lines()
                 ],
@@ -157,6 +159,12 @@ class Peer(asyncio.Protocol):
         if isinstance(held, list) and all(h is None or isinstance(h, str) for h in held):
             self.conn.hold_lines([None if h is None else h.encode("latin-1") for h in held])
             self.throttled = bool(held)  # served once what it is owed drains
+
+    @staticmethod
+    def held_out(session: Session) -> bytes:
+        """What waited behind the session's replay (sent once the replay is)."""
+        held = session.extra.get("held_out")
+        return held.encode("latin-1") if isinstance(held, str) else b""
 
     def restore_times(self, session: Session, now: float) -> None:
         """The rest of SESSION: its clocks (relative to NOW), its peer name and allowance."""

@@ -45,6 +45,7 @@ class Receiver(Protocol):
     seen: int  # position in the log up to which it has its lines
     allowance: int  # extra backlog tolerated after a /since replay
     close_after_flush: bool
+    replay: list[int] | None  # a replay under way: its later lines wait in `out` (paced)
 
 
 R = TypeVar("R", bound=Receiver)
@@ -115,15 +116,35 @@ class Fanout(Generic[R]):
         if not self.scheduled:
             self.schedule()
 
-    def write_now(self, receiver: R, data: bytes) -> None:
-        """Write DATA to RECEIVER at once, behind the broadcasts it has not had (nothing else
-        may be queued for it: `out` is None). For output made as the receiver reads (a replay's
-        pages), so it never waits for a flush."""
-        assert receiver.out is None, "queued output would be overtaken"
-        if receiver.receiving and receiver.seen != self.head:
-            data = b"".join(self.log[receiver.seen - self.base :]) + data
+    def settle(self, receiver: R) -> None:
+        """Write everything queued for RECEIVER now, so what is written to it next directly
+        (a replay's pages) comes after it."""
+        out = receiver.out
+        if out is not None:
+            receiver.out = None
+            self.forked.remove(receiver)
+            data = b"".join(out)
+        elif receiver.receiving and receiver.seen != self.head:
+            data = b"".join(self.log[receiver.seen - self.base :])
+        else:
+            data = b""
+        receiver.seen = self.head
+        if data:
+            receiver.transport.write(data)
+
+    def hold_back(self, receiver: R, held: bytes = b"") -> None:
+        """From now on, while `receiver.replay` is set, keep what comes for RECEIVER (after
+        HELD) in its own list, unwritten: its replay's pages go first. Its backlog counts it."""
+        if receiver.out is None:
+            receiver.out = []
+            self.forked.append(receiver)
             receiver.seen = self.head
-        receiver.transport.write(data)
+        if held:
+            receiver.out.insert(0, held)
+
+    def held_back(self, receiver: R) -> bytes:
+        """What waits behind RECEIVER's replay (for a handover to carry)."""
+        return b"".join(receiver.out or ()) if receiver.replay is not None else b""
 
     def broadcast(self, data: bytes) -> None:
         """Queue one encoded line for every receiver."""
@@ -165,10 +186,11 @@ class Fanout(Generic[R]):
             self.schedule()  # lines came during the fan-out: the first receivers lack them
 
     def flush_all(self) -> None:
-        """Write everything queued, now (before a handover's snapshot, when stopping)."""
+        """Write everything queued, now (before a handover's snapshot, when stopping), except
+        what waits behind a replay (`hold_back`)."""
         self.step(None)
-        while self.log or self.forked:  # cutting a slow reader broadcasts its LEFT
-            self.step(None)
+        while self.log or any(r.replay is None for r in self.forked):
+            self.step(None)  # cutting a slow reader broadcasts its LEFT
 
     def hold(self) -> None:
         """Write nothing until `resume` (a handover froze the sessions)."""
@@ -247,9 +269,15 @@ class Fanout(Generic[R]):
             self._sweep_buffered = 0
         forked, self.forked = self.forked, []
         for receiver in forked:
+            transport = receiver.transport
+            if receiver.replay is not None and not transport.is_closing():
+                self.forked.append(receiver)  # paced: written once its replay is
+                size = transport.get_write_buffer_size() + sum(map(len, receiver.out or ()))
+                if size > max_backlog:
+                    slow.append(receiver)
+                continue
             out, receiver.out = receiver.out, None
             receiver.seen = head  # its list got every broadcast since it forked
-            transport = receiver.transport
             if transport.is_closing():
                 continue
             transport.write(b"".join(out or ()))

@@ -304,7 +304,7 @@ class ChatServer:
         now = self._loop.time()
         items = []
         for client in self.clients:
-            session = client.snapshot(now)
+            session = client.snapshot(now, self.fanout.held_back(client))
             self._taken[client] = session.unsent
             items.append((client, session))
         return items
@@ -324,7 +324,7 @@ class ChatServer:
             if data:
                 client.transport.write(data)  # ours to send again
             if client.replay is not None or client.throttled:
-                self._continue_soon(client)
+                self._pace(client)
             elif not client.transport.is_closing() and client not in self.waiting:
                 client.transport.resume_reading()
         departed, self._departed = self._departed, []
@@ -379,7 +379,7 @@ class ChatServer:
         await asyncio.gather(*pending)
         for client in self.clients:
             if client.replay is not None or client.throttled:
-                self._continue_soon(client)  # served as it reads, as before the handover
+                self._pace(client)  # served as it reads, as before the handover
             elif not client.transport.is_closing():
                 client.transport.resume_reading()
         await self.start(inheritance.listener)
@@ -403,6 +403,8 @@ class ChatServer:
             assert conn.nick is not None
             self.registry.name(client, conn.nick, None)
             self.receives(client)
+            if client.replay is not None:  # what waited behind it still does
+                self.fanout.hold_back(client, Peer.held_out(session))
         else:
             self.registry.unnamed.add(client)
 
@@ -476,8 +478,7 @@ class ChatServer:
                     break
                 if client.out is not None and self._owed(client) > ANSWER_BUDGET:
                     client.throttled = True
-                    client.transport.pause_reading()
-                    self._continue_soon(client)
+                    self._pace(client)
                     break
             self.reply(client)
         now = client.last_seen = self._loop.time()
@@ -492,6 +493,7 @@ class ChatServer:
         conn = client.conn
         if client not in self.clients or client.close_after_flush:
             return
+        client.replay = None  # what waits behind a replay goes out, BYE last
         conn.close(reason)
         self.reply(client)
         if client.out is None:
@@ -556,6 +558,13 @@ class ChatServer:
         size = client.transport.get_write_buffer_size()
         return size + sum(map(len, client.out)) if client.out is not None else size
 
+    def _pace(self, client: Peer) -> None:
+        """Serve CLIENT as it reads: stop reading it, and have asyncio say when its unsent
+        output drained below DRAINED (`Peer.resume_writing`) rather than looking for it."""
+        client.transport.pause_reading()
+        client.transport.set_write_buffer_limits(high=DRAINED, low=DRAINED)
+        self._continue_soon(client)
+
     def _continue_soon(self, client: Peer, delay: float = 0.0) -> None:
         if client not in self._continuing:
             self._continuing.add(client)
@@ -573,8 +582,11 @@ class ChatServer:
         if self.phase is not Phase.SERVING:
             return  # frozen for a handover: `thaw`, or the successor, goes on from here
         transport = client.transport
-        if client.out is not None or transport.get_write_buffer_size() > DRAINED:
-            if not client.blocked:  # asyncio says when it drained only after a pause
+        if client.replay is None and client.out is not None:
+            self._continue_soon(client, DRAIN_POLL)  # its answers are not even written yet
+            return
+        if transport.get_write_buffer_size() > DRAINED:
+            if not client.blocked:  # asyncio reports the drain only after a pause
                 self._continue_soon(client, DRAIN_POLL)
             return
         cursor = client.replay
@@ -582,11 +594,13 @@ class ChatServer:
             lines, last = self.room.page(cursor[0], cursor[1], REPLAY_PAGE)
             if lines:
                 cursor[0] = last
-                self.fanout.write_now(client, b"".join(lines))
+                transport.write(b"".join(lines))  # before what waits behind it (`hold_back`)
                 if last < cursor[1]:
                     self._continue_soon(client)
                     return
             client.replay = None
+            if client.out is not None and not self.fanout.scheduled:
+                self.fanout.schedule()  # the lines held behind the replay
         client.throttled = False
         if client.partial_since:  # its line's clock stood still while we did not read
             client.partial_since = self._loop.time()
@@ -599,9 +613,11 @@ class ChatServer:
     def replay(self, client: Peer, after: int) -> None:
         upto = self.room.newest()
         if upto > after:
+            self.reply(client)
+            self.fanout.settle(client)  # what it was owed before it asked goes first
             client.replay = [after, upto]
-            client.transport.pause_reading()
-            self._continue_soon(client)
+            self.fanout.hold_back(client)  # and what comes after, once the replay is written
+            self._pace(client)
 
     def reply(self, client: Peer) -> None:
         data = client.conn.data_to_send()
@@ -695,6 +711,7 @@ async def serve(settings: Settings) -> int:
         return 1
     try:
         server = ChatServer(settings, history)
+        signals = _Signals()
         how = await _begin(server, settings)
         if how is None:
             return 1
@@ -718,7 +735,7 @@ async def serve(settings: Settings) -> int:
             settings.metrics_port,
             settings.metrics_cloudwatch,
         )
-        signame = await _run_until_stopped(server)
+        signame = await _run_until_stopped(server, signals)
         exposed.close(wait=False)  # never blocks the loop; a successor binds the port next
         if signame is None:
             history.close()
@@ -806,26 +823,32 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
     return how, inheritance.begin.release if inheritance is not None else "", why
 
 
-async def _run_until_stopped(server: ChatServer) -> str | None:
+class _Signals:
+    """SIGTERM and SIGINT, caught from the moment the server exists (a signal that comes while
+    it starts, or takes over, stops it gracefully once it serves, instead of killing it)."""
+
+    def __init__(self) -> None:
+        self.stop = asyncio.Event()
+        self.received: list[str] = []
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._caught, sig)
+
+    def _caught(self, sig: signal.Signals) -> None:
+        self.received.append(sig.name)
+        self.stop.set()
+
+
+async def _run_until_stopped(server: ChatServer, signals: _Signals) -> str | None:
     """Serve until a signal (its name) or until a successor took over (None)."""
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    received: list[str] = []
-
-    def on_signal(sig: signal.Signals) -> None:
-        received.append(sig.name)
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal, sig)
     handed = asyncio.ensure_future(server.handed_over.wait())
-    stopped = asyncio.ensure_future(stop.wait())
+    stopped = asyncio.ensure_future(signals.stop.wait())
     await asyncio.wait({handed, stopped}, return_when=asyncio.FIRST_COMPLETED)
     handed.cancel()
     stopped.cancel()
     if server.handed_over.is_set():
         return None
-    return received[0]
+    return signals.received[0]
 
 
 def write_switch_record(handover_socket: str, record: dict[str, object]) -> None:

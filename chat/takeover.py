@@ -340,6 +340,9 @@ def _frames(items: list[tuple[K, Session]]) -> Iterator[list[tuple[K, Session]]]
         held = item[1].extra.get("held")
         if isinstance(held, list):
             weight += 6 * sum(len(line) for line in held if isinstance(line, str))
+        held_out = item[1].extra.get("held_out")
+        if isinstance(held_out, str):
+            weight += 6 * len(held_out)
         if chunk and (len(chunk) >= handover.SESSIONS_PER_MESSAGE or size + weight > budget):
             yield chunk
             chunk, size = [], 0

@@ -67,6 +67,24 @@ def test_replays_arrive_whole_in_order_and_the_next_line_after_them(
     assert lines[-1] == "PONG"
 
 
+def test_lines_broadcast_during_a_replay_follow_it_in_id_order(
+    start_server: Start, clients: Clients
+) -> None:
+    """The protocol's rule holds through a paged replay: every receiver sees broadcasts in
+    increasing id order (what comes meanwhile waits behind the replay)."""
+    server = start_server("--rate", "0", "--history-size", "200")
+    fill(server, clients, 200)
+    reader = clients(server.port, "reader", timeout=10, rcvbuf=4096)
+    reader.send("/since 0")
+    time.sleep(0.3)  # a few pages out, the rest waiting for the reader
+    writer = clients(server.port, "writer")
+    writer.send(*[f"live {i}" for i in range(20)])
+    writer.until("MSG 220 ")
+    lines = reader.until("MSG 220 ")
+    ids = [int(line.split()[1]) for line in lines if line.startswith("MSG ")]
+    assert ids == list(range(1, 221))
+
+
 def test_who_floods_wait_for_their_reader_and_cost_no_more_memory(
     start_server: Start, clients
 ) -> None:

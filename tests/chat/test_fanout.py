@@ -28,6 +28,7 @@ class Member:
     seen: int = 0
     allowance: int = 0
     close_after_flush: bool = False
+    replay: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.transport = self.recorder
@@ -212,6 +213,43 @@ def test_nothing_is_written_while_held_and_everything_after_resume() -> None:
         fanout.resume()
         await turns()
         assert member.recorder.lines() == [b"MSG 1", b"PONG"]
+
+    run(body)
+
+
+def test_lines_wait_behind_a_replay_and_follow_it() -> None:
+    async def body() -> None:
+        owner = Owner()
+        fanout = make(owner)
+        member, other = join(fanout, owner, 1), join(fanout, owner, 2)
+        fanout.broadcast(b"MSG 5\n")
+        fanout.settle(member)  # what it was owed before the replay goes first
+        member.replay = [0, 5]
+        fanout.hold_back(member)
+        fanout.broadcast(b"MSG 6\n")
+        await turns()
+        assert member.recorder.writes == [b"MSG 5\n"]
+        assert other.recorder.lines() == [b"MSG 5", b"MSG 6"]
+        member.recorder.write(b"MSG 1\nMSG 2\n")  # the replay's page, written directly
+        member.replay = None
+        fanout.schedule()
+        await turns()
+        assert member.recorder.lines() == [b"MSG 5", b"MSG 1", b"MSG 2", b"MSG 6"]
+
+    run(body)
+
+
+def test_what_waits_behind_a_replay_counts_against_the_backlog() -> None:
+    async def body() -> None:
+        owner = Owner()
+        fanout = make(owner, max_backlog=100)
+        member = join(fanout, owner, 1)
+        member.replay = [0, 5]
+        fanout.hold_back(member)
+        for i in range(20):
+            fanout.broadcast(b"MSG %d xxxxxxxx\n" % i)
+        await turns()
+        assert owner.cuts and owner.cuts[0] == [member]
 
     run(body)
 
