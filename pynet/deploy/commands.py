@@ -121,9 +121,16 @@ def local_build(
     base_image: str | None = None,
     dockerfile: str | None = None,
     build_args: Mapping[str, str] | None = None,
+    platform: str | None = None,
 ) -> Argv:
-    """`docker build`; BASE_IMAGE only when asked, so users get the Dockerfile's default."""
+    """`docker build`; BASE_IMAGE only when asked, so users get the Dockerfile's default.
+
+    PLATFORM (`linux/amd64`, `linux/arm64`): the hosts' architecture, so an Apple Silicon
+    laptop builds an image an x86_64 instance can run.
+    """
     argv = [docker, "build", "-t", image(version)]
+    if platform:
+        argv += ["--platform", platform]
     if dockerfile:
         argv += ["-f", dockerfile]
     args = dict(build_args or {})
@@ -155,6 +162,11 @@ def local_save(docker: str, version: str, path: str) -> Argv:
 def docker(*args: str) -> Argv:
     """Remote docker always through sudo: the deploy user need not be in the `docker` group."""
     return sudo(["docker", *args])
+
+
+def host_machine() -> Argv:
+    """The host's CPU architecture as the kernel names it (`x86_64`, `aarch64`)."""
+    return ["uname", "-m"]
 
 
 def image_id(ref: str) -> Argv:
