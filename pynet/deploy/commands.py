@@ -173,6 +173,11 @@ def image_id(ref: str) -> Argv:
     return docker("image", "inspect", "--format", "{{.Id}}", ref)
 
 
+def image_content(ref: str) -> Argv:
+    """The layers and creation time of REF: the same on every engine and image store."""
+    return docker("image", "inspect", "--format", "{{json .RootFS.Layers}} {{.Created}}", ref)
+
+
 def host_layers() -> Argv:
     """Layer lists (diff IDs) of every image on the host: what a shipment can leave out."""
     return pipe(

@@ -89,11 +89,20 @@ class ArchiveImage:
     manifests: frozenset[str]  # OCI index/manifest digests: IDs a containerd store reports
     os: str
     architecture: str
+    diff_ids: tuple[str, ...] = ()  # the config's rootfs: what `.RootFS.Layers` reports
+    created: str = ""
 
     @property
     def ids(self) -> frozenset[str]:
         """Every image ID an engine may report for this image after loading it."""
         return self.manifests | {self.config}
+
+    @property
+    def content(self) -> str:
+        """What `commands.image_content()` prints for this image on any engine and store: a
+        containerd store that loads a classic archive names the image by a manifest it makes
+        itself, which no digest in the archive predicts."""
+        return f"{json.dumps(list(self.diff_ids), separators=(',', ':'))} {self.created}"
 
     @property
     def platform(self) -> str:
@@ -152,6 +161,8 @@ def read_archive(saved: Path) -> ArchiveImage:
             manifests=frozenset(_oci_digests(tar)),
             os=str(config.get("os", "")),
             architecture=str(config.get("architecture", "")),
+            diff_ids=tuple((config.get("rootfs") or {}).get("diff_ids") or ()),
+            created=str(config.get("created", "")),
         )
 
 

@@ -203,6 +203,25 @@ def check_platform(image: ArchiveImage, version: str, arch: str | None) -> None:
         )
 
 
+def same_image(remote: Remote, version: str, image: ArchiveImage) -> None:
+    """Raise unless the host's `pynet-chat:VERSION` is IMAGE, whatever store either end uses.
+
+    A classic store reports the config digest as the image ID, the containerd store the
+    manifest's (or index's) digest: the archive holds both. A containerd store that loaded a
+    classic archive makes a manifest of its own, so then the layers and creation time decide.
+    """
+    on_host = remote.output(cmd.image_id(cmd.image(version)))
+    if on_host in image.ids:
+        return
+    content = remote.output(cmd.image_content(cmd.image(version)), check=False)
+    if image.diff_ids and content == image.content:
+        return
+    raise DeployError(
+        f"{cmd.image(version)} on the host ({on_host}) differs from the one built here "
+        f"({image.config})"
+    )
+
+
 def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
     """Make `pynet-chat:VERSION` exist on the host, sending only missing layers. Returns bytes."""
     if not remote.dry_run and remote.ok(cmd.image_id(cmd.image(version))):
@@ -242,14 +261,7 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
                 raise DeployError(f"docker load failed on the host: {loaded.stderr.strip()}")
             remote.say("the host lacks a layer it was expected to have; sending all layers")
     if image is not None:
-        # A classic store reports the config digest as the image ID, the containerd store the
-        # manifest's digest: either names this image, anything else is another image.
-        on_host = remote.output(cmd.image_id(cmd.image(version)))
-        if on_host not in image.ids:
-            raise DeployError(
-                f"{cmd.image(version)} on the host ({on_host}) differs from the one built here "
-                f"({image.config})"
-            )
+        same_image(remote, version, image)
     return size
 
 

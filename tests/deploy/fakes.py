@@ -10,7 +10,12 @@ from pathlib import Path
 
 BASE, CODE = b"x" * 50_000, b"y" * 100  # two layers: a big base and a small code layer
 CONFIG = json.dumps(
-    {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+    {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-12-07T02:10:00.123456789Z",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:base", "sha256:code"]},
+    }
 ).encode()
 #: The image ID a classic store reports for the fake image: its config digest.
 CONFIG_ID = "sha256:" + hashlib.sha256(CONFIG).hexdigest()

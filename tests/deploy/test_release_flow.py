@@ -286,7 +286,9 @@ def test_ship_does_not_retry_other_load_failures() -> None:
         release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")
 
 
-def _loading_host(reports: Callable[[], str], machine: str = "x86_64") -> ScriptedHost:
+def _loading_host(
+    reports: Callable[[], str], machine: str = "x86_64", content: str = ""
+) -> ScriptedHost:
     """A host with the base layer that loads what it gets and reports REPORTS() as its ID."""
     host = ScriptedHost(
         [
@@ -299,6 +301,10 @@ def _loading_host(reports: Callable[[], str], machine: str = "x86_64") -> Script
                 ),
             ),
             ("uname -m", (machine, 0)),
+            (
+                "sudo -n docker image inspect --format '{{json .RootFS.Layers}} {{.Created}}'",
+                (content, 0),
+            ),
             ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
             ("sudo -n docker load", ("Loaded image: pynet-chat:v2", 0)),
         ]
@@ -328,8 +334,17 @@ def test_ship_accepts_the_manifest_digest_a_containerd_store_reports() -> None:
     assert local.top.startswith("sha256:")
 
 
+def test_ship_accepts_a_manifest_the_host_s_containerd_store_made_for_the_same_content() -> None:
+    """A containerd store loading a classic (Docker 20.10) archive names the image by a manifest
+    of its own: the same layers and creation time are the same image."""
+    content = '["sha256:base","sha256:code"] 2026-12-07T02:10:00.123456789Z'
+    host = _loading_host(lambda: "sha256:" + "1" * 64, content=content)
+    release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")
+
+
 def test_ship_refuses_an_image_another_image_replaced_on_the_host() -> None:
-    host = _loading_host(lambda: "sha256:" + "0" * 64)
+    content = '["sha256:base","sha256:other"] 2026-12-07T02:10:00.123456789Z'
+    host = _loading_host(lambda: "sha256:" + "0" * 64, content=content)
     with pytest.raises(DeployError, match=r"on the host \(sha256:0+\) differs from the one built"):
         release.ship(host, ScriptedLocal(["base", "code"], oci=True), "docker", "v2")
 
