@@ -89,7 +89,7 @@ class Local:
             ) from None
         with proc:
             for text in proc.stdout or ():
-                last.append(text.rstrip("\n"))
+                last.append(ANSI.sub("", text.rstrip("\n")))
                 print(f"  {last[-1]}", file=self.out, flush=True)
         if proc.returncode:
             raise stream_failure(what, proc.returncode, list(last))
@@ -97,6 +97,7 @@ class Local:
 
 #: The line a failed `docker build` says why on: BuildKit's `ERROR: ...`, the classic builder's
 #: `The command '...' returned a non-zero code: N`, a client `error ...`.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # the classic builder colours its error line
 BUILD_ERROR = re.compile(r"\bERROR\b|^error|returned a non-zero code|^failed to ", re.I)
 
 

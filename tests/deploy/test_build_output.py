@@ -30,7 +30,7 @@ CLASSIC_FAILURE = """\
 Step 3/3 : RUN python3 -c "import pynet_missing"
  ---> Running in 0123456789ab
 ModuleNotFoundError: No module named 'pynet_missing'
-The command '/bin/sh -c python3 -c "import pynet_missing"' returned a non-zero code: 1
+\x1b[0mThe command '/bin/sh -c python3 -c "import pynet_missing"' returned a non-zero code: 1
 """
 
 
