@@ -121,9 +121,16 @@ def local_build(
     base_image: str | None = None,
     dockerfile: str | None = None,
     build_args: Mapping[str, str] | None = None,
+    platform: str | None = None,
 ) -> Argv:
-    """`docker build`; BASE_IMAGE only when asked, so users get the Dockerfile's default."""
+    """`docker build`; BASE_IMAGE only when asked, so users get the Dockerfile's default.
+
+    PLATFORM (`linux/amd64`, `linux/arm64`): the hosts' architecture, so an Apple Silicon
+    laptop builds an image an x86_64 instance can run.
+    """
     argv = [docker, "build", "-t", image(version)]
+    if platform:
+        argv += ["--platform", platform]
     if dockerfile:
         argv += ["-f", dockerfile]
     args = dict(build_args or {})
@@ -157,8 +164,18 @@ def docker(*args: str) -> Argv:
     return sudo(["docker", *args])
 
 
+def host_machine() -> Argv:
+    """The host's CPU architecture as the kernel names it (`x86_64`, `aarch64`)."""
+    return ["uname", "-m"]
+
+
 def image_id(ref: str) -> Argv:
     return docker("image", "inspect", "--format", "{{.Id}}", ref)
+
+
+def image_content(ref: str) -> Argv:
+    """The layers and creation time of REF: the same on every engine and image store."""
+    return docker("image", "inspect", "--format", "{{json .RootFS.Layers}} {{.Created}}", ref)
 
 
 def host_layers() -> Argv:

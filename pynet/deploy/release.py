@@ -12,6 +12,7 @@ records the outcome and raises with the reason and the last log lines.
 from __future__ import annotations
 
 import json
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pynet.deploy import commands as cmd
-from pynet.deploy.layers import parse_layer_lists, shared_prefix, slim_archive
+from pynet.deploy.layers import (
+    ArchiveImage,
+    image_arch,
+    parse_layer_lists,
+    read_archive,
+    shared_prefix,
+    slim_archive,
+)
 from pynet.deploy.lock import DeployLock, utcnow, whoami
 from pynet.deploy.remote import DeployError, Local, Remote, human
 
@@ -137,6 +145,28 @@ class HostState:
 # --- building and shipping --------------------------------------------------------------------
 
 
+def host_arch(remote: Remote) -> str | None:
+    """The image architecture the host runs natively (`uname -m` there); None in a dry run.
+
+    On EC2 this is what the instance type says (Graviton families such as t4g, m7g, c7g are
+    arm64, the rest amd64); asking the host also covers `-H` hosts and local ones.
+    """
+    machine = remote.output(cmd.host_machine(), check=False)
+    return image_arch(machine) if machine and not remote.dry_run else None
+
+
+def build_platform(arches: Sequence[str | None]) -> str | None:
+    """`linux/ARCH` to build for the hosts' architectures; one image serves them all, so mixed
+    architectures are refused (deploy them separately, with -H or one inventory each)."""
+    known = sorted({a for a in arches if a})
+    if len(known) > 1:
+        raise DeployError(
+            f"the hosts run different architectures ({', '.join(known)}): one image cannot "
+            "serve them; deploy each group separately (-H, or an inventory per architecture)"
+        )
+    return f"linux/{known[0]}" if known else None
+
+
 def build(
     local: Local,
     docker: str,
@@ -145,12 +175,50 @@ def build(
     base_image: str | None,
     dockerfile: str | None = None,
     build_args: dict[str, str] | None = None,
+    platform: str | None = None,
 ) -> None:
+    """`docker build`, its output streamed as it comes; a failure raises with docker's error."""
     if not local.dry_run:
-        print(f"[local] building {cmd.image(version)} from {context}", file=local.out, flush=True)
-    local.run(
-        cmd.local_build(docker, version, str(context), base_image, dockerfile, build_args),
+        target = f" for {platform}" if platform else ""
+        print(
+            f"[local] building {cmd.image(version)}{target} from {context}",
+            file=local.out,
+            flush=True,
+        )
+    local.stream(
+        cmd.local_build(
+            docker, version, str(context), base_image, dockerfile, build_args, platform
+        ),
         cwd=context,
+        what=f"docker build of {cmd.image(version)}",
+    )
+
+
+def check_platform(image: ArchiveImage, version: str, arch: str | None) -> None:
+    """Refuse, before shipping, an image the host cannot run ("exec format error" there)."""
+    if arch and image.architecture and image.architecture != arch:
+        raise DeployError(
+            f"{cmd.image(version)} is built for {image.platform} but the host runs linux/{arch}: "
+            f"rebuild it for linux/{arch} (is the base image {image.architecture}-only?)"
+        )
+
+
+def same_image(remote: Remote, version: str, image: ArchiveImage) -> None:
+    """Raise unless the host's `pynet-chat:VERSION` is IMAGE, whatever store either end uses.
+
+    A classic store reports the config digest as the image ID, the containerd store the
+    manifest's (or index's) digest: the archive holds both. A containerd store that loaded a
+    classic archive makes a manifest of its own, so then the layers and creation time decide.
+    """
+    on_host = remote.output(cmd.image_id(cmd.image(version)))
+    if on_host in image.ids:
+        return
+    content = remote.output(cmd.image_content(cmd.image(version)), check=False)
+    if image.diff_ids and content == image.content:
+        return
+    raise DeployError(
+        f"{cmd.image(version)} on the host ({on_host}) differs from the one built here "
+        f"({image.config})"
     )
 
 
@@ -159,25 +227,30 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
     if not remote.dry_run and remote.ok(cmd.image_id(cmd.image(version))):
         remote.say(f"{cmd.image(version)} is already on the host: nothing to ship")
         return 0
+    arch = host_arch(remote)
     inspect = local.run(cmd.local_layers(docker, version)).stdout.strip()
-    local_id, _, layers = inspect.partition(" ")
+    _, _, layers = inspect.partition(" ")
     layer_list: list[str] = json.loads(layers or "[]")
     present = parse_layer_lists(remote.output(cmd.host_layers(), check=False))
     skip = shared_prefix(layer_list, present)
     remote_path = f"{cmd.ARCHIVE_DIR}/{version}.tar.gz"
+    size, image = 0, None
     with tempfile.TemporaryDirectory(prefix="pynet-ship-") as tmp:
         saved, archive = Path(tmp) / "image.tar", Path(tmp) / f"{version}.tar.gz"
         local.run(cmd.local_save(docker, version, str(saved)))
+        if not local.dry_run:
+            try:
+                image = read_archive(saved)
+            except (ValueError, tarfile.TarError) as exc:
+                raise DeployError(f"`docker save` wrote an archive we cannot read: {exc}") from None
+            check_platform(image, version, arch)
         for attempt_skip in dict.fromkeys((skip, 0)):  # a full archive when the slim one fails
             if local.dry_run:
-                size = 0
                 remote.say("shipping the layers the host lacks")
             else:
-                size = slim_archive(saved, archive, attempt_skip)
-                remote.say(
-                    f"shipping {len(layer_list) - attempt_skip} of {len(layer_list)} "
-                    f"layers ({human(size)} compressed)"
-                )
+                shipment = slim_archive(saved, archive, attempt_skip)
+                size = shipment.size
+                remote.say(shipment.describe())
             remote.upload(archive, remote_path)
             loaded = remote.run(cmd.load(remote_path), check=False)
             if loaded.ok:
@@ -187,8 +260,8 @@ def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
             if attempt_skip == 0 or "no such file or directory" not in loaded.stderr:
                 raise DeployError(f"docker load failed on the host: {loaded.stderr.strip()}")
             remote.say("the host lacks a layer it was expected to have; sending all layers")
-    if not remote.dry_run and remote.output(cmd.image_id(cmd.image(version))) != local_id:
-        raise DeployError(f"{cmd.image(version)} on the host differs from the one built here")
+    if image is not None:
+        same_image(remote, version, image)
     return size
 
 

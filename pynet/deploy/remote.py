@@ -6,9 +6,11 @@ command lines a real run would execute, and failures all read the same way.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -62,6 +64,54 @@ class Local:
         if check and proc.returncode:
             raise _failure(line, proc.returncode, proc.stderr or "", proc.stdout or "")
         return proc
+
+    def stream(self, argv: Argv, *, what: str, cwd: Path | None = None, keep: int = 60) -> None:
+        """Run ARGV showing its output line by line as it comes (a long build shows its
+        progress); on failure raise with docker's error line and the output before it."""
+        line = render(argv)
+        if self.dry_run:
+            print(f"[local] {line}", file=self.out, flush=True)
+            return
+        last: deque[str] = deque(maxlen=keep)
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                errors="replace",
+            )
+        except FileNotFoundError:
+            raise DeployError(
+                f"`{argv[0]}` not found here: install Docker (or set PYNET_DOCKER)"
+            ) from None
+        with proc:
+            for text in proc.stdout or ():
+                last.append(ANSI.sub("", text.rstrip("\n")))
+                print(f"  {last[-1]}", file=self.out, flush=True)
+        if proc.returncode:
+            raise stream_failure(what, proc.returncode, list(last))
+
+
+#: The line a failed `docker build` says why on: BuildKit's `ERROR: ...`, the classic builder's
+#: `The command '...' returned a non-zero code: N`, a client `error ...`.
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # the classic builder colours its error line
+BUILD_ERROR = re.compile(r"\bERROR\b|^error|returned a non-zero code|^failed to ", re.I)
+
+
+def stream_failure(what: str, exited: int, lines: list[str], context: int = 20) -> DeployError:
+    """WHAT failed: docker's own error line first, then the output that led to it."""
+    text = [line for line in lines if line.strip()]
+    errors = [line for line in text if BUILD_ERROR.search(line)]
+    headline = (errors or text or ["no output"])[-1].strip()
+    before = [line for line in text if line.strip() != headline][-context:]
+    detail = "\n".join(f"  {line}" for line in before)
+    return DeployError(
+        f"{what} failed (exit {exited}): {headline}"
+        + (f"\nThe output before it:\n{detail}" if detail else "")
+    )
 
 
 @dataclass

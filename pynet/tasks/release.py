@@ -221,6 +221,8 @@ def deploy(
     if not dry_run:
         _reach(hosts)  # so does an unreachable host
     local = Local(dry_run)
+    arches: list[str | None] = []  # build for what the hosts run, not for this machine
+    _each(hosts, lambda t: arches.append(release.host_arch(Remote(t.conn, dry_run))))
     release.build(
         local,
         docker,
@@ -228,6 +230,7 @@ def deploy(
         source,
         base_image or os.environ.get("PYNET_BASE_IMAGE"),
         str(file) if file else None,
+        platform=release.build_platform(arches),
     )
     _each(
         hosts, lambda t: release.deploy(Remote(t.conn, dry_run), local, docker, name, timeout, keep)

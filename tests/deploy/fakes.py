@@ -2,26 +2,56 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
 from pathlib import Path
 
+BASE, CODE = b"x" * 50_000, b"y" * 100  # two layers: a big base and a small code layer
+CONFIG = json.dumps(
+    {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-12-07T02:10:00.123456789Z",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:base", "sha256:code"]},
+    }
+).encode()
+#: The image ID a classic store reports for the fake image: its config digest.
+CONFIG_ID = "sha256:" + hashlib.sha256(CONFIG).hexdigest()
 
-def fake_docker_save(path: Path) -> None:
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write(path: Path, files: dict[str, bytes], links: dict[str, str] | None = None) -> None:
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname = tarfile.SYMTYPE, target
+            tar.addfile(info)
+
+
+def fake_docker_save(path: Path, config: bytes = CONFIG) -> None:
     """The shape of a Docker 20.10 `docker save`: a dir per layer, config, manifest."""
+    name = f"{_sha(config)}.json"
     files = {
-        "aaa/layer.tar": b"x" * 50_000,
+        "aaa/layer.tar": BASE,
         "aaa/json": b"{}",
         "aaa/VERSION": b"1.0",
-        "bbb/layer.tar": b"y" * 100,
+        "bbb/layer.tar": CODE,
         "bbb/json": b"{}",
         "bbb/VERSION": b"1.0",
-        "cfg.json": b"{}",
+        name: config,
         "manifest.json": json.dumps(
             [
                 {
-                    "Config": "cfg.json",
+                    "Config": name,
                     "RepoTags": ["pynet-chat:v2"],
                     "Layers": ["aaa/layer.tar", "bbb/layer.tar"],
                 }
@@ -29,8 +59,69 @@ def fake_docker_save(path: Path) -> None:
         ).encode(),
         "repositories": b"{}",
     }
-    with tarfile.open(path, "w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    _write(path, files)
+
+
+def fake_oci_save(
+    path: Path, layers: tuple[bytes, ...] = (BASE, CODE), nested: bool = False
+) -> str:
+    """The shape of a Docker 25+ `docker save` (OCI layout): every file a blob, index.json,
+    oci-layout and a manifest.json whose Layers point into blobs/. NESTED: the containerd
+    store's shape, where index.json points at an image index that points at the manifest.
+
+    Returns the digest the containerd store reports as the image ID (the top index/manifest).
+    """
+    blobs = {_sha(data): data for data in (*layers, CONFIG)}
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"digest": f"sha256:{_sha(CONFIG)}", "size": len(CONFIG)},
+            "layers": [{"digest": f"sha256:{_sha(d)}", "size": len(d)} for d in layers],
+        }
+    ).encode()
+    blobs[_sha(manifest)] = manifest
+    top = {
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": f"sha256:{_sha(manifest)}",
+    }
+    if nested:
+        index = json.dumps({"schemaVersion": 2, "manifests": [top]}).encode()
+        blobs[_sha(index)] = index
+        top = {
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": f"sha256:{_sha(index)}",
+        }
+    files = {f"blobs/sha256/{digest}": data for digest, data in blobs.items()}
+    files["index.json"] = json.dumps({"schemaVersion": 2, "manifests": [top]}).encode()
+    files["oci-layout"] = b'{"imageLayoutVersion": "1.0.0"}'
+    files["manifest.json"] = json.dumps(
+        [
+            {
+                "Config": f"blobs/sha256/{_sha(CONFIG)}",
+                "RepoTags": ["pynet-chat:v2"],
+                "Layers": [f"blobs/sha256/{_sha(d)}" for d in layers],
+            }
+        ]
+    ).encode()
+    files["repositories"] = b"{}"
+    _write(path, files)
+    return top["digest"]
+
+
+def fake_classic_with_link(path: Path) -> None:
+    """Docker 20.10 saving an image whose top layer repeats its bottom one: the second layer's
+    layer.tar is a symlink to the first's."""
+    name = f"{_sha(CONFIG)}.json"
+    files = {
+        "aaa/layer.tar": BASE,
+        "aaa/json": b"{}",
+        "bbb/layer.tar": CODE,
+        "bbb/json": b"{}",
+        "ccc/json": b"{}",
+        name: CONFIG,
+        "manifest.json": json.dumps(
+            [{"Config": name, "Layers": ["aaa/layer.tar", "bbb/layer.tar", "ccc/layer.tar"]}]
+        ).encode(),
+    }
+    _write(path, files, {"ccc/layer.tar": "../aaa/layer.tar"})

@@ -51,7 +51,8 @@ def test_deploy_dry_run_prints_every_step_and_runs_none() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0] == (
+    assert lines[0] == "[127.0.0.1:1] uname -m"  # the build is for the host's architecture
+    assert lines[1] == (
         f"[local] docker build -t pynet-chat:v9 --build-arg "
         f"BASE_IMAGE=pynet-local/debian:bookworm {REPO}"
     )

@@ -17,7 +17,13 @@ def test_deploy_rolls_through_the_chat_hosts_one_at_a_time(tmp_path: Path) -> No
     inventory.upsert_host(redis, path, inventory.REDIS_GROUP)
     done = fab("deploy", "--dry-run", "--inventory", str(path), "--version", "v1")
     assert done.returncode == 0, done.stdout + done.stderr
-    order = re.findall(r"^\[127\.0\.0\.1:(\d+)\]", done.stdout, re.M)
+    # Before the build, every chat host is asked its architecture (the image is built for it).
+    before_build = done.stdout.split("[local] docker build")[0]
+    assert re.findall(r"^\[127\.0\.0\.1:(\d+)\] uname -m$", before_build, re.M) == [
+        "2201",
+        "2202",
+    ]
+    order = re.findall(r"^\[127\.0\.0\.1:(\d+)\] (?!uname -m$)", done.stdout, re.M)
     assert set(order) == {"2201", "2202"}  # the Redis host is not a chat host
     first_of_second = order.index("2202")
     assert set(order[:first_of_second]) == {"2201"}  # one host finished before the next began
@@ -25,6 +31,10 @@ def test_deploy_rolls_through_the_chat_hosts_one_at_a_time(tmp_path: Path) -> No
     # each host passes its own health check before the next is touched
     lines = done.stdout.splitlines()
     health = [i for i, line in enumerate(lines) if "chat.healthcheck" in line]
-    second_start = next(i for i, line in enumerate(lines) if line.startswith("[127.0.0.1:2202]"))
+    second_start = next(
+        i
+        for i, line in enumerate(lines)
+        if line.startswith("[127.0.0.1:2202]") and not line.endswith("uname -m")
+    )
     assert health
     assert health[0] < second_start

@@ -20,7 +20,7 @@ from invoke.runners import Result
 from pynet.deploy import release
 from pynet.deploy.commands import Argv, render
 from pynet.deploy.remote import DeployError, Local, Remote
-from tests.deploy.fakes import fake_docker_save
+from tests.deploy.fakes import CONFIG_ID, fake_docker_save, fake_oci_save
 
 Answer = tuple[str, int] | Callable[[str], tuple[str, int]]
 
@@ -224,19 +224,25 @@ def test_a_release_that_is_not_on_the_host() -> None:
 
 
 class ScriptedLocal(Local):
-    """`docker image inspect` answers with LAYERS; `docker save` writes a fake archive."""
+    """`docker image inspect` answers with LAYERS; `docker save` writes a fake archive (the
+    OCI layout of Docker 25+ when OCI, with the containerd store's nested index when NESTED)."""
 
-    def __init__(self, layers: list[str]) -> None:
+    def __init__(self, layers: list[str], oci: bool = False, nested: bool = False) -> None:
         super().__init__(out=io.StringIO())
-        self.layers = layers
+        self.layers, self.oci, self.nested = layers, oci, nested
+        self.top = ""  # the image ID a containerd store reports
 
     def run(
         self, argv: Argv, *, check: bool = True, quiet: bool = True, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         if argv[1] == "save":
-            fake_docker_save(Path(argv[3]))
+            if self.oci:
+                self.top = fake_oci_save(Path(argv[3]), nested=self.nested)
+            else:
+                fake_docker_save(Path(argv[3]))
             return subprocess.CompletedProcess(argv, 0, "", "")
-        return subprocess.CompletedProcess(argv, 0, f"sha256:new {json.dumps(self.layers)}", "")
+        ident = self.top or CONFIG_ID
+        return subprocess.CompletedProcess(argv, 0, f"{ident} {json.dumps(self.layers)}", "")
 
 
 def test_ship_sends_everything_when_the_slim_archive_does_not_load() -> None:
@@ -251,7 +257,7 @@ def test_ship_sends_everything_when_the_slim_archive_does_not_load() -> None:
             (
                 "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:v2",
                 lambda _: (
-                    ("sha256:new", 0)
+                    (CONFIG_ID, 0)
                     if any(line.startswith("sudo -n docker load") for line in host.log)
                     else ("", 1)
                 ),
@@ -278,3 +284,84 @@ def test_ship_does_not_retry_other_load_failures() -> None:
     )
     with pytest.raises(DeployError, match="no space left on device"):
         release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")
+
+
+def _loading_host(
+    reports: Callable[[], str], machine: str = "x86_64", content: str = ""
+) -> ScriptedHost:
+    """A host with the base layer that loads what it gets and reports REPORTS() as its ID."""
+    host = ScriptedHost(
+        [
+            (
+                "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:v2",
+                lambda _: (
+                    (reports(), 0)
+                    if any(line.startswith("sudo -n docker load") for line in host.log)
+                    else ("", 1)
+                ),
+            ),
+            ("uname -m", (machine, 0)),
+            (
+                "sudo -n docker image inspect --format '{{json .RootFS.Layers}} {{.Created}}'",
+                (content, 0),
+            ),
+            ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
+            ("sudo -n docker load", ("Loaded image: pynet-chat:v2", 0)),
+        ]
+    )
+    return host
+
+
+@pytest.mark.parametrize("nested", [False, True], ids=["oci-classic-store", "containerd-store"])
+def test_ship_from_docker_25_sends_only_the_code_layer(nested: bool) -> None:
+    """Docker 25+ saves the OCI layout: the base layer's blob stays home, and the line says so."""
+    local = ScriptedLocal(["base", "code"], oci=True, nested=nested)
+    host = _loading_host(lambda: CONFIG_ID)  # a classic store on the host
+    size = release.ship(host, local, "docker", "v2")
+    shipped = host.out.getvalue()  # type: ignore[attr-defined]
+    assert "shipping 1 of 2 layers (" in shipped
+    assert " compressed, 1 already on the host)" in shipped
+    assert 0 < size < 5_000  # the 50 kB base layer was left out
+    assert len(host.uploads) == 1
+
+
+def test_ship_accepts_the_manifest_digest_a_containerd_store_reports() -> None:
+    """A containerd store names the image by its index digest, a classic one by its config
+    digest: both are this image, so the first deploy goes through at the first try."""
+    local = ScriptedLocal(["base", "code"], oci=True, nested=True)
+    host = _loading_host(lambda: local.top)
+    release.ship(host, local, "docker", "v2")
+    assert local.top.startswith("sha256:")
+
+
+def test_ship_accepts_a_manifest_the_host_s_containerd_store_made_for_the_same_content() -> None:
+    """A containerd store loading a classic (Docker 20.10) archive names the image by a manifest
+    of its own: the same layers and creation time are the same image."""
+    content = '["sha256:base","sha256:code"] 2026-12-07T02:10:00.123456789Z'
+    host = _loading_host(lambda: "sha256:" + "1" * 64, content=content)
+    release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")
+
+
+def test_ship_refuses_an_image_another_image_replaced_on_the_host() -> None:
+    content = '["sha256:base","sha256:other"] 2026-12-07T02:10:00.123456789Z'
+    host = _loading_host(lambda: "sha256:" + "0" * 64, content=content)
+    with pytest.raises(DeployError, match=r"on the host \(sha256:0+\) differs from the one built"):
+        release.ship(host, ScriptedLocal(["base", "code"], oci=True), "docker", "v2")
+
+
+def test_ship_refuses_an_image_for_another_architecture_before_uploading() -> None:
+    host = _loading_host(lambda: CONFIG_ID, machine="aarch64")
+    with pytest.raises(DeployError) as caught:
+        release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2")
+    assert str(caught.value) == (
+        "pynet-chat:v2 is built for linux/amd64 but the host runs linux/arm64: rebuild it for "
+        "linux/arm64 (is the base image amd64-only?)"
+    )
+    assert host.uploads == []
+
+
+def test_build_platform_is_the_hosts_architecture() -> None:
+    assert release.build_platform(["arm64", "arm64"]) == "linux/arm64"
+    assert release.build_platform([None]) is None  # a dry run: nothing asked
+    with pytest.raises(DeployError, match=r"different architectures \(amd64, arm64\)"):
+        release.build_platform(["amd64", "arm64"])
