@@ -249,7 +249,8 @@ def test_what_waits_behind_a_replay_counts_against_the_backlog() -> None:
         for i in range(20):
             fanout.broadcast(b"MSG %d xxxxxxxx\n" % i)
         await turns()
-        assert owner.cuts and owner.cuts[0] == [member]
+        assert owner.cuts
+        assert owner.cuts[0] == [member]
 
     run(body)
 
