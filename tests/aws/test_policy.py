@@ -23,6 +23,7 @@ import pytest
 from invoke.context import Context
 
 from pynet import ci
+from pynet.aws.errors import service_of
 from pynet.aws.session import Clients
 from pynet.tasks import access, cloud, cluster
 from tests.aws.helpers import public_key
@@ -113,6 +114,9 @@ def test_every_call_of_the_operators_tasks_is_in_the_policy(
     granted = actions(OPERATOR_POLICY)
     missing = {a for a in recorded - NEEDS_NO_PERMISSION if not granted_by(a, granted)}
     assert not missing, f"the tasks call these, the policy does not grant them: {missing}"
+    # A denial names the action to grant (pynet.aws.errors): it must be the one IAM checks.
+    named = {f"{service_of(a.split(':')[1])}:{a.split(':')[1]}" for a in recorded}
+    assert named == recorded, f"a denial would name {named - recorded}"
     for needed in ("elasticloadbalancing:CreateLoadBalancer", "ec2:ModifyInstanceAttribute"):
         assert needed in recorded  # the recording sees the cluster's calls
     unused = {g for g in granted if not any(fnmatch.fnmatchcase(a, g) for a in recorded)}
