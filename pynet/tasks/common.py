@@ -31,16 +31,17 @@ INVENTORY_HELP = "inventory file to update (default $PYNET_INVENTORY or inventor
 INTERRUPTED = "interrupted: run the same command again; it picks up where it stopped"
 
 
-def fail(message: str) -> Exit:
-    """The exit of a task that cannot go on: `error: MESSAGE` on stderr, status 1."""
-    return Exit(f"error: {message}", code=1)
+def fail(message: str, about: str | None = "error") -> Exit:
+    """The exit of a task that cannot go on: `ABOUT: MESSAGE` (MESSAGE alone when ABOUT is None,
+    for errors that already say what they are about) on stderr, status 1."""
+    return Exit(f"{about}: {message}" if about else message, code=1)
 
 
 @contextmanager
 def one_line_errors(
-    *expected: type[Exception], prefix: str = "error: ", interrupted: str | None = None
+    *expected: type[Exception], about: str | None = "error", interrupted: str | None = None
 ) -> Iterator[None]:
-    """EXPECTED errors (CloudError when none is named) end the task in one line, status 1.
+    """EXPECTED errors (CloudError when none is named) end the task through `fail`.
 
     With INTERRUPTED, Ctrl-C ends it with that line and status 130 instead of a traceback.
     Works as a decorator too (`@one_line_errors(NoHosts)`).
@@ -49,7 +50,7 @@ def one_line_errors(
     try:
         yield
     except caught as err:
-        raise Exit(f"{prefix}{err}", code=1) from None
+        raise fail(str(err), about) from None
     except KeyboardInterrupt:
         if interrupted is None:
             raise

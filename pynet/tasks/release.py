@@ -94,7 +94,7 @@ def _each(hosts: list[Target], body: Callable[[Target], object]) -> None:
             reason = _reason(exc, target)
             if reason is None:
                 raise
-            raise Exit(f"{target.label}: {reason}", code=1) from None
+            raise fail(reason, about=target.label) from None
 
 
 def _every(hosts: list[Target], body: Callable[[Target], bool]) -> bool:
@@ -117,7 +117,7 @@ def _every(hosts: list[Target], body: Callable[[Target], bool]) -> bool:
 
 
 #: Problems with the inputs (no hosts, no git tree) end in one line too, with the error's own words.
-_clean = one_line_errors(NoHosts, VersionError, DeployError, prefix="")
+_clean = one_line_errors(NoHosts, VersionError, DeployError, about=None)
 
 
 def _release_name(flag: str, value: str) -> str:
@@ -423,10 +423,10 @@ def unlock(c: Context, force: bool = False, inventory: str = "") -> None:
             print(f"{t.label}: no deploy lock")
             return
         if not (force or info.stale()):
-            raise Exit(
-                f"{t.label}: the lock is {info.describe(hint=False)}; it looks alive, "
+            raise fail(
+                f"the lock is {info.describe(hint=False)}; it looks alive, "
                 "pass --force to release it anyway",
-                code=1,
+                about=t.label,
             )
         remote.run(cmd.lock_break())
         print(f"{t.label}: released the deploy lock ({info.describe(hint=False)})")
