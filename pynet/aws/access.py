@@ -9,7 +9,6 @@ caller's own; `fab allow-ssh` adds, removes and lists them (docs/aws.md).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from pynet.aws.cluster_requests import CLUSTER_TAG, ROLE_TAG, member_pattern
@@ -25,12 +24,6 @@ from pynet.aws.requests import (
     ssh_sources,
     tag_value,
 )
-
-Say = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    """Say nothing."""
 
 
 def operator_label(sts: Any, given: str | None = None, region: str = "") -> str:
