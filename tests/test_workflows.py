@@ -181,13 +181,19 @@ def test_deploy_role_may_only_look_and_open_ssh_on_the_production_group() -> Non
 #: Imported when installed, not needed: botocore falls back to its own CA bundle without it.
 OPTIONAL = {"certifi"}
 
+
+def _normal(name: str) -> str:
+    """A name as pip compares them (PEP 503): prometheus_client is prometheus-client."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 IMPORTS = """
 import importlib.metadata, json, sys
 before = set(sys.modules)  # the interpreter's own start-up (site hooks) is not the job's
 import fabfile, fabric.main, pynet.ci  # what the deploy job runs: Fabric's fab and pynet.ci
 found = importlib.metadata.packages_distributions()
 tops = {name.split(".")[0] for name in set(sys.modules) - before}
-print(json.dumps(sorted({d.lower() for top in tops for d in found.get(top, [])})))
+print(json.dumps(sorted({d for top in tops for d in found.get(top, [])})))
 """
 
 
@@ -202,8 +208,8 @@ def test_the_deploy_lock_holds_everything_the_deploy_job_imports() -> None:
         timeout=120,
         check=True,
     )
-    imported = set(json.loads(proc.stdout)) - {"pynet"} - OPTIONAL
+    imported = {_normal(name) for name in json.loads(proc.stdout)} - {"pynet"} - OPTIONAL
     text = (REPO / "requirements-deploy.lock").read_text()
-    locked = {name.lower() for name in re.findall(r"^([A-Za-z0-9_.-]+)==", text, re.M)}
+    locked = {_normal(name) for name in re.findall(r"^([A-Za-z0-9_.-]+)==", text, re.M)}
     assert imported <= locked, f"the deploy job would lack {imported - locked}"
     assert {"boto3", "fabric", "paramiko", "pyyaml", "rich"} <= imported
