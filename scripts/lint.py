@@ -34,6 +34,12 @@ CHECKS: dict[str, list[str]] = {
         ".github/workflows/deploy.yml",
         ".github/workflows/tests.yml",
     ],
+    # The IAM identity policies the docs tell users to attach (the trust policy is not one).
+    "parliament": [
+        "parliament",
+        "--files",
+        "iam/operator-policy.json,iam/deploy-role-policy.json",
+    ],
 }
 
 
@@ -45,8 +51,15 @@ def argv(name: str) -> list[str]:
 
 
 def run(name: str) -> subprocess.CompletedProcess[str]:
+    # stdin closed: parliament reads a policy from a stdin that is not a terminal.
     return subprocess.run(
-        argv(name), cwd=REPO, capture_output=True, text=True, timeout=900, check=False
+        argv(name),
+        cwd=REPO,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
 
 

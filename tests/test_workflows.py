@@ -108,8 +108,42 @@ def test_deploy_runs_after_the_tests_on_main_one_at_a_time_with_oidc() -> None:
     runs = "\n".join(s.get("run", "") for s in deploy["steps"])
     assert "printf '%s\\n' \"$PYNET_KNOWN_HOSTS\" > inventory/known_hosts" in runs
     assert "python -m pynet.ci production" in runs
-    assert runs.rstrip().endswith("fab deploy")
     assert "StrictHostKeyChecking=no" not in runs
+    # The runner lets itself in after the checks, and always takes itself out again.
+    commands = [s["run"] for s in deploy["steps"] if "run" in s]
+    allow = "fab allow-ssh --name production --ssh-label github-actions"
+    assert commands[-3:] == [allow, "fab deploy", f"{allow} --remove"]
+    assert deploy["steps"][-1]["if"] == "always()"
+    assert "python -m pynet.ci production" in commands[-4]
+
+
+def test_the_deploy_job_installs_only_its_hashed_lock() -> None:
+    """Every requirement pinned and hashed, at the version the tests ran (requirements-dev.lock)."""
+    deploy = load("deploy.yml")["jobs"]["deploy"]
+    installs = [s["run"] for s in deploy["steps"] if "pip install" in s.get("run", "")]
+    assert installs == [
+        "python -m pip install --quiet --require-hashes --no-deps -r requirements-deploy.lock"
+    ]
+    tested = dict(
+        line.split("==")
+        for line in (REPO / "requirements-dev.lock").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    tested = {name.lower(): version for name, version in tested.items()}
+    text = (REPO / "requirements-deploy.lock").read_text()
+    pins = re.findall(
+        r"^([A-Za-z0-9_.-]+)==(\S+) \\\n((?:\s+--hash=sha256:[0-9a-f]{64}.*\n)+)", text, re.M
+    )
+    assert len(pins) == len(re.findall(r"^[A-Za-z]", text, re.M)), "a requirement without hash"
+    assert {name.lower() for name, _, _ in pins} >= {
+        "boto3",
+        "fabric",
+        "paramiko",
+        "pyyaml",
+        "rich",
+    }
+    for name, version, _ in pins:
+        assert tested.get(name.lower()) == version, f"{name}=={version} is not what the tests ran"
 
 
 def test_trust_policy_is_pinned_to_the_repository_and_environment() -> None:
@@ -126,15 +160,56 @@ def test_trust_policy_is_pinned_to_the_repository_and_environment() -> None:
     assert re.fullmatch(r"repo:[^:*]+/[^:*]+:environment:production", subject)
 
 
-def test_deploy_role_may_only_look() -> None:
+def test_deploy_role_may_only_look_and_open_ssh_on_the_production_group() -> None:
+    """Beyond looking up, the role may change the rules of production's security group only
+    (the group's tags); tests/aws/test_policy.py checks these are the calls the job makes."""
     policy = json.loads((REPO / "iam" / "deploy-role-policy.json").read_text())
-    actions = [
-        action
-        for statement in policy["Statement"]
-        for action in ([statement["Action"]] if isinstance(statement["Action"], str) else [])
-        + (statement["Action"] if isinstance(statement["Action"], list) else [])
+    look, change = policy["Statement"]
+    assert sorted(look["Action"]) == ["ec2:DescribeInstances", "ec2:DescribeSecurityGroups"]
+    assert sorted(change["Action"]) == [
+        "ec2:AuthorizeSecurityGroupIngress",
+        "ec2:RevokeSecurityGroupIngress",
     ]
-    assert actions == ["ec2:DescribeInstances"]
+    assert re.fullmatch(r"arn:aws:ec2:[a-z0-9-]+:\d{12}:security-group/\*", change["Resource"])
+    assert change["Condition"]["StringEquals"]["aws:ResourceTag/pynet:deployment"] == "production"
+    assert change["Condition"]["StringEquals"]["aws:ResourceTag/pynet:app"] == "pynet"
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         assert "aws:RequestedRegion" in statement["Condition"]["StringEquals"]
+
+
+#: Imported when installed, not needed: botocore falls back to its own CA bundle without it.
+OPTIONAL = {"certifi"}
+
+
+def _normal(name: str) -> str:
+    """A name as pip compares them (PEP 503): prometheus_client is prometheus-client."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+IMPORTS = """
+import importlib.metadata, json, sys
+before = set(sys.modules)  # the interpreter's own start-up (site hooks) is not the job's
+import fabfile, fabric.main, pynet.ci  # what the deploy job runs: Fabric's fab and pynet.ci
+found = importlib.metadata.packages_distributions()
+tops = {name.split(".")[0] for name in set(sys.modules) - before}
+print(json.dumps(sorted({d for top in tops for d in found.get(top, [])})))
+"""
+
+
+def test_the_deploy_lock_holds_everything_the_deploy_job_imports() -> None:
+    """Loading the tasks and pynet.ci imports no distribution the hashed lock lacks (a task
+    module importing, say, redis would break the deploy job, not the tests)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", IMPORTS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    imported = {_normal(name) for name in json.loads(proc.stdout)} - {"pynet"} - OPTIONAL
+    text = (REPO / "requirements-deploy.lock").read_text()
+    locked = {_normal(name) for name in re.findall(r"^([A-Za-z0-9_.-]+)==", text, re.M)}
+    assert imported <= locked, f"the deploy job would lack {imported - locked}"
+    assert {"boto3", "fabric", "paramiko", "pyyaml", "rich"} <= imported

@@ -17,11 +17,18 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from pynet.aws import access, ec2
 from pynet.aws import cluster_requests as req
-from pynet.aws import ec2
 from pynet.aws.errors import CloudError, code_of, explain, explained
 from pynet.aws.keys import LocalKey
-from pynet.aws.requests import APP, APP_TAG, DEPLOYMENT_TAG, resource_name
+from pynet.aws.requests import (
+    APP,
+    APP_TAG,
+    DEPLOYMENT_TAG,
+    SSH_PORT,
+    SshSource,
+    resource_name,
+)
 from pynet.aws.session import Clients
 
 Say = Callable[[str], None]
@@ -83,9 +90,10 @@ def launch(
     name, region = req.check_cluster(spec.name, count), clients.region
     vpc = ec2.default_vpc(clients.ec2, region)
     peers = _ensure_group(clients.ec2, req.chat_peers_group_request(name, vpc), region)
-    access = _ensure_group(clients.ec2, req.redis_access_group_request(name, vpc), region)
-    _ensure_access_rules(clients.ec2, access, peers, spec.ssh_cidr, region)
-    say(f"security groups: {peers} (chat hosts), {access} (redis: 6379 from {peers} only)")
+    redis_access = _ensure_group(clients.ec2, req.redis_access_group_request(name, vpc), region)
+    ssh = SshSource(spec.ssh_cidr, spec.ssh_label)
+    _ensure_access_rules(clients.ec2, redis_access, peers, ssh, region)
+    say(f"security groups: {peers} (chat hosts), {redis_access} (redis: 6379 from {peers} only)")
     chat = []
     for host_name in req.chat_host_names(name, count):
         say(f"--- chat host {host_name}")
@@ -110,7 +118,7 @@ def launch(
         poll=poll,
         say=say,
     )
-    _only_group(clients.ec2, redis.host.instance_id, access, region)
+    _only_group(clients.ec2, redis.host.instance_id, redis_access, region)
     endpoint = _ensure_load_balancer(
         clients.ec2, elbv2, name, vpc, [c.host.instance_id for c in chat], region, say
     )
@@ -133,17 +141,19 @@ def _ensure_group(ec2_client: Any, request: dict[str, Any], region: str) -> str:
 
 
 def _ensure_access_rules(
-    ec2_client: Any, group_id: str, peers: str, ssh_source: str, region: str
+    ec2_client: Any, group_id: str, peers: str, ssh: SshSource, region: str
 ) -> None:
-    """Exactly the Redis rules: revoke whatever else the group allows, add what is missing."""
-    wanted = req.redis_access_permissions(peers, ssh_source)
+    """Exactly the Redis rule besides SSH: revoke whatever else the group allows, add what is
+    missing; SSH from SSH's source, other operators' sources kept (pynet.aws.access)."""
+    wanted = req.redis_access_permissions(peers)
     with explained(f"updating the rules of {group_id}", region):
         group = ec2_client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"][0]
-        current = group.get("IpPermissions", [])
+        current = [p for p in group.get("IpPermissions", []) if p.get("FromPort") != SSH_PORT]
         if _flat(current) != _flat(wanted):
             if current:
                 ec2_client.revoke_security_group_ingress(GroupId=group_id, IpPermissions=current)
             ec2_client.authorize_security_group_ingress(GroupId=group_id, IpPermissions=wanted)
+    access.allow(ec2_client, group, ssh, region)
 
 
 def _flat(permissions: list[dict[str, Any]]) -> set[tuple[str, int, int, str]]:

@@ -5,8 +5,9 @@ launched by `pynet.aws.ec2.launch` with everything that brings (pinned host key,
 pair). What makes them a cluster is built here and tested as dicts:
 - a `chat-peers` security group that every chat host also carries, with no rules of its own:
   it only names the chat hosts;
-- a `redis-access` group that replaces the Redis host's own group: SSH from the operator and
-  6379 from the `chat-peers` group only (not from an address range, not from the internet);
+- a `redis-access` group that replaces the Redis host's own group: SSH from the operators (each
+  source its own labelled rule, `pynet.aws.access`) and 6379 from the `chat-peers` group only
+  (not from an address range, not from the internet);
 - an internet-facing NLB, TCP 5050 to the chat hosts, with a TCP health check.
 """
 
@@ -18,7 +19,6 @@ from typing import Any
 from pynet.aws.errors import CloudError
 from pynet.aws.requests import (
     CHAT_PORT,
-    SSH_PORT,
     check_name,
     resource_name,
     tag_specifications,
@@ -81,7 +81,7 @@ def chat_peers_group_request(name: str, vpc_id: str) -> dict[str, Any]:
 def redis_access_group_request(name: str, vpc_id: str) -> dict[str, Any]:
     return {
         "GroupName": group_name(name, "redis-access"),
-        "Description": f"pynet cluster {name}: Redis from its chat hosts, ssh from the operator",
+        "Description": f"pynet cluster {name}: Redis from its chat hosts, ssh from the operators",
         "VpcId": vpc_id,
         "TagSpecifications": tag_specifications(
             name, "security-group", **_tags(name, "redis-access")
@@ -89,13 +89,8 @@ def redis_access_group_request(name: str, vpc_id: str) -> dict[str, Any]:
     }
 
 
-def redis_access_permissions(chat_peers_group_id: str, ssh_source: str) -> list[dict[str, Any]]:
-    """6379 from the chat hosts' group only; SSH from the operator's source only."""
-    ssh_range = {"Description": "ssh from the operator"}
-    if ":" in ssh_source:
-        ssh_key, ssh_range["CidrIpv6"] = "Ipv6Ranges", ssh_source
-    else:
-        ssh_key, ssh_range["CidrIp"] = "IpRanges", ssh_source
+def redis_access_permissions(chat_peers_group_id: str) -> list[dict[str, Any]]:
+    """6379 from the chat hosts' group only (SSH rules are the operators': pynet.aws.access)."""
     return [
         {
             "IpProtocol": "tcp",
@@ -105,7 +100,6 @@ def redis_access_permissions(chat_peers_group_id: str, ssh_source: str) -> list[
                 {"GroupId": chat_peers_group_id, "Description": "redis from the chat hosts"}
             ],
         },
-        {"IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT, ssh_key: [ssh_range]},
     ]
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError, WaiterError
 
-from pynet.aws import address, logs, recovery
+from pynet.aws import access, address, logs, recovery
 from pynet.aws.errors import CloudError, code_of, explain, explained
 from pynet.aws.images import resolve_image
 from pynet.aws.instance import (
@@ -38,10 +38,12 @@ from pynet.aws.requests import (
     LIVE_STATES,
     SSH_USER_TAG,
     SSH_USERS,
+    SshSource,
+    chat_rules,
     create_security_group_request,
     deployment_filters,
-    desired_rules,
     instance_filters,
+    is_ssh,
     permissions,
     resource_name,
     rules_of,
@@ -96,6 +98,7 @@ class LaunchSpec:
 
     name: str
     ssh_cidr: str
+    ssh_label: str = "operator"  # whose SSH rule ssh_cidr is (pynet.aws.access)
     instance_type: str = "t3.micro"
     os_name: str = DEFAULT_OS
     ami: str | None = None
@@ -213,8 +216,9 @@ def default_vpc(ec2: Any, region: str) -> str:
     return vpcs[0]["VpcId"]
 
 
-def ensure_security_group(ec2: Any, name: str, ssh_source: str, region: str = "") -> str:
-    """Our security group with exactly the desired inbound rules; returns its id."""
+def ensure_security_group(ec2: Any, name: str, ssh: SshSource, region: str = "") -> str:
+    """Our security group: the chat port open, SSH from SSH (its label's only source) and from
+    whatever other operators added; any other rule is removed. Returns its id."""
     groups = find_security_groups(ec2, name, region)
     if groups:
         group = groups[0]
@@ -227,7 +231,8 @@ def ensure_security_group(ec2: Any, name: str, ssh_source: str, region: str = ""
         with explained("creating the security group", region, duplicate):
             group_id = ec2.create_security_group(**request)["GroupId"]
         group = {"GroupId": group_id, "IpPermissions": []}
-    current, wanted = rules_of(group.get("IpPermissions", [])), desired_rules(ssh_source)
+    current = {r for r in rules_of(group.get("IpPermissions", [])) if not is_ssh(r)}
+    wanted = chat_rules()
     group_id = group["GroupId"]
     with explained(f"updating the rules of security group {group_id}", region):
         if current - wanted:
@@ -238,6 +243,7 @@ def ensure_security_group(ec2: Any, name: str, ssh_source: str, region: str = ""
             ec2.authorize_security_group_ingress(
                 GroupId=group_id, IpPermissions=permissions(wanted - current)
             )
+    access.allow(ec2, group, ssh, region)
     return group_id
 
 
@@ -502,8 +508,9 @@ def check_instance_type(ec2: Any, instance_type: str, region: str) -> None:
 
 
 def _ensure_group(ec2: Any, spec: LaunchSpec, region: str, say: Say) -> str:
-    group_id = ensure_security_group(ec2, spec.name, spec.ssh_cidr, region)
-    say(f"security group {group_id}: ssh from {spec.ssh_cidr}, chat port open to all")
+    source = SshSource(spec.ssh_cidr, spec.ssh_label)
+    group_id = ensure_security_group(ec2, spec.name, source, region)
+    say(f"security group {group_id}: ssh from {source} (other operators' kept), chat port open")
     return group_id
 
 

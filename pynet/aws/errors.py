@@ -44,6 +44,19 @@ _SERVICES = {
         "DeleteInstanceProfile",
     },
     "ssm": {"GetParameter"},
+    # The cluster's load balancer (elbv2); pynet calls no EC2 operation of these names.
+    "elasticloadbalancing": {
+        "DescribeLoadBalancers",
+        "CreateLoadBalancer",
+        "DeleteLoadBalancer",
+        "DescribeTargetGroups",
+        "CreateTargetGroup",
+        "DeleteTargetGroup",
+        "DescribeListeners",
+        "CreateListener",
+        "RegisterTargets",
+        "DescribeTags",
+    },
     "sts": {"GetCallerIdentity"},
 }
 

@@ -133,13 +133,18 @@ class Rule(NamedTuple):
     cidr: str
 
 
-def desired_rules(ssh_source: str) -> set[Rule]:
-    """SSH from one source only; the chat port from everywhere (IPv4 and IPv6); nothing else."""
+def chat_rules() -> set[Rule]:
+    """The chat port from everywhere (IPv4 and IPv6): every group of a chat host has exactly these
+    rules besides its SSH rules, which belong to the operators (`ssh_permission`)."""
     return {
-        Rule("tcp", SSH_PORT, SSH_PORT, ssh_source),
         Rule("tcp", CHAT_PORT, CHAT_PORT, "0.0.0.0/0"),
         Rule("tcp", CHAT_PORT, CHAT_PORT, "::/0"),
     }
+
+
+def is_ssh(rule: Rule) -> bool:
+    """An SSH rule: an operator's (labelled) source, kept when another operator changes theirs."""
+    return rule.protocol == "tcp" and rule.from_port == SSH_PORT == rule.to_port
 
 
 def rules_of(permissions: list[dict[str, Any]]) -> set[Rule]:
@@ -156,10 +161,6 @@ def rules_of(permissions: list[dict[str, Any]]) -> set[Rule]:
     return rules
 
 
-def _description(rule: Rule) -> str:
-    return "ssh from the operator" if rule.from_port == SSH_PORT else "chat clients"
-
-
 def permissions(rules: set[Rule]) -> list[dict[str, Any]]:
     """IpPermissions for authorize/revoke calls, one entry per rule, in a stable order."""
     result = []
@@ -174,11 +175,76 @@ def permissions(rules: set[Rule]) -> list[dict[str, Any]]:
         elif rule.cidr.startswith("prefix:"):
             perm["PrefixListIds"] = [{"PrefixListId": rule.cidr.removeprefix("prefix:")}]
         elif ":" in rule.cidr:
-            perm["Ipv6Ranges"] = [{"CidrIpv6": rule.cidr, "Description": _description(rule)}]
+            perm["Ipv6Ranges"] = [{"CidrIpv6": rule.cidr, "Description": "chat clients"}]
         else:
-            perm["IpRanges"] = [{"CidrIp": rule.cidr, "Description": _description(rule)}]
+            perm["IpRanges"] = [{"CidrIp": rule.cidr, "Description": "chat clients"}]
         result.append(perm)
     return result
+
+
+# --- SSH sources: one rule per operator, named in its description ---------------------------
+
+#: An SSH rule's description: this prefix and the label of whoever it lets in ("pynet ssh: ada").
+SSH_LABEL_PREFIX = "pynet ssh: "
+#: What AWS accepts in a rule description (and so in a label), at most 64 characters here.
+_LABEL = re.compile(r"^[A-Za-z0-9 ._\-:/()#,@\[\]+=&;{}!$*]{1,64}$")
+_LABEL_UNSAFE = re.compile(r"[^A-Za-z0-9._\-@+=]")
+
+
+class SshSource(NamedTuple):
+    """One SSH rule: its source and whose it is ("" for a rule pynet did not label)."""
+
+    cidr: str
+    label: str
+
+    def __str__(self) -> str:
+        return f"{self.cidr} ({self.label or 'unlabelled'})"
+
+
+def check_label(label: str) -> str:
+    """A label for an SSH rule: 1 to 64 characters AWS accepts in a description."""
+    text = label.strip()
+    if not _LABEL.fullmatch(text):
+        raise CloudError(
+            f"bad --ssh-label {label!r}: use 1 to 64 letters, digits, spaces and ._-:/@+= "
+            "(e.g. your name, or github-actions)"
+        )
+    return text
+
+
+def label_of_identity(arn: str) -> str:
+    """The default label: the caller's name in its ARN (an IAM user's name, a role session's
+    name, as for SSO users their login), with characters a description refuses replaced."""
+    name = arn.rsplit("/", 1)[-1] if "/" in arn else arn.rsplit(":", 1)[-1]
+    return _LABEL_UNSAFE.sub("-", name)[:64] or "operator"
+
+
+def ssh_sources(permissions: list[dict[str, Any]]) -> list[SshSource]:
+    """The SSH rules of a described group, with the label their description carries."""
+    found = []
+    for perm in permissions:
+        rule = Rule(
+            str(perm.get("IpProtocol")), perm.get("FromPort", -1), perm.get("ToPort", -1), ""
+        )
+        if not is_ssh(rule):
+            continue
+        ranges = [(r["CidrIp"], r) for r in perm.get("IpRanges", [])]
+        ranges += [(r["CidrIpv6"], r) for r in perm.get("Ipv6Ranges", [])]
+        for cidr, item in ranges:
+            description = str(item.get("Description", ""))
+            label = description.removeprefix(SSH_LABEL_PREFIX)
+            found.append(SshSource(cidr, label if label != description else ""))
+    return sorted(found)
+
+
+def ssh_permission(source: SshSource) -> dict[str, Any]:
+    """IpPermissions entry that lets SOURCE in on port 22, its label in the description."""
+    item: dict[str, str] = {"Description": f"{SSH_LABEL_PREFIX}{source.label}"}
+    if ":" in source.cidr:
+        key, item["CidrIpv6"] = "Ipv6Ranges", source.cidr
+    else:
+        key, item["CidrIp"] = "IpRanges", source.cidr
+    return {"IpProtocol": "tcp", "FromPort": SSH_PORT, "ToPort": SSH_PORT, key: [item]}
 
 
 def create_security_group_request(name: str, vpc_id: str) -> dict[str, Any]:

@@ -6,18 +6,15 @@ line on stderr and exit status 1 (never a traceback for a failure the operator c
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from invoke.context import Context
-from invoke.exceptions import Exit
 
 from pynet import inventory as hosts_file
 from pynet.aws import ec2
+from pynet.aws.access import operator_label
 from pynet.aws.errors import CloudError, explained
 from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
@@ -26,38 +23,22 @@ from pynet.aws.publicip import ssh_source
 from pynet.aws.recovery import check_topic
 from pynet.aws.requests import DEFAULT_OS, WIDEST_SSH_PREFIX, check_name, launched_os
 from pynet.aws.session import Clients, connect
-from pynet.aws.userdata import HOST_KEY_TAG
-from pynet.hostkeys import fingerprint, known_hosts_beside, pin, pinned_key, unpin
+from pynet.hostkeys import fingerprint, known_hosts_beside, unpin
 from pynet.tables import columns
+from pynet.tasks.common import (
+    INTERRUPTED,
+    REGION_HELP,
+    confirm,
+    destroy_task,
+    display,
+    inventory_errors,
+    one_line_errors,
+    pin_host_key,
+    say,
+)
 from pynet.tasks.options import task
 
 __all__ = ["destroy", "hosts", "launch"]
-
-
-@contextmanager
-def _one_line_errors() -> Iterator[None]:
-    """Our errors end the command with one line on stderr and status 1."""
-    try:
-        yield
-    except CloudError as err:
-        raise Exit(f"error: {err}", code=1) from None
-    except KeyboardInterrupt:
-        raise Exit(
-            "interrupted: run the same command again; it picks up where it stopped", code=130
-        ) from None
-
-
-@contextmanager
-def _inventory_errors() -> Iterator[None]:
-    """A broken or unwritable inventory file is the operator's to fix: say which."""
-    try:
-        yield
-    except (ValueError, OSError) as err:
-        raise CloudError(f"cannot update the inventory: {err}") from err
-
-
-def _say(message: str) -> None:
-    print(message, flush=True)
 
 
 def format_age(launched: datetime | None, now: datetime | None = None) -> str:
@@ -75,13 +56,6 @@ def format_age(launched: datetime | None, now: datetime | None = None) -> str:
     return f"{minutes}m"
 
 
-def _display(path: Path | None) -> str:
-    if path is None:
-        return "(your ssh agent or default key)"
-    home = Path.home()
-    return f"~/{path.relative_to(home)}" if path.is_relative_to(home) else str(path)
-
-
 #: gp3 volumes are 1 GiB to 16 TiB.
 DISK_GIB = (1, 16384)
 
@@ -92,12 +66,14 @@ DISK_GIB = (1, 16384)
     help={
         "name": "deployment name (tags, security group and key pair are named after it; "
         "required, no default)",
-        "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
+        "region": REGION_HELP,
         "instance-type": "EC2 instance type; Graviton types (t4g, m7g...) get arm64 images "
         "(default t3.micro)",
         "os": "debian13 (default) or debian12 (SSH user admin), or al2023 (SSH user ec2-user)",
         "ami": "launch this AMI instead of the latest image of --os (default: none)",
         "ssh-cidr": "who may SSH in (default: your public IP as /32, detected)",
+        "ssh-label": "whose SSH rule --ssh-cidr is, in its description; your earlier source "
+        "under it is replaced, other labels' kept (default: your AWS identity's name)",
         "allow-ssh-from-anywhere": f"permit an --ssh-cidr wider than /{WIDEST_SSH_PREFIX[4]} "
         f"(IPv4) or /{WIDEST_SSH_PREFIX[6]} (IPv6), 0.0.0.0/0 included (not recommended)",
         "key": "public key to import (default ~/.ssh/id_ed25519.pub or id_rsa.pub; "
@@ -123,6 +99,7 @@ def launch(
     os: str = DEFAULT_OS,
     ami: str | None = None,
     ssh_cidr: str | None = None,
+    ssh_label: str | None = None,
     allow_ssh_from_anywhere: bool = False,
     key: str | None = None,
     disk_gib: int = 16,
@@ -136,10 +113,10 @@ def launch(
     connections_alarm: int = 0,
 ) -> None:
     """Launch the chat host (or find the one already running) and write the inventory."""
-    with _one_line_errors():
+    with one_line_errors(interrupted=INTERRUPTED):
         check_name(name)
         check_os(os)
-        with _inventory_errors():  # read and writable now, not after an instance exists
+        with inventory_errors():  # read and writable now, not after an instance exists
             hosts_file.check_writable(inventory)
         if connections_alarm and not cloudwatch_logs:
             raise CloudError(
@@ -151,6 +128,7 @@ def launch(
         spec = ec2.LaunchSpec(
             name=name,
             ssh_cidr=source,
+            ssh_label=operator_label(clients.sts, ssh_label, clients.region),
             instance_type=instance_type,
             os_name=os,
             ami=ami,
@@ -164,7 +142,7 @@ def launch(
         )
         local_key = find_local_key(key)
         try:
-            result = ec2.launch(clients, spec, local_key, wait_timeout=wait_timeout, say=_say)
+            result = ec2.launch(clients, spec, local_key, wait_timeout=wait_timeout, say=say)
         except CloudError as err:
             raise CloudError(f"{err}{_left_behind(clients, name)}") from err
         if not result.created:
@@ -226,39 +204,6 @@ def _say_unapplied(clients: Clients, spec: ec2.LaunchSpec, host: ec2.Ec2Host) ->
         )
 
 
-def _pin_host_key(host: ec2.Ec2Host, inventory_file: Path) -> Path | None:
-    """Pin the host key launch made (read back from the instance tag) beside the inventory."""
-    if not host.host_key or not host.public_ip:
-        print(
-            f"warning: {host.instance_id} carries no pinned host key (launched without pynet's "
-            f"host key hand-over); every connection is refused until you check and pin it: "
-            f"fab -H {host.ssh_user}@{host.public_ip} accept-host-key",
-            flush=True,
-        )
-        return None
-    path = known_hosts_beside(inventory_file)
-    with _inventory_errors():
-        before = pinned_key(path, host.name)
-        if before and before.split() != host.host_key.split()[:2]:
-            _say_replaced(host, before, path)  # never silently: the instance tag has another key
-        pin(path, host.name, host.public_ip, 22, host.host_key)
-    return path
-
-
-def _say_replaced(host: ec2.Ec2Host, before: str, path: Path) -> None:
-    """Tell the operator that a relaunch pins another key than the one pinned before."""
-    try:
-        old = fingerprint(before)
-    except ValueError:  # a hand-edited line
-        old = repr(before)
-    print(
-        f"warning: {host.name}'s host key changed: {path} pinned {old}, {host.instance_id} "
-        f"carries {fingerprint(host.host_key)} (its {HOST_KEY_TAG} tag, set at launch); pinning "
-        "that one. Expected only if the instance was replaced: check it if you did not do that",
-        flush=True,
-    )
-
-
 def _log_vars(log_group: str | None, region: str, name: str = "") -> dict[str, Any]:
     """Inventory variables that switch the chat role to CloudWatch Logs, and the server to
     printing its figures there as embedded-metric lines (CloudWatch Metrics, no agent)."""
@@ -283,7 +228,7 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
             "does not assign one; enable auto-assign public IPv4 on it, then destroy and relaunch"
         )
     key_file = result.private_key_file
-    known_hosts = _pin_host_key(host, hosts_file.inventory_path(inventory_file))
+    known_hosts = pin_host_key(host, hosts_file.inventory_path(inventory_file))
     entry = hosts_file.Host(
         name=host.name,
         address=host.public_ip,
@@ -292,13 +237,13 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
         known_hosts=str(known_hosts) if known_hosts else None,
         extra=_log_vars(result.log_group, region, host.name),
     )
-    with _inventory_errors():
+    with inventory_errors():
         path = hosts_file.upsert_host(entry, inventory_file)
     verb = "launched" if result.created else "already there"
     print(f"{host.name}: {verb}, {host.instance_id} ({host.instance_type}) in {region}")
     print(f"  address:   {host.public_ip}")
     print(f"  ssh user:  {host.ssh_user}")
-    print(f"  ssh key:   {_display(key_file)}")
+    print(f"  ssh key:   {display(key_file)}")
     if known_hosts:
         print(f"  host key:  {fingerprint(host.host_key)} (pinned in {known_hosts})")
     if result.log_group:
@@ -307,29 +252,6 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
     custom = path != hosts_file.DEFAULT_PATH
     playbook = f"ansible-playbook{f' -i {path}' if custom else ''} playbooks/site.yml"
     print(f"next: {playbook}, then fab deploy{f' --inventory {path}' if custom else ''}")
-
-
-@task(
-    positional=[],
-    help={
-        "name": "deployment name given to `fab launch` (required, no default)",
-        "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
-        "yes": "do not ask for confirmation",
-        "wait-timeout": "seconds to wait for the instance to terminate",
-        "inventory": "inventory file to update (default $PYNET_INVENTORY or inventory/hosts.yml)",
-    },
-)
-def destroy(
-    c: Context,
-    name: str = "",
-    region: str | None = None,
-    yes: bool = False,
-    wait_timeout: int = 600,
-    inventory: str | None = None,
-) -> None:
-    """Terminate the host and delete its security group and key pair (asks first)."""
-    with _one_line_errors():
-        _destroy(name, region, yes, wait_timeout, inventory, input)
 
 
 def _destroy(
@@ -344,40 +266,32 @@ def _destroy(
     clients = connect(region)
     deployment = ec2.find_deployment(clients, name)
     if deployment.empty():
-        with _inventory_errors():
+        with inventory_errors():
             hosts_file.remove_host(name, inventory_file)
             unpin(known_hosts_beside(hosts_file.inventory_path(inventory_file)), name)
         print(f"nothing to destroy: no pynet resources named {name!r} in {clients.region}")
         return
     if not yes:
-        _confirm(name, clients.region, deployment, ask)
-    ec2.destroy(clients, deployment, wait_timeout=wait_timeout, say=_say)
-    with _inventory_errors():
+        confirm(name, clients.region, deployment.describe(), ask)
+    ec2.destroy(clients, deployment, wait_timeout=wait_timeout, say=say)
+    with inventory_errors():
         hosts_file.remove_host(name, inventory_file)
         unpin(known_hosts_beside(hosts_file.inventory_path(inventory_file)), name)
     print(f"{name}: destroyed in {clients.region}")
 
 
-def _confirm(name: str, region: str, deployment: ec2.Deployment, ask: Callable[[str], str]) -> None:
-    """Ask on a terminal; without one, refuse rather than guess."""
-    if not sys.stdin or not sys.stdin.isatty():
-        raise CloudError(
-            f"refusing to destroy {name!r} without confirmation (stdin is not a terminal): "
-            "pass --yes"
-        )
-    print(f"about to delete in {region}: {deployment.describe()}")
-    try:
-        answer = ask(f"type the deployment name ({name}) to confirm: ")
-    except EOFError:
-        answer = ""
-    if answer.strip() != name:
-        raise CloudError("not confirmed; nothing was deleted")
+destroy = destroy_task(
+    "destroy",
+    "launch",
+    "Terminate the host and delete its security group and key pair (asks first).",
+    _destroy,
+)
 
 
-@task(help={"region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)"})
+@task(help={"region": REGION_HELP})
 def hosts(c: Context, region: str | None = None) -> None:
     """List our instances in the region with state, address and age."""
-    with _one_line_errors():
+    with one_line_errors(interrupted=INTERRUPTED):
         clients = connect(region)
         found = ec2.list_hosts(clients)
         if not found:

@@ -16,6 +16,7 @@ from invoke.context import Context
 from pynet import inventory as hosts_file
 from pynet.aws import cluster, ec2
 from pynet.aws import cluster_requests as req
+from pynet.aws.access import operator_label
 from pynet.aws.errors import CloudError
 from pynet.aws.images import check_os
 from pynet.aws.keys import find_local_key
@@ -23,13 +24,16 @@ from pynet.aws.publicip import ssh_source
 from pynet.aws.requests import DEFAULT_OS
 from pynet.aws.session import Clients, connect
 from pynet.hostkeys import fingerprint, known_hosts_beside, unpin
-from pynet.tasks.cloud import (
-    _confirm,
-    _display,
-    _inventory_errors,
-    _one_line_errors,
-    _pin_host_key,
-    _say,
+from pynet.tasks.common import (
+    INTERRUPTED,
+    REGION_HELP,
+    confirm,
+    destroy_task,
+    display,
+    inventory_errors,
+    one_line_errors,
+    pin_host_key,
+    say,
 )
 from pynet.tasks.options import task
 
@@ -47,11 +51,12 @@ def _elbv2(clients: Clients) -> object:
         "name": f"cluster name, at most {req.MAX_NAME} characters (hosts are NAME-chat1.., "
         "NAME-redis; required)",
         "count": "number of chat hosts behind the load balancer (default 2)",
-        "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
+        "region": REGION_HELP,
         "instance-type": "EC2 instance type of every host (default t3.micro)",
         "os": "debian13 (default), debian12 or al2023",
         "ami": "launch this AMI instead of the latest image of --os (default: none)",
         "ssh-cidr": "who may SSH in (default: your public IP as /32, detected)",
+        "ssh-label": "whose SSH rule --ssh-cidr is (default: your AWS identity's name)",
         "key": "public key to import (default ~/.ssh/id_ed25519.pub or id_rsa.pub)",
         "wait-timeout": "seconds to wait for each host's running + status checks",
         "inventory": "inventory file to write (default $PYNET_INVENTORY or inventory/hosts.yml)",
@@ -66,20 +71,22 @@ def launch_cluster(
     os: str = DEFAULT_OS,
     ami: str | None = None,
     ssh_cidr: str | None = None,
+    ssh_label: str | None = None,
     key: str | None = None,
     wait_timeout: int = 600,
     inventory: str | None = None,
 ) -> None:
     """Launch N chat hosts, a Redis host and a load balancer (or find them); write the inventory."""
-    with _one_line_errors():
+    with one_line_errors(interrupted=INTERRUPTED):
         req.check_cluster(name, count)
         check_os(os)
-        with _inventory_errors():
+        with inventory_errors():
             hosts_file.check_writable(inventory)
         clients = connect(region)
         spec = ec2.LaunchSpec(
             name=name,
             ssh_cidr=ssh_source(ssh_cidr),
+            ssh_label=operator_label(clients.sts, ssh_label, clients.region),
             instance_type=instance_type,
             os_name=os,
             ami=ami,
@@ -91,7 +98,7 @@ def launch_cluster(
             count,
             find_local_key(key),
             wait_timeout=wait_timeout,
-            say=_say,
+            say=say,
         )
         path = hosts_file.inventory_path(inventory)
         pinned_in: Path | None = None
@@ -102,7 +109,7 @@ def launch_cluster(
             host = launched.host
             if not host.public_ip:
                 raise CloudError(f"{host.instance_id} has no public IPv4 address")
-            known_hosts = _pin_host_key(host, path)
+            known_hosts = pin_host_key(host, path)
             entry = hosts_file.Host(
                 name=host.name,
                 address=host.public_ip,
@@ -110,14 +117,14 @@ def launch_cluster(
                 key_file=str(launched.private_key_file) if launched.private_key_file else None,
                 known_hosts=str(known_hosts) if known_hosts else None,
             )
-            with _inventory_errors():
+            with inventory_errors():
                 hosts_file.upsert_host(entry, inventory, group)
             pinned_in = known_hosts or pinned_in
             pinned = f", host key {fingerprint(host.host_key)}" if known_hosts else ""
             print(f"  {group:5} {host.name}: {host.public_ip} ({host.instance_id}){pinned}")
         print(f"{name}: {count} chat hosts and a Redis host in {clients.region}")
         print(f"  clients connect to: {result.endpoint}:{req.CHAT_PORT}")
-        print(f"  ssh key:   {_display(result.redis.private_key_file)}")
+        print(f"  ssh key:   {display(result.redis.private_key_file)}")
         print(f"  inventory: {path} (groups chat and redis)")
         if pinned_in:
             print(f"  host keys: pinned in {pinned_in} (Ansible and fab check them strictly)")
@@ -125,29 +132,6 @@ def launch_cluster(
             "next: choose the Redis password (redis_password in Ansible Vault, or the variable "
             "docs/cluster.md names), ansible-playbook playbooks/site.yml, then fab deploy"
         )
-
-
-@task(
-    positional=[],
-    help={
-        "name": "cluster name given to `fab launch-cluster` (required)",
-        "region": "AWS region (default: AWS_REGION / AWS_DEFAULT_REGION / your profile's)",
-        "yes": "do not ask for confirmation",
-        "wait-timeout": "seconds to wait for each instance to terminate",
-        "inventory": "inventory file to update (default $PYNET_INVENTORY or inventory/hosts.yml)",
-    },
-)
-def destroy_cluster(
-    c: Context,
-    name: str = "",
-    region: str | None = None,
-    yes: bool = False,
-    wait_timeout: int = 600,
-    inventory: str | None = None,
-) -> None:
-    """Delete the load balancer, every host of the cluster and its security groups (asks first)."""
-    with _one_line_errors():
-        _destroy(name, region, yes, wait_timeout, inventory, input)
 
 
 def _destroy(
@@ -164,12 +148,12 @@ def _destroy(
     parts = cluster.find_cluster(clients, elbv2, name)
     if not parts.empty():
         if not yes:
-            _confirm(name, clients.region, _as_deployment(parts), ask)
-        cluster.destroy(clients, elbv2, parts, wait_timeout=wait_timeout, say=_say)
+            confirm(name, clients.region, parts.describe(), ask)
+        cluster.destroy(clients, elbv2, parts, wait_timeout=wait_timeout, say=say)
     pattern = req.member_pattern(name)
     known = known_hosts_beside(hosts_file.inventory_path(inventory))
     members = {d.name for d in parts.deployments}  # unpinned even if gone from the inventory
-    with _inventory_errors():
+    with inventory_errors():
         for group in (hosts_file.GROUP, hosts_file.REDIS_GROUP):
             for host in hosts_file.read_hosts(inventory, group):
                 if pattern.match(host.name):
@@ -184,11 +168,9 @@ def _destroy(
         print(f"{name}: destroyed in {clients.region}")
 
 
-def _as_deployment(parts: cluster.ClusterParts) -> ec2.Deployment:
-    """What `_confirm` shows: the same one-line description."""
-
-    class _Listed(ec2.Deployment):
-        def describe(self) -> str:
-            return parts.describe()
-
-    return _Listed(name=parts.name)
+destroy_cluster = destroy_task(
+    "destroy_cluster",
+    "launch-cluster",
+    "Delete the load balancer, every host of the cluster and its security groups (asks first).",
+    _destroy,
+)

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from fabric import Connection, task
 from invoke.context import Context
-from invoke.exceptions import Exit
 from paramiko.ssh_exception import SSHException
 
 from pynet.deploy.trust import HostKeyError, accept_new, user_files
+from pynet.tasks.common import fail
 
 __all__ = ["accept_host_key"]
 
@@ -21,14 +21,14 @@ __all__ = ["accept_host_key"]
 def accept_host_key(c: Context) -> None:
     """Pin the key of a -H host not seen before in ~/.ssh/known_hosts (never a changed key)."""
     if not isinstance(c, Connection):
-        raise Exit("name the host: fab -H USER@HOST[:PORT] accept-host-key", code=1)
+        raise fail("name the host: fab -H USER@HOST[:PORT] accept-host-key", about=None)
     files = user_files(c.ssh_config)
     try:
         fingerprint, added = accept_new(c.host, c.port, files[0], files)
     except HostKeyError as exc:
-        raise Exit(f"{c.host}:{c.port}: {exc}", code=1) from None
+        raise fail(str(exc), about=f"{c.host}:{c.port}") from None
     except (SSHException, OSError) as exc:
-        raise Exit(f"{c.host}:{c.port}: cannot read its host key ({exc})", code=1) from None
+        raise fail(f"cannot read its host key ({exc})", about=f"{c.host}:{c.port}") from None
     if added:
         print(f"{c.host}:{c.port}: pinned {fingerprint} in {files[0]}")
     else:

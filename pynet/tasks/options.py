@@ -9,13 +9,12 @@ rollback -i KEY` read the key file as the timeout.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from fabric.tasks import Task
 from fabric.tasks import task as fabric_task
-from invoke.exceptions import Exit, ParseError
+from invoke.exceptions import ParseError
 from invoke.parser import Argument
 
 #: The lowest and highest value (None: no limit) a number option takes; the default is >= 1.
@@ -120,14 +119,3 @@ def task(**options: Any) -> Callable[[Callable[..., Any]], CheckedTask]:
     """`@task(...)` for our tasks: checked number flags, no automatic short flags."""
     options.setdefault("auto_shortflags", False)
     return fabric_task(klass=CheckedTask, **options)
-
-
-def env_int(name: str, bounds: Range) -> int | None:
-    """A whole-number `PYNET_*` variable, None when unset; Exit (one line) when it is bad."""
-    raw = os.environ.get(name, "")
-    if raw == "":
-        return None
-    try:
-        return check_int(f"environment variable {name}", raw, bounds)
-    except ValueError as err:
-        raise Exit(f"error: {err}", code=1) from None

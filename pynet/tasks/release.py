@@ -14,7 +14,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,8 @@ from pynet.deploy.status import releases as releases_report
 from pynet.deploy.status import status as status_report
 from pynet.deploy.trust import HostKeyError
 from pynet.deploy.version import VersionError, repo_root, source_version
-from pynet.tasks.options import PORT, env_int, task
+from pynet.tasks.common import env_int, fail, one_line_errors
+from pynet.tasks.options import PORT, task
 
 __all__ = ["deploy", "doctor", "logs", "releases", "rollback", "status", "top", "unlock"]
 
@@ -94,7 +94,7 @@ def _each(hosts: list[Target], body: Callable[[Target], object]) -> None:
             reason = _reason(exc, target)
             if reason is None:
                 raise
-            raise Exit(f"{target.label}: {reason}", code=1) from None
+            raise fail(reason, about=target.label) from None
 
 
 def _every(hosts: list[Target], body: Callable[[Target], bool]) -> bool:
@@ -116,27 +116,14 @@ def _every(hosts: list[Target], body: Callable[[Target], bool]) -> bool:
     return ok
 
 
-def _clean(fn: Callable[..., None]) -> Callable[..., None]:
-    """Problems with the inputs (no hosts, no git tree) end in one line too."""
-
-    @wraps(fn)
-    def wrapper(c: Context, *args: Any, **kwargs: Any) -> None:
-        try:
-            fn(c, *args, **kwargs)
-        except (NoHosts, VersionError, DeployError) as exc:
-            raise Exit(str(exc), code=1) from None
-
-    return wrapper
-
-
-def _bad(message: str) -> Exit:
-    return Exit(f"error: {message}", code=1)
+#: Problems with the inputs (no hosts, no git tree) end in one line too, with the error's own words.
+_clean = one_line_errors(NoHosts, VersionError, DeployError, about=None)
 
 
 def _release_name(flag: str, value: str) -> str:
     """A --version or --to value: it becomes a Docker tag and a file name on the host."""
     if value and not VERSION.match(value):
-        raise _bad(
+        raise fail(
             f"flag {flag} got {value!r}: expected a release name of letters, digits, '_', '.' "
             "and '-' (at most 128, not starting with '.' or '-')"
         )
@@ -147,7 +134,7 @@ def _docker(dry_run: bool) -> str:
     """PYNET_DOCKER (default docker), found on PATH unless only printing commands."""
     docker = os.environ.get("PYNET_DOCKER") or "docker"
     if not dry_run and shutil.which(docker) is None:
-        raise _bad(
+        raise fail(
             f"environment variable PYNET_DOCKER got {docker!r}: expected a docker command "
             "found on PATH (install Docker, or point PYNET_DOCKER at it)"
         )
@@ -158,12 +145,12 @@ def _source(context: str, dockerfile: str) -> tuple[Path, Path | None]:
     """The build context and Dockerfile, checked before anything is built."""
     source = Path(context).expanduser().resolve() if context else repo_root(Path.cwd())
     if not source.is_dir():
-        raise _bad(f"flag --context got {context!r}: expected a directory to build")
+        raise fail(f"flag --context got {context!r}: expected a directory to build")
     if not dockerfile:
         return source, None
     file = Path(dockerfile).expanduser()
     if not file.is_file():
-        raise _bad(f"flag --dockerfile got {dockerfile!r}: expected a Dockerfile that exists")
+        raise fail(f"flag --dockerfile got {dockerfile!r}: expected a Dockerfile that exists")
     return source, file
 
 
@@ -177,7 +164,7 @@ def _hosts(c: Context, inventory: str) -> list[Target]:
     hosts = targets(c, inventory or None)
     for target in hosts:
         if not 1 <= int(target.conn.port) <= 65535:
-            raise _bad(f"-H got port {target.conn.port} for {target.conn.host}: expected 1-65535")
+            raise fail(f"-H got port {target.conn.port} for {target.conn.host}: expected 1-65535")
     return hosts
 
 
@@ -436,10 +423,10 @@ def unlock(c: Context, force: bool = False, inventory: str = "") -> None:
             print(f"{t.label}: no deploy lock")
             return
         if not (force or info.stale()):
-            raise Exit(
-                f"{t.label}: the lock is {info.describe(hint=False)}; it looks alive, "
+            raise fail(
+                f"the lock is {info.describe(hint=False)}; it looks alive, "
                 "pass --force to release it anyway",
-                code=1,
+                about=t.label,
             )
         remote.run(cmd.lock_break())
         print(f"{t.label}: released the deploy lock ({info.describe(hint=False)})")

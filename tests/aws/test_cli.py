@@ -82,7 +82,7 @@ def test_launch_twice_hosts_inventory_destroy(cli_env: dict[str, str], tmp_path:
             [str(VENV_BIN / "ansible-inventory"), "-i", "inventory/aws_ec2.yml", "--graph"],
             [str(VENV_BIN / "fab"), "destroy", "--name", "demo"],  # stdin is not a terminal
         ],
-        cli_env,
+        {**cli_env, "PYNET_DEPLOYMENT": "demo"},  # the dynamic inventory's scope
     )
     assert listed.code == 0, listed.err
     assert "demo" in listed.out

@@ -55,11 +55,10 @@ def handed_over_key(ec2: Any, instance_id: str) -> str:
 
 def test_request_builders() -> None:
     assert req.chat_host_names("c", 2) == ["c-chat1", "c-chat2"]
-    perms = req.redis_access_permissions("sg-123", "203.0.113.7/32")
-    assert perms[0]["FromPort"] == perms[0]["ToPort"] == 6379
-    assert perms[0]["UserIdGroupPairs"][0]["GroupId"] == "sg-123"
-    assert "IpRanges" not in perms[0]  # never from an address range
-    assert perms[1]["IpRanges"][0]["CidrIp"] == "203.0.113.7/32"
+    [perm] = req.redis_access_permissions("sg-123")  # SSH rules: pynet.aws.access
+    assert perm["FromPort"] == perm["ToPort"] == 6379
+    assert perm["UserIdGroupPairs"][0]["GroupId"] == "sg-123"
+    assert "IpRanges" not in perm  # never from an address range
     tg = req.target_group_request("c", "vpc-1")
     assert (tg["Protocol"], tg["Port"], tg["HealthCheckProtocol"]) == ("TCP", 5050, "TCP")
     lb = req.load_balancer_request("c", ["s2", "s1"])

@@ -20,7 +20,14 @@ from pynet.aws.ec2 import (
 from pynet.aws.errors import CloudError
 from pynet.aws.images import resolve_image
 from pynet.aws.keys import LocalKey, find_local_key
-from pynet.aws.requests import DESTROYABLE_STATES, LIVE_STATES, debian_images_request
+from pynet.aws.requests import (
+    DESTROYABLE_STATES,
+    LIVE_STATES,
+    SshSource,
+    debian_images_request,
+    rules_of,
+    ssh_sources,
+)
 from pynet.aws.session import Clients
 from tests.aws.helpers import fail_call
 
@@ -93,13 +100,37 @@ def test_launch_twice_returns_the_same_instance(clients: Clients, aws_env: Path,
     assert len(find_deployment(clients, name).security_groups) == 1
 
 
-def test_relaunch_moves_the_ssh_rule_to_the_new_source(
+def test_relaunch_moves_only_the_callers_ssh_rule(
     clients: Clients, aws_env: Path, name: str
 ) -> None:
-    launch(clients, spec(clients, name), LocalKey(PUBLIC_KEY, None), home=aws_env)
-    launch(clients, spec(clients, name, ssh_cidr="198.51.100.4/32"), LocalKey(PUBLIC_KEY, None))
-    ssh = [p for p in group_of(clients, name)["IpPermissions"] if p["FromPort"] == 22]
-    assert [r["CidrIp"] for p in ssh for r in p["IpRanges"]] == ["198.51.100.4/32"]
+    """A teammate's relaunch adds their source and keeps ours; our own relaunch from a new
+    address moves our rule (no pile-up), and stray non-SSH rules still go."""
+    key = LocalKey(PUBLIC_KEY, None)
+    launch(clients, spec(clients, name, ssh_label="ada"), key, home=aws_env)
+    group_id = group_of(clients, name)["GroupId"]
+    clients.ec2.authorize_security_group_ingress(
+        GroupId=group_id,
+        IpPermissions=[
+            {
+                "IpProtocol": "tcp",
+                "FromPort": 80,
+                "ToPort": 80,
+                "IpRanges": [{"CidrIp": "0.0.0.0/0"}],
+            }
+        ],
+    )
+    launch(clients, spec(clients, name, ssh_cidr="198.51.100.4/32", ssh_label="bob"), key)
+    assert ssh_sources(group_of(clients, name)["IpPermissions"]) == [
+        SshSource("198.51.100.4/32", "bob"),
+        SshSource(SSH, "ada"),
+    ]
+    launch(clients, spec(clients, name, ssh_cidr="192.0.2.9/32", ssh_label="ada"), key)
+    permissions = group_of(clients, name)["IpPermissions"]
+    assert ssh_sources(permissions) == [
+        SshSource("192.0.2.9/32", "ada"),
+        SshSource("198.51.100.4/32", "bob"),
+    ]
+    assert {r.from_port for r in rules_of(permissions)} == {22, 5050}  # port 80 went
 
 
 def test_launch_starts_a_stopped_instance(clients: Clients, aws_env: Path, name: str) -> None:

@@ -12,15 +12,19 @@ from pynet.aws.requests import (
     SSH_USER_TAG,
     SSH_USERS,
     Rule,
+    SshSource,
     architecture,
+    chat_rules,
+    check_label,
     check_name,
     create_key_pair_request,
     create_security_group_request,
     debian_images_request,
-    desired_rules,
     host_cidr,
     import_key_pair_request,
     instance_filters,
+    is_ssh,
+    label_of_identity,
     launched_os,
     newest_image,
     permissions,
@@ -28,6 +32,8 @@ from pynet.aws.requests import (
     rules_of,
     run_instances_request,
     ssh_cidr,
+    ssh_permission,
+    ssh_sources,
     tag_value,
     tags,
     waiter_config,
@@ -218,27 +224,74 @@ def test_host_cidr() -> None:
         host_cidr("<html>")
 
 
-def test_desired_rules_are_ssh_from_one_source_and_chat_from_all() -> None:
-    assert desired_rules("203.0.113.7/32") == {
-        Rule("tcp", 22, 22, "203.0.113.7/32"),
+def test_chat_rules_are_the_chat_port_from_all() -> None:
+    assert chat_rules() == {
         Rule("tcp", 5050, 5050, "0.0.0.0/0"),
         Rule("tcp", 5050, 5050, "::/0"),
     }
+    assert not any(is_ssh(rule) for rule in chat_rules())
+    assert is_ssh(Rule("tcp", 22, 22, "203.0.113.7/32"))
 
 
 def test_permissions_round_trip_through_rules() -> None:
-    rules = desired_rules("203.0.113.7/32") | {Rule("tcp", 80, 80, "group:sg-9")}
+    rules = chat_rules() | {Rule("tcp", 80, 80, "group:sg-9")}
     perms = permissions(rules)
     assert perms[0] == {
         "IpProtocol": "tcp",
-        "FromPort": 22,
-        "ToPort": 22,
-        "IpRanges": [{"CidrIp": "203.0.113.7/32", "Description": "ssh from the operator"}],
+        "FromPort": 80,
+        "ToPort": 80,
+        "UserIdGroupPairs": [{"GroupId": "sg-9"}],
     }
     assert {"CidrIpv6": "::/0", "Description": "chat clients"} in [
         r for p in perms for r in p.get("Ipv6Ranges", [])
     ]
     assert rules_of(perms) == rules
+
+
+def test_ssh_rules_carry_their_owner_in_the_description() -> None:
+    v4, v6 = SshSource("203.0.113.7/32", "ada"), SshSource("2001:db8::5/128", "github-actions")
+    assert ssh_permission(v4) == {
+        "IpProtocol": "tcp",
+        "FromPort": 22,
+        "ToPort": 22,
+        "IpRanges": [{"CidrIp": "203.0.113.7/32", "Description": "pynet ssh: ada"}],
+    }
+    assert ssh_permission(v6)["Ipv6Ranges"] == [
+        {"CidrIpv6": "2001:db8::5/128", "Description": "pynet ssh: github-actions"}
+    ]
+    legacy = {
+        "IpProtocol": "tcp",
+        "FromPort": 22,
+        "ToPort": 22,
+        "IpRanges": [{"CidrIp": "192.0.2.1/32", "Description": "ssh from the operator"}],
+    }
+    chat = permissions(chat_rules())
+    assert ssh_sources([ssh_permission(v4), ssh_permission(v6), legacy, *chat]) == [
+        SshSource("192.0.2.1/32", ""),
+        v6,
+        v4,
+    ]
+    assert str(SshSource("192.0.2.1/32", "")) == "192.0.2.1/32 (unlabelled)"
+
+
+@pytest.mark.parametrize(
+    ("arn", "label"),
+    [
+        ("arn:aws:iam::123456789012:user/ada", "ada"),
+        ("arn:aws:sts::123456789012:assumed-role/Admin/ada@example.com", "ada@example.com"),
+        ("arn:aws:sts::123456789012:assumed-role/Deploy/pynet deploy!", "pynet-deploy-"),
+        ("arn:aws:iam::123456789012:root", "root"),
+    ],
+)
+def test_the_default_label_is_the_name_in_the_callers_identity(arn: str, label: str) -> None:
+    assert label_of_identity(arn) == label
+    assert check_label(label) == label
+
+
+@pytest.mark.parametrize("bad", ["", "   ", "x" * 65, "tab\there", "\u00e9milie", "a\nb"])
+def test_a_label_aws_would_refuse_is_refused_first(bad: str) -> None:
+    with pytest.raises(CloudError, match="bad --ssh-label"):
+        check_label(bad)
 
 
 def test_security_group_and_key_requests_are_tagged() -> None:
