@@ -27,9 +27,7 @@ README = ROLES / "chat" / "README.md"
 
 def chat_env(values: dict[str, Any]) -> dict[str, str]:
     text = render("chat.env.j2", values)
-    return dict(
-        line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#"
-    )
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != "#")
 
 
 def limit_bytes(text: str) -> int:
@@ -104,7 +102,7 @@ def rss(pid: int) -> int:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
+def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     """The server as the role runs it (SQLite history), on a free port, one address unlimited."""
     env = {
         **os.environ,
@@ -131,7 +129,7 @@ def server(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], int]]:
 
 
 def test_the_server_fits_its_base_budget_with_a_full_history(
-    server: tuple[subprocess.Popen[str], int],
+    server: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     proc, port = server
     values = role_vars()
@@ -149,7 +147,7 @@ def test_the_server_fits_its_base_budget_with_a_full_history(
 
 
 def test_a_connection_costs_less_than_its_budget(
-    server: tuple[subprocess.Popen[str], int],
+    server: tuple[subprocess.Popen[bytes], int],
 ) -> None:
     """Per named connection, the server's own memory: the budget leaves a half line (4 KiB)
     and the kernel's socket (about 4 KiB) on top of it."""
