@@ -6,9 +6,9 @@ security update of docker.io, containerd or runc does), apply a settings change 
 `pynet.local.load.LiveLoad` (20 clients, a sender, a connect every 10 ms): 0 refused, 0 cut,
 0 lost. A crash still cuts: measured last, and printed.
 
-The metadata service is a stand-in made inside the host container (a dummy interface holding
-169.254.169.254 and fd00:ec2::254, served by python3 -m http.server), so no packet leaves that
-container; every test checks the address is local there before anything connects to it.
+The metadata service is a stand-in made inside the host container (169.254.169.254 and
+fd00:ec2::254 on its loopback interface, served by python3 -m http.server), so no packet leaves
+that container; every test checks the address is local there before anything connects to it.
 """
 
 from __future__ import annotations
@@ -103,25 +103,27 @@ FETCH = (
 @pytest.fixture(scope="module")
 def metadata(rig: Rig) -> list[str]:
     """Stand-in metadata services inside the host container; their URLs."""
+    serve = (
+        "systemd-run --unit {unit} python3 -m http.server --bind {address} --directory {root} 80"
+    )
     rig.sh(
-        "ip link add pynet-imds type dummy && ip link set pynet-imds up && "
-        "ip addr add 169.254.169.254/32 dev pynet-imds && "
-        "install -d /var/tmp/imds/latest && "
+        "ip addr add 169.254.169.254/32 dev lo && install -d /var/tmp/imds/latest && "
         f"echo '{USER_DATA}' > /var/tmp/imds/latest/user-data && "
-        "systemd-run --unit pynet-test-imds4 python3 -m http.server --bind 169.254.169.254 "
-        "--directory /var/tmp/imds 80"
+        + serve.format(unit="pynet-test-imds4", address="169.254.169.254", root="/var/tmp/imds")
     )
     urls = ["http://169.254.169.254/latest/user-data"]
     # IPv6 where the host container has it (Docker turns it off in containers by default).
-    six = rig.sh("ip addr add fd00:ec2::254/128 dev pynet-imds nodad", check=False)
+    six = rig.sh("ip -6 addr add fd00:ec2::254/128 dev lo nodad", check=False)
     if six.returncode == 0:
-        rig.sh(
-            "systemd-run --unit pynet-test-imds6 python3 -m http.server --bind fd00:ec2::254 "
-            "--directory /var/tmp/imds 80"
-        )
+        rig.sh(serve.format(unit="pynet-test-imds6", address="fd00:ec2::254", root="/var/tmp/imds"))
         urls.append("http://[fd00:ec2::254]/latest/user-data")
     else:
         print(f"no IPv6 in the host container ({six.stderr.strip()}): IPv4 stand-in only")
+    listeners = len(urls)
+    rig.sh(
+        "timeout 20 sh -c "
+        f"'until [ $(ss -Hltn \"sport = :80\" | wc -l) -ge {listeners} ]; do sleep 0.1; done'"
+    )
     for address in ("169.254.169.254", *(["fd00:ec2::254"] if len(urls) > 1 else [])):
         route = rig.sh(f"ip route get {address}").stdout
         assert route.startswith("local "), f"{address} must stay inside the host: {route}"
