@@ -82,6 +82,11 @@ def test_the_readme_table_says_what_the_defaults_say() -> None:
         f"**{limit_bytes(values['chat_memory_limit']) // MIB} MiB**",
     ):
         assert shown in section, f"README Memory bounds should say {shown}"
+    front = (ROLES.parent / "README.md").read_text()  # the bounds table of the front page
+    assert (
+        f"the container's memory on a host ({limit_bytes(values['chat_memory_limit']) // MIB} MiB: "
+        in front
+    )
     defaults = (ROLES / "chat" / "defaults" / "main.yml").read_text()
     assert f"= {limit_bytes(values['chat_memory_limit']) // MIB} MiB" in defaults
 
