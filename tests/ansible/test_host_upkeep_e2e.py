@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -166,8 +167,10 @@ def test_a_docker_engine_restart_cuts_no_one(rig: Rig) -> None:
     container = rig.sh(f"docker inspect --format '{{{{.Id}}}}' {rig.container()}").stdout
     restarts = rig.show("NRestarts")
     load = rig.load("e")
+    time.sleep(1.0)
     rig.sh("systemctl restart docker")
     rig.sh("until docker info >/dev/null 2>&1; do sleep 0.2; done")
+    time.sleep(1.0)
     report = load.stop(drain=3.0)
     assert_untouched(report, "docker engine restart")
     # The very same container serves on, followed again by the same unit, never restarted.
@@ -204,10 +207,17 @@ def test_a_settings_change_is_a_handover(rig: Rig) -> None:
 def test_killing_the_units_main_process_cuts_no_one(rig: Rig) -> None:
     """The unit's main process only follows the container: systemd starts it again, and the
     new one follows the container that never stopped."""
-    container = rig.sh(f"docker inspect --format '{{{{.Id}}}}' {rig.container()}").stdout
+    unit, name = rig.unit(), rig.container()
+    container = rig.sh(f"docker inspect --format '{{{{.Id}}}}' {name}").stdout
+    restarts = int(rig.show("NRestarts"))
     load = rig.load("m")
-    rig.sh(f"kill -9 $(systemctl show --property MainPID --value {rig.unit()})")
-    rig.sh(f"until systemctl is-active --quiet {rig.unit()}; do sleep 0.1; done")
+    time.sleep(1.0)
+    rig.sh(f"kill -9 $(systemctl show --property MainPID --value {unit})")
+    rig.sh(
+        "timeout 20 sh -c 'until [ \"$(systemctl show --property NRestarts --value "
+        f"{unit})\" -gt {restarts} ] && systemctl is-active --quiet {unit}; do sleep 0.1; done'"
+    )
+    time.sleep(1.0)
     report = load.stop(drain=3.0)
     assert_untouched(report, "kill -9 of the unit's main process")
     after = rig.sh(f"docker inspect --format '{{{{.Id}}}}' {rig.container()}").stdout
