@@ -171,6 +171,18 @@ def _backplane(text: str) -> str | None:
     return validate_url(text)
 
 
+def mask_password(url: str) -> str:
+    """URL with everything that may be a password replaced by `***`, even when the URL is
+    malformed (the error that rejects it must not print it): the user info after its first
+    `:`, or all of it when it has no `:` (`redis://SECRET@host` is a password-only form)."""
+    head, at, rest = url.rpartition("@")
+    if not at:
+        return url
+    scheme, sep, userinfo = head.rpartition("://")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}{sep}{user + colon if colon else ''}***@{rest}"
+
+
 def _path(text: str) -> str | None:
     return text or None
 
@@ -239,6 +251,11 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str = ""
+    secret: bool = False  # may hold a password: an error shows the value with it masked
+
+    def shown(self, text: str) -> str:
+        """TEXT as an error line may echo it."""
+        return mask_password(text) if self.secret else text
 
     @property
     def flag(self) -> str:
@@ -270,6 +287,7 @@ OPTIONS: tuple[Option, ...] = (
         "Redis shared by a cluster of chat servers, redis://[:PASSWORD@]HOST:PORT/DB or "
         "rediss:// (TLS); empty = this server alone (needs the redis package: pynet[cluster])",
         "URL",
+        secret=True,
     ),
     Option(
         "max_line",
@@ -527,7 +545,9 @@ def _argparse_type(option: Option) -> Callable[[str], Any]:
         try:
             return option.parse(text)
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}: {exc}") from None
+            raise argparse.ArgumentTypeError(
+                f"invalid value {option.shown(text)!r}: {exc}"
+            ) from None
 
     parse.__name__ = option.field
     return parse
@@ -547,7 +567,8 @@ def load(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
                 values[option.field] = option.parse(env[option.env])
             except ValueError as exc:
                 parser.error(
-                    f"environment variable {option.env}: invalid value {env[option.env]!r}: {exc}"
+                    f"environment variable {option.env}: "
+                    f"invalid value {option.shown(env[option.env])!r}: {exc}"
                 )
     return Settings(**values)
 

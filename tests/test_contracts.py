@@ -41,6 +41,9 @@ ROLE_ONLY = {
     "chat_env_file": "the settings file every release reads (--env-file)",
     "chat_handed_over_exit": "the exit status of a release that handed over (the unit's business)",
     "chat_docker_log_args": "derived from the chat_log_driver default",
+    "chat_container_script": "the units' main process (a release's container), the role's own",
+    "chat_metadata_unit": "the unit every release requires: the metadata service blocked",
+    "chat_metadata_script": "the rules that block the metadata service, run by that unit",
 }
 
 

@@ -289,10 +289,12 @@ def start(version: str) -> Argv:
 
 
 def restart(version: str) -> Argv:
-    """Restart VERSION's own instance (a deploy of the release already running)."""
+    """A new container of VERSION takes over from the running one (a deploy of the release
+    already running, e.g. `-dirty` rebuilt): the unit's reload is a handover (roles/chat);
+    an instance that is not running is started."""
     return seq(
         quiet(sudo(["systemctl", "reset-failed", unit(version)])),
-        sudo(["systemctl", "restart", unit(version)]),
+        sudo(["systemctl", "reload-or-restart", unit(version)]),
     )
 
 

@@ -371,7 +371,9 @@ def _start(
     """Start VERSION's unit (it takes over from whatever serves) and wait until it serves."""
     since = float(remote.output(cmd.host_clock(), check=False) or 0) if not remote.dry_run else 0
     began = time.monotonic()
-    remote.run(cmd.restart(version) if restart else cmd.start(version))
+    # A reload that could not hand over leaves the running container serving: the health
+    # check below says so (it checks the image), and the deploy rolls back.
+    remote.run(cmd.restart(version) if restart else cmd.start(version), check=not restart)
     reason = wait_healthy(remote, version, image_id, timeout, since)
     if not remote.dry_run:
         remote.say(f"{version} serving after {time.monotonic() - began:.1f}s")

@@ -70,5 +70,5 @@ def test_awslogs_sends_to_the_launched_group_only(tmp_path: Path) -> None:
         "mode=non-blocking",
         "max-buffer-size=4m",
     ]
-    assert argv[0] == "/usr/bin/docker"
+    assert argv[3:5] == ["/usr/bin/docker", "create"]  # the script runs docker create ...
     assert argv.index("--log-driver") < len(argv) - 1  # before the image, not after it

@@ -69,7 +69,7 @@ def test_switching_releases() -> None:
     )
     assert render(cmd.restart("v2")) == (
         "sudo -n systemctl reset-failed pynet-chat@v2.service 2>/dev/null ; "
-        "sudo -n systemctl restart pynet-chat@v2.service"
+        "sudo -n systemctl reload-or-restart pynet-chat@v2.service"
     )
     assert render(cmd.stop("v1", "v0")) == (
         "sudo -n systemctl stop pynet-chat@v1.service pynet-chat@v0.service"
