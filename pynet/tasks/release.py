@@ -6,6 +6,7 @@ of `pynet.deploy`, and turns known failures into one line on stderr and a non-ze
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -13,6 +14,7 @@ import shutil
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -337,7 +339,17 @@ def _follow_all(hosts: list[Target], one: Callable[[Target], bool]) -> None:
             while thread.is_alive():
                 thread.join(0.2)
     except KeyboardInterrupt:
-        pass  # exiting closes every SSH session, which hangs up each remote journalctl
+        # Only this thread got the Ctrl-C: hang up every SSH session (which ends each remote
+        # journalctl), so the threads reading them end too, rather than holding the exit.
+        for t in hosts:
+            with contextlib.suppress(Exception):
+                t.conn.close()
+        deadline = time.monotonic() + 5
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        if any(thread.is_alive() for thread in threads):
+            sys.stdout.flush()
+            os._exit(130)  # a reader stuck in the SSH library must not keep `fab` alive
 
 
 @task(
