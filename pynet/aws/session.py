@@ -38,6 +38,18 @@ class Clients:
     sts: Any = None  # the account id for ARNs
 
 
+def clients_for(session: boto3.Session, region: str) -> Clients:
+    """Every client a command may need, from SESSION, for REGION (the one place they are
+    made: `connect` and the tests alike)."""
+    return Clients(
+        region=region,
+        **{
+            name: session.client(name, region_name=region, config=_CONFIG)
+            for name in ("ec2", "ssm", "cloudwatch", "logs", "iam", "sts")
+        },
+    )
+
+
 def known_regions(session: boto3.Session) -> set[str]:
     """Every region botocore knows for EC2, in every partition (aws, aws-cn, aws-us-gov, ...)."""
     regions: set[str] = set()
@@ -66,14 +78,6 @@ def connect(region: str | None = None, profile: str | None = None) -> Clients:
             )
         if session.get_credentials() is None:
             raise no_credentials()
-        return Clients(
-            region=chosen,
-            ec2=session.client("ec2", config=_CONFIG),
-            ssm=session.client("ssm", config=_CONFIG),
-            cloudwatch=session.client("cloudwatch", config=_CONFIG),
-            logs=session.client("logs", config=_CONFIG),
-            iam=session.client("iam", config=_CONFIG),
-            sts=session.client("sts", config=_CONFIG),
-        )
+        return clients_for(session, chosen)
     except BotoCoreError as err:  # e.g. ProfileNotFound, a broken ~/.aws/config
         raise CloudError(f"cannot set up AWS access: {err}") from err

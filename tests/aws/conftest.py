@@ -18,7 +18,7 @@ import pytest
 from moto import mock_aws
 
 from pynet.aws.requests import DEBIAN_OWNER
-from pynet.aws.session import Clients
+from pynet.aws.session import Clients, clients_for
 from pynet.local.aws import ami_record, write_amis
 from pynet.local.aws import moto_server as local_moto_server
 from pynet.local.host import free_port
@@ -78,15 +78,7 @@ def _moto() -> Iterator[None]:
 @pytest.fixture
 def clients(_moto: None) -> Clients:
     """Every client `fab launch` uses, against moto in-process (each test its own deployment)."""
-    return Clients(
-        region=REGION,
-        ec2=boto3.client("ec2", region_name=REGION),
-        ssm=boto3.client("ssm", region_name=REGION),
-        cloudwatch=boto3.client("cloudwatch", region_name=REGION),
-        logs=boto3.client("logs", region_name=REGION),
-        iam=boto3.client("iam", region_name=REGION),
-        sts=boto3.client("sts", region_name=REGION),
-    )
+    return clients_for(boto3.Session(), REGION)
 
 
 @pytest.fixture
