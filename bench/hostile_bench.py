@@ -214,30 +214,27 @@ def users_online(port: int) -> list[socket.socket]:
     return [named(port, f"user{n}", f"127.0.3.{n // 63 + 1}") for n in range(1000)]
 
 
-def who_flood(port: int, seconds: float) -> None:
-    attackers = [connect(port, "127.0.4.1", rcvbuf=4096) for _ in range(63)]
+def flood(attackers: list[socket.socket], payload: bytes, seconds: float) -> None:
+    """Send PAYLOAD on every connection every 20 ms for SECONDS, never reading."""
+    for sock in attackers:
+        sock.setblocking(False)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         for sock in attackers:
-            with contextlib.suppress(BlockingIOError, OSError):
-                sock.setblocking(False)
-                sock.send(b"/who\n" * 10)
+            with contextlib.suppress(OSError):  # BlockingIOError included: it stopped reading
+                sock.send(payload)
         time.sleep(0.02)
     for sock in attackers:
         sock.close()
+
+
+def who_flood(port: int, seconds: float) -> None:
+    flood([connect(port, "127.0.4.1", rcvbuf=4096) for _ in range(63)], b"/who\n" * 10, seconds)
 
 
 def line_flood(port: int, seconds: float) -> None:
     attackers = [named(port, f"flooder{i}", "127.0.5.1") for i in range(63)]
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        for sock in attackers:
-            with contextlib.suppress(BlockingIOError, OSError):
-                sock.setblocking(False)
-                sock.send(b"spam spam spam\n" * 5)
-        time.sleep(0.02)
-    for sock in attackers:
-        sock.close()
+    flood(attackers, b"spam spam spam\n" * 5, seconds)
 
 
 ATTACKS: dict[str, tuple[Callable[[int], object], Callable[[int, float], None]]] = {

@@ -19,6 +19,7 @@ import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Protocol
 
 from chat.events import (  # the events are part of this module's public API (h11 style)
     ERROR_CODES,
@@ -204,6 +205,29 @@ TRANSITIONS: dict[tuple[State, str], State] = {
 }
 
 
+class _Bucket(Protocol):
+    """A token bucket's state: a `TokenBucket`'s, or a connection's own."""
+
+    rate: float
+    burst: int
+    _tokens: float
+    _stamp: float
+    _clock: Callable[[], float]
+
+
+def _take(bucket: _Bucket) -> bool:
+    """Take one token from BUCKET, if there is one (refilled at `rate` per second up to
+    `burst`)."""
+    now = bucket._clock()
+    tokens = min(bucket.burst, bucket._tokens + (now - bucket._stamp) * bucket.rate)
+    bucket._stamp = now
+    if tokens < 1.0:
+        bucket._tokens = tokens
+        return False
+    bucket._tokens = tokens - 1.0
+    return True
+
+
 class TokenBucket:
     """RATE tokens per second, up to BURST at once: a rate limit shared by several connections
     (those of one address), so that opening more connections does not buy more lines."""
@@ -221,14 +245,7 @@ class TokenBucket:
 
     def take(self) -> bool:
         """One token, if there is one."""
-        now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if tokens < 1.0:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1.0
-        return True
+        return _take(self)
 
 
 class ServerConnection:
@@ -303,7 +320,7 @@ class ServerConnection:
             raw = raw[:-1]
         if not raw:
             return None
-        if self.rate and not self._take_token():
+        if self.rate and not _take(self):
             return self._refuse("rate-limited", "too many lines, slow down")
         if self.shared is not None and not self.shared.take():
             return self._refuse("rate-limited", "too many lines from your address, slow down")
@@ -370,16 +387,6 @@ class ServerConnection:
     def _refuse(self, code: str, text: str) -> Refused:
         self._out.append(Error(code, text).line())
         return Refused(code, text)
-
-    def _take_token(self) -> bool:
-        now = self._clock()
-        tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-        self._stamp = now
-        if tokens < 1.0:
-            self._tokens = tokens
-            return False
-        self._tokens = tokens - 1.0
-        return True
 
     # ---- output ---------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from typing import Any
 import fakeredis
 
 from chat.backplane import RedisBackplane
+from chat.handover import Session
 from pynet.local import chat_server
 from tests.kit import WaitTimeout, free_port, wait_until
 
@@ -416,3 +417,21 @@ class RecordingTransport(asyncio.Transport):
 
     def lines(self) -> list[bytes]:
         return b"".join(self.writes).splitlines()
+
+
+def named_session(nick: str) -> Session:
+    """The session of a named, idle client, as a handover carries it."""
+    return Session(
+        state="named",
+        nick=nick,
+        peer="127.0.0.1:1",
+        connected_age=1.0,
+        tokens=1.0,
+        stamp_age=0.0,
+        partial=b"",
+        discarding=False,
+        unsent=b"",
+        allowance=0,
+        closing=False,
+        extra={},
+    )

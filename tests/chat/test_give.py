@@ -16,7 +16,7 @@ import pytest
 from chat import fdpass, handover
 from chat.handover import HandoverError, Session
 from chat.takeover import give
-from tests.chat.fakes import run
+from tests.chat.fakes import named_session, run
 
 STEPS = [
     "pause_accepting",
@@ -71,7 +71,7 @@ class FakeGiver:
 
     def freeze(self) -> list[tuple[int, Session]]:
         self._step("freeze")
-        return [(key, _session(f"u{key}")) for key in self.clients]
+        return [(key, named_session(f"u{key}")) for key in self.clients]
 
     def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
         self._step("handover_state")
@@ -89,23 +89,6 @@ class FakeGiver:
             a.close()
             b.close()
         self.listener.close()
-
-
-def _session(nick: str) -> Session:
-    return Session(
-        state="named",
-        nick=nick,
-        peer="127.0.0.1:1",
-        connected_age=1.0,
-        tokens=1.0,
-        stamp_age=0.0,
-        partial=b"",
-        discarding=False,
-        unsent=b"",
-        allowance=0,
-        closing=False,
-        extra={},
-    )
 
 
 def successor_heard(end: socket.socket) -> list[str]:

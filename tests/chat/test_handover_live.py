@@ -25,7 +25,7 @@ import pytest
 from chat import fdpass, handover
 from chat.takeover import BUSY, take
 from pynet.local.load import LiveLoad
-from tests.chat.fakes import LineClient, ServerProcess, Start, start_release
+from tests.chat.fakes import LineClient, ServerProcess, Start, named_session, start_release
 from tests.kit import wait_until
 
 
@@ -206,23 +206,6 @@ def keeping(held: list[socket.socket]) -> Callable[[socket.socket], socket.socke
     return hold
 
 
-def _session(nick: str) -> handover.Session:
-    return handover.Session(
-        state="named",
-        nick=nick,
-        peer="127.0.0.1:1",
-        connected_age=1.0,
-        tokens=1.0,
-        stamp_age=0.0,
-        partial=b"",
-        discarding=False,
-        unsent=b"",
-        allowance=0,
-        closing=False,
-        extra={},
-    )
-
-
 def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock: str) -> None:
     """Sockets cross before the sessions (two batches: before and during the pause); a socket
     no session names belongs to a client that left meanwhile and is dropped, never adopted."""
@@ -234,8 +217,8 @@ def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock: st
         channel.send(handover.sockets([13]), [pairs[3][0].fileno()])  # connected meanwhile
         channel.send(handover.begin("old", 3, 0, []))
         channel.send(handover.listener(), [listener.fileno()])
-        channel.send(handover.sessions([(13, _session("dee")), (10, _session("ann"))]))
-        channel.send(handover.sessions([(12, _session("cal"))]))
+        channel.send(handover.sessions([(13, named_session("dee")), (10, named_session("ann"))]))
+        channel.send(handover.sessions([(12, named_session("cal"))]))
         channel.send(handover.end())
 
     FakePredecessor(sock, script)
@@ -277,7 +260,9 @@ def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
             channel.send(handover.sockets(keys), [p[0].fileno() for p in pairs])
             channel.send(handover.begin("old", len(named), 0, []))
             channel.send(handover.listener(), [listener.fileno()])
-            channel.send(handover.sessions([(k, _session(f"u{i}")) for i, k in enumerate(named)]))
+            channel.send(
+                handover.sessions([(k, named_session(f"u{i}")) for i, k in enumerate(named)])
+            )
             channel.send(handover.end())
         aborted.append(channel.recv())
 
