@@ -177,8 +177,13 @@ def test_kill_9_of_the_units_main_process_leaves_chat_serving(site: Site) -> Non
         10,
         "systemd to start the unit's main process again",
     )
-    assert ping(site.host.app_port)
-    assert site.sh(container).stdout == before
+    answers = ping(site.host.app_port)
+    why = site.sh(
+        f"journalctl -u {unit} -n 40 --no-pager; docker ps -a; systemctl status {unit} --no-pager",
+        check=False,
+    ).stdout
+    assert answers, why
+    assert site.sh(container).stdout == before, why
 
 
 def test_reboot_keeps_history(site: Site) -> None:

@@ -393,7 +393,7 @@ def test_top_once_shows_the_figures_of_the_serving_release(rig: Rig) -> None:
 
 
 def test_logs_and_status_tell_the_truth(rig: Rig) -> None:
-    logs = rig.fab("logs", "--lines", "30")
+    logs = rig.fab("logs", "--lines", "300")  # the deploys, health checks and probes log too
     assert logs.returncode == 0
     assert "chat.server start version=0.1.0+one" in logs.stdout
     follow = subprocess.Popen(
