@@ -30,7 +30,9 @@ LABEL = "pynet.local.host"
 SSH_USER = "admin"
 CHAT_PORT = PORT
 
-RUN_FLAGS = (
+DOCKER_IN_DOCKER = (
+    # Emulated privileges a container needs to run systemd or its own dockerd here:
+    # `--privileged` fails on these machines (CAP_SYS_RESOURCE is not in the bounding set).
     "--cap-add",
     "ALL",
     "--cap-drop",
@@ -39,20 +41,23 @@ RUN_FLAGS = (
     "seccomp=unconfined",
     "--security-opt",
     "apparmor=unconfined",
-    # What the chat role sets on a real host; /proc/sys is read-only inside a container.
-    "--sysctl",
-    "net.ipv4.tcp_migrate_req=1",
     "--tmpfs",
     "/run",
     "--tmpfs",
-    "/run/lock",
-    "--tmpfs",
-    "/tmp:exec",  # noqa: S108 - the host's own /tmp
+    "/tmp:exec",  # noqa: S108 - the container's own /tmp
     "-v",
     "/sys/fs/cgroup:/sys/fs/cgroup:ro",
     # An anonymous volume: the inner dockerd needs a real filesystem for overlay2.
     "-v",
     "/var/lib/docker",
+)
+RUN_FLAGS = (
+    *DOCKER_IN_DOCKER,
+    # What the chat role sets on a real host; /proc/sys is read-only inside a container.
+    "--sysctl",
+    "net.ipv4.tcp_migrate_req=1",
+    "--tmpfs",
+    "/run/lock",
 )
 
 

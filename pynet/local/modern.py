@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pynet.local.engine import EngineError, docker, ensure_engine
+from pynet.local.host import DOCKER_IN_DOCKER
 from pynet.local.images import (
     CACHE,
     DEBIAN_MIRROR,
@@ -38,24 +39,7 @@ PACKAGES = "docker.io,docker-cli,docker-buildx,iptables,ca-certificates,procps,g
 RECIPE = ("engine.Dockerfile", "engine-start.sh")
 LABEL = "pynet.local.engine"
 #: The same emulated privileges as the EC2-like host (pynet/local/host.py): dockerd needs them.
-RUN_FLAGS = (
-    "--cap-add",
-    "ALL",
-    "--cap-drop",
-    "SYS_RESOURCE",
-    "--security-opt",
-    "seccomp=unconfined",
-    "--security-opt",
-    "apparmor=unconfined",
-    "--tmpfs",
-    "/run",
-    "--tmpfs",
-    "/tmp:exec",  # noqa: S108 - the engine container's own /tmp
-    "-v",
-    "/sys/fs/cgroup:/sys/fs/cgroup:ro",
-    "-v",
-    "/var/lib/docker",  # overlay2 needs a real filesystem, not the container's own overlay
-)
+RUN_FLAGS = DOCKER_IN_DOCKER
 CLIENT_FILES = {
     "bin/docker": "/usr/bin/docker",
     "config/cli-plugins/docker-buildx": "/usr/libexec/docker/cli-plugins/docker-buildx",
