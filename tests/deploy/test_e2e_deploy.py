@@ -473,8 +473,20 @@ def test_wrong_key_is_one_line(rig: Rig, tmp_path: Path) -> None:
             "SERVING is not running",
         ),
         (
-            ["systemctl", "stop", "docker.socket", "docker"],
-            ["systemctl", "start", "docker", "SERVING"],
+            # Masked while stopped: the chat unit (Wants=docker.service, restarted 200 ms after
+            # its container's follower ends) would otherwise start dockerd again at once.
+            [
+                "sh",
+                "-c",
+                "systemctl mask --runtime docker.socket docker.service"
+                " && systemctl stop docker.socket docker.service",
+            ],
+            [
+                "sh",
+                "-c",
+                "systemctl unmask --runtime docker.socket docker.service"
+                " && systemctl start docker SERVING",
+            ],
             "docker",
             "docker is not running",
         ),
