@@ -82,13 +82,13 @@ def raise_file_limit() -> None:
 
 def handovers(
     work: Path, clients: int, rate: float, switches: int
-) -> tuple[Report, list[float], float]:
+) -> tuple[Report, list[float], float, list[tuple[str, str]]]:
     first = Release(work, "r0", 0)
     port = first.port
     load = LiveLoad("127.0.0.1", port, clients=clients, sampled=20, rate=rate, prefix="h").start()
     watch = Watch("127.0.0.1", port)
     time.sleep(1.0)
-    serving, took = first, []
+    serving, took, laps = first, [], []
     for n in range(1, switches + 1):
         new = Release(work, f"r{n}", port)
         new.wait_for("switch ")
@@ -98,6 +98,8 @@ def handovers(
         took.append(float(record["ms"]))
         if serving.proc.wait(15) != 99:
             sys.exit(f"r{n - 1} did not exit as handed over")
+        gave = serving.wait_for("handover gave ").split(" ms=", 1)[1]
+        laps.append((gave, new.wait_for("handover took ").split("handover took ", 1)[1]))
         serving = new
         time.sleep(1.0)
     verdict = watch.stop()
@@ -105,7 +107,7 @@ def handovers(
     serving.stop()
     pause = verdict["longest_pause"]
     assert isinstance(pause, float)
-    return report, took, pause
+    return report, took, pause, laps
 
 
 def restart(work: Path, clients: int, rate: float) -> Report:
@@ -164,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
         work = Path(tmp)
         (work / "run").mkdir(mode=0o700)
-        report, took, pause = handovers(work, args.clients, args.rate, args.switches)
+        report, took, pause, laps = handovers(work, args.clients, args.rate, args.switches)
         print(f"handover x{args.switches}: {report.summary()}")
         print(
             f"  longest pause seen by 5 watching clients in a process of their own: "
@@ -178,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
             f"  successor's takeover (connect to serving): min {took[0]:.0f} ms, "
             f"median {took[len(took) // 2]:.0f} ms, max {took[-1]:.0f} ms"
         )
+        print(
+            "  where each handover's time went (ms; the predecessor's laps, then the successor's):"
+        )
+        for gave, took_ in laps:
+            print(f"    gave {gave}")
+            print(f"    took {took_}")
         os.unlink(work / "history.sqlite3")
         base = restart(work, args.clients, args.rate)
         print(f"restart baseline: {base.summary()}")

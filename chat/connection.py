@@ -14,7 +14,7 @@ import asyncio
 import socket
 from typing import Protocol
 
-from chat.handover import HandoverError, Session
+from chat.handover import HandoverError, Session, SessionRefused
 from chat.protocol import ServerConnection, State
 
 
@@ -46,6 +46,7 @@ class Peer(asyncio.Protocol):
         "close_after_flush",
         "conn",
         "connected_at",
+        "dirty",
         "held",
         "held_socket",
         "last_seen",
@@ -86,6 +87,9 @@ class Peer(asyncio.Protocol):
         self.replay: list[int] | None = None
         self.throttled = False
         self.blocked = False
+        # Changed since a handover pre-copied its session (`snapshot` clears it): anything it
+        # sends may change its session, so reading sets it.
+        self.dirty = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -94,6 +98,7 @@ class Peer(asyncio.Protocol):
             self.owner.connected(self)
 
     def data_received(self, data: bytes) -> None:
+        self.dirty = True
         self.owner.received(self, data)
 
     def eof_received(self) -> bool:
@@ -112,40 +117,46 @@ class Peer(asyncio.Protocol):
 
     # ---- a handover's view of it ----------------------------------------------------------
 
-    def snapshot(self, now: float, held_out: bytes = b"") -> Session:
-        """The session as a successor needs it; its unsent output is taken from the transport
-        (the caller keeps it, to write again if the handover fails)."""
+    def snapshot(self, now: float, held_out: bytes = b"", *, unsent: bool = True) -> Session:
+        """The session as a successor needs it. With UNSENT, its unsent output is taken from
+        the transport (the caller keeps it, to write again if the handover fails); without, the
+        session is a pre-copy taken while it is served, and the output stays."""
         conn = self.conn
         tokens, stamp_age, partial, discarding = conn.snapshot()
-        return Session(
-            state=conn.state.value,
-            nick=conn.nick,
-            peer=self.peer,
-            connected_age=now - self.connected_at,
-            tokens=tokens,
-            stamp_age=stamp_age,
-            partial=partial,
-            discarding=discarding,
-            unsent=take_unsent(self.transport) + conn.data_to_send(),
-            allowance=self.allowance,
-            closing=self.close_after_flush,
-            extra={
-                "last_seen_age": now - self.last_seen,
-                "partial_age": now - self.partial_since if self.partial_since else None,
-                # Served as it reads: the rest of a replay, what waits behind it, the lines
-                # it sent meanwhile.
+        self.dirty = False
+        extra: dict[str, object] = {}
+        held = conn.held_lines()
+        if self.replay is not None or held or held_out:
+            # Served as it reads: the rest of a replay, what waits behind it, the lines it sent
+            # meanwhile.
+            extra = {
                 "replay": self.replay,
                 "held_out": held_out.decode("latin-1"),
-                "held": [
-                    None if line is None else line.decode("latin-1") for line in conn.held_lines()
-                ],
-            },
+                "held": [None if line is None else line.decode("latin-1") for line in held],
+            }
+        return Session(
+            conn.state.value,
+            conn.nick,
+            self.peer,
+            now - self.connected_at,
+            now - self.last_seen,
+            now - self.partial_since if self.partial_since else None,
+            tokens,
+            stamp_age,
+            partial,
+            discarding,
+            take_unsent(self.transport) + conn.data_to_send() if unsent else b"",
+            self.allowance,
+            self.close_after_flush,
+            extra,
         )
 
-    def restore_state(self, session: Session) -> None:
-        """The protocol state of SESSION; raises HandoverError when this release refuses it."""
+    def restore(self, session: Session, now: float) -> None:
+        """Take SESSION's state (anything it had before is replaced), its clocks relative to
+        NOW; raises HandoverError when this release refuses it."""
+        conn = self.conn = self.owner.new_connection()
         try:
-            self.conn.restore(
+            conn.restore(
                 State(session.state),
                 session.nick,
                 session.tokens,
@@ -154,11 +165,26 @@ class Peer(asyncio.Protocol):
                 session.discarding,
             )
         except Exception as exc:
-            raise HandoverError(f"cannot take the session of {session.peer}: {exc}") from None
-        held = session.extra.get("held")
+            raise SessionRefused(f"cannot take the session of {session.peer}: {exc}") from None
+        extra = session.extra
+        held = extra.get("held")
+        self.throttled = False
         if isinstance(held, list) and all(h is None or isinstance(h, str) for h in held):
-            self.conn.hold_lines([None if h is None else h.encode("latin-1") for h in held])
+            conn.hold_lines([None if h is None else h.encode("latin-1") for h in held])
             self.throttled = bool(held)  # served once what it is owed drains
+        self.peer = session.peer
+        self.connected_at = now - session.connected_age
+        self.last_seen = now - session.last_seen_age
+        self.partial_since = now - session.partial_age if session.partial_age is not None else 0.0
+        self.allowance = session.allowance
+        replay = extra.get("replay")
+        self.replay = None
+        if (
+            isinstance(replay, list)
+            and len(replay) == 2
+            and all(type(i) is int and i >= 0 for i in replay)
+        ):
+            self.replay = list(replay)
 
     @staticmethod
     def held_out(session: Session) -> bytes:
@@ -166,22 +192,11 @@ class Peer(asyncio.Protocol):
         held = session.extra.get("held_out")
         return held.encode("latin-1") if isinstance(held, str) else b""
 
-    def restore_times(self, session: Session, now: float) -> None:
-        """The rest of SESSION: its clocks (relative to NOW), its peer name and allowance."""
-        self.peer = session.peer
-        self.connected_at = now - session.connected_age
-        last_seen_age = session.extra.get("last_seen_age")
-        self.last_seen = now - (last_seen_age if isinstance(last_seen_age, float) else 0.0)
-        partial_age = session.extra.get("partial_age")
-        self.partial_since = now - partial_age if isinstance(partial_age, float) else 0.0
-        self.allowance = session.allowance
-        replay = session.extra.get("replay")
-        if (
-            isinstance(replay, list)
-            and len(replay) == 2
-            and all(type(i) is int and i >= 0 for i in replay)
-        ):
-            self.replay = list(replay)
+    def peername(self) -> object:
+        """The client's address, held or served (`hold_socket`)."""
+        if self.held_socket is not None:
+            return self.held_socket.getpeername()
+        return self.transport.get_extra_info("peername")
 
 
 def hold_socket(loop: asyncio.AbstractEventLoop, owner: Owner, sock: socket.socket) -> Peer:

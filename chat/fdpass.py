@@ -13,11 +13,13 @@ import asyncio
 import contextlib
 import errno
 import os
+import select
 import socket
 import stat
 import struct
+import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,21 @@ class Channel:
         sent = socket.send_fds(self.sock, [data], list(fds))
         if sent < len(data):
             self.sock.sendall(data[sent:])
+
+    def recv_while(self, other: socket.socket, meanwhile: Callable[[], None]) -> dict[str, Any]:
+        """`recv`, calling MEANWHILE each time OTHER (a listening socket) has a connection to
+        accept before the message comes: blocking the caller's event loop, on purpose."""
+        deadline = time.monotonic() + (self.sock.gettimeout() or 0.0)
+        while not self._messages:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("timed out")
+            readable, _, _ = select.select([self.sock, other], [], [], remaining)
+            if other in readable:
+                meanwhile()
+            if self.sock in readable:
+                break
+        return self.recv()
 
     def recv(self) -> dict[str, Any]:
         """The next message; EOFError when the peer closed, TimeoutError when it is silent."""

@@ -447,6 +447,11 @@ class ServerConnection:
 
     # ---- handover (chat.handover carries these across releases) -----------------------------
 
+    @property
+    def holding(self) -> bool:
+        """Whether whole lines wait to be parsed (`held_lines`), or output to be sent."""
+        return bool(self._split.lines) or bool(self._out)
+
     def held_lines(self) -> list[bytes | None]:
         """Whole lines received and not parsed yet (the server held them: its answers to this
         client were not read yet), None for an over-long one."""

@@ -96,7 +96,7 @@ class Registry(Generic[M, B]):
     def unname(self, member: M, nick: str | None) -> None:
         """Forget MEMBER's nickname (it is leaving)."""
         self.unnamed.discard(member)
-        if nick is not None:
+        if nick is not None and self.named.get(nick.lower()) is member:
             del self.named[nick.lower()]
             self.version += 1
 

@@ -29,7 +29,7 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from chat import __version__, config, keepalive
@@ -37,13 +37,13 @@ from chat import metrics as metrics_
 from chat.config import Settings
 from chat.connection import Peer, hold_socket, unhold
 from chat.fanout import Fanout
-from chat.handover import HandoverError, Session
+from chat.handover import HandoverError, Session, SessionRefused
 from chat.history import History, HistoryError
 from chat.listener import Listener
 from chat.protocol import Bye, Error, Hello, Info, ServerConnection, State, TokenBucket
 from chat.registry import Registry, address_key
 from chat.room import Done, LocalRoom, Room
-from chat.takeover import BUSY, HandoverPoint, Inheritance, take
+from chat.takeover import BUSY, HandoverPoint, Inheritance, Taking, take
 
 log = logging.getLogger("chat.server")
 
@@ -70,13 +70,12 @@ HANDED_OVER_EXIT = 99
 class Phase(enum.Enum):
     """The release's lifecycle, as `chat.protocol.State` is a session's.
 
-    serving -> paused (a handover stopped reading) -> frozen (sessions described; nothing
-    written) -> handed over (the successor took them) or back to serving (`thaw`);
+    serving -> frozen (a handover described the sessions; nothing read or written) -> handed
+    over (the successor took them) or back to serving (`thaw`);
     serving -> stopping (a signal: BYE to everyone).
     """
 
     SERVING = "serving"
-    PAUSED = "paused"
     FROZEN = "frozen"
     HANDED_OVER = "handed over"
     STOPPING = "stopping"
@@ -265,8 +264,9 @@ class ChatServer:
         await self.listener.settled(limit)
 
     async def answers_settled(self, limit: float) -> bool:
-        """Wait (up to LIMIT seconds, after `pause`) until no client waits for an answer from
-        Redis (chat/cluster.py): such an answer changes the session (a nickname, a reply)."""
+        """Wait (up to LIMIT seconds, serving) until no client waits for an answer from Redis
+        (chat/cluster.py): such an answer changes the session (a nickname, a reply). Returns
+        without yielding once none does, so `freeze` follows before anyone asks again."""
         deadline = self._loop.time() + limit
         while self.waiting and self._loop.time() < deadline:
             await asyncio.sleep(0.001)
@@ -275,58 +275,71 @@ class ChatServer:
     def stop_accepting(self) -> socket.socket:
         return self.listener.detach()
 
-    async def pause(self) -> None:
-        """Stop reading from every connection, and let what was already read be handled.
+    def precopy(self, clients: list[Peer]) -> list[tuple[Peer, Session]]:
+        """The sessions of CLIENTS that are simple enough to copy while served (no answer, replay
+        or held line under way, not closing); reading from one marks it changed (`Peer.dirty`)."""
+        now = self._loop.time()
+        served = self.clients
+        return [
+            (client, client.snapshot(now, unsent=False))
+            for client in clients
+            if client in served and self._plain(client)
+        ]
 
-        `pause_reading` takes a socket out of the selector, but a read the loop already queued
-        in this turn still runs: one more turn lets those finish here, before the snapshot,
-        instead of consuming bytes after it (which would lose them: they would be in neither
-        process). Connections made meanwhile are paused as they arrive (`connected`).
+    def _plain(self, client: Peer) -> bool:
+        return not (
+            client.close_after_flush
+            or client.replay is not None
+            or client.throttled
+            or client.conn.holding
+            or client in self.waiting
+            or client.conn.state is State.CLOSING
+        )
+
+    def freeze(self, precopied: Collection[Peer]) -> tuple[list[tuple[Peer, Session]], list[Peer]]:
+        """Stop reading Redis, write what is queued, and describe every connection that is new
+        or changed since PRECOPIED (the rest stand as copied).
+
+        Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`:
+        the caller does not yield to the loop in between, so no client is read meanwhile.
         """
-        self.phase = Phase.PAUSED
+        self.phase = Phase.FROZEN
         if self._housekeeping is not None:
             self._housekeeping.cancel()
-        self.room.pause()  # nor from Redis: the successor reads on from here
-        for client in self.clients:
-            client.transport.pause_reading()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
-
-    def freeze(self) -> list[tuple[Peer, Session]]:
-        """Write what is queued and describe every connection as it stands (after `pause`).
-
-        Nothing may change a session after this (no timeouts either) until `let_go` or `thaw`.
-        """
-        assert self.phase is Phase.PAUSED, "pause() first"
+        self.room.pause()  # the successor reads on from here
         self.fanout.flush_all()  # commits the history, then hands every queued line out
         self.fanout.hold()
-        self.phase = Phase.FROZEN
         now = self._loop.time()
-        items = []
+        changed: list[tuple[Peer, Session]] = []
+        same: list[Peer] = []
         for client in self.clients:
+            if (
+                not client.dirty
+                and client in precopied
+                and not client.transport.get_write_buffer_size()
+                and self._plain(client)
+            ):
+                same.append(client)
+                continue
             session = client.snapshot(now, self.fanout.held_back(client))
             self._taken[client] = session.unsent
-            items.append((client, session))
-        return items
+            changed.append((client, session))
+        return changed, same
 
     def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
         last_id, position = self.room.handover_state()
         return last_id, self.history.since(0), position
 
     async def thaw(self, listener: socket.socket) -> None:
-        """The successor failed: accept and read again as if nothing happened."""
+        """The successor failed: accept and read again as if nothing happened (nothing was
+        paused but the listener, Redis and the fan-out: the freeze never yielded)."""
         await self.start(listener)  # restarts the housekeeping too
         self.phase = Phase.SERVING
         self.room.resume()
         taken, self._taken = self._taken, {}
-        for client in self.clients:
-            data = taken.get(client)
-            if data:
+        for client, data in taken.items():
+            if data and client in self.clients:
                 client.transport.write(data)  # ours to send again
-            if client.replay is not None or client.throttled:
-                self._pace(client)
-            elif not client.transport.is_closing() and client not in self.waiting:
-                client.transport.resume_reading()
         departed, self._departed = self._departed, []
         for client, exc in departed:
             self.lost(client, exc)
@@ -349,21 +362,41 @@ class ChatServer:
     # ---- taking over from a predecessor (chat.takeover.take) -------------------------------
 
     def hold(self, sock: socket.socket) -> Peer:
-        """A socket the predecessor sends while it still serves it (`chat.takeover.take`)."""
+        """A socket the predecessor sends while it still serves it (`chat.takeover.Holder`)."""
         return hold_socket(self._loop, self, sock)
 
+    def prepare(self, client: Peer, session: Session) -> None:
+        """Give the held CLIENT its SESSION and register it (named, receiving), all before the
+        pause where the session was pre-copied: what remains for the pause is to read it."""
+        client.restore(session, self._loop.time())
+        key = address_key(client.peername())
+        self.registry.add(client, key)
+        conn = client.conn
+        conn.shared = self.registry.shared_of(key)
+        if conn.state is State.NAMED and not session.closing:
+            assert conn.nick is not None
+            if conn.nick.lower() in self.registry.named:
+                self.registry.remove(client)
+                raise SessionRefused(f"the nickname {conn.nick!r} is handed over twice")
+            self.registry.name(client, conn.nick, None)
+            self.receives(client)
+            if client.replay is not None:  # what waited behind it still does
+                self.fanout.hold_back(client, Peer.held_out(session))
+        elif conn.state is State.CONNECTED and not session.closing:
+            self.registry.unnamed.add(client)
+
+    def unprepare(self, client: Peer) -> None:
+        if client in self.clients:
+            self.registry.unname(client, client.conn.nick if client.receiving else None)
+            client.receiving = False
+            self.registry.remove(client)
+
     def unhold(self, client: Peer) -> None:
+        self.unprepare(client)
         unhold(client)
 
-    def restore(self, inheritance: Inheritance[Peer]) -> None:
-        """Give each held connection its session's protocol state, before saying `ready`: a
-        state this release cannot take (a longer line than its `max_line`, a nickname its
-        rules refuse) must fail the handover while the predecessor can still serve on."""
-        for session, client in inheritance.sessions:
-            client.restore_state(session)
-
     async def adopt(self, inheritance: Inheritance[Peer]) -> None:
-        """Serve what a predecessor handed over (`restore`d): every session first, then the
+        """Serve what a predecessor handed over (`prepare`d): every session first, then the
         listener."""
         pending = []
         for session, client in inheritance.sessions:
@@ -376,7 +409,8 @@ class ChatServer:
                 client.held_socket = None
         # Together: each waits a loop turn or two for its transport (`connected` then calls
         # `_adopted`), and one at a time a thousand of them would add a thousand turns.
-        await asyncio.gather(*pending)
+        if pending:
+            await asyncio.gather(*pending)
         for client in self.clients:
             if client.replay is not None or client.throttled:
                 self._pace(client)  # served as it reads, as before the handover
@@ -385,28 +419,16 @@ class ChatServer:
         await self.start(inheritance.listener)
 
     def _adopted(self, client: Peer, session: Session) -> None:
-        """Register a handed-over connection: unsent output first, then whatever comes next."""
+        """Serve a handed-over (and `prepare`d) connection: unsent output first, then whatever
+        comes next."""
         client.adopted = None
         transport = client.transport
         transport.pause_reading()  # until every session is back: no broadcast may miss one
-        client.restore_times(session, self._loop.time())
-        key = address_key(transport.get_extra_info("peername"))
-        self.registry.add(client, key)
-        client.conn.shared = self.registry.shared_of(key)
         if session.unsent:
             transport.write(session.unsent)
-        conn = client.conn
-        if session.closing or conn.state is State.CLOSING:
+        if session.closing or client.conn.state is State.CLOSING:
             client.close_after_flush = True
             transport.close()
-        elif conn.state is State.NAMED:
-            assert conn.nick is not None
-            self.registry.name(client, conn.nick, None)
-            self.receives(client)
-            if client.replay is not None:  # what waited behind it still does
-                self.fanout.hold_back(client, Peer.held_out(session))
-        else:
-            self.registry.unnamed.add(client)
 
     # ---- connections (chat.connection.Owner) -----------------------------------------------
 
@@ -755,6 +777,7 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
     """Take over or start; (how, from which release, why a fallback), or None after an error
     (logged; a predecessor, if any, serves on)."""
     inheritance: Inheritance[Peer] | None = None
+    taking: Taking[Peer] | None = None
     how, why = "fresh", ""
 
     def give_up(exc: Exception) -> None:
@@ -762,16 +785,19 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
         log.error("error starting: %s", exc)
         if inheritance is not None:
             inheritance.refuse(f"successor failed: {exc}")
+        elif taking is not None:
+            taking.refuse(f"successor failed: {exc}")
 
     if settings.handover_socket:
         try:
-            inheritance = take(
-                settings.handover_socket,
-                settings.release,
-                settings.handover_timeout,
-                server.hold,
-                server.unhold,
+            taking = take(
+                settings.handover_socket, settings.release, settings.handover_timeout, server
             )
+            if taking is not None:
+                inheritance, taking = taking.finish(), None
+        except SessionRefused as exc:  # the predecessor was told, and serves on
+            log.error("error starting: %s", exc)
+            return None
         except (HandoverError, OSError, EOFError) as exc:
             how, why = "fallback", str(exc) or type(exc).__name__
             if BUSY in why:
@@ -797,22 +823,27 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
         except BackplaneError as exc:
             give_up(exc)
             return None
-    if inheritance is not None:
-        try:
-            server.restore(inheritance)
-        except HandoverError as exc:
-            give_up(exc)
-            return None
     try:
         if inheritance is not None:
             if not inheritance.confirm():
                 return None
+            laps = inheritance.laps
+            laps.lap("confirm")
             server.history.adopt(inheritance.begin.last_id, inheritance.begin.history)
+            laps.lap("history")
             await server.adopt(inheritance)
             server.room.adopted()
+            laps.lap("adopt")
             how = "handover"
             # From the freeze (the begin frame follows it at once) to reading again.
-            server.metrics.handover(time.perf_counter() - inheritance.frozen_at)
+            paused = time.perf_counter() - inheritance.frozen_at
+            server.metrics.handover(paused)
+            log.info(
+                "handover took sessions=%d paused_ms=%.1f %s",
+                len(inheritance.sessions),
+                paused * 1000,
+                laps,
+            )
         else:
             await server.start()
         if settings.handover_socket:

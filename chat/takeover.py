@@ -1,13 +1,18 @@
 """Taking over from the release that serves now, and giving the service to the next one.
 
 `take` is the successor's side (blocking, before its event loop serves anything); `HandoverPoint`
-is the predecessor's: a unix socket it listens on, and `give`, which pauses every connection,
-sends them with their state (`chat.handover`, over `chat.fdpass`) and lets go only once the
-successor has everything. The races this avoids, in order: connections accepted but whose
-transport asyncio has not built yet (tracked, and waited for, once accepting pauses),
-output queued but not written (flushed, and the transport's unsent bytes carried), input read
-but not parsed (the partial line carried), and a FIN sent by accident (sockets are never shut
-down, only closed, and the successor holds its own descriptor by then).
+is the predecessor's: a unix socket it listens on, and `give`, which sends every connection
+and its state while still serving (`chat.handover`, over `chat.fdpass`), then freezes them, sends
+what changed, and lets go only once the successor has everything. The races this avoids, in
+order: connections accepted but whose transport asyncio has not built yet (tracked, and waited
+for, once accepting pauses), a session that changes after it was pre-copied (marked, and sent
+again), output queued but not written (flushed, and the transport's unsent bytes carried),
+input read but not parsed (the partial line carried), and a FIN sent by accident (sockets are
+never shut down, only closed, and the successor holds its own descriptor by then).
+
+From the freeze to `commit` the predecessor never yields to its event loop: nothing is read,
+so nothing changes, without pausing ten thousand transports one by one (and resuming them all
+if the handover fails).
 """
 
 from __future__ import annotations
@@ -18,8 +23,8 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Collection, Hashable, Iterator
-from dataclasses import dataclass
+from collections.abc import Collection, Hashable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 from chat import fdpass, handover
@@ -63,6 +68,10 @@ class Giver(Protocol[K]):
     def socket_of(self, client: K) -> socket.socket | None:
         """CLIENT's socket, or None once it is gone."""
 
+    def precopy(self, clients: list[K]) -> list[tuple[K, Session]]:
+        """The sessions of those CLIENTS that can be copied while they are served, as they
+        stand; from now on it notes which of them change (`freeze` sends those again)."""
+
     def pause_accepting(self) -> None: ...
 
     async def accepted_all(self, limit: float) -> None:
@@ -71,14 +80,14 @@ class Giver(Protocol[K]):
     def stop_accepting(self) -> socket.socket:
         """The listening socket, no longer served here."""
 
-    async def pause(self) -> None:
-        """Read nothing more from any client (nor from a cluster)."""
-
     async def answers_settled(self, limit: float) -> bool:
-        """Whether no client waits for an answer that would change its session."""
+        """Whether no client waits for an answer that would change its session (it returns
+        without yielding once none does: `freeze` follows at once)."""
 
-    def freeze(self) -> list[tuple[K, Session]]:
-        """Every session as it stands; nothing changes them until `let_go` or `thaw`."""
+    def freeze(self, precopied: Collection[K]) -> tuple[list[tuple[K, Session]], list[K]]:
+        """Write what is queued and stop every session where it stands (nothing changes them
+        until `let_go` or `thaw`): (the session of each client that is new or changed since
+        `precopy`, the PRECOPIED clients whose copy stands)."""
 
     def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
         """The last id its clients saw, the retained history, a cluster's reading position."""
@@ -88,6 +97,41 @@ class Giver(Protocol[K]):
 
     def let_go(self) -> None:
         """The successor owns every connection: close ours without a word and stop."""
+
+
+class Holder(Protocol[P]):
+    """What `take` asks of the successor for each socket and session. P is its connection."""
+
+    def hold(self, sock: socket.socket) -> P:
+        """A socket the predecessor still serves: made ready to serve, without reading or
+        writing it."""
+
+    def prepare(self, held: P, session: Session) -> None:
+        """Give HELD the state of SESSION, and count it as served from the moment this release
+        reads (HandoverError: this release refuses that state; the predecessor serves on)."""
+
+    def unprepare(self, held: P) -> None:
+        """Undo `prepare` (the session changed since, and comes again)."""
+
+    def unhold(self, held: P) -> None:
+        """Let go of HELD (its client left, or the handover failed); `unprepare` first if
+        prepared. Only our copy of the socket closes: the client sees nothing."""
+
+
+class Laps:
+    """Where a handover's time goes, in named laps for its log line (milliseconds)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = self.laps.get(name, 0.0) + (now - self._last) * 1000
+        self._last = now
+
+    def __str__(self) -> str:
+        return " ".join(f"{name}={ms:.1f}" for name, ms in self.laps.items())
 
 
 def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
@@ -102,17 +146,20 @@ def _chunks(items: list[T], size: int) -> Iterator[list[T]]:
 class Inheritance(Generic[P]):
     """Everything a predecessor handed over; the successor owns none of it until `confirm`.
 
-    P is what the successor made of each socket as it arrived (`take`'s `hold`).
+    P is what the successor made of each socket as it arrived (`Holder.hold`), prepared with
+    its session.
     """
 
     begin: Begin
     listener: socket.socket
     sessions: list[tuple[Session, P]]
     channel: fdpass.Channel
-    drop: Callable[[P], None]
+    holder: Holder[P]
     frozen_at: float = 0.0
     """`time.perf_counter()` when the begin frame came: about when the predecessor froze its
     clients, so the pause they see ends when this release reads them again."""
+    laps: Laps = field(default_factory=Laps)
+    """Where the takeover's time went so far (the caller adds its own laps)."""
 
     def confirm(self) -> bool:
         """Say `ready`; True once the predecessor lets go (`commit`, or it is gone)."""
@@ -138,74 +185,148 @@ class Inheritance(Generic[P]):
         # Closing our copies never reaches the clients: the predecessor holds its own.
         self.listener.close()
         for _, held in self.sessions:
-            self.drop(held)
+            self.holder.unhold(held)
         self.channel.close()
 
 
-def take(
-    path: str,
-    release: str,
-    timeout: float,
-    hold: Callable[[socket.socket], P],
-    drop: Callable[[P], None],
-) -> Inheritance[P] | None:
-    """Ask the release serving on PATH for its sockets; None when nothing serves there.
+class Taking(Generic[P]):
+    """A takeover under way: every socket the predecessor served and the state of most of its
+    sessions are here, prepared, while it still serves them. `finish` asks it to freeze."""
 
-    HOLD gets each client socket as it arrives (before the predecessor pauses, for most), so
-    the successor can prepare it without reading or writing; DROP undoes that for a socket
-    whose client left meanwhile, or for all of them if the handover fails.
+    def __init__(
+        self,
+        channel: fdpass.Channel,
+        holder: Holder[P],
+        held: dict[int, P],
+        precopied: dict[int, Session],
+        laps: Laps,
+    ) -> None:
+        self.channel = channel
+        self.holder = holder
+        self.held = held
+        self.precopied = precopied
+        self.laps = laps
 
-    Raises HandoverError (refused, another version, garbage) or OSError/TimeoutError; then the
-    predecessor, if any, still serves and the caller falls back to binding the port itself.
+    def refuse(self, reason: str) -> None:
+        """Tell the predecessor to serve on, and close every descriptor received."""
+        with contextlib.suppress(OSError):
+            self.channel.send(handover.abort(reason))
+        self.channel.close()
+        for item in self.held.values():
+            self.holder.unhold(item)
+
+    def finish(self) -> Inheritance[P]:
+        """Say `prepared`, and take what changed in the pause: the new sockets, the listener,
+        the changed sessions. Raises as `take` does (having told the predecessor, which then
+        serves on)."""
+        channel, holder, held, precopied = self.channel, self.holder, self.held, self.precopied
+        sessions: list[tuple[Session, P]] = []
+        listener: socket.socket | None = None
+        try:
+            channel.send(handover.prepared(len(precopied)))
+            while (message := channel.recv()).get("t") == "sockets":
+                _receive_sockets(channel, message, holder, held)
+            begin = Begin.parse(message)
+            frozen_at = time.perf_counter()  # sent just after the predecessor froze every client
+            self.laps.lap("prepared")
+            handover.expect(channel.recv(), "listener")
+            (listener_fd,) = channel.take_fds(1)
+            listener = socket.socket(fileno=listener_fd)
+            changed: list[tuple[int, Session]] = []
+            same: list[int] = []
+            while (message := channel.recv()).get("t") != "end":
+                if message.get("t") == "same":
+                    same += handover.parse_same(message)
+                else:
+                    changed += handover.parse_sessions(message)
+            self.laps.lap("changes")
+            for key in same:
+                session = precopied.pop(key, None)
+                if session is None:
+                    raise HandoverError(f"socket key {key} is the same as what was never sent")
+                sessions.append((session, held.pop(key)))
+            for key in precopied:  # changed since, or gone
+                holder.unprepare(held[key])
+            precopied.clear()
+            for key, session in changed:
+                item = held.pop(key, None)
+                if item is None:
+                    raise HandoverError(f"a session for socket key {key}, never sent (or twice)")
+                sessions.append((session, item))
+                holder.prepare(item, session)
+            if len(sessions) != begin.sessions:
+                raise HandoverError(f"announced {begin.sessions} sessions, sent {len(sessions)}")
+            self.laps.lap("sessions")
+        except BaseException as exc:
+            with contextlib.suppress(OSError):
+                channel.send(handover.abort(f"successor failed: {exc}"))
+            channel.close()
+            if listener is not None:
+                listener.close()
+            for _, item in sessions:
+                holder.unhold(item)
+            for item in held.values():
+                holder.unhold(item)
+            raise
+        for item in held.values():  # their clients left before the pause
+            holder.unhold(item)
+        return Inheritance(begin, listener, sessions, channel, holder, frozen_at, self.laps)
+
+
+def _receive_sockets(
+    channel: fdpass.Channel, message: dict[str, Any], holder: Holder[P], held: dict[int, P]
+) -> None:
+    keys = handover.parse_sockets(message)
+    fds = channel.take_fds(len(keys))
+    try:
+        for i, (key, fd) in enumerate(zip(keys, fds, strict=True)):
+            if key in held:
+                raise HandoverError(f"socket key {key} sent twice")
+            sock = socket.socket(fileno=fd)
+            fds[i] = -1  # the socket object owns it now
+            held[key] = holder.hold(sock)
+    finally:
+        for fd in fds:  # the rest of a batch that failed half-way
+            if fd >= 0:
+                os.close(fd)
+
+
+def take(path: str, release: str, timeout: float, holder: Holder[P]) -> Taking[P] | None:
+    """Ask the release serving on PATH for its sockets and sessions; None when nothing serves
+    there. Each socket goes to HOLDER as it arrives, and each pre-copied session with it, while
+    the predecessor still serves them; `Taking.finish` then has it freeze them.
+
+    Raises HandoverError (refused, another version, garbage, a session this release refuses)
+    or OSError/TimeoutError; then the predecessor, if any, still serves and the caller falls
+    back to binding the port itself.
     """
     channel = fdpass.connect(path, timeout)
     if channel is None:
         return None
+    laps = Laps()
     held: dict[int, P] = {}
-    sessions: list[tuple[Session, P]] = []
-    listener: socket.socket | None = None
+    precopied: dict[int, Session] = {}
     try:
         channel.send(handover.hello(release))
-        while (message := channel.recv()).get("t") == "sockets":
-            keys = handover.parse_sockets(message)
-            fds = channel.take_fds(len(keys))
-            try:
-                for i, (key, fd) in enumerate(zip(keys, fds, strict=True)):
-                    if key in held:
-                        raise HandoverError(f"socket key {key} sent twice")
-                    sock = socket.socket(fileno=fd)
-                    fds[i] = -1  # the socket object owns it now
-                    held[key] = hold(sock)
-            finally:
-                for fd in fds:  # the rest of a batch that failed half-way
-                    if fd >= 0:
-                        os.close(fd)
-        begin = Begin.parse(message)
-        frozen_at = time.perf_counter()  # sent just after the predecessor froze every client
-        handover.expect(channel.recv(), "listener")
-        (listener_fd,) = channel.take_fds(1)
-        listener = socket.socket(fileno=listener_fd)
-        while (message := channel.recv()).get("t") != "end":
-            for key, session in handover.parse_sessions(message):
-                if key not in held:
+        while (message := channel.recv()).get("t") != "precopied":
+            if message.get("t") == "sockets":
+                _receive_sockets(channel, message, holder, held)
+                continue
+            for key, session in handover.parse_sessions(message, "presessions"):
+                item = held.get(key)
+                if item is None or key in precopied:
                     raise HandoverError(f"a session for socket key {key}, never sent (or twice)")
-                sessions.append((session, held.pop(key)))
-        if len(sessions) != begin.sessions:
-            raise HandoverError(f"announced {begin.sessions} sessions, sent {len(sessions)}")
+                precopied[key] = session
+                holder.prepare(item, session)
+        laps.lap("precopy")
     except BaseException as exc:
         with contextlib.suppress(OSError):
             channel.send(handover.abort(f"successor failed: {exc}"))
         channel.close()
-        if listener is not None:
-            listener.close()
-        for _, item in sessions:
-            drop(item)
         for item in held.values():
-            drop(item)
+            holder.unhold(item)
         raise
-    for item in held.values():  # their clients left before the pause
-        drop(item)
-    return Inheritance(begin, listener, sessions, channel, drop, frozen_at)
+    return Taking(channel, holder, held, precopied, laps)
 
 
 # --- the predecessor --------------------------------------------------------------------------
@@ -265,42 +386,72 @@ class HandoverPoint:
             return
         self.busy = True
         try:
-            if await give(self.giver, channel, successor):
+            if await give(self.giver, channel, successor, self._sock):
                 self.close()
         finally:
             self.busy = False
 
 
-async def give(giver: Giver[K], channel: fdpass.Channel, successor: str) -> bool:
-    """Hand every socket and session to SUCCESSOR. True once it took them; else serve on."""
+async def give(
+    giver: Giver[K], channel: fdpass.Channel, successor: str, point: socket.socket | None = None
+) -> bool:
+    """Hand every socket and session to SUCCESSOR. True once it took them; else serve on.
+
+    POINT, the handover socket, is watched while the loop is blocked: another successor that
+    knocks meanwhile is refused at once."""
     began = time.perf_counter()
+    laps = Laps()
     keys: dict[K, int] = {}
     listener: socket.socket | None = None  # set once accepting stopped: failing means `thaw`
-    items: list[tuple[K, Session]] = []
+    changed: list[tuple[K, Session]] = []
+    same: list[K] = []
     try:
-        # The sockets first, while their clients are still served (see chat.handover).
-        for batch in _chunks(list(giver.clients), handover.FDS_PER_MESSAGE):
+        # The sockets and the sessions first, while their clients are still served.
+        clients = list(giver.clients)
+        for batch in _chunks(clients, handover.FDS_PER_MESSAGE):
             _send_sockets(giver, channel, keys, batch)
             await asyncio.sleep(0)
+        laps.lap("sockets")
+        precopied: set[K] = set()
+        for batch in _chunks([client for client in clients if client in keys], 100):
+            items = giver.precopy(batch)
+            for chunk in _frames(items):
+                channel.send(handover.sessions([(keys[c], s) for c, s in chunk], "presessions"))
+            precopied.update(client for client, _ in items)
+            await asyncio.sleep(0)  # serve between two batches
+        channel.send(handover.precopied())
+        # Serving on while the successor takes them in.
+        handover.expect(await channel.recv_later(), "prepared")
+        laps.lap("precopy")
         giver.pause_accepting()
         await giver.accepted_all(ACCEPT_LIMIT)
         listener = giver.stop_accepting()
-        await giver.pause()
         if not await giver.answers_settled(ANSWER_LIMIT):
             raise HandoverError("clients still wait for answers from Redis")
-        items = giver.freeze()
-        late = [client for client, _ in items if client not in keys]
+        laps.lap("settle")
+        # From here to `commit`, no await: the loop reads nothing and runs nothing else.
+        changed, same = giver.freeze(precopied)
+        late = [client for client, _ in changed if client not in keys]
         for batch in _chunks(late, handover.FDS_PER_MESSAGE):
             _send_sockets(giver, channel, keys, batch)
         last_id, history, position = giver.handover_state()
-        channel.send(handover.begin(giver.release, len(items), last_id, history, position))
+        total = len(changed) + len(same)
+        channel.send(handover.begin(giver.release, total, last_id, history, position))
         channel.send(handover.listener(), [listener.fileno()])
-        for chunk in _frames(items):
+        for chunk in _frames(changed):
             channel.send(handover.sessions([(keys[client], s) for client, s in chunk]))
+        same_keys = [keys[client] for client in same]
+        for keys_batch in _chunks(same_keys, handover.KEYS_PER_MESSAGE):
+            channel.send(handover.same(keys_batch))
         channel.send(handover.end())
-        # Awaited: the loop stays free to refuse a second successor meanwhile.
-        handover.expect(await channel.recv_later(), "ready")
+        laps.lap("freeze")
+        # Blocking (bounded by the channel's timeout): the loop must not read a frozen client.
+        if point is None:
+            handover.expect(channel.recv(), "ready")
+        else:
+            handover.expect(channel.recv_while(point, lambda: _refuse_busy(point)), "ready")
         channel.send(handover.commit())
+        laps.lap("ready")
     except Exception as exc:  # whatever went wrong, the clients must be served again
         reason = str(exc) or type(exc).__name__
         if not isinstance(exc, HandoverError | OSError | EOFError):
@@ -316,16 +467,31 @@ async def give(giver: Giver[K], channel: fdpass.Channel, successor: str) -> bool
     giver.let_go()
     listener.close()
     log.info(
-        "handover gave successor=%s sessions=%d unsent=%d/%dB partial=%d last_id=%d ms=%.1f",
+        "handover gave successor=%s sessions=%d changed=%d unsent=%d/%dB partial=%d "
+        "last_id=%d ms=%.1f %s",
         successor,
-        len(items),
-        sum(1 for _, s in items if s.unsent),
-        sum(len(s.unsent) for _, s in items),
-        sum(1 for _, s in items if s.partial),
+        len(changed) + len(same),
+        len(changed),
+        sum(1 for _, s in changed if s.unsent),
+        sum(len(s.unsent) for _, s in changed),
+        sum(1 for _, s in changed if s.partial),
         giver.last_id,
         (time.perf_counter() - began) * 1000,
+        laps,
     )
     return True
+
+
+def _refuse_busy(point: socket.socket) -> None:
+    """Another successor knocked while the loop is blocked for the first one's `ready`."""
+    try:
+        conn, _ = point.accept()
+    except OSError:
+        return
+    log.warning("handover refused reason=%s", BUSY)
+    with contextlib.suppress(OSError):
+        fdpass.Channel(conn, 1.0).send(handover.refuse(BUSY))
+    conn.close()
 
 
 def _frames(items: list[tuple[K, Session]]) -> Iterator[list[tuple[K, Session]]]:
@@ -336,13 +502,15 @@ def _frames(items: list[tuple[K, Session]]) -> Iterator[list[tuple[K, Session]]]
     chunk: list[tuple[K, Session]] = []
     size = 0
     for item in items:
-        weight = 4 * (len(item[1].unsent) + len(item[1].partial)) // 3 + 512
-        held = item[1].extra.get("held")
-        if isinstance(held, list):
-            weight += 6 * sum(len(line) for line in held if isinstance(line, str))
-        held_out = item[1].extra.get("held_out")
-        if isinstance(held_out, str):
-            weight += 6 * len(held_out)
+        session = item[1]
+        weight = 4 * (len(session.unsent) + len(session.partial)) // 3 + 512
+        if session.extra:
+            held = session.extra.get("held")
+            if isinstance(held, list):
+                weight += 6 * sum(len(line) for line in held if isinstance(line, str))
+            held_out = session.extra.get("held_out")
+            if isinstance(held_out, str):
+                weight += 6 * len(held_out)
         if chunk and (len(chunk) >= handover.SESSIONS_PER_MESSAGE or size + weight > budget):
             yield chunk
             chunk, size = [], 0

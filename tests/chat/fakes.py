@@ -426,6 +426,8 @@ def named_session(nick: str) -> Session:
         nick=nick,
         peer="127.0.0.1:1",
         connected_age=1.0,
+        last_seen_age=1.0,
+        partial_age=None,
         tokens=1.0,
         stamp_age=0.0,
         partial=b"",

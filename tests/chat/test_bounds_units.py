@@ -4,6 +4,7 @@ open-file limit."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
@@ -110,10 +111,9 @@ def test_a_handover_carries_the_rest_of_a_replay_and_the_lines_held_meanwhile() 
     old.transport = RecordingTransport(1)
     old.replay = [120, 900]
     old.conn.receive_data(b"/ping\n" + b"x" * 5000 + b"\nhalf")  # two whole lines, held
-    session = Session.from_json(old.snapshot(now=10.0).to_json())
+    _, session = Session.from_row(json.loads(json.dumps(old.snapshot(now=10.0).row(0))))
     new = Peer(owner)
-    new.restore_state(session)
-    new.restore_times(session, now=20.0)
+    new.restore(session, now=20.0)
     assert new.replay == [120, 900]
     assert new.throttled, "its held lines are served once its output drains"
     assert new.conn.held_lines() == [b"/ping", None]  # the over-long one stays refused

@@ -17,7 +17,7 @@ from chat import fanout as fanout_module
 from chat.config import Settings
 from chat.connection import Peer
 from chat.history import History
-from chat.server import ChatServer, Phase
+from chat.server import ChatServer
 from tests.chat.fakes import RecordingTransport, run
 
 MSG = re.compile(rb"^MSG (\d+) (\S+) (.*)$")
@@ -194,8 +194,7 @@ def test_a_thaw_keeps_one_step_per_turn() -> None:
         server = new_server()
         peers = [connect(server, f"u{i}", 1000 + i) for i in range(12)]
         await turn(20)
-        server.phase = Phase.PAUSED
-        server.freeze()
+        server.freeze(set())
         server._departed.append((peers[0][0], None))
         without_listener(server)
         steps = count_steps(server)
@@ -263,8 +262,7 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
             elif action < 0.70 and not server.fanout.sweeping:
                 for _, t in peers:
                     t.size = 0
-                server.phase = Phase.PAUSED
-                server.freeze()
+                server.freeze(set())
                 if live and rng.random() < 0.5:
                     c, t = rng.choice(live)
                     lost.add(c)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import struct
 
@@ -22,6 +23,8 @@ def session(**changes: object) -> Session:
         "nick": "ann",
         "peer": "127.0.0.1:4000",
         "connected_age": 12.5,
+        "last_seen_age": 1.0,
+        "partial_age": 0.5,
         "tokens": 3.0,
         "stamp_age": 0.25,
         "partial": b"half a li",
@@ -29,7 +32,7 @@ def session(**changes: object) -> Session:
         "unsent": b"MSG 1 bob hi\n",
         "allowance": 0,
         "closing": False,
-        "extra": {"last_seen_age": 1.0},
+        "extra": {},
     }
     fields.update(changes)
     return Session(**fields)  # type: ignore[arg-type]
@@ -168,19 +171,60 @@ def test_garbage_frames_are_errors_not_crashes(data: bytes, reason: str) -> None
     ("change", "reason"),
     [
         ({"state": "flying"}, "unknown state"),
-        ({"state": "named", "nick": None}, "without a nickname"),
+        ({"state": ["named"]}, "unknown state"),
+        ({"state": "named", "nick": None}, "nickname is None"),
+        ({"nick": 7}, "nickname is 7"),
+        ({"peer": None}, "peer"),
         ({"tokens": "many"}, "'tokens'"),
+        ({"last_seen_age": True}, "'last_seen_age'"),
+        ({"partial_age": "1"}, "'partial_age'"),
         ({"allowance": True}, "'allowance'"),
+        ({"closing": 0}, "flags"),
         ({"partial": "not base64!"}, "bad field"),
+        ({"unsent": None}, "'unsent'"),
         ({"extra": []}, "'extra'"),
-        ({"key": "0"}, "'key'"),
-        ({"key": True}, "'key'"),
+        ({"key": "0"}, "key"),
+        ({"key": True}, "key"),
+        ({"key": -1}, "key"),
     ],
 )
 def test_a_malformed_session_is_refused(change: dict[str, object], reason: str) -> None:
-    item = {"key": 0, **session().to_json(), **change}
+    fields = list(inspect.signature(Session).parameters)
+    row = session().row(0)
+    for name, value in change.items():
+        row[0 if name == "key" else 1 + fields.index(name)] = value
     with pytest.raises(HandoverError, match=reason):
-        handover.parse_sessions({"t": "sessions", "items": [item]})
+        handover.parse_sessions({"t": "sessions", "items": [row]})
+
+
+@pytest.mark.parametrize("row", [{"key": 0}, [0, "named"], "0", None])
+def test_a_session_that_is_not_a_row_is_refused(row: object) -> None:
+    with pytest.raises(HandoverError, match="not an array"):
+        handover.parse_sessions({"t": "sessions", "items": [row]})
+
+
+def test_presessions_and_same_keys_survive_the_wire() -> None:
+    original = [(3, session(unsent=b"")), (9, session(nick="bob", partial=b""))]
+    (pre,) = read_all(handover.frame(handover.sessions(original, "presessions")), 11)
+    assert handover.parse_sessions(pre, "presessions") == original
+    with pytest.raises(HandoverError, match="expected 'sessions'"):
+        handover.parse_sessions(pre)
+    (same,) = read_all(handover.frame(handover.same([3, 9])), 4)
+    assert handover.parse_same(same) == [3, 9]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        {"t": "same"},
+        {"t": "same", "keys": [0, "1"]},
+        {"t": "same", "keys": [False]},
+        {"t": "same", "keys": list(range(handover.KEYS_PER_MESSAGE + 1))},
+    ],
+)
+def test_a_malformed_same_frame_is_refused(message: dict[str, object]) -> None:
+    with pytest.raises(HandoverError, match="same frame"):
+        handover.parse_same(message)
 
 
 @pytest.mark.parametrize(

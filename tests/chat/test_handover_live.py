@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from chat import fdpass, handover
-from chat.takeover import BUSY, take
+from chat.takeover import BUSY, Taking, take
 from pynet.local.load import LiveLoad
 from tests.chat.fakes import LineClient, ServerProcess, Start, named_session, start_release
 from tests.kit import wait_until
@@ -122,8 +122,11 @@ class FakeSuccessor:
             channel.send(hello or handover.hello("fake"))
 
     def receive_all(self) -> list[dict[str, object]]:
+        """Everything up to `end` (saying `prepared` after the pre-copy), or a refusal."""
         messages = [self.channel.recv()]
         while messages[-1]["t"] not in ("end", "refuse"):
+            if messages[-1]["t"] == "precopied":
+                self.channel.send(handover.prepared(0))
             messages.append(self.channel.recv())
         return messages
 
@@ -196,58 +199,94 @@ class FakePredecessor:
         channel.close()
 
 
-def keeping(held: list[socket.socket]) -> Callable[[socket.socket], socket.socket]:
-    """A `hold` for `take` that notes each socket it is given."""
+def finish(taking: Taking[socket.socket] | None) -> None:
+    assert taking is not None
+    taking.finish()
 
-    def hold(sock: socket.socket) -> socket.socket:
-        held.append(sock)
+
+class Keeping:
+    """A `chat.takeover.Holder` that notes what it is given and asked."""
+
+    def __init__(self) -> None:
+        self.held: list[socket.socket] = []
+        self.prepared: list[tuple[socket.socket, str | None]] = []
+        self.unprepared: list[socket.socket] = []
+        self.dropped: list[socket.socket] = []
+
+    def hold(self, sock: socket.socket) -> socket.socket:
+        self.held.append(sock)
         return sock
 
-    return hold
+    def prepare(self, held: socket.socket, session: handover.Session) -> None:
+        self.prepared.append((held, session.nick))
+
+    def unprepare(self, held: socket.socket) -> None:
+        self.unprepared.append(held)
+
+    def unhold(self, held: socket.socket) -> None:
+        self.dropped.append(held)
 
 
 def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock: str) -> None:
-    """Sockets cross before the sessions (two batches: before and during the pause); a socket
+    """Sockets and most sessions cross before the pause; in it, the sockets of clients that
+    connected meanwhile, the sessions that changed, and the keys of those that did not. A socket
     no session names belongs to a client that left meanwhile and is dropped, never adopted."""
     pairs = [socket.socketpair() for _ in range(4)]
     listener = socket.socket()
+    prepared: list[dict[str, object]] = []
 
     def script(channel: fdpass.Channel) -> None:
         channel.send(handover.sockets([10, 11, 12]), [p[0].fileno() for p in pairs[:3]])
+        channel.send(
+            handover.sessions(
+                [(10, named_session("ann")), (11, named_session("bob")), (12, named_session("c"))],
+                "presessions",
+            )
+        )
+        channel.send(handover.precopied())
+        prepared.append(channel.recv())
         channel.send(handover.sockets([13]), [pairs[3][0].fileno()])  # connected meanwhile
         channel.send(handover.begin("old", 3, 0, []))
         channel.send(handover.listener(), [listener.fileno()])
-        channel.send(handover.sessions([(13, named_session("dee")), (10, named_session("ann"))]))
-        channel.send(handover.sessions([(12, named_session("cal"))]))
+        channel.send(handover.sessions([(13, named_session("dee")), (12, named_session("cal"))]))
+        channel.send(handover.same([10]))  # bob (11) left since; c (12) is cal now
         channel.send(handover.end())
 
     FakePredecessor(sock, script)
-    held: list[socket.socket] = []
-    dropped: list[socket.socket] = []
-    inheritance = take(sock, "new", 5, keeping(held), dropped.append)
-    assert inheritance is not None
-    assert len(held) == 4
+    holder = Keeping()
+    taking = take(sock, "new", 5, holder)
+    assert taking is not None
+    assert [nick for _, nick in holder.prepared] == ["ann", "bob", "c"]
+    inheritance = taking.finish()
+    assert prepared == [handover.prepared(3)]
+    assert len(holder.held) == 4
     by_nick = {str(session.nick): sock for session, sock in inheritance.sessions}
     assert sorted(by_nick) == ["ann", "cal", "dee"]
     for nick, index in (("ann", 0), ("cal", 2), ("dee", 3)):
         by_nick[nick].sendall(nick.encode())  # the very socket the predecessor sent for it
         assert pairs[index][1].recv(16) == nick.encode()
-    assert len(dropped) == 1
-    dropped[0].sendall(b"bob")
+    assert sorted(map(id, holder.unprepared)) == sorted(map(id, holder.held[1:3]))  # bob, c
+    assert [nick for _, nick in holder.prepared[3:]] == ["dee", "cal"]
+    assert len(holder.dropped) == 1
+    holder.dropped[0].sendall(b"bob")
     assert pairs[1][1].recv(16) == b"bob"
     assert inheritance.confirm()
 
 
 @pytest.mark.parametrize(
-    ("keys", "named", "reason"),
+    ("keys", "pre", "named", "same", "reason"),
     [
-        ([1, 2], [3], "socket key 3, never sent"),
-        ([1, 1], [1], "socket key 1 sent twice"),
-        ([1], [1, 1], r"socket key 1, never sent \(or twice\)"),
+        ([1, 2], [], [3], [], "socket key 3, never sent"),
+        ([1, 1], [], [1], [], "socket key 1 sent twice"),
+        ([1], [], [1, 1], [], r"socket key 1, never sent \(or twice\)"),
+        ([1], [2], [], [], r"socket key 2, never sent"),
+        ([1, 2], [1], [], [2], "socket key 2 is the same as what was never sent"),
+        ([1, 2], [1, 2], [2], [1, 2], r"socket key 2, never sent \(or twice\)"),
+        ([1, 2], [1, 2], [], [1], "announced 2 sessions, sent 1"),
     ],
 )
 def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
-    sock: str, keys: list[int], named: list[int], reason: str
+    sock: str, keys: list[int], pre: list[int], named: list[int], same: list[int], reason: str
 ) -> None:
     pairs = [socket.socketpair() for _ in keys]
     listener = socket.socket()
@@ -258,20 +297,26 @@ def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
         # there to read.
         with contextlib.suppress(OSError):
             channel.send(handover.sockets(keys), [p[0].fileno() for p in pairs])
-            channel.send(handover.begin("old", len(named), 0, []))
+            presessions = [(k, named_session(f"p{i}")) for i, k in enumerate(pre)]
+            channel.send(handover.sessions(presessions, "presessions"))
+            channel.send(handover.precopied())
+            if channel.recv()["t"] != "prepared":
+                aborted.append({"t": "abort"})
+                return
+            channel.send(handover.begin("old", len(named) + len(same) + 1, 0, []))
             channel.send(handover.listener(), [listener.fileno()])
             channel.send(
                 handover.sessions([(k, named_session(f"u{i}")) for i, k in enumerate(named)])
             )
+            channel.send(handover.same(same))
             channel.send(handover.end())
         aborted.append(channel.recv())
 
     FakePredecessor(sock, script)
-    held: list[socket.socket] = []
-    dropped: list[socket.socket] = []
+    holder = Keeping()
     with pytest.raises(handover.HandoverError, match=reason):
-        take(sock, "new", 5, keeping(held), dropped.append)
-    assert sorted(map(id, dropped)) == sorted(map(id, held))  # every socket held is let go
+        finish(take(sock, "new", 5, holder))
+    assert sorted(map(id, holder.dropped)) == sorted(map(id, holder.held))  # all let go
     wait_until(lambda: aborted, 5, "the predecessor's abort")
     assert aborted[0]["t"] == "abort"
 
@@ -294,7 +339,9 @@ def test_successor_dying_mid_handover_leaves_the_old_one_serving(
     messages = fake.receive_all()  # everything arrived, fds included ...
     kinds = [m["t"] for m in messages]
     assert kinds[0] == "sockets"  # sent while the clients were still served
-    assert [k for k in kinds if k != "sockets"][:2] == ["begin", "listener"]
+    before = kinds[: kinds.index("precopied")]
+    assert set(before) == {"sockets", "presessions"}  # sent while the clients were served
+    assert [k for k in kinds[len(before) + 1 :] if k != "sockets"][:2] == ["begin", "listener"]
     fake.close()  # ... and it died before `ready`
     old.wait_for_log("handover aborted")
     ann.sock.sendall(b" done\n")
