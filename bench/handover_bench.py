@@ -24,6 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from pynet.local import chat_server
 from pynet.local.load import LiveLoad, Report
@@ -80,9 +81,20 @@ def raise_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def switch_record(work: Path, release: str, timeout: float = 10) -> dict[str, Any]:
+    """RELEASE's switch record (it logs the switch a moment before it writes the file)."""
+    path = work / "run" / "last-switch.json"
+    deadline = time.monotonic() + timeout
+    while True:
+        record = json.loads(path.read_text())
+        if record.get("release") == release or time.monotonic() > deadline:
+            return dict(record)
+        time.sleep(0.01)
+
+
 def handovers(
     work: Path, clients: int, rate: float, switches: int
-) -> tuple[Report, list[float], float, list[tuple[str, str]]]:
+) -> tuple[Report, list[float], dict[str, object], list[tuple[str, str, float]]]:
     first = Release(work, "r0", 0)
     port = first.port
     load = LiveLoad("127.0.0.1", port, clients=clients, sampled=20, rate=rate, prefix="h").start()
@@ -92,22 +104,21 @@ def handovers(
     for n in range(1, switches + 1):
         new = Release(work, f"r{n}", port)
         new.wait_for("switch ")
-        record = json.loads((work / "run" / "last-switch.json").read_text())
+        record = switch_record(work, f"r{n}")
         if record.get("how") != "handover":
             sys.exit(f"release r{n} did not take over: {record}")
         took.append(float(record["ms"]))
         if serving.proc.wait(15) != 99:
             sys.exit(f"r{n - 1} did not exit as handed over")
         gave = serving.wait_for("handover gave ").split(" ms=", 1)[1]
-        laps.append((gave, new.wait_for("handover took ").split("handover took ", 1)[1]))
+        took_ = new.wait_for("handover took ").split("handover took ", 1)[1]
+        laps.append((gave, took_, float(record["time"])))
         serving = new
         time.sleep(1.0)
     verdict = watch.stop()
     report = load.stop()
     serving.stop()
-    pause = verdict["longest_pause"]
-    assert isinstance(pause, float)
-    return report, took, pause, laps
+    return report, took, verdict, laps
 
 
 def restart(work: Path, clients: int, rate: float) -> Report:
@@ -166,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
         work = Path(tmp)
         (work / "run").mkdir(mode=0o700)
-        report, took, pause, laps = handovers(work, args.clients, args.rate, args.switches)
+        report, took, verdict, laps = handovers(work, args.clients, args.rate, args.switches)
+        pause = float(str(verdict["longest_pause"]))
         print(f"handover x{args.switches}: {report.summary()}")
         print(
             f"  longest pause seen by 5 watching clients in a process of their own: "
@@ -183,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             "  where each handover's time went (ms; the predecessor's laps, then the successor's):"
         )
-        for gave, took_ in laps:
+        for gave, took_, _ in laps:
             print(f"    gave {gave}")
             print(f"    took {took_}")
+        print("  the longest silences, and when they ended (ms after the nearest switch):")
+        for ended, gap in verdict["gaps"]:  # type: ignore[attr-defined]
+            nearest = min((ended - at for _, _, at in laps), key=abs)
+            print(f"    {gap * 1000:.0f} ms, ended {nearest * 1000:+.0f} ms")
         os.unlink(work / "history.sqlite3")
         base = restart(work, args.clients, args.rate)
         print(f"restart baseline: {base.summary()}")

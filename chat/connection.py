@@ -87,8 +87,8 @@ class Peer(asyncio.Protocol):
         self.replay: list[int] | None = None
         self.throttled = False
         self.blocked = False
-        # Changed since a handover pre-copied its session (`snapshot` clears it): anything it
-        # sends may change its session, so reading sets it.
+        # Changed since a handover pre-copied its session (`snapshot` clears it; the owner
+        # sets it whenever the session may have changed: input, an answer, a drop).
         self.dirty = True
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -98,7 +98,6 @@ class Peer(asyncio.Protocol):
             self.owner.connected(self)
 
     def data_received(self, data: bytes) -> None:
-        self.dirty = True
         self.owner.received(self, data)
 
     def eof_received(self) -> bool:

@@ -207,6 +207,10 @@ class Taking(Generic[P]):
         self.precopied = precopied
         self.laps = laps
 
+    def precopied_held(self) -> list[P]:
+        """What the holder made of each socket whose session was pre-copied."""
+        return [self.held[key] for key in self.precopied]
+
     def refuse(self, reason: str) -> None:
         """Tell the predecessor to serve on, and close every descriptor received."""
         with contextlib.suppress(OSError):

@@ -7,8 +7,10 @@ well as the server's: after a pause it is still sweeping the others when a sampl
 lines arrive, so the silence it records is too long. These few clients, alone in their process,
 note when each line arrives and nothing else. They join as `watchN`, print `ready`, and when
 their standard input closes print one JSON object: the longest silence any of them saw between
-two `MSG` lines (seconds) and how many lines each got. Used by `bench/handover_bench.py` next
-to `pynet.local.load.LiveLoad`. Traffic goes only to the address given.
+two `MSG` lines (seconds), how many lines each got, and the GAPS longest silences with the
+wall-clock time each ended (so a bench can say what happened then). Used by
+`bench/handover_bench.py` next to `pynet.local.load.LiveLoad`. Traffic goes only to the
+address given.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from typing import IO
 from pynet.local.load import join
 
 MSG = b"MSG "
+GAPS = 5
+"""How many of the longest silences are reported, with the wall-clock time each ended."""
 
 
 class Watch:
@@ -53,6 +57,7 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
     last: dict[int, float] = {}
     lines = {sock.fileno(): 0 for sock in socks}
     longest = 0.0
+    gaps: list[tuple[float, float]] = []  # the longest silences: (when it ended, seconds)
     by_fd = {sock.fileno(): sock for sock in socks}
     poller = select.epoll()
     for fd in by_fd:
@@ -61,7 +66,11 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
     while True:
         for fd, _ in poller.poll():
             if fd == stdin.fileno():
-                return {"longest_pause": longest, "lines": sorted(lines.values())}
+                return {
+                    "longest_pause": longest,
+                    "lines": sorted(lines.values()),
+                    "gaps": sorted(gaps, key=lambda g: -g[1]),
+                }
             try:
                 data = by_fd[fd].recv(1 << 20)
             except BlockingIOError:
@@ -73,7 +82,12 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
             count = data.count(MSG)
             if count:
                 if fd in last:
-                    longest = max(longest, now - last[fd])
+                    gap = now - last[fd]
+                    longest = max(longest, gap)
+                    if len(gaps) < GAPS or gap > min(g[1] for g in gaps):
+                        gaps.append((time.time(), gap))
+                        if len(gaps) > GAPS:
+                            gaps.remove(min(gaps, key=lambda g: g[1]))
                 last[fd] = now
                 lines[fd] += count
 

@@ -22,7 +22,11 @@ from typing import Any
 import fakeredis
 
 from chat.backplane import RedisBackplane
+from chat.config import Settings
+from chat.connection import Peer
 from chat.handover import Session
+from chat.history import History
+from chat.server import ChatServer
 from pynet.local import chat_server
 from tests.kit import WaitTimeout, free_port, wait_until
 
@@ -417,6 +421,26 @@ class RecordingTransport(asyncio.Transport):
 
     def lines(self) -> list[bytes]:
         return b"".join(self.writes).splitlines()
+
+
+def local_server(history: int = 100, **limits: Any) -> ChatServer:
+    """A `ChatServer` in this process with no listener, no rate limits and no per-address cap
+    (its connections come from `attach`)."""
+    settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0, **limits)
+    return ChatServer(settings, History(history, None))
+
+
+def attach(
+    server: ChatServer, port: int, nick: str | None = None
+) -> tuple[Peer, RecordingTransport]:
+    """A connection to SERVER on a recording transport (peer 127.0.0.1:PORT), named NICK."""
+    client = Peer(server)
+    transport = RecordingTransport(port)
+    transport.protocol = client
+    client.connection_made(transport)
+    if nick is not None:
+        server.received(client, f"/nick {nick}\n".encode())
+    return client, transport
 
 
 def named_session(nick: str) -> Session:

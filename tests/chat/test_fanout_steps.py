@@ -14,11 +14,9 @@ from typing import Any
 import pytest
 
 from chat import fanout as fanout_module
-from chat.config import Settings
 from chat.connection import Peer
-from chat.history import History
 from chat.server import ChatServer
-from tests.chat.fakes import RecordingTransport, run
+from tests.chat.fakes import RecordingTransport, attach, local_server, run
 
 MSG = re.compile(rb"^MSG (\d+) (\S+) (.*)$")
 
@@ -34,8 +32,7 @@ def new_server(**limits: Any) -> ChatServer:
     (`flush_delay` 0: the flush policy's timing would make turn counts depend on the machine's
     load)."""
     limits.setdefault("flush_delay", 0.0)
-    settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0, **limits)
-    return ChatServer(settings, History(1000, None))
+    return local_server(1000, **limits)
 
 
 def count_steps(server: ChatServer) -> list[int | None]:
@@ -60,16 +57,6 @@ def without_listener(server: ChatServer) -> None:
     server.start = start  # type: ignore[method-assign]
 
 
-def connect(server: ChatServer, nick: str | None, port: int) -> tuple[Peer, RecordingTransport]:
-    client = Peer(server)
-    transport = RecordingTransport(port)
-    transport.protocol = client
-    client.connection_made(transport)
-    if nick is not None:
-        server.received(client, f"/nick {nick}\n".encode())
-    return client, transport
-
-
 async def turn(times: int = 1) -> None:
     for _ in range(times):
         await asyncio.sleep(0)
@@ -78,7 +65,7 @@ async def turn(times: int = 1) -> None:
 def test_a_line_joins_the_fan_out_under_way() -> None:
     async def body() -> None:
         server = new_server()
-        peers = [connect(server, f"u{i}", 1000 + i) for i in range(6)]
+        peers = [attach(server, 1000 + i, f"u{i}") for i in range(6)]
         await turn(10)  # greetings, OKs and JOINs written
         for _, transport in peers:
             transport.writes.clear()
@@ -105,7 +92,7 @@ def test_a_line_joins_the_fan_out_under_way() -> None:
 def test_a_reply_waits_behind_the_lines_its_client_has_not_had() -> None:
     async def body() -> None:
         server = new_server()
-        peers = [connect(server, f"u{i}", 1000 + i) for i in range(6)]
+        peers = [attach(server, 1000 + i, f"u{i}") for i in range(6)]
         await turn(10)
         for _, transport in peers:
             transport.writes.clear()
@@ -124,11 +111,11 @@ def test_a_reply_waits_behind_the_lines_its_client_has_not_had() -> None:
 def test_a_client_named_during_a_fan_out_gets_only_what_follows() -> None:
     async def body() -> None:
         server = new_server()
-        peers = [connect(server, f"u{i}", 1000 + i) for i in range(5)]
+        peers = [attach(server, 1000 + i, f"u{i}") for i in range(5)]
         await turn(10)
         server.received(peers[0][0], b"before\n")
         await turn()  # mid fan-out
-        _, transport = connect(server, "new", 2000)
+        _, transport = attach(server, 2000, "new")
         server.received(peers[0][0], b"after\n")
         await turn(6)
         texts = [m[3] for m in map(MSG.match, transport.lines()) if m]
@@ -143,7 +130,7 @@ def test_drained_buffers_are_not_counted_again() -> None:
 
     async def body() -> None:
         server = new_server(max_buffered=1000, max_backlog=10**6)
-        peers = [connect(server, f"u{i}", 1000 + i) for i in range(6)]
+        peers = [attach(server, 1000 + i, f"u{i}") for i in range(6)]
         await turn(10)
         for _, transport in peers:
             transport.size = 160  # 6 x 160 = 960 <= max_buffered: no cut is due
@@ -168,7 +155,7 @@ def test_a_cut_mid_fan_out_keeps_one_step_per_turn() -> None:
 
     async def body() -> None:
         server = new_server(max_backlog=100)
-        peers = [connect(server, f"u{i}", 1000 + i) for i in range(12)]
+        peers = [attach(server, 1000 + i, f"u{i}") for i in range(12)]
         await turn(20)
         for _, transport in peers:
             transport.writes.clear()
@@ -192,7 +179,7 @@ def test_a_thaw_keeps_one_step_per_turn() -> None:
 
     async def body() -> None:
         server = new_server()
-        peers = [connect(server, f"u{i}", 1000 + i) for i in range(12)]
+        peers = [attach(server, 1000 + i, f"u{i}") for i in range(12)]
         await turn(20)
         server.freeze(set())
         server._departed.append((peers[0][0], None))
@@ -234,7 +221,7 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
         names = iter(f"n{i}" for i in range(10000))
         lost: set[Peer] = set()
         for _ in range(9):
-            peers.append(connect(server, next(names), 3000 + len(peers)))
+            peers.append(attach(server, 3000 + len(peers), next(names)))
         for _ in range(400):
             live = [
                 p for p in peers if p[0] in server.clients and p[0].receiving and not p[1].closing
@@ -250,7 +237,7 @@ def test_each_client_gets_exactly_its_lines_in_order(seed: int) -> None:
             elif action < 0.58 and live:
                 server.received(rng.choice(live)[0], b"/ping x\n")
             elif action < 0.63:
-                peers.append(connect(server, next(names), 3000 + len(peers)))
+                peers.append(attach(server, 3000 + len(peers), next(names)))
             elif action < 0.65 and len(live) > 3:
                 server.received(rng.choice(live)[0], b"/quit bye\n")
             elif action < 0.67 and len(live) > 3:

@@ -15,20 +15,14 @@ import fakeredis
 from chat.backplane import RedisBackplane
 from chat.cluster import ClusterRoom
 from chat.config import Settings
-from chat.connection import Peer
 from chat.history import History
 from chat.room import LocalRoom
 from chat.server import ChatServer
-from tests.chat.fakes import URL, RecordingTransport, fake_connect, run, until
-
-
-def new_server() -> ChatServer:
-    settings = Settings(host="127.0.0.1", port=0, rate=0.0, max_per_address=0)
-    return ChatServer(settings, History(100, None))
+from tests.chat.fakes import URL, RecordingTransport, attach, fake_connect, local_server, run, until
 
 
 async def clustered(redis: fakeredis.FakeServer) -> ChatServer:
-    server = new_server()
+    server = local_server()
     backplane = RedisBackplane(
         URL, history_size=100, connect=fake_connect(redis), check_version=False
     )
@@ -36,14 +30,6 @@ async def clustered(redis: fakeredis.FakeServer) -> ChatServer:
     await room.start()
     server.room = room
     return server
-
-
-def connect(server: ChatServer, port: int) -> tuple[Peer, RecordingTransport]:
-    peer = Peer(server)
-    transport = RecordingTransport(port)
-    transport.protocol = peer
-    peer.connection_made(transport)
-    return peer, transport
 
 
 def said(transport: RecordingTransport) -> Callable[[], list[bytes]]:
@@ -55,10 +41,10 @@ def said(transport: RecordingTransport) -> Callable[[], list[bytes]]:
 
 def test_local_room_nick_say_who_private_since_quit() -> None:
     async def body() -> None:
-        server = new_server()
+        server = local_server()
         assert isinstance(server.room, LocalRoom)
-        ann, ann_t = connect(server, 1)
-        bob, bob_t = connect(server, 2)
+        ann, ann_t = attach(server, 1)
+        bob, bob_t = attach(server, 2)
         server.received(ann, b"/nick ann\n")
         server.received(bob, b"/nick ann\n/nick bob\n")
         server.received(ann, b"hello\n/who\n/msg bob psst\n/msg nobody x\n")
@@ -88,9 +74,9 @@ def test_local_room_nick_say_who_private_since_quit() -> None:
 
 def test_local_room_renames_and_frees_the_old_name() -> None:
     async def body() -> None:
-        server = new_server()
-        ann, ann_t = connect(server, 1)
-        bob, bob_t = connect(server, 2)
+        server = local_server()
+        ann, ann_t = attach(server, 1)
+        bob, bob_t = attach(server, 2)
         server.received(ann, b"/nick ann\n")
         server.received(ann, b"/nick anna\n")
         server.received(bob, b"/nick ann\n")
@@ -107,8 +93,8 @@ def test_cluster_room_one_conversation_across_two_hosts() -> None:
     async def body() -> None:
         redis = fakeredis.FakeServer()
         one, two = await clustered(redis), await clustered(redis)
-        ann, ann_t = connect(one, 1)
-        bob, bob_t = connect(two, 2)
+        ann, ann_t = attach(one, 1)
+        bob, bob_t = attach(two, 2)
         one.received(ann, b"/nick ann\n")
         await until(lambda: b"OK nick ann" in said(ann_t)())
         two.received(bob, b"/nick ANN\n")  # taken on the other host, whatever the case
@@ -146,7 +132,7 @@ def test_cluster_room_one_conversation_across_two_hosts() -> None:
 def test_cluster_room_holds_a_clients_later_lines_until_redis_answers() -> None:
     async def body() -> None:
         server = await clustered(fakeredis.FakeServer())
-        ann, ann_t = connect(server, 1)
+        ann, ann_t = attach(server, 1)
         # /nick needs Redis; the line after it must not overtake its answer.
         server.received(ann, b"/nick ann\nfirst\n")
         assert ann in server.waiting
@@ -162,11 +148,11 @@ def test_cluster_room_gives_back_a_name_claimed_for_a_client_that_left() -> None
     async def body() -> None:
         redis = fakeredis.FakeServer()
         one, two = await clustered(redis), await clustered(redis)
-        ann, ann_t = connect(one, 1)
+        ann, ann_t = attach(one, 1)
         one.received(ann, b"/nick ann\n")
         ann_t.close()  # gone before Redis answered
         await asyncio.sleep(0.05)
-        bob, bob_t = connect(two, 2)
+        bob, bob_t = attach(two, 2)
         two.received(bob, b"/nick ann\n")
         await until(lambda: b"OK nick ann" in said(bob_t)())
         for server in (one, two):
@@ -182,8 +168,8 @@ def test_cluster_room_who_lists_a_name_just_taken_on_this_host() -> None:
     async def body() -> None:
         server = await clustered(fakeredis.FakeServer())
         try:  # closed whatever happens: a room left open keeps the loop from ending
-            ann, ann_t = connect(server, 1)
-            bob, bob_t = connect(server, 2)
+            ann, ann_t = attach(server, 1)
+            bob, bob_t = attach(server, 2)
             server.received(ann, b"/nick ann\n/who\n")
             await until(lambda: b"WHO ann" in said(ann_t)())
             server.received(bob, b"/nick bob\n/who\n")
@@ -209,7 +195,7 @@ def test_a_line_begun_before_a_replay_is_not_timed_while_the_server_does_not_rea
         server = ChatServer(settings, History(100, None))
         for _ in range(40):  # 120 KB: more than one page
             server.history.add("old", "y" * 3000)
-        ann, ann_t = connect(server, 1)
+        ann, ann_t = attach(server, 1)
         server.received(ann, b"/nick ann\n")
         await until(lambda: b"OK nick ann" in said(ann_t)())
         ann_t.size = 20_000  # a reader that has not read the first page yet
