@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pynet.local import chat_server
 from pynet.local.load import LiveLoad, Report
@@ -37,8 +37,12 @@ PAUSE_TARGET = 0.100
 class Release:
     """`python -m chat.server` with a handover socket, its log in a file."""
 
+    started: ClassVar[list[Release]] = []
+    """Every release started, so none outlives the bench however it ends."""
+
     def __init__(self, work: Path, name: str, port: int) -> None:
         self.log = work / f"{name}.log"
+        Release.started.append(self)
         self.proc = chat_server.start(
             "--release",
             name,
@@ -73,7 +77,16 @@ class Release:
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(15)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for release in cls.started:
+            release.stop()
 
 
 def raise_file_limit() -> None:
@@ -174,6 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     raise_file_limit()
+    try:
+        return run(args)
+    finally:
+        Release.stop_all()
+
+
+def run(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
         work = Path(tmp)
         (work / "run").mkdir(mode=0o700)
