@@ -15,6 +15,7 @@ the baseline. Targets: 0 refused, 0 cut, 0 lost, longest pause under 100 ms.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -180,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=positive(float), default=1000.0, help="broadcasts/s")
     parser.add_argument("--switches", type=positive(int), default=10)
     parser.add_argument(
+        "--keep",
+        metavar="DIR",
+        type=Path,
+        help="work in DIR (made if missing) and keep the releases' logs there",
+    )
+    parser.add_argument(
         "--json",
         metavar="PATH",
         type=Path,
@@ -194,9 +201,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    with tempfile.TemporaryDirectory(prefix="pynet-handover-bench-") as tmp:
-        work = Path(tmp)
-        (work / "run").mkdir(mode=0o700)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            work = args.keep
+            work.mkdir(parents=True, exist_ok=True)
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pynet-handover-")))
+        (work / "run").mkdir(mode=0o700, exist_ok=True)
         report, took, verdict, laps = handovers(work, args.clients, args.rate, args.switches)
         pause = float(str(verdict["longest_pause"]))
         print(f"handover x{args.switches}: {report.summary()}")

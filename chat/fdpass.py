@@ -53,14 +53,18 @@ class Channel:
         """`recv`, calling MEANWHILE each time OTHER (a listening socket) has a connection to
         accept before the message comes: blocking the caller's event loop, on purpose."""
         deadline = time.monotonic() + (self.sock.gettimeout() or 0.0)
+        poller = select.poll()  # not select(): a server's descriptors go far past 1024
+        ours, theirs = self.sock.fileno(), other.fileno()
+        poller.register(ours, select.POLLIN)
+        poller.register(theirs, select.POLLIN)
         while not self._messages:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("timed out")
-            readable, _, _ = select.select([self.sock, other], [], [], remaining)
-            if other in readable:
+            ready = {fd for fd, _ in poller.poll(remaining * 1000)}
+            if theirs in ready:
                 meanwhile()
-            if self.sock in readable:
+            if ours in ready:
                 break
         return self.recv()
 

@@ -8,6 +8,7 @@ the successor said `ready`. What was pre-copied and did not change crosses the p
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Collection
 from typing import Any
@@ -211,3 +212,36 @@ def test_a_client_gone_before_its_socket_is_sent_is_not_handed_over() -> None:
     finally:
         giver.close()
     assert given
+
+
+def high(sock: socket.socket, fd: int) -> socket.socket:
+    """SOCK moved to descriptor FD (a busy server's are past 1024)."""
+    moved = socket.socket(fileno=os.dup2(sock.fileno(), fd))
+    sock.close()
+    return moved
+
+
+@pytest.mark.usefixtures("many_files")
+def test_waiting_for_ready_works_with_descriptors_past_1024() -> None:
+    """While the giver waits for `ready` (its loop blocked), a second successor is refused at
+    once; with ten thousand clients both sockets are far past what select() can watch."""
+    ours, theirs = socket.socketpair()
+    channel = fdpass.Channel(high(ours, 3000), 2.0)
+    point = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    point.bind("\0pynet-test-ready-" + str(os.getpid()))
+    point.listen()
+    point = high(point, 3001)
+    knocking = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    knocking.connect(point.getsockname())
+    refused: list[str] = []
+
+    def knocked() -> None:
+        conn, _ = point.accept()
+        refused.append("yes")
+        conn.close()
+        fdpass.Channel(theirs, 2.0).send(handover.ready(0))
+
+    assert channel.recv_while(point, knocked) == handover.ready(0)
+    assert refused == ["yes"]
+    for s in (channel.sock, theirs, point, knocking):
+        s.close()
