@@ -33,6 +33,8 @@ from pynet.local.watch import Watch
 
 ROOT = Path(__file__).resolve().parents[1]
 PAUSE_TARGET = 0.100
+STEADY = 3.0
+"""Seconds of the same load without a switch, measured first."""
 
 
 class Release:
@@ -112,6 +114,13 @@ def handovers(
     first = Release(work, "r0", 0)
     port = first.port
     load = LiveLoad("127.0.0.1", port, clients=clients, sampled=20, rate=rate, prefix="h").start()
+    time.sleep(1.0)
+    # The same load with no switch first: how long this machine's fan-out keeps a client waiting
+    # anyway (with 10,000 clients, one round of writes is that long), for the pause to be
+    # compared with.
+    steady = Watch("127.0.0.1", port)
+    time.sleep(STEADY)
+    quiet = steady.stop()
     watch = Watch("127.0.0.1", port)
     time.sleep(1.0)
     serving, took, laps = first, [], []
@@ -132,6 +141,7 @@ def handovers(
     verdict = watch.stop()
     report = load.stop()
     serving.stop()
+    verdict["steady"] = quiet["longest_pause"]
     return report, took, verdict, laps
 
 
@@ -222,6 +232,12 @@ def run(args: argparse.Namespace) -> int:
         print(
             f"  successor's takeover (connect to serving): min {took[0]:.0f} ms, "
             f"median {took[len(took) // 2]:.0f} ms, max {took[-1]:.0f} ms"
+        )
+        steady = float(str(verdict["steady"]))
+        print(
+            f"  the same load for {STEADY:.0f} s without a switch, watched the same way: longest "
+            f"silence {steady * 1000:.0f} ms (the handovers added "
+            f"{max(0.0, pause - steady) * 1000:.0f} ms to it)"
         )
         print(
             "  where each handover's time went (ms; the predecessor's laps, then the successor's):"

@@ -160,6 +160,9 @@ class Inheritance(Generic[P]):
     clients, so the pause they see ends when this release reads them again."""
     laps: Laps = field(default_factory=Laps)
     """Where the takeover's time went so far (the caller adds its own laps)."""
+    changed: int = 0
+    """How many of `sessions`, at their end, were sent in the pause; the others are the
+    pre-copied ones that stood (`same`), first."""
 
     def confirm(self) -> bool:
         """Say `ready`; True once the predecessor lets go (`commit`, or it is gone)."""
@@ -274,7 +277,9 @@ class Taking(Generic[P]):
             raise
         for item in held.values():  # their clients left before the pause
             holder.unhold(item)
-        return Inheritance(begin, listener, sessions, channel, holder, frozen_at, self.laps)
+        return Inheritance(
+            begin, listener, sessions, channel, holder, frozen_at, self.laps, len(changed)
+        )
 
 
 def _receive_sockets(
