@@ -49,6 +49,41 @@ class Channel:
         if sent < len(data):
             self.sock.sendall(data[sent:])
 
+    async def send_later(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+        """`send`, waiting on the event loop while the peer's buffer is full (it takes in what
+        it gets as fast as it can) instead of blocking the loop that still serves clients."""
+        data = frame(message)
+        loop = asyncio.get_running_loop()
+        timeout = self.sock.gettimeout()
+        self.sock.setblocking(False)
+        try:
+            async with asyncio.timeout(timeout):
+                while fds:
+                    try:
+                        sent = socket.send_fds(self.sock, [data], list(fds))
+                    except BlockingIOError:
+                        await self._writable(loop)
+                        continue
+                    data, fds = data[sent:], ()
+                if data:
+                    await loop.sock_sendall(self.sock, data)
+        finally:
+            self.sock.settimeout(timeout)
+
+    async def _writable(self, loop: asyncio.AbstractEventLoop) -> None:
+        ready = loop.create_future()
+        fd = self.sock.fileno()
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        loop.add_writer(fd, wake)
+        try:
+            await ready
+        finally:
+            loop.remove_writer(fd)
+
     def recv_while(self, other: socket.socket, meanwhile: Callable[[], None]) -> dict[str, Any]:
         """`recv`, calling MEANWHILE each time OTHER (a listening socket) has a connection to
         accept before the message comes: blocking the caller's event loop, on purpose."""

@@ -418,17 +418,18 @@ async def give(
         # The sockets and the sessions first, while their clients are still served.
         clients = list(giver.clients)
         for batch in _chunks(clients, handover.FDS_PER_MESSAGE):
-            _send_sockets(giver, channel, keys, batch)
+            await _send_sockets_later(giver, channel, keys, batch)
             await asyncio.sleep(0)
         laps.lap("sockets")
         precopied: set[K] = set()
         for batch in _chunks([client for client in clients if client in keys], 100):
             items = giver.precopy(batch)
             for chunk in _frames(items):
-                channel.send(handover.sessions([(keys[c], s) for c, s in chunk], "presessions"))
+                rows = [(keys[c], s) for c, s in chunk]
+                await channel.send_later(handover.sessions(rows, "presessions"))
             precopied.update(client for client, _ in items)
             await asyncio.sleep(0)  # serve between two batches
-        channel.send(handover.precopied())
+        await channel.send_later(handover.precopied())
         # Serving on while the successor takes them in.
         handover.expect(await channel.recv_later(), "prepared")
         laps.lap("precopy")
@@ -529,10 +530,11 @@ def _frames(items: list[tuple[K, Session]]) -> Iterator[list[tuple[K, Session]]]
         yield chunk
 
 
-def _send_sockets(
-    giver: Giver[K], channel: fdpass.Channel, keys: dict[K, int], clients: list[K]
-) -> None:
-    """Send the sockets of CLIENTS that are still served, each under a new key.
+def _socket_batch(
+    giver: Giver[K], keys: dict[K, int], clients: list[K]
+) -> tuple[dict[str, Any], list[int]] | None:
+    """The frame and descriptors of the sockets of CLIENTS that are still served, each under a
+    new key (None: none is).
 
     The descriptors are read here, at the moment they are sent: a client that left since the
     list was made has none (or one that already names another socket).
@@ -542,7 +544,24 @@ def _send_sockets(
     pairs = [(c, sock) for c, sock in batch if sock is not None and sock.fileno() >= 0]
     for client, _ in pairs:
         keys[client] = len(keys)
-    if pairs:
-        channel.send(
-            handover.sockets([keys[c] for c, _ in pairs]), [sock.fileno() for _, sock in pairs]
-        )
+    if not pairs:
+        return None
+    return handover.sockets([keys[c] for c, _ in pairs]), [sock.fileno() for _, sock in pairs]
+
+
+def _send_sockets(
+    giver: Giver[K], channel: fdpass.Channel, keys: dict[K, int], clients: list[K]
+) -> None:
+    """Send the sockets of CLIENTS still served (in the freeze: blocking)."""
+    batch = _socket_batch(giver, keys, clients)
+    if batch is not None:
+        channel.send(*batch)
+
+
+async def _send_sockets_later(
+    giver: Giver[K], channel: fdpass.Channel, keys: dict[K, int], clients: list[K]
+) -> None:
+    """Send the sockets of CLIENTS still served, serving on while the successor catches up."""
+    batch = _socket_batch(giver, keys, clients)
+    if batch is not None:
+        await channel.send_later(*batch)

@@ -644,3 +644,27 @@ def test_a_handover_socket_in_a_missing_directory_is_one_clear_line(tmp_path: Pa
     assert "error starting:" in errors[0]
     assert str(missing.parent) in errors[0]
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.usefixtures("many_files")
+def test_a_successor_slow_to_take_the_precopy_does_not_stall_the_serving_release(
+    start_server: Start, clients: Callable[..., LineClient], sock: str
+) -> None:
+    """The pre-copy is larger than the handover socket holds (150 half lines of 3,000 bytes)
+    and the successor reads none of it: the serving release must serve on meanwhile, not wait
+    in a blocking send."""
+    old = start_release(start_server, sock, "v1", "--max-per-address", "0")
+    halves = [clients(old.port, f"h{i}") for i in range(150)]
+    for client in halves:
+        client.sock.sendall(b"y" * 3000)
+    ann = clients(old.port, "ann")
+    fake = FakeSuccessor(sock)  # says hello, then reads nothing
+    time.sleep(0.5)
+    started = time.monotonic()
+    ann.send("/ping")
+    assert ann.until("PONG")[-1] == "PONG"
+    assert time.monotonic() - started < 1.0
+    fake.close()
+    old.wait_for_log("handover aborted")
+    halves[0].sock.sendall(b" end\n")
+    assert ann.until("MSG")[-1] == "MSG 1 h0 " + "y" * 3000 + " end"
