@@ -476,6 +476,7 @@ async def give(
     channel.close()
     giver.let_go()
     listener.close()
+    laps.lap("let_go")  # after the commit: the successor serves meanwhile
     log.info(
         "handover gave successor=%s sessions=%d changed=%d unsent=%d/%dB partial=%d "
         "last_id=%d ms=%.1f %s",
