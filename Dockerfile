@@ -35,7 +35,7 @@ VOLUME ["/var/lib/pynet"]
 STOPSIGNAL SIGTERM
 # The handover protocol this release speaks (chat/handover.py VERSION): `fab deploy` reads it
 # to know whether the new release can take the connections over from the serving one.
-LABEL io.pynet.handover="2"
+LABEL io.pynet.handover="3"
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python3", "-m", "chat.healthcheck"]
 CMD ["python3", "-m", "chat.server"]
