@@ -40,6 +40,7 @@ from chat.fanout import Fanout
 from chat.handover import HandoverError, Session, SessionRefused
 from chat.history import History, HistoryError
 from chat.listener import Listener
+from chat.pacing import Pacer, owed
 from chat.protocol import Bye, Error, Hello, Info, ServerConnection, State, TokenBucket
 from chat.registry import Registry, address_key
 from chat.room import Done, LocalRoom, Room
@@ -51,16 +52,9 @@ RESTART_NOTICE = "server restarting, reconnect in a few seconds"
 RESTART_BATCH, RESTART_BATCHES, RESTART_PAUSE = 200, 10, 0.05
 """A stop says BYE to at least RESTART_BATCH clients at a time, in at most RESTART_BATCHES
 batches RESTART_PAUSE seconds apart."""
-REPLAY_PAGE = 64 * 1024
-"""Bytes of a `/since` replay written at a time: the next page goes once the client read this
-one, so a replay costs the server a page, however much is asked (and however often)."""
 ANSWER_BUDGET = 64 * 1024
 """Bytes of answers a client may leave unread before its next lines wait (they are read again,
 and answered, as it reads): a request costs the server no more than this, whatever it asks."""
-DRAINED = 16 * 1024
-"""A client's unsent bytes at or below which it reads again (asyncio's low-water mark)."""
-DRAIN_POLL = 0.005
-"""Seconds between looks at a client whose output asyncio will not report drained."""
 SWITCH_RECORD = "last-switch.json"
 HANDED_OVER_EXIT = 99
 """Exit status after a successor took over: the unit must not restart this release
@@ -127,6 +121,7 @@ class ChatServer:
         self.broadcast = broadcast
         self.receives = self.fanout.receives
         self.room: Room = LocalRoom(self, log, settings.log_messages)
+        self.pacer = Pacer(self._loop, self, self.fanout)
         self.listener: Listener[Peer] = Listener(self._loop, self._new_peer)
         self.handed_over = asyncio.Event()  # set once a successor took every connection
         self._all_gone = asyncio.Event()
@@ -135,7 +130,6 @@ class ChatServer:
         self._departed: list[tuple[Peer, Exception | None]] = []  # lost while frozen
         self._housekeeping: asyncio.TimerHandle | None = None
         self.waiting: set[Peer] = set()  # their next lines wait for an answer (`answer_later`)
-        self._continuing: set[Peer] = set()  # a `_continue` is scheduled for them
         self._armed: set[Peer] = set()  # held connections read from the loop's next turn
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
@@ -145,6 +139,14 @@ class ChatServer:
     @property
     def stopping(self) -> bool:
         return self.phase in (Phase.STOPPING, Phase.HANDED_OVER)
+
+    @property
+    def serving(self) -> bool:
+        """Not frozen for a handover, nor stopping (`chat.pacing.Paced`)."""
+        return self.phase is Phase.SERVING
+
+    def page(self, after: int, upto: int, budget: int) -> tuple[list[bytes], int]:
+        return self.room.page(after, upto, budget)
 
     @property
     def reading(self) -> bool:
@@ -430,7 +432,7 @@ class ChatServer:
             if client not in self.clients:
                 continue  # it refused the state, or closed
             if client.replay is not None or client.throttled:
-                self._pace(client)  # served as it reads, as before the handover
+                self.pacer.pace(client)  # served as it reads, as before the handover
             elif not client.transport.is_closing():
                 client.transport.resume_reading()
         await self.start(inheritance.listener)
@@ -516,9 +518,9 @@ class ChatServer:
                 handlers[type(event)](client, event)
                 if client in waiting or client.replay is not None:
                     break
-                if client.out is not None and self._owed(client) > ANSWER_BUDGET:
+                if client.out is not None and owed(client) > ANSWER_BUDGET:
                     client.throttled = True
-                    self._pace(client)
+                    self.pacer.pace(client)
                     break
             self.reply(client)
         now = client.last_seen = self._loop.time()
@@ -589,64 +591,7 @@ class ChatServer:
 
     def drained(self, client: Peer) -> None:
         if client.replay is not None or client.throttled:
-            self._continue_soon(client)
-
-    # ---- serving a client as it reads --------------------------------------------------------
-
-    def _owed(self, client: Peer) -> int:
-        """Bytes queued for CLIENT and not sent yet."""
-        size = client.transport.get_write_buffer_size()
-        return size + sum(map(len, client.out)) if client.out is not None else size
-
-    def _pace(self, client: Peer) -> None:
-        """Serve CLIENT as it reads: stop reading it, and have asyncio say when its unsent
-        output drained below DRAINED (`Peer.resume_writing`) rather than looking for it."""
-        client.transport.pause_reading()
-        client.transport.set_write_buffer_limits(high=DRAINED, low=DRAINED)
-        self._continue_soon(client)
-
-    def _continue_soon(self, client: Peer, delay: float = 0.0) -> None:
-        if client not in self._continuing:
-            self._continuing.add(client)
-            self._loop.call_later(delay, self._continue, client)
-
-    def _continue(self, client: Peer) -> None:
-        """CLIENT may have read what it was sent: the next page of its replay, then its lines
-        held meanwhile. Waits (asyncio's `resume_writing`, or a look every DRAIN_POLL) while
-        more than DRAINED bytes are unsent."""
-        self._continuing.discard(client)
-        if client.replay is None and not client.throttled:
-            return
-        if client not in self.clients or client.close_after_flush:
-            return
-        if self.phase is not Phase.SERVING:
-            return  # frozen for a handover: `thaw`, or the successor, goes on from here
-        transport = client.transport
-        if client.replay is None and client.out is not None:
-            self._continue_soon(client, DRAIN_POLL)  # its answers are not even written yet
-            return
-        if transport.get_write_buffer_size() > DRAINED:
-            if not client.blocked:  # asyncio reports the drain only after a pause
-                self._continue_soon(client, DRAIN_POLL)
-            return
-        cursor = client.replay
-        if cursor is not None:
-            lines, last = self.room.page(cursor[0], cursor[1], REPLAY_PAGE)
-            if lines:
-                cursor[0] = last
-                transport.write(b"".join(lines))  # before what waits behind it (`hold_back`)
-                if last < cursor[1]:
-                    self._continue_soon(client)
-                    return
-            client.replay = None
-            if client.out is not None and not self.fanout.scheduled:
-                self.fanout.schedule()  # the lines held behind the replay
-        client.throttled = False
-        if client.partial_since:  # its line's clock stood still while we did not read
-            client.partial_since = self._loop.time()
-        if self.reading and not transport.is_closing():
-            transport.resume_reading()
-        self.received(client, b"")
+            self.pacer.soon(client)
 
     # ---- what a room may ask (chat.room.Hub) -----------------------------------------------
 
@@ -657,7 +602,7 @@ class ChatServer:
             self.fanout.settle(client)  # what it was owed before it asked goes first
             client.replay = [after, upto]
             self.fanout.hold_back(client)  # and what comes after, once the replay is written
-            self._pace(client)
+            self.pacer.pace(client)
 
     def reply(self, client: Peer) -> None:
         data = client.conn.data_to_send()
