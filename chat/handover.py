@@ -161,8 +161,8 @@ def expect(message: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
 _STATES = frozenset(("connected", "named", "closing"))
 
 
-@dataclass(frozen=True, slots=True)
-class Session:
+@dataclass(slots=True)  # not frozen: a frozen dataclass is built field by field, and ten
+class Session:  # thousand cross in a handover
     """One client connection's state, as it crosses from one release to the next.
 
     `partial` is input read from the socket that did not make a whole line yet; `unsent` is
@@ -242,14 +242,20 @@ class Session:
             raise HandoverError(f"a session whose nickname is {nick!r} in state {state}")
         if type(peer) is not str:
             raise HandoverError(f"a session whose peer is {peer!r}")
-        for name, value in (
-            ("connected_age", connected_age),
-            ("last_seen_age", last_seen_age),
-            ("tokens", tokens),
-            ("stamp_age", stamp_age),
+        if not (
+            type(connected_age) is float
+            and type(last_seen_age) is float
+            and type(tokens) is float
+            and type(stamp_age) is float
         ):
-            if type(value) is not float and type(value) is not int:
-                raise HandoverError(f"a session whose {name!r} is {value!r}")
+            for name, value in (
+                ("connected_age", connected_age),
+                ("last_seen_age", last_seen_age),
+                ("tokens", tokens),
+                ("stamp_age", stamp_age),
+            ):
+                if type(value) is not float and type(value) is not int:
+                    raise HandoverError(f"a session whose {name!r} is {value!r}")
         if partial_age is not None and type(partial_age) is not float:
             raise HandoverError(f"a session whose 'partial_age' is {partial_age!r}")
         if type(discarding) is not bool or type(closing) is not bool:
@@ -267,9 +273,9 @@ class Session:
             partial_age,
             float(tokens),
             float(stamp_age),
-            _bytes("partial", partial),
+            b"" if partial == "" else _bytes("partial", partial),
             discarding,
-            _bytes("unsent", unsent),
+            b"" if unsent == "" else _bytes("unsent", unsent),
             allowance,
             closing,
             extra or {},

@@ -354,11 +354,14 @@ class HandoverPoint:
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop.add_reader(self._sock.fileno(), self._accept)
 
-    def close(self) -> None:
+    def close(self, unlink: bool = True) -> None:
+        """Stop listening; UNLINK the socket file unless a successor took over (it binds its
+        own there, and the inode a check would compare may be the very one freed for it)."""
         if self._sock.fileno() >= 0:
             self._loop.remove_reader(self._sock.fileno())
             self._sock.close()
-            fdpass.unlink_if_ours(self.path, self._inode)
+            if unlink:
+                fdpass.unlink_if_ours(self.path, self._inode)
 
     def _accept(self) -> None:
         try:
@@ -396,7 +399,7 @@ class HandoverPoint:
         self.busy = True
         try:
             if await give(self.giver, channel, successor, self._sock):
-                self.close()
+                self.close(unlink=False)
         finally:
             self.busy = False
 
