@@ -668,3 +668,20 @@ def test_a_successor_slow_to_take_the_precopy_does_not_stall_the_serving_release
     old.wait_for_log("handover aborted")
     halves[0].sock.sendall(b" end\n")
     assert ann.until("MSG")[-1] == "MSG 1 h0 " + "y" * 3000 + " end"
+
+
+def test_releases_hand_over_one_after_the_other(
+    start_server: Start, clients: Callable[..., LineClient], sock: str
+) -> None:
+    """Each successor listens where its predecessor did: the old one, exiting, must not take
+    the socket file with it (the inode it would compare may be the one freed for the new)."""
+    serving = start_release(start_server, sock, "v1")
+    ann = clients(serving.port, "ann")
+    for n in range(2, 6):
+        new = start_release(start_server, sock, f"v{n}", port=serving.port)
+        assert "how=handover" in new.wait_for_log("switch "), f"v{n}"
+        assert serving.proc.wait(10) == 99
+        assert os.path.exists(sock)
+        ann.send(f"through v{n}")
+        assert ann.until("MSG")[-1].endswith(f"ann through v{n}")
+        serving = new
