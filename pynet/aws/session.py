@@ -57,7 +57,7 @@ def clients_for(session: boto3.Session, region: str) -> Clients:
     return Clients(
         region=region,
         **{
-            name: session.client(service, region_name=region, config=_CONFIG)  # type: ignore[call-overload]
+            name: session.client(service, region_name=region, config=_CONFIG)
             for name, service in SERVICES.items()
         },
     )

@@ -7,8 +7,8 @@ changes them by writing files: FOLDER/instance-id, FOLDER/keys/USER (the active-
 file: 404), FOLDER/hang (present: every answer waits 30 s, a metadata service that stalls).
 
 usage: python3 imds_stand_in.py ADDRESS PORT FOLDER
-The Molecule verify runs it inside the test's host container on 169.254.169.254 (a dummy
-interface there); tests/ansible/test_instance_connect_keys.py runs it on 127.0.0.1.
+The Molecule verify runs it inside the test's host container on 169.254.169.254 (an address of
+its loopback interface); tests/ansible/test_instance_connect_keys.py runs it on 127.0.0.1.
 """
 
 from __future__ import annotations
