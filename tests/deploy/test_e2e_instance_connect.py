@@ -133,7 +133,7 @@ def test_the_deploy_logs_in_with_the_key_it_pushed(
     pushing = InstanceConnect(lambda region: aws)
     _reach([target], pushing)  # what fab deploy --instance-connect does before it builds
     try:
-        assert target.conn.run("id -un", hide=True).stdout.strip() == "admin"
+        assert target.conn.run("id -un", hide=True, in_stream=False).stdout.strip() == "admin"
     finally:
         target.conn.close()
     assert reached == [pushing.key.public]
