@@ -4,8 +4,9 @@ The workflow hands in the host (PYNET_HOST, PYNET_SSH_USER) and its pinned host 
 (inventory/known_hosts, from a repository variable). Before anything connects, this checks
 with the deploy role's read-only credentials that a running instance tagged with the
 deployment NAME has that address, and that the pinned key is the key `fab launch` gave it (its
-`pynet:ssh-host-key` tag). Then it writes inventory/hosts.yml for `fab deploy`. One line on
-stderr and exit 1 for any mismatch.
+`pynet:ssh-host-key` tag). Then it writes inventory/hosts.yml for `fab deploy --instance-connect`:
+the instance's id and region (where the job's 60-second key goes), and no key file (the job
+holds none). One line on stderr and exit 1 for any mismatch.
 """
 
 from __future__ import annotations
@@ -17,10 +18,9 @@ from pathlib import Path
 from pynet import inventory
 from pynet.aws.ec2 import Ec2Host, find_instances
 from pynet.aws.errors import CloudError
+from pynet.aws.instance_connect import instance_vars
 from pynet.aws.session import connect
 from pynet.hostkeys import KNOWN_HOSTS_NAME, host_pattern
-
-KEY_FILE = Path("~/.ssh/pynet-deploy")
 
 
 def pinned_line(known_hosts: Path, address: str) -> str:
@@ -39,8 +39,9 @@ def pinned_line(known_hosts: Path, address: str) -> str:
     )
 
 
-def check(name: str, address: str, pinned: str, region: str | None = None) -> Ec2Host:
-    """The running instance of NAME, if it has ADDRESS and was launched with the PINNED key."""
+def check(name: str, address: str, pinned: str, region: str | None = None) -> tuple[Ec2Host, str]:
+    """The running instance of NAME, if it has ADDRESS and was launched with the PINNED key,
+    and its region."""
     clients = connect(region)
     running = [
         Ec2Host.from_instance(i)
@@ -58,7 +59,7 @@ def check(name: str, address: str, pinned: str, region: str | None = None) -> Ec
             f"the pinned host key for {address} is not the key {host.instance_id} was launched "
             "with: update PYNET_KNOWN_HOSTS from inventory/known_hosts after checking it"
         )
-    return host
+    return host, clients.region
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,13 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         if not address:
             raise CloudError("PYNET_HOST is not set: the production host's address")
         pinned = pinned_line(known_hosts, host_pattern(address))
-        host = check(args[0], address, pinned)
+        host, region = check(args[0], address, pinned)
         entry = inventory.Host(
             name=args[0],
             address=address,
             user=user,
-            key_file=str(KEY_FILE.expanduser()),
             known_hosts=str(known_hosts.resolve()),
+            extra=instance_vars(host.instance_id, region),
         )
         inventory.write_hosts([entry], path)
     except (CloudError, ValueError) as err:

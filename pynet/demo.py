@@ -37,6 +37,8 @@ BIN = Path(sys.executable).parent
 WORK = REPO / ".cache" / "demo"
 NAME = "demo"
 HOST_CONTAINER = "pynet-demo-host"
+#: The Debian release of the stand-in host: 13, what `fab launch` boots by default (`--os`).
+HOST_SUITE = "trixie"
 
 
 class DemoFailed(RuntimeError):
@@ -173,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with journey.step("A Docker engine (started if installed but not running)"):
             engine.ensure_engine()
             print(f"    docker: {engine.DOCKER}")
-        with journey.step("Local images: Debian 12 base and the EC2-like host (cached)"):
-            print(f"    {images.ensure_base_image()}\n    {images.ensure_host_image()}")
+        with journey.step("Local images: the chat image's base and a Debian 13 EC2-like host"):
+            base, stand_in = images.ensure_base_image(), images.ensure_host_image(HOST_SUITE)
+            print(f"    {base}\n    {stand_in}")
         with contextlib.ExitStack() as stack:
             with journey.step("AWS: moto_server on 127.0.0.1 plays the EC2 API"):
                 amis = write_amis(WORK / "amis.json")
@@ -233,8 +236,18 @@ def _journey(journey: Journey, fab: str, inv: Path, key: Path, public_key: Path,
         # data and installed before sshd starts, as cloud-init does on EC2.
         pair = launched_host_key(journey.env)
         pins = known_hosts_beside(inv)
-        local = host.start_host(HOST_CONTAINER, public_key, known_hosts=pins, host_key=pair)
+        local = host.start_host(
+            HOST_CONTAINER, public_key, known_hosts=pins, host_key=pair, suite=HOST_SUITE
+        )
         inventory.upsert_host(inventory_entry(local, name=NAME), inv)
+        journey.run(
+            engine.DOCKER,
+            "exec",
+            HOST_CONTAINER,
+            "sh",
+            "-c",
+            '. /etc/os-release && echo "    $PRETTY_NAME"',
+        )
         print(f"    host key {fingerprint(pair.public)} (from the user data), pinned in {pins}")
         print(f"    ssh -p {local.ssh_port} -i {key} admin@127.0.0.1")
         print(f"    chat: 127.0.0.1:{local.app_port} (port 5050 on the host)")

@@ -25,6 +25,7 @@ def test_demo_runs_the_whole_journey() -> None:
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-2000:]
     assert "launching again finds the same instance" in out
+    assert "Debian GNU/Linux 13 (trixie)" in out  # the stand-in runs what fab launch boots
     assert re.search(r"found i-\w+ \(running\); not creating another", out)
     assert re.search(r"failed=0", out)  # the playbook's recap
     assert "MSG 1 ada hello bob, from the rehearsal" in out.split("bob saw:")[1]

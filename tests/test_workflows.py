@@ -112,7 +112,9 @@ def test_deploy_runs_after_the_tests_on_main_one_at_a_time_with_oidc() -> None:
     # The runner lets itself in after the checks, and always takes itself out again.
     commands = [s["run"] for s in deploy["steps"] if "run" in s]
     allow = "fab allow-ssh --name production --ssh-label github-actions"
-    assert commands[-3:] == [allow, "fab deploy", f"{allow} --remove"]
+    assert commands[-3:] == [allow, "fab deploy --instance-connect", f"{allow} --remove"]
+    # No long-lived SSH key: the job holds no secret at all (the login key lives 60 s).
+    assert "secrets." not in (REPO / ".github" / "workflows" / "deploy.yml").read_text()
     assert deploy["steps"][-1]["if"] == "always()"
     assert "python -m pynet.ci production" in commands[-4]
 
@@ -162,9 +164,10 @@ def test_trust_policy_is_pinned_to_the_repository_and_environment() -> None:
 
 def test_deploy_role_may_only_look_and_open_ssh_on_the_production_group() -> None:
     """Beyond looking up, the role may change the rules of production's security group only
-    (the group's tags); tests/aws/test_policy.py checks these are the calls the job makes."""
+    (the group's tags), and push a 60-second key for admin to production's instance only;
+    tests/aws/test_policy.py checks these are the calls the job makes."""
     policy = json.loads((REPO / "iam" / "deploy-role-policy.json").read_text())
-    look, change = policy["Statement"]
+    look, change, push = policy["Statement"]
     assert sorted(look["Action"]) == ["ec2:DescribeInstances", "ec2:DescribeSecurityGroups"]
     assert sorted(change["Action"]) == [
         "ec2:AuthorizeSecurityGroupIngress",
@@ -173,6 +176,14 @@ def test_deploy_role_may_only_look_and_open_ssh_on_the_production_group() -> Non
     assert re.fullmatch(r"arn:aws:ec2:[a-z0-9-]+:\d{12}:security-group/\*", change["Resource"])
     assert change["Condition"]["StringEquals"]["aws:ResourceTag/pynet:deployment"] == "production"
     assert change["Condition"]["StringEquals"]["aws:ResourceTag/pynet:app"] == "pynet"
+    assert push["Action"] == "ec2-instance-connect:SendSSHPublicKey"
+    assert re.fullmatch(r"arn:aws:ec2:[a-z0-9-]+:\d{12}:instance/\*", push["Resource"])
+    assert push["Condition"]["StringEquals"] | {"aws:RequestedRegion": ""} == {
+        "aws:RequestedRegion": "",
+        "aws:ResourceTag/pynet:app": "pynet",
+        "aws:ResourceTag/pynet:deployment": "production",
+        "ec2:osuser": "admin",
+    }
     for statement in policy["Statement"]:
         assert statement["Effect"] == "Allow"
         assert "aws:RequestedRegion" in statement["Condition"]["StringEquals"]

@@ -58,6 +58,7 @@ _SERVICES = {
         "DescribeTags",
     },
     "sts": {"GetCallerIdentity"},
+    "ec2-instance-connect": {"SendSSHPublicKey"},
 }
 
 

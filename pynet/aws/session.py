@@ -36,6 +36,19 @@ class Clients:
     logs: Any = None  # CloudWatch Logs (--cloudwatch-logs)
     iam: Any = None  # the host's instance profile (--cloudwatch-logs)
     sts: Any = None  # the account id for ARNs
+    instance_connect: Any = None  # a 60-second SSH key (fab deploy --instance-connect)
+
+
+#: Each client's attribute in Clients and its botocore service name.
+SERVICES = {
+    "ec2": "ec2",
+    "ssm": "ssm",
+    "cloudwatch": "cloudwatch",
+    "logs": "logs",
+    "iam": "iam",
+    "sts": "sts",
+    "instance_connect": "ec2-instance-connect",
+}
 
 
 def clients_for(session: boto3.Session, region: str) -> Clients:
@@ -44,8 +57,8 @@ def clients_for(session: boto3.Session, region: str) -> Clients:
     return Clients(
         region=region,
         **{
-            name: session.client(name, region_name=region, config=_CONFIG)
-            for name in ("ec2", "ssm", "cloudwatch", "logs", "iam", "sts")
+            name: session.client(service, region_name=region, config=_CONFIG)
+            for name, service in SERVICES.items()
         },
     )
 

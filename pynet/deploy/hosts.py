@@ -17,6 +17,7 @@ from fabric import Connection
 from invoke.context import Context
 
 from pynet import inventory
+from pynet.aws.instance_connect import INSTANCE_ID_VAR, REGION_VAR
 from pynet.deploy.commands import APP_PORT
 from pynet.deploy.trust import strict, user_files
 
@@ -31,6 +32,8 @@ class Target:
 
     conn: Connection
     chat_port: int = APP_PORT  # from the inventory's pynet_chat_port
+    instance_id: str | None = None  # the EC2 instance, for a 60-second key (--instance-connect)
+    region: str | None = None  # its region
 
     @property
     def label(self) -> str:
@@ -59,5 +62,14 @@ def targets(c: Context, path: str | None = None) -> list[Target]:
         keys = {"key_filename": [str(Path(h.key_file).expanduser())]} if h.key_file else {}
         conn = Connection(h.address, user=h.user, port=h.port, config=c.config, connect_kwargs=keys)
         pinned = [Path(h.known_hosts).expanduser()] if h.known_hosts else None
-        result.append(Target(strict(conn, pinned or user_files(conn.ssh_config)), h.chat_port))
+        checked = strict(conn, pinned or user_files(conn.ssh_config))
+        instance, region = h.extra.get(INSTANCE_ID_VAR), h.extra.get(REGION_VAR)
+        result.append(
+            Target(
+                checked,
+                h.chat_port,
+                str(instance) if instance else None,
+                str(region) if region else None,
+            )
+        )
     return result

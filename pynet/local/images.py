@@ -57,6 +57,7 @@ HOST_FILES = (
     "sshd-pynet.conf",
     "ssh-hostkeys.conf",
     "docker-harness.conf",
+    "harness-no-metadata.service",
 )
 RECIPES = {
     **{base_image(suite): BASE_FILES for suite in SUITES},

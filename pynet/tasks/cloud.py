@@ -17,6 +17,7 @@ from pynet.aws import ec2
 from pynet.aws.access import operator_label
 from pynet.aws.errors import CloudError, explained
 from pynet.aws.images import check_os
+from pynet.aws.instance_connect import instance_vars
 from pynet.aws.keys import find_local_key
 from pynet.aws.logs import check_retention
 from pynet.aws.publicip import ssh_source
@@ -235,7 +236,10 @@ def _report(result: ec2.Launched, region: str, inventory_file: str | None) -> No
         user=host.ssh_user,
         key_file=str(key_file) if key_file else None,
         known_hosts=str(known_hosts) if known_hosts else None,
-        extra=_log_vars(result.log_group, region, host.name),
+        extra={
+            **_log_vars(result.log_group, region, host.name),
+            **instance_vars(host.instance_id, region),  # for fab deploy --instance-connect
+        },
     )
     with inventory_errors():
         path = hosts_file.upsert_host(entry, inventory_file)

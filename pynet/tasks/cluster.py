@@ -19,6 +19,7 @@ from pynet.aws import cluster_requests as req
 from pynet.aws.access import operator_label
 from pynet.aws.errors import CloudError
 from pynet.aws.images import check_os
+from pynet.aws.instance_connect import instance_vars
 from pynet.aws.keys import find_local_key
 from pynet.aws.publicip import ssh_source
 from pynet.aws.requests import DEFAULT_OS
@@ -116,6 +117,7 @@ def launch_cluster(
                 user=host.ssh_user,
                 key_file=str(launched.private_key_file) if launched.private_key_file else None,
                 known_hosts=str(known_hosts) if known_hosts else None,
+                extra=instance_vars(host.instance_id, clients.region),
             )
             with inventory_errors():
                 hosts_file.upsert_host(entry, inventory, group)

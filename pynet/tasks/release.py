@@ -27,11 +27,14 @@ from paramiko.ssh_exception import (
     SSHException,
 )
 
+from pynet.aws.errors import CloudError
+from pynet.aws.session import connect
 from pynet.deploy import commands as cmd
 from pynet.deploy import logsource, release
 from pynet.deploy import top as top_view
 from pynet.deploy.doctor import diagnose, report
 from pynet.deploy.hosts import NoHosts, Target, targets
+from pynet.deploy.instance_connect import InstanceConnect
 from pynet.deploy.lock import read_lock
 from pynet.deploy.remote import DeployError, Local, Remote
 from pynet.deploy.status import releases as releases_report
@@ -79,7 +82,7 @@ def _reason(exc: BaseException, target: Target) -> str | None:
     ):
         text = str(exc) or type(exc).__name__
         return f"cannot reach the host over SSH ({text}); `fab doctor` says why"
-    if isinstance(exc, DeployError):
+    if isinstance(exc, (DeployError, CloudError)):
         return str(exc)
     return None
 
@@ -170,9 +173,16 @@ def _hosts(c: Context, inventory: str) -> list[Target]:
     return hosts
 
 
-def _reach(hosts: list[Target]) -> None:
-    """Open every SSH connection now: an unreachable host fails in seconds, not after a build."""
-    _each(hosts, lambda t: t.conn.open())
+def _reach(hosts: list[Target], pushed: InstanceConnect | None = None) -> None:
+    """Open every SSH connection now: an unreachable host fails in seconds, not after a build.
+    With PUSHED, each host's 60-second key is pushed right before its connection opens."""
+
+    def reach(target: Target) -> None:
+        if pushed:
+            pushed.prepare(target)
+        target.conn.open()
+
+    _each(hosts, reach)
 
 
 @task(
@@ -187,6 +197,8 @@ def _reach(hosts: list[Target]) -> None:
         "dockerfile": "Dockerfile to build (default: the context's)",
         "version": "release name (default: git short sha, -dirty-HASH when changed)",
         "inventory": INVENTORY_HELP,
+        "instance-connect": "log in with a key made for this run and pushed to each instance "
+        "for 60 s (EC2 Instance Connect; AWS credentials needed) instead of a key file",
     },
 )
 @_clean
@@ -200,6 +212,7 @@ def deploy(
     dockerfile: str = "",
     version: str = "",
     inventory: str = "",
+    instance_connect: bool = False,
 ) -> None:
     """Build the chat image here, ship it over SSH, switch to it, roll back if it is unhealthy."""
     _release_name("--version", version)
@@ -208,7 +221,8 @@ def deploy(
     source, file = _source(context, dockerfile)
     name = version or source_version(source)
     if not dry_run:
-        _reach(hosts)  # so does an unreachable host
+        # So does an unreachable host (and, with --instance-connect, a key AWS refused).
+        _reach(hosts, InstanceConnect(connect) if instance_connect else None)
     local = Local(dry_run)
     arches: list[str | None] = []  # build for what the hosts run, not for this machine
     _each(hosts, lambda t: arches.append(release.host_arch(Remote(t.conn, dry_run))))

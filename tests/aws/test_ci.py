@@ -29,7 +29,8 @@ def test_check_accepts_the_tagged_host_and_its_launch_key(
     clients: Clients, aws_env: Path, name: str
 ) -> None:
     address, key = _launched(clients, name, aws_env)
-    assert ci.check(name, address, key).public_ip == address
+    host, region = ci.check(name, address, key)
+    assert (host.public_ip, region) == (address, clients.region)
     with pytest.raises(
         CloudError, match=rf"PYNET_HOST 198\.51\.100\.9 is not the address of {name}"
     ):
@@ -51,6 +52,12 @@ def test_main_writes_the_pinned_inventory(
     [host] = inventory.read_hosts()
     assert (host.name, host.address, host.user) == (name, address, "admin")
     assert host.known_hosts == str(known.resolve())
+    # No stored key: fab deploy --instance-connect pushes one for 60 s to this instance.
+    assert host.key_file is None
+    assert host.extra == {
+        "pynet_instance_id": ci.check(name, address, key)[0].instance_id,
+        "pynet_region": "eu-central-1",
+    }
 
     known.write_text("198.51.100.9 " + key + "\n")
     assert ci.main([name]) == 1

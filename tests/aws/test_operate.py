@@ -321,7 +321,10 @@ def test_cli_pins_the_host_key_and_writes_the_log_settings(
         "chat_awslogs_group": "/pynet/ops",
         "chat_awslogs_region": REGION,
         "chat_env": {"PYNET_METRICS_CLOUDWATCH": "ops"},  # the figures, as EMF lines
+        "pynet_instance_id": host.extra["pynet_instance_id"],  # fab deploy --instance-connect
+        "pynet_region": REGION,
     }
+    assert str(host.extra["pynet_instance_id"]).startswith("i-")
     assert f"logs:      CloudWatch Logs /pynet/ops in {REGION}" in done.out
     assert "PRIVATE KEY" not in done.out + done.err
     eips = boto3.client("ec2", region_name=REGION, endpoint_url=cli_env["AWS_ENDPOINT_URL"])

@@ -24,7 +24,9 @@ from invoke.context import Context
 
 from pynet import ci
 from pynet.aws.errors import service_of
-from pynet.aws.session import Clients
+from pynet.aws.session import Clients, connect
+from pynet.deploy.hosts import targets
+from pynet.deploy.instance_connect import InstanceConnect
 from pynet.tasks import access, cloud, cluster
 from tests.aws.helpers import public_key
 from tests.aws.test_ec2 import SSH, moto_ami
@@ -91,6 +93,13 @@ def _run(task: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     task(Context(), *args, **kwargs)
 
 
+def _push_keys(inventory: str) -> None:
+    """What `fab deploy --instance-connect` asks of AWS before it logs in to each host."""
+    pushing = InstanceConnect(connect)
+    for target in targets(Context(), inventory):
+        pushing.prepare(target)
+
+
 def test_every_call_of_the_operators_tasks_is_in_the_policy(
     recorded: set[str], clients: Clients, name: str, aws_env: Path, tmp_path: Path
 ) -> None:
@@ -101,6 +110,7 @@ def test_every_call_of_the_operators_tasks_is_in_the_policy(
     [host] = [h for h in cloud.ec2.list_hosts(clients) if h.name == name]
     clients.ec2.stop_instances(InstanceIds=[host.instance_id])
     _run(cloud.launch, name, ssh_cidr=SSH, ami=ami, cloudwatch_logs=True, inventory=inventory)
+    _push_keys(inventory)  # fab deploy --instance-connect
     _run(cloud.hosts)
     _run(access.allow_ssh, name, ssh_cidr="198.51.100.4/32", ssh_label="bob")
     _run(access.allow_ssh, name, ssh_label="bob", remove=True)
@@ -117,7 +127,11 @@ def test_every_call_of_the_operators_tasks_is_in_the_policy(
     # A denial names the action to grant (pynet.aws.errors): it must be the one IAM checks.
     named = {f"{service_of(a.split(':')[1])}:{a.split(':')[1]}" for a in recorded}
     assert named == recorded, f"a denial would name {named - recorded}"
-    for needed in ("elasticloadbalancing:CreateLoadBalancer", "ec2:ModifyInstanceAttribute"):
+    for needed in (
+        "elasticloadbalancing:CreateLoadBalancer",
+        "ec2:ModifyInstanceAttribute",
+        "ec2-instance-connect:SendSSHPublicKey",
+    ):
         assert needed in recorded  # the recording sees the cluster's calls
     unused = {g for g in granted if not any(fnmatch.fnmatchcase(a, g) for a in recorded)}
     assert unused <= set(IMPLICIT), (
@@ -143,6 +157,7 @@ def test_every_call_of_the_deploy_job_is_in_the_deploy_role_policy(
     (tmp_path / "known_hosts").write_text(f"{host.public_ip} {pinned}")
     _run(access.allow_ssh, name, ssh_cidr="192.0.2.50/32", ssh_label="github-actions")
     assert ci.main([name]) == 0
+    _push_keys(str(inventory))  # fab deploy --instance-connect, from what pynet.ci wrote
     _run(access.allow_ssh, name, ssh_label="github-actions", remove=True)
     granted = actions(DEPLOY_POLICY)
     missing = {a for a in recorded - NEEDS_NO_PERMISSION if not granted_by(a, granted)}

@@ -6,12 +6,13 @@ ENV container=docker
 COPY sshd-pynet.conf /etc/ssh/sshd_config.d/10-pynet-harness.conf
 COPY ssh-hostkeys.conf /etc/systemd/system/ssh.service.d/hostkeys.conf
 COPY docker-harness.conf /etc/systemd/system/docker.service.d/pynet-harness.conf
+COPY harness-no-metadata.service /etc/systemd/system/pynet-harness-no-metadata.service
 RUN useradd --create-home --shell /bin/bash --groups sudo admin \
  && echo 'admin ALL=(ALL) NOPASSWD:ALL' > /etc/sudoers.d/90-cloud-init-users \
  && chmod 0440 /etc/sudoers.d/90-cloud-init-users \
  && install -d -m 0700 -o admin -g admin /home/admin/.ssh \
  && rm -f /etc/ssh/ssh_host_* \
- && systemctl enable ssh.service \
+ && systemctl enable ssh.service pynet-harness-no-metadata.service \
  && systemctl mask systemd-udevd.service systemd-udevd-kernel.socket \
       systemd-udevd-control.socket systemd-udev-trigger.service getty.target \
       console-getty.service systemd-remount-fs.service sys-kernel-config.mount \
