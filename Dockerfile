@@ -26,8 +26,6 @@ RUN sha256sum -c SHA256SUMS \
 ENV PYTHONPATH=/usr/local/lib/pynet-deps
 
 WORKDIR /app
-# Code last: a code-only change rebuilds (and ships) only this small layer.
-COPY chat/ /app/chat/
 
 USER 10001:10001
 EXPOSE 5050
@@ -39,3 +37,8 @@ LABEL io.pynet.handover="3"
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
     CMD ["python3", "-m", "chat.healthcheck"]
 CMD ["python3", "-m", "chat.server"]
+
+# Code last, after every instruction that only sets metadata: a code-only change rebuilds (and
+# ships) only this small layer. Metadata after it would be rebuilt each time too (one image
+# commit per instruction with the classic builder: 1.9 s against 0.5 s measured).
+COPY chat/ /app/chat/
