@@ -42,6 +42,9 @@ LOCK_DIR = f"{STATE_DIR}/lock"
 LOCK_OWNER = f"{LOCK_DIR}/owner.json"
 LOCK_HEARTBEAT = f"{LOCK_DIR}/heartbeat"
 RELEASES_FILE = f"{STATE_DIR}/releases.jsonl"
+HANDOVER_LABEL_NAME = "io.pynet.handover"
+SECTION = "--pynet-section--"
+"""The line between the parts of a batched command's output (`snapshot`)."""
 
 
 # --- combinators ------------------------------------------------------------------------------
@@ -196,6 +199,20 @@ def load(archive: str) -> Argv:
     return chain(docker("load", "--input", archive), ["rm", "-f", archive])
 
 
+#: After a load, one line: the ID, what `image_content` prints (layers, creation time) and the
+#: handover version the image speaks (`label=`, empty for releases that predate it).
+LOADED = (
+    "{{.Id}} {{json .RootFS.Layers}} {{.Created}} "
+    f'label={{{{index .Config.Labels "{HANDOVER_LABEL_NAME}"}}}}'
+)
+
+
+def load_stdin(version: str) -> Argv:
+    """`docker load` of the archive the deploy writes into this command's stdin (no upload
+    to a file, no second round trip), then what the deploy checks of the loaded image."""
+    return chain(docker("load"), docker("image", "inspect", "--format", LOADED, image(version)))
+
+
 def tag_current(ref: str) -> Argv:
     """Point the service at REF (a version's image or an image id): what the unit runs next."""
     return docker("tag", ref, CURRENT)
@@ -231,7 +248,7 @@ def health(version: str, image_id_: str) -> Argv:
     )
 
 
-HANDOVER_LABEL = "io.pynet.handover"
+HANDOVER_LABEL = HANDOVER_LABEL_NAME
 """Image label: the handover protocol version a release speaks (Dockerfile, chat.handover)."""
 
 
@@ -253,6 +270,63 @@ def switch_record() -> Argv:
 
 def host_clock() -> Argv:
     return ["date", "+%s"]
+
+
+#: Runs on the host (its python3, which Ansible needs anyway), under sudo: the switch record is
+#: in a directory only the chat user may enter. Waits, polling every 50 ms, until RELEASE's
+#: record (written once it took over, at or after SINCE on the host's clock) is there: prints
+#: it and exits 0; exits 3 (printing `crashed N`) once the unit restarted 3 times; 4 after
+#: TIMEOUT seconds. One round trip instead of a poll over SSH every few hundred ms.
+_WAIT_SWITCH = """\
+import json, subprocess, sys, time
+path, release, unit, since, timeout = sys.argv[1:4] + [float(a) for a in sys.argv[4:6]]
+def restarts():
+    out = subprocess.run(["systemctl", "show", unit, "--property", "NRestarts", "--value"],
+                         capture_output=True, text=True).stdout.strip()
+    return int(out) if out.isdigit() else 0
+base, deadline, polls = restarts(), time.monotonic() + timeout, 0
+while True:
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        record = {}
+    fresh = isinstance(record, dict) and float(record.get("time") or 0) >= since
+    if fresh and record.get("release") == release:
+        print(json.dumps(record))
+        sys.exit(0)
+    polls += 1
+    crashes = restarts() - base if polls % 4 == 0 else 0
+    if crashes >= 3:
+        print(f"crashed {crashes}")
+        sys.exit(3)
+    if time.monotonic() > deadline:
+        sys.exit(4)
+    time.sleep(0.05)
+"""
+SWITCHED, CRASHED, NOT_YET = 0, 3, 4
+
+
+def wait_switch(version: str, since: float, timeout: float) -> Argv:
+    """Wait on the host until VERSION has taken over (its switch record), or crash-loops."""
+    return sudo(
+        [
+            "python3",
+            "-c",
+            _WAIT_SWITCH,
+            SWITCH_RECORD,
+            version,
+            unit(version),
+            f"{since:.0f}",
+            f"{timeout:.1f}",
+        ]
+    )
+
+
+def start_clocked(version: str, running: bool = False) -> Argv:
+    """The host's clock (first line: switch records older than it are not this start's),
+    then the start (a reload when VERSION is RUNNING already) in the same round trip."""
+    return seq(host_clock(), restart(version) if running else start(version))
 
 
 def sessions(port: int = APP_PORT) -> Argv:
@@ -310,6 +384,30 @@ def enable_only(version: str, others: Iterable[str]) -> Argv:
     if not rest:
         return enable
     return chain(enable, sudo(["systemctl", "disable", "--quiet", *(unit(v) for v in rest)]))
+
+
+def snapshot(layers: bool = True) -> Argv:
+    """What a deploy or rollback reads of the host, in one round trip, parts separated by
+    SECTION lines: the architecture, every image's layers (LAYERS), the releases, the history,
+    the current image's ID (empty when none) and the units (`instances`)."""
+    parts = [
+        host_machine(),
+        quiet(host_layers()) if layers else ["true"],
+        release_images(),
+        read_releases(),
+        either(quiet(image_id(CURRENT)), ["true"]),
+        instances(),
+    ]
+    out: Argv = []
+    for part in parts:
+        out = seq(out, ["echo", SECTION], part) if out else part
+    return out
+
+
+def finish(version: str, others: Iterable[str], entry: Mapping[str, object]) -> Argv:
+    """After the new release passed the health gate: it (alone) starts at boot, `current`
+    points at it, the history says so; one round trip."""
+    return chain(enable_only(version, others), tag_current(image(version)), record(entry))
 
 
 def instances() -> Argv:

@@ -131,6 +131,7 @@ class DeployLock:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._released = False
 
     def __enter__(self) -> DeployLock:
         self.remote.run(cmd.ensure_state_dir(self.remote.conn.user))
@@ -160,6 +161,9 @@ class DeployLock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._released:  # a deploy released it already; its preparer tries again
+            return
+        self._released = True
         self._stop.set()
         if self._thread:
             self._thread.join(timeout=5)

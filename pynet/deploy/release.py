@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import tarfile
 import tempfile
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
 
 from pynet.deploy import commands as cmd
 from pynet.deploy.layers import (
@@ -142,6 +145,89 @@ class HostState:
         return others[0] if others else None
 
 
+@dataclass
+class Snapshot:
+    """The host as one round trip (`commands.snapshot`) saw it: what a deploy decides from."""
+
+    machine: str
+    layers: list[list[str]]
+    state: HostState
+    units: Instances
+    labels: dict[str, str] = field(default_factory=dict)  # handover label of images we loaded
+
+    @classmethod
+    def parse(cls, text: str) -> Snapshot:
+        parts: list[list[str]] = [[] for _ in range(6)]
+        i = 0
+        for line in text.splitlines():
+            if line.strip() == cmd.SECTION:
+                i = min(i + 1, len(parts) - 1)
+            else:
+                parts[i].append(line)
+        machine, layers, images, history, current, units = ("\n".join(p) for p in parts)
+        return cls(
+            machine.strip(),
+            parse_layer_lists(layers),
+            HostState(parse_images(images), parse_history(history), current.strip() or None),
+            Instances.parse(units),
+        )
+
+    @classmethod
+    def read(cls, remote: Remote, layers: bool = True) -> Snapshot:
+        return cls.parse(remote.output(cmd.snapshot(layers), check=False))
+
+    @property
+    def arch(self) -> str | None:
+        return image_arch(self.machine) if self.machine else None
+
+    def loaded(self, version: str, image_id: str, label: str) -> None:
+        """VERSION is on the host now (we loaded it): decide from that without reading again."""
+        self.state.images = [
+            ReleaseImage(version, image_id, ""),
+            *(i for i in self.state.images if i.tag != version),
+        ]
+        self.labels[version] = label
+
+
+@dataclass
+class Phases:
+    """Seconds per phase of one deploy: the breakdown `fab deploy` ends with (and the bench reads).
+
+    build and save happen here once for every host; ship (bytes over SSH), load (`docker load`
+    on the host), start (from `systemctl start` until the new release has taken over) and switch
+    (health gate, old release stopped, enabled at boot, `current`, history) per host.
+    """
+
+    started: float = field(default_factory=time.monotonic)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    NAMES = ("build", "save", "ship", "load", "start", "switch")
+
+    def add(self, name: str, seconds: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+
+    @contextmanager
+    def timing(self, name: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.add(name, time.monotonic() - began)
+
+    def copy(self) -> Phases:
+        return Phases(self.started, dict(self.seconds))
+
+    def describe(self, shipped: int) -> str:
+        """`build 0.5s, save 0.7s, ship 0.0s (97.7 kB), load 0.2s, start 0.6s, switch 0.4s`."""
+        parts = [f"{name} {self.seconds.get(name, 0.0):.2f}s" for name in self.NAMES]
+        parts[2] += f" ({human(shipped)})"
+        return ", ".join(parts)
+
+    @property
+    def total(self) -> float:
+        return time.monotonic() - self.started
+
+
 # --- building and shipping --------------------------------------------------------------------
 
 
@@ -203,18 +289,15 @@ def check_platform(image: ArchiveImage, version: str, arch: str | None) -> None:
         )
 
 
-def same_image(remote: Remote, version: str, image: ArchiveImage) -> None:
-    """Raise unless the host's `pynet-chat:VERSION` is IMAGE, whatever store either end uses.
+def same_image(version: str, image: ArchiveImage, on_host: str, content: str) -> None:
+    """Raise unless the host's `pynet-chat:VERSION` (ON_HOST its ID, CONTENT what
+    `commands.image_content` prints) is IMAGE, whatever store either end uses.
 
     A classic store reports the config digest as the image ID, the containerd store the
     manifest's (or index's) digest: the archive holds both. A containerd store that loaded a
     classic archive makes a manifest of its own, so then the layers and creation time decide.
     """
-    on_host = remote.output(cmd.image_id(cmd.image(version)))
-    if on_host in image.ids:
-        return
-    content = remote.output(cmd.image_content(cmd.image(version)), check=False)
-    if image.diff_ids and content == image.content:
+    if on_host in image.ids or (image.diff_ids and content == image.content):
         return
     raise DeployError(
         f"{cmd.image(version)} on the host ({on_host}) differs from the one built here "
@@ -222,47 +305,106 @@ def same_image(remote: Remote, version: str, image: ArchiveImage) -> None:
     )
 
 
-def ship(remote: Remote, local: Local, docker: str, version: str) -> int:
-    """Make `pynet-chat:VERSION` exist on the host, sending only missing layers. Returns bytes."""
-    if not remote.dry_run and remote.ok(cmd.image_id(cmd.image(version))):
-        remote.say(f"{cmd.image(version)} is already on the host: nothing to ship")
-        return 0
-    arch = host_arch(remote)
-    inspect = local.run(cmd.local_layers(docker, version)).stdout.strip()
-    _, _, layers = inspect.partition(" ")
-    layer_list: list[str] = json.loads(layers or "[]")
-    present = parse_layer_lists(remote.output(cmd.host_layers(), check=False))
-    skip = shared_prefix(layer_list, present)
-    remote_path = f"{cmd.ARCHIVE_DIR}/{version}.tar.gz"
-    size, image = 0, None
-    with tempfile.TemporaryDirectory(prefix="pynet-ship-") as tmp:
-        saved, archive = Path(tmp) / "image.tar", Path(tmp) / f"{version}.tar.gz"
-        local.run(cmd.local_save(docker, version, str(saved)))
+class Built:
+    """The image built here, as `docker save` wrote it: saved once, shipped to every host."""
+
+    def __init__(self, local: Local, docker: str, version: str) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="pynet-ship-")
+        self.dir = Path(self._tmp.name)
+        self.saved = self.dir / "image.tar"
+        inspect = local.run(cmd.local_layers(docker, version)).stdout.strip()
+        _, _, layers = inspect.partition(" ")
+        self.layers: list[str] = json.loads(layers or "[]")
+        local.run(cmd.local_save(docker, version, str(self.saved)))
+        self.image: ArchiveImage | None = None
         if not local.dry_run:
             try:
-                image = read_archive(saved)
+                self.image = read_archive(self.saved)
             except (ValueError, tarfile.TarError) as exc:
+                self.close()
                 raise DeployError(f"`docker save` wrote an archive we cannot read: {exc}") from None
-            check_platform(image, version, arch)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Built:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _loaded(stdout: str) -> tuple[str, str, str]:
+    """(image ID, handover label, content) from the line `commands.load_stdin` ends with."""
+    last = (stdout.strip().splitlines() or [""])[-1]
+    fields = last.split(" ", 3)
+    if len(fields) < 4:
+        return "", "", ""
+    ident, layers, created, label = fields
+    return ident, label.removeprefix("label="), f"{layers} {created}"
+
+
+def ship(
+    remote: Remote,
+    local: Local,
+    docker: str,
+    version: str,
+    snap: Snapshot | None = None,
+    phases: Phases | None = None,
+    built: Built | None = None,
+) -> int:
+    """Make `pynet-chat:VERSION` exist on the host, sending only missing layers. Returns bytes.
+
+    The archive goes into `docker load`'s stdin over the open SSH connection, and the same
+    round trip reports what was loaded (identity, handover label): SNAP learns of it.
+    """
+    snap = snap or Snapshot.read(remote)
+    phases = phases or Phases()
+    if not remote.dry_run and snap.state.id_of(version):
+        remote.say(f"{cmd.image(version)} is already on the host: nothing to ship")
+        return 0
+    arch = None if remote.dry_run else snap.arch
+    own = built is None
+    if built is None:
+        with phases.timing("save"):
+            built = Built(local, docker, version)
+    try:
+        if built.image is not None:
+            check_platform(built.image, version, arch)
+        skip = shared_prefix(built.layers, snap.layers)
+        archive = built.dir / f"{version}.tar.gz"
+        size = 0
         for attempt_skip in dict.fromkeys((skip, 0)):  # a full archive when the slim one fails
-            if local.dry_run:
-                remote.say("shipping the layers the host lacks")
-            else:
-                shipment = slim_archive(saved, archive, attempt_skip)
-                size = shipment.size
-                remote.say(shipment.describe())
-            remote.upload(archive, remote_path)
-            loaded = remote.run(cmd.load(remote_path), check=False)
+            with phases.timing("save"):
+                if local.dry_run:
+                    remote.say("shipping the layers the host lacks")
+                else:
+                    shipment = slim_archive(built.saved, archive, attempt_skip)
+                    size = shipment.size
+                    remote.say(shipment.describe())
+            fed = remote.feed(cmd.load_stdin(version), archive)
+            phases.add("ship", fed.sending)
+            phases.add("load", fed.after)
+            loaded = fed.result
             if loaded.ok:
                 break
-            remote.run(["rm", "-f", remote_path], check=False)
             # A layer we left out is missing after all (pruned in between): send them all.
             if attempt_skip == 0 or "no such file or directory" not in loaded.stderr:
                 raise DeployError(f"docker load failed on the host: {loaded.stderr.strip()}")
             remote.say("the host lacks a layer it was expected to have; sending all layers")
-    if image is not None:
-        same_image(remote, version, image)
-    return size
+        if built.image is not None:
+            ident, label, content = _loaded(loaded.stdout)
+            same_image(version, built.image, ident, content)
+            snap.loaded(version, ident, label)
+        return size
+    finally:
+        if own:
+            built.close()
 
 
 # --- activating a release ---------------------------------------------------------------------
@@ -338,12 +480,14 @@ def wait_healthy(
     since: float = 0.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    limit: float | None = None,
 ) -> str | None:
     """None once VERSION serves IMAGE_ID, answers the health check and has recorded taking
     over (its switch record, written at or after SINCE on the host's clock); else why not.
 
     A real wait (the host starts the container), so the pause between polls is SLEEP: unit
-    tests pass a fake clock and sleep and run it without waiting.
+    tests pass a fake clock and sleep and run it without waiting. LIMIT: the time the reason
+    names, when part of it went by before this wait.
     """
     if remote.dry_run:
         remote.run(cmd.health(version, image_id))  # activate reads the switch record next
@@ -361,23 +505,67 @@ def wait_healthy(
         if crashes >= CRASH_RESTARTS:
             return f"the service crashed {crashes} times in a row after the start"
         if clock() > deadline:
-            return f"the health check did not pass within {timeout:.0f}s"
+            return f"the health check did not pass within {limit or timeout:.0f}s"
         sleep(POLL)
 
 
+@dataclass
+class Started:
+    """How a start went: None or why it is not healthy, and the new release's switch record."""
+
+    reason: str | None
+    switch: dict[str, object] = field(default_factory=dict)
+
+
 def _start(
-    remote: Remote, version: str, image_id: str, timeout: float, restart: bool
-) -> str | None:
-    """Start VERSION's unit (it takes over from whatever serves) and wait until it serves."""
-    since = float(remote.output(cmd.host_clock(), check=False) or 0) if not remote.dry_run else 0
+    remote: Remote,
+    version: str,
+    image_id: str,
+    timeout: float,
+    restart: bool,
+    capable: bool = True,
+    phases: Phases | None = None,
+) -> Started:
+    """Start VERSION's unit (it takes over from whatever serves) and wait until it serves.
+
+    One round trip starts it (with the host's clock), one waits on the host until it has
+    taken over (its switch record, polled there every 50 ms), one runs the health check.
+    """
+    phases = phases or Phases()
     began = time.monotonic()
     # A reload that could not hand over leaves the running container serving: the health
     # check below says so (it checks the image), and the deploy rolls back.
-    remote.run(cmd.restart(version) if restart else cmd.start(version), check=not restart)
-    reason = wait_healthy(remote, version, image_id, timeout, since)
+    started = remote.run(cmd.start_clocked(version, running=restart), check=not restart)
+    first = (started.stdout or "").split()
+    since = float(first[0]) if first and first[0].isdigit() else 0.0
+    result = Started(None)
+    if capable:
+        waited = remote.run(cmd.wait_switch(version, since, timeout), check=False)
+        phases.add("start", time.monotonic() - began)
+        gate = time.monotonic()
+        if waited.exited == cmd.CRASHED:
+            crashes = waited.stdout.split()[-1] if waited.stdout.split() else str(CRASH_RESTARTS)
+            result = Started(f"the service crashed {crashes} times in a row after the start")
+        elif waited.exited == cmd.SWITCHED and remote.ok(cmd.health(version, image_id)):
+            result = Started(None, _record(waited.stdout))
+        else:  # not healthy yet (or no record): the plain wait, for what is left of the time
+            left = max(0.0, timeout - (time.monotonic() - began))
+            result = Started(wait_healthy(remote, version, image_id, left, since, limit=timeout))
+        phases.add("switch", time.monotonic() - gate)
+    else:
+        result = Started(wait_healthy(remote, version, image_id, timeout, since))
+        phases.add("start", time.monotonic() - began)
     if not remote.dry_run:
         remote.say(f"{version} serving after {time.monotonic() - began:.1f}s")
-    return reason
+    return result
+
+
+def _record(text: str) -> dict[str, object]:
+    try:
+        record = json.loads(text.strip().splitlines()[-1]) if text.strip() else {}
+    except json.JSONDecodeError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def handover_capable(remote: Remote, version: str) -> bool:
@@ -387,15 +575,26 @@ def handover_capable(remote: Remote, version: str) -> bool:
 
 
 def activate(
-    remote: Remote, version: str, action: str, timeout: float = HEALTH_TIMEOUT, keep: int = KEEP
+    remote: Remote,
+    version: str,
+    action: str,
+    timeout: float = HEALTH_TIMEOUT,
+    keep: int = KEEP,
+    snap: Snapshot | None = None,
+    phases: Phases | None = None,
 ) -> Outcome:
-    """Make VERSION serve, taking over every connection, or put the previous release back."""
-    state = HostState.read(remote)
+    """Make VERSION serve, taking over every connection, or put the previous release back.
+
+    SNAP: the host as the deploy read it under its lock (and updated with what it loaded);
+    read here in one round trip when not given (a rollback).
+    """
+    snap = snap or Snapshot.read(remote, layers=False)
+    phases = phases or Phases()
+    state, units = snap.state, snap.units
     target = state.id_of(version) or ("sha256:<id>" if remote.dry_run else None)
     if target is None:
         have = ", ".join(i.tag for i in state.images if i.tag != "current") or "none"
         raise DeployError(f"{cmd.image(version)} is not on the host (releases there: {have})")
-    units = Instances.read(remote)
     previous_id, previous = state.current_id, state.current
     if previous_id == target and version in units.active and remote.ok(cmd.health(version, target)):
         remote.say(f"{version} is already current and healthy")
@@ -403,26 +602,37 @@ def activate(
     remote.say(f"{action}: {previous or previous_id or 'nothing'} -> {version}")
     entry = {"action": action, "version": version, "previous": previous, "user": whoami()}
     others = [v for v in units.active if v != version]
-    capable = handover_capable(remote, version)
+    label = snap.labels.get(version)
+    capable = handover_capable(remote, version) if label is None else bool(label)
     if not capable and others:
         remote.say(f"{version} predates the handover: stopping {', '.join(others)} first")
         remote.run(cmd.stop(*others))
-    reason = _start(remote, version, target, timeout, restart=version in units.active)
-    if reason is None:
-        switch = read_switch(remote) if capable else {}
-        if not capable:
-            switch = {"how": "restart", "reason": "the release predates the handover"}
-        still = [v for v in Instances.read(remote).active if v != version]
-        if still:  # an overlap without handover: the old one says BYE restarting and stops
-            remote.run(cmd.stop(*still))
-        remote.run(cmd.enable_only(version, {*units.enabled, *units.active}))
-        remote.run(cmd.tag_current(cmd.image(version)))
-        remote.run(
-            cmd.record({**entry, "time": utcnow(), "result": "ok", "switch": _brief(switch)})
-        )
-        remote.say(f"{version} is serving: {describe_switch(switch)}")
-        prune(remote, keep, protect={target, previous_id or target})
+    started = _start(remote, version, target, timeout, version in units.active, capable, phases)
+    if started.reason is None:
+        with phases.timing("switch"):
+            switch = (started.switch or read_switch(remote)) if capable else {}
+            if not capable:
+                switch = {"how": "restart", "reason": "the release predates the handover"}
+            still = [v for v in Instances.read(remote).active if v != version]
+            if still:  # an overlap without handover: the old one says BYE restarting and stops
+                remote.run(cmd.stop(*still))
+            done: dict[str, object] = {
+                **entry,
+                "time": utcnow(),
+                "result": "ok",
+                "switch": _brief(switch),
+            }
+            state.history.append(done)
+            state.current_id = target
+            doomed = plan_prune(state.images, state.history, keep, {target, previous_id or target})
+            finish = cmd.finish(version, {*units.enabled, *units.active}, done)
+            if doomed:
+                remote.say(f"pruning old releases: {', '.join(doomed)}")
+                finish = cmd.seq(finish, cmd.remove_images(doomed))
+            remote.run(finish, check=not doomed)
+            remote.say(f"{version} is serving: {describe_switch(switch)}")
         return Outcome(version, previous=previous, switch=switch)
+    reason = started.reason
     logs = remote.output(cmd.journal(20, unit=cmd.unit(version)), check=False)
     if previous and previous != version and state.id_of(previous):
         remote.say(f"{version} failed ({reason}); rolling back to {previous}")
@@ -431,7 +641,9 @@ def activate(
         if previous in Instances.read(remote).active:  # it never let go: only prove it
             again = wait_healthy(remote, previous, state.id_of(previous) or "", timeout)
         else:
-            again = _start(remote, previous, state.id_of(previous) or "", timeout, restart=False)
+            again = _start(
+                remote, previous, state.id_of(previous) or "", timeout, restart=False
+            ).reason
         remote.run(cmd.stop(version))
         if again is None:
             remote.run(cmd.enable_only(previous, {*units.enabled, version}))
@@ -455,14 +667,6 @@ def _brief(switch: dict[str, object]) -> dict[str, object]:
     return {k: switch[k] for k in keys if k in switch}
 
 
-def prune(remote: Remote, keep: int, protect: set[str]) -> None:
-    state = HostState.read(remote)
-    doomed = plan_prune(state.images, state.history, keep, protect | {state.current_id or ""})
-    if doomed:
-        remote.say(f"pruning old releases: {', '.join(doomed)}")
-        remote.run(cmd.remove_images(doomed), check=False)
-
-
 # --- the two entry points ---------------------------------------------------------------------
 
 
@@ -473,19 +677,100 @@ def deploy(
     version: str,
     timeout: float = HEALTH_TIMEOUT,
     keep: int = KEEP,
+    prepared: Prepared | None = None,
+    built: Built | None = None,
+    phases: Phases | None = None,
 ) -> Outcome:
-    """Ship VERSION (built already) and activate it, under the host's deploy lock."""
-    with DeployLock(remote, "deploy", version):
-        started = time.monotonic()
-        shipped = ship(remote, local, docker, version)
-        shipped_at = time.monotonic()
-        outcome = activate(remote, version, "deploy", timeout, keep)
-        done = time.monotonic()
-        remote.say(
-            f"deployed {version} in {done - started:.1f}s: ship {shipped_at - started:.1f}s "
-            f"({human(shipped)}), switch {done - shipped_at:.1f}s"
-        )
+    """Ship VERSION (built already) and activate it, under the host's deploy lock.
+
+    PREPARED: the lock taken and the host read while the image was built (`Preparing`);
+    BUILT: the image saved once for every host. Without them this takes both itself.
+    """
+    phases = phases.copy() if phases else Phases()
+    with prepared or Prepared.take(remote, version) as ready:
+        shipped = ship(remote, local, docker, version, ready.snap, phases, built)
+        outcome = activate(remote, version, "deploy", timeout, keep, ready.snap, phases)
+        remote.say(f"deployed {version} in {phases.total:.1f}s: {phases.describe(shipped)}")
         return Outcome(version, shipped, outcome.previous, outcome.switch)
+
+
+@dataclass
+class Prepared:
+    """One host locked for a deploy, and what it looked like once locked."""
+
+    lock: DeployLock
+    snap: Snapshot
+
+    @classmethod
+    def take(cls, remote: Remote, version: str) -> Prepared:
+        lock = DeployLock(remote, "deploy", version)
+        lock.__enter__()
+        try:
+            return cls(lock, Snapshot.read(remote))
+        except BaseException:
+            lock.__exit__(None, None, None)
+            raise
+
+    def __enter__(self) -> Prepared:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.lock.__exit__(exc_type, exc, tb)
+
+
+class Preparing:
+    """Lock every host and read it (`Prepared.take`) in threads while the image builds here:
+    those round trips then cost no time. `with Preparing(...) as p:` releases every lock
+    taken when the block fails before a deploy took it over; `p.get(i)` waits for host I.
+    A dry run prepares each host when asked, so its transcript stays in order.
+    """
+
+    def __init__(self, remotes: Sequence[Remote], version: str) -> None:
+        self.remotes, self.version = list(remotes), version
+        self.results: list[Prepared | BaseException | None] = [None] * len(self.remotes)
+        self.threads: list[threading.Thread] = []
+
+    def _take(self, i: int) -> None:
+        try:
+            self.results[i] = Prepared.take(self.remotes[i], self.version)
+        except BaseException as exc:  # handed to the caller by get()
+            self.results[i] = exc
+
+    def __enter__(self) -> Preparing:
+        for i, remote in enumerate(self.remotes):
+            if not remote.dry_run:
+                thread = threading.Thread(target=self._take, args=(i,), daemon=True)
+                thread.start()
+                self.threads.append(thread)
+        return self
+
+    def get(self, i: int) -> Prepared:
+        if self.remotes[i].dry_run and self.results[i] is None:
+            self._take(i)
+        for thread in self.threads:
+            thread.join()
+        found = self.results[i]
+        if isinstance(found, BaseException):
+            raise found
+        assert found is not None
+        return found
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for thread in self.threads:
+            thread.join()
+        for found in self.results:
+            if isinstance(found, Prepared):
+                found.lock.__exit__(None, None, None)  # releases only a lock still held
 
 
 def rollback(
@@ -493,7 +778,8 @@ def rollback(
 ) -> Outcome:
     """Activate TO (default: the release before the current one), under the deploy lock."""
     with DeployLock(remote, "rollback", to or "previous"):
-        version = to or HostState.read(remote).previous_release()
+        snap = Snapshot.read(remote, layers=False)
+        version = to or snap.state.previous_release()
         if version is None:
             raise DeployError("no earlier release on the host to roll back to (see `fab releases`)")
-        return activate(remote, version, "rollback", timeout, keep)
+        return activate(remote, version, "rollback", timeout, keep, snap)

@@ -215,6 +215,7 @@ def deploy(
     instance_connect: bool = False,
 ) -> None:
     """Build the chat image here, ship it over SSH, switch to it, roll back if it is unhealthy."""
+    phases = release.Phases()  # the breakdown each host's deploy ends with
     _release_name("--version", version)
     docker = _docker(dry_run)
     hosts = _hosts(c, inventory)  # "no hosts" fails before a long build, not after
@@ -224,20 +225,42 @@ def deploy(
         # So does an unreachable host (and, with --instance-connect, a key AWS refused).
         _reach(hosts, InstanceConnect(connect) if instance_connect else None)
     local = Local(dry_run)
+    remotes = [Remote(t.conn, dry_run) for t in hosts]
     arches: list[str | None] = []  # build for what the hosts run, not for this machine
-    _each(hosts, lambda t: arches.append(release.host_arch(Remote(t.conn, dry_run))))
-    release.build(
-        local,
-        docker,
-        name,
-        source,
-        base_image or os.environ.get("PYNET_BASE_IMAGE"),
-        str(file) if file else None,
-        platform=release.build_platform(arches),
-    )
-    _each(
-        hosts, lambda t: release.deploy(Remote(t.conn, dry_run), local, docker, name, timeout, keep)
-    )
+    _each(hosts, lambda t: arches.append(release.host_arch(remotes[hosts.index(t)])))
+    with contextlib.ExitStack() as held:
+        # Every host is locked and read while the image builds: no waiting for that later.
+        preparing = held.enter_context(release.Preparing(remotes, name))
+        with phases.timing("build"):
+            release.build(
+                local,
+                docker,
+                name,
+                source,
+                base_image or os.environ.get("PYNET_BASE_IMAGE"),
+                str(file) if file else None,
+                platform=release.build_platform(arches),
+            )
+        prepared: list[release.Prepared] = []
+        _each(hosts, lambda t: prepared.append(preparing.get(hosts.index(t))))
+        built = None
+        if dry_run or any(not p.snap.state.id_of(name) for p in prepared):
+            with phases.timing("save"):  # once, for every host that lacks the image
+                built = held.enter_context(release.Built(local, docker, name))
+        _each(
+            hosts,
+            lambda t: release.deploy(
+                remotes[hosts.index(t)],
+                local,
+                docker,
+                name,
+                timeout,
+                keep,
+                prepared[hosts.index(t)],
+                built,
+                phases,
+            ),
+        )
 
 
 @task(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -60,29 +61,37 @@ def test_deploy_dry_run_prints_every_step_and_runs_none() -> None:
     for step in (
         "[127.0.0.1:1] mkdir /var/lib/pynet-deploy/lock && ",
         "[local] docker save -o ",
-        "[127.0.0.1:1] sftp put ",
-        "[127.0.0.1:1] sudo -n docker load --input /var/lib/pynet-deploy/archives/v9.tar.gz",
-        "[127.0.0.1:1] sudo -n systemctl reset-failed pynet-chat@v9.service 2>/dev/null ; "
-        "sudo -n systemctl start pynet-chat@v9.service",
-        "[127.0.0.1:1] sudo -n cat /run/pynet/last-switch.json",
-        "[127.0.0.1:1] sudo -n systemctl enable --quiet pynet-chat@v9.service",
-        "[127.0.0.1:1] sudo -n docker tag pynet-chat:v9 pynet-chat:current",
+        "[127.0.0.1:1] uname -m ; echo --pynet-section-- ; ",  # the host, read in one go
+        "[127.0.0.1:1] sudo -n docker load && sudo -n docker image inspect ",
+        ".tar.gz\n",  # the archive goes into docker load's stdin
+        "[127.0.0.1:1] date +%s ; sudo -n systemctl reset-failed pynet-chat@v9.service "
+        "2>/dev/null ; sudo -n systemctl start pynet-chat@v9.service",
+        "[127.0.0.1:1] sudo -n python3 -c ",
+        "/run/pynet/last-switch.json v9 pynet-chat@v9.service ",
+        "[127.0.0.1:1] sudo -n systemctl enable --quiet pynet-chat@v9.service && "
+        "sudo -n docker tag pynet-chat:v9 pynet-chat:current && printf ",
         ">> /var/lib/pynet-deploy/releases.jsonl",
         "[127.0.0.1:1] grep -qF ",
     ):
         assert step in text, step
     order = [
         text.index(s)
-        for s in ("systemctl start", "last-switch.json", "docker tag", ">> /var/lib/pynet")
+        for s in ("docker load", "systemctl start", "last-switch.json", "docker tag", "grep -qF")
     ]
     assert order == sorted(order)
+    assert re.search(
+        r"^\[127\.0\.0\.1:1\] deployed v9 in [\d.]+s: build [\d.]+s, save [\d.]+s, "
+        r"ship [\d.]+s \(0 B\), load [\d.]+s, start [\d.]+s, switch [\d.]+s$",
+        text,
+        re.M,
+    ), text
 
 
 def test_rollback_dry_run() -> None:
     proc = fab("-H", "admin@127.0.0.1:1", "rollback", "--to", "v1", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "sudo -n systemctl start pynet-chat@v1.service" in proc.stdout
-    assert "[127.0.0.1:1] sudo -n docker tag pynet-chat:v1 pynet-chat:current" in proc.stdout
+    assert " && sudo -n docker tag pynet-chat:v1 pynet-chat:current && " in proc.stdout
 
 
 def test_unreachable_host_is_one_line_and_no_traceback() -> None:

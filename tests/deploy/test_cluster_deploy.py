@@ -23,18 +23,20 @@ def test_deploy_rolls_through_the_chat_hosts_one_at_a_time(tmp_path: Path) -> No
         "2201",
         "2202",
     ]
-    order = re.findall(r"^\[127\.0\.0\.1:(\d+)\] (?!uname -m$)", done.stdout, re.M)
+    # While it builds, every chat host is locked and read (in threads; in order in a dry run),
+    # and the image is saved once for all of them.
+    build, rest = done.stdout.split("[local] docker save")
+    prepared = re.findall(r"^\[127\.0\.0\.1:(\d+)\] mkdir /var/lib/pynet-deploy/lock ", build, re.M)
+    assert prepared == ["2201", "2202"]
+    assert rest.count("[local] docker save") == 0
+    order = re.findall(r"^\[127\.0\.0\.1:(\d+)\] ", rest, re.M)
     assert set(order) == {"2201", "2202"}  # the Redis host is not a chat host
     first_of_second = order.index("2202")
     assert set(order[:first_of_second]) == {"2201"}  # one host finished before the next began
     assert set(order[first_of_second:]) == {"2202"}
     # each host passes its own health check before the next is touched
-    lines = done.stdout.splitlines()
+    lines = rest.splitlines()
     health = [i for i, line in enumerate(lines) if "chat.healthcheck" in line]
-    second_start = next(
-        i
-        for i, line in enumerate(lines)
-        if line.startswith("[127.0.0.1:2202]") and not line.endswith("uname -m")
-    )
+    second_start = next(i for i, line in enumerate(lines) if line.startswith("[127.0.0.1:2202]"))
     assert health
     assert health[0] < second_start

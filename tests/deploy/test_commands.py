@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import threading
+import time
+from pathlib import Path
+
 from pynet.deploy import commands as cmd
 from pynet.deploy.commands import render
 
@@ -166,3 +173,79 @@ def test_history_is_one_json_object_per_line() -> None:
     assert render(cmd.read_releases()) == (
         "cat /var/lib/pynet-deploy/releases.jsonl 2>/dev/null || true"
     )
+
+
+def test_a_deploy_reads_the_host_in_one_command() -> None:
+    parts = render(cmd.snapshot()).split(f" ; echo {cmd.SECTION} ; ")
+    assert parts == [
+        "uname -m",
+        render(cmd.quiet(cmd.host_layers())),
+        render(cmd.release_images()),
+        render(cmd.read_releases()),
+        "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:current 2>/dev/null || true",
+        render(cmd.instances()),
+    ]
+    assert render(cmd.snapshot(layers=False)).split(f" ; echo {cmd.SECTION} ; ")[1] == "true"
+
+
+def test_the_image_is_loaded_from_stdin_and_described_in_the_same_command() -> None:
+    assert render(cmd.load_stdin("v1")) == (
+        "sudo -n docker load && sudo -n docker image inspect --format "
+        "'{{.Id}} {{json .RootFS.Layers}} {{.Created}} "
+        'label={{index .Config.Labels "io.pynet.handover"}}\' pynet-chat:v1'
+    )
+
+
+def test_start_reads_the_clock_in_the_same_command_and_finish_is_one() -> None:
+    assert render(cmd.start_clocked("v1")) == "date +%s ; " + render(cmd.start("v1"))
+    assert render(cmd.start_clocked("v1", running=True)) == "date +%s ; " + render(
+        cmd.restart("v1")
+    )
+    assert render(cmd.finish("v2", ["v1"], {"version": "v2"})) == (
+        "sudo -n systemctl enable --quiet pynet-chat@v2.service && "
+        "sudo -n systemctl disable --quiet pynet-chat@v1.service && "
+        "sudo -n docker tag pynet-chat:v2 pynet-chat:current && "
+        "printf '%s\\n' '{\"version\": \"v2\"}' >> /var/lib/pynet-deploy/releases.jsonl"
+    )
+
+
+def _wait(
+    tmp_path: Path, since: float, timeout: float, crashing: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`commands.wait_switch` as the host runs it (without sudo), the record in TMP_PATH, and a
+    `systemctl` whose NRestarts stays 0, or grows by one each time it is asked (CRASHING)."""
+    fake = tmp_path / "bin"
+    fake.mkdir(parents=True, exist_ok=True)
+    count = tmp_path / "restarts"
+    count.write_text("0")
+    grow = f"echo $(($(cat {count}) + 1)) > {count}.new && mv {count}.new {count}\n"
+    (fake / "systemctl").write_text(f"#!/bin/sh\ncat {count}\n" + (grow if crashing else ""))
+    (fake / "systemctl").chmod(0o755)
+    argv = cmd.wait_switch("v2", since, timeout)[2:]
+    argv[3] = str(tmp_path / "last-switch.json")
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    return subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=30)
+
+
+def test_the_wait_on_the_host_ends_when_the_new_release_has_taken_over(tmp_path: Path) -> None:
+    record = tmp_path / "last-switch.json"
+    record.write_text(json.dumps({"release": "v1", "time": 2000.0}))  # the previous release's
+    late = {"how": "handover", "release": "v2", "time": 1000.0}  # older than this start
+    threading.Timer(0.3, lambda: record.write_text(json.dumps(late))).start()
+    fresh = {"how": "handover", "release": "v2", "time": 2001.5}
+    threading.Timer(0.6, lambda: record.write_text(json.dumps(fresh))).start()
+    began = time.monotonic()
+    done = _wait(tmp_path, since=2001, timeout=10)
+    assert done.returncode == cmd.SWITCHED, done.stderr
+    assert json.loads(done.stdout) == fresh
+    assert 0.6 <= time.monotonic() - began < 2.0  # polled, not slept on
+
+
+def test_the_wait_on_the_host_gives_up_on_a_crash_loop_and_at_its_timeout(
+    tmp_path: Path,
+) -> None:
+    crashed = _wait(tmp_path / "crash", since=0, timeout=30, crashing=True)
+    assert (crashed.returncode, crashed.stdout.strip()) == (cmd.CRASHED, "crashed 3")
+    began = time.monotonic()
+    assert _wait(tmp_path / "late", since=0, timeout=0.5).returncode == cmd.NOT_YET
+    assert time.monotonic() - began < 5

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,10 +195,38 @@ def test_provisioned_host_serves_the_seed_release(rig: Rig) -> None:
     assert re.search(r"^unit +pynet-chat@\S+\.service: active \(running\)", proc.stdout, re.M)
 
 
+PHASES = ("build", "save", "ship", "load", "start", "switch")
+BREAKDOWN = re.compile(
+    r"^\[127\.0\.0\.1:\d+\] deployed (?P<version>\S+) in (?P<total>[\d.]+)s: "
+    + ", ".join(
+        rf"{name} (?P<{name}>[\d.]+)s" + (r" \([\d.]+ \w+\)" if name == "ship" else "")
+        for name in PHASES
+    )
+    + "$",
+    re.M,
+)
+
+
+def breakdown(stdout: str) -> dict[str, float]:
+    """The per-phase seconds `fab deploy` ends with (bench/deploy_bench.py reads the same)."""
+    found = BREAKDOWN.search(stdout)
+    assert found, stdout
+    return {k: float(v) for k, v in found.groupdict().items() if k != "version"}
+
+
 def test_deploy_ships_only_the_code_layer_and_serves_it(rig: Rig) -> None:
     version = rig.commit("one")
+    began = time.monotonic()
     proc = rig.deploy()
+    took = time.monotonic() - began
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # Where the time went, in the deploy's own output: every phase ran, and together they
+    # are the deploy (what is left is connecting and waiting for nothing).
+    phases = breakdown(proc.stdout)
+    assert all(phases[name] >= 0 for name in PHASES), phases
+    assert all(phases[name] > 0 for name in ("build", "save", "load", "start", "switch")), phases
+    assert sum(phases[name] for name in PHASES) <= phases["total"] + 0.05 < took
+    assert phases["total"] - sum(phases[name] for name in PHASES) < 1.0, phases
     shipped = re.search(r"shipping (\d+) of (\d+) layers \(([\d.]+) (B|kB|MB)", proc.stdout)
     assert shipped, proc.stdout
     assert int(shipped[1]) <= 1 < int(shipped[2])  # the base layers stayed home

@@ -64,9 +64,9 @@ class Shipped:
     layers: int
     total: int
     compressed: float  # bytes, as the shipping line says
-    uploaded: float  # bytes, as the SFTP summary line says
+    uploaded: float  # bytes, as the summary line of what went over SSH says
     seconds: float  # the whole deploy
-    ship: float  # of which building nothing, saving, slimming, uploading and loading
+    ship: float  # of which saving, slimming, sending and loading
 
     @classmethod
     def parse(cls, stdout: str) -> Shipped:
@@ -74,8 +74,13 @@ class Shipped:
             rf"shipping (\d+) of (\d+) layers \({SIZE} compressed, (\d+) already on the host\)",
             stdout,
         )
-        sent = re.search(rf"^  sftp \S+\.tar\.gz: {SIZE} in ", stdout, re.M)
-        took = re.search(r"^\S+ deployed \S+ in ([\d.]+)s: ship ([\d.]+)s ", stdout, re.M)
+        sent = re.search(rf"^  ssh \S+\.tar\.gz: {SIZE} in ", stdout, re.M)
+        took = re.search(
+            r"^\S+ deployed \S+ in ([\d.]+)s: build [\d.]+s, save ([\d.]+)s, ship ([\d.]+)s "
+            r"\(.*\), load ([\d.]+)s, ",
+            stdout,
+            re.M,
+        )
         assert line, stdout
         assert sent, stdout
         assert took, stdout
@@ -86,7 +91,7 @@ class Shipped:
             _bytes(line[3], line[4]),
             _bytes(sent[1], sent[2]),
             float(took[1]),
-            float(took[2]),
+            float(took[2]) + float(took[3]) + float(took[4]),
         )
 
 

@@ -18,8 +18,8 @@ import pytest
 from invoke.runners import Result
 
 from pynet.deploy import release
-from pynet.deploy.commands import Argv, render
-from pynet.deploy.remote import DeployError, Local, Remote
+from pynet.deploy.commands import SECTION, Argv, render
+from pynet.deploy.remote import DeployError, Fed, Local, Remote
 from tests.deploy.fakes import CONFIG_ID, fake_docker_save, fake_oci_save
 
 Answer = tuple[str, int] | Callable[[str], tuple[str, int]]
@@ -38,19 +38,28 @@ class ScriptedHost(Remote):
     def run(self, argv: Argv, *, check: bool = True, hide: bool = True, **kw: Any) -> Result:
         line = render(argv)
         self.log.append(line)
-        stdout, code = "", 0
-        for prefix, answer in self.answers:
-            if line.startswith(prefix):
-                stdout, code = answer(line) if callable(answer) else answer
-                break
+        # A batched read (`commands.snapshot`): each part answered as if it ran alone.
+        outputs, code = [], 0
+        for part in line.split(f" ; echo {SECTION} ; "):
+            stdout, code = self.answer(part)
+            outputs.append(stdout)
+        stdout = f"\n{SECTION}\n".join(outputs)
         result = Result(stdout=stdout, stderr=stdout if code else "", exited=code, command=line)
         if check and result.failed:
             raise DeployError(line)
         return result
 
-    def upload(self, local: Path, remote: str, progress: bool = True) -> None:
+    def answer(self, line: str) -> tuple[str, int]:
+        for prefix, answer in self.answers:
+            if line.startswith(prefix):
+                return answer(line) if callable(answer) else answer
+        return "", 0
+
+    def feed(self, argv: Argv, local: Path, progress: bool = True) -> Fed:
         self.uploads.append(local)
-        self.log.append(f"upload {remote}")
+        result = self.run(argv, check=False)
+        self.log[-1] = f"{self.log[-1]} < {local.name}"
+        return Fed(result, 0.0, 0.0)
 
 
 IMAGES = (
@@ -58,6 +67,10 @@ IMAGES = (
     ("current sha256:old x\nold sha256:old x\nnew sha256:new x\n", 0),
 )
 CURRENT = ("sudo -n docker image inspect --format '{{.Id}}' pynet-chat:current", ("sha256:old", 0))
+
+
+def _index(log: list[str], prefix: str) -> int:
+    return next(i for i, line in enumerate(log) if line.startswith(prefix))
 
 
 def _healthy_if(image_id: str) -> tuple[str, Answer]:
@@ -99,24 +112,35 @@ SWITCH = (
 )
 
 
+WAITED = ("sudo -n python3 -c ", SWITCH[1])
+
+
 def test_a_healthy_release_takes_over_and_is_recorded() -> None:
-    host = ScriptedHost([IMAGES, CURRENT, LABEL, CLOCK, SWITCH, _healthy_if("sha256:new")])
+    host = ScriptedHost([IMAGES, CURRENT, LABEL, CLOCK, WAITED, _healthy_if("sha256:new")])
     host.answers.append(_units(host.log))
     outcome = release.activate(host, "new", "deploy", timeout=5, keep=5)
     assert outcome.previous == "old"
     assert outcome.switch["how"] == "handover"
     start = host.log.index(
-        "sudo -n systemctl reset-failed pynet-chat@new.service 2>/dev/null ; "
+        "date +%s ; sudo -n systemctl reset-failed pynet-chat@new.service 2>/dev/null ; "
         "sudo -n systemctl start pynet-chat@new.service"
     )
-    enable = host.log.index(
-        "sudo -n systemctl enable --quiet pynet-chat@new.service && "
-        "sudo -n systemctl disable --quiet pynet-chat@old.service"
+    waited = _index(host.log, "sudo -n python3 -c ")
+    assert host.log[waited].endswith(
+        " /run/pynet/last-switch.json new pynet-chat@new.service 1000 5.0"
     )
-    tag = host.log.index("sudo -n docker tag pynet-chat:new pynet-chat:current")
-    assert start < enable < tag
+    health = _index(host.log, "test ")
+    # One round trip once it is healthy: enabled at boot (alone), `current`, the history.
+    [finish] = [line for line in host.log if "systemctl enable" in line]
+    assert finish.startswith(
+        "sudo -n systemctl enable --quiet pynet-chat@new.service && "
+        "sudo -n systemctl disable --quiet pynet-chat@old.service && "
+        "sudo -n docker tag pynet-chat:new pynet-chat:current && printf "
+    )
+    assert start < waited < health < host.log.index(finish)
     assert not [line for line in host.log if "systemctl stop" in line]  # old one left by itself
-    record = next(line for line in host.log if line.startswith("printf"))
+    assert not [line for line in host.log if "last-switch.json 2>" in line]  # the wait read it
+    record = finish
     assert '"result": "ok"' in record
     assert '"previous": "old"' in record
     assert '"switch": {"from": "old", "how": "handover", "ms": 28.4, "sessions": 20}' in record
@@ -144,9 +168,10 @@ def test_a_release_that_predates_the_handover_starts_after_the_old_one_stops() -
     outcome = release.activate(host, "new", "deploy", timeout=5)
     stop = host.log.index("sudo -n systemctl stop pynet-chat@old.service")
     assert stop < host.log.index(
-        "sudo -n systemctl reset-failed pynet-chat@new.service 2>/dev/null ; "
+        "date +%s ; sudo -n systemctl reset-failed pynet-chat@new.service 2>/dev/null ; "
         "sudo -n systemctl start pynet-chat@new.service"
     )
+    assert not [line for line in host.log if "python3 -c" in line]  # it writes no record
     assert outcome.switch == {"how": "restart", "reason": "the release predates the handover"}
 
 
@@ -245,23 +270,23 @@ class ScriptedLocal(Local):
         return subprocess.CompletedProcess(argv, 0, f"{ident} {json.dumps(self.layers)}", "")
 
 
+OTHER_CONTENT = '["sha256:other"] 2000-01-01T00:00:00Z'
+
+
+def _loads(image_id: str, content: str = OTHER_CONTENT) -> tuple[str, int]:
+    """What `commands.load_stdin` prints when the host loaded an image it reports as IMAGE_ID."""
+    return f"Loaded image: pynet-chat:v2\n{image_id} {content} label=2\n", 0
+
+
 def test_ship_sends_everything_when_the_slim_archive_does_not_load() -> None:
     loads = iter(
         [
             ("open /var/lib/docker/tmp/x/aaa/layer.tar: no such file or directory", 1),
-            ("Loaded image: pynet-chat:v2", 0),
+            _loads(CONFIG_ID),
         ]
     )
     host = ScriptedHost(
         [
-            (
-                "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:v2",
-                lambda _: (
-                    (CONFIG_ID, 0)
-                    if any(line.startswith("sudo -n docker load") for line in host.log)
-                    else ("", 1)
-                ),
-            ),
             ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
             ("sudo -n docker load", lambda _: next(loads)),
         ]
@@ -272,12 +297,24 @@ def test_ship_sends_everything_when_the_slim_archive_does_not_load() -> None:
     assert "the host lacks a layer it was expected to have; sending all layers" in shipped
     assert "shipping 2 of 2 layers" in shipped
     assert len(host.uploads) == 2
+    # Into docker load's stdin: no file left on the host, no second command to load it.
+    assert [line for line in host.log if "docker load" in line] == [
+        "sudo -n docker load && sudo -n docker image inspect --format "
+        "'{{.Id}} {{json .RootFS.Layers}} {{.Created}} "
+        'label={{index .Config.Labels "io.pynet.handover"}}\' pynet-chat:v2 < v2.tar.gz'
+    ] * 2
+
+
+def test_ship_skips_a_release_the_host_has() -> None:
+    host = ScriptedHost([("sudo -n docker image ls --no-trunc", ("v2 sha256:x y\n", 0))])
+    assert release.ship(host, ScriptedLocal(["base", "code"]), "docker", "v2") == 0
+    assert "pynet-chat:v2 is already on the host: nothing to ship" in host.out.getvalue()  # type: ignore[attr-defined]
+    assert host.uploads == []
 
 
 def test_ship_does_not_retry_other_load_failures() -> None:
     host = ScriptedHost(
         [
-            ("sudo -n docker image inspect", ("", 1)),
             ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
             ("sudo -n docker load", ("write /var/lib/docker/tmp: no space left on device", 1)),
         ]
@@ -287,29 +324,16 @@ def test_ship_does_not_retry_other_load_failures() -> None:
 
 
 def _loading_host(
-    reports: Callable[[], str], machine: str = "x86_64", content: str = ""
+    reports: Callable[[], str], machine: str = "x86_64", content: str = OTHER_CONTENT
 ) -> ScriptedHost:
     """A host with the base layer that loads what it gets and reports REPORTS() as its ID."""
-    host = ScriptedHost(
+    return ScriptedHost(
         [
-            (
-                "sudo -n docker image inspect --format '{{.Id}}' pynet-chat:v2",
-                lambda _: (
-                    (reports(), 0)
-                    if any(line.startswith("sudo -n docker load") for line in host.log)
-                    else ("", 1)
-                ),
-            ),
             ("uname -m", (machine, 0)),
-            (
-                "sudo -n docker image inspect --format '{{json .RootFS.Layers}} {{.Created}}'",
-                (content, 0),
-            ),
             ("sudo -n docker image ls --quiet", ('["base"]\n', 0)),
-            ("sudo -n docker load", ("Loaded image: pynet-chat:v2", 0)),
+            ("sudo -n docker load", lambda _: _loads(reports(), content)),
         ]
     )
-    return host
 
 
 @pytest.mark.parametrize("nested", [False, True], ids=["oci-classic-store", "containerd-store"])
@@ -365,3 +389,47 @@ def test_build_platform_is_the_hosts_architecture() -> None:
     assert release.build_platform([None]) is None  # a dry run: nothing asked
     with pytest.raises(DeployError, match=r"different architectures \(amd64, arm64\)"):
         release.build_platform(["amd64", "arm64"])
+
+
+def test_a_crash_loop_seen_by_the_wait_on_the_host_rolls_back_at_once() -> None:
+    host = ScriptedHost([IMAGES, CURRENT, LABEL, CLOCK, ("sudo -n python3 -c ", ("crashed 3", 3))])
+    host.answers.append(_healthy_if("sha256:old"))
+    host.answers.append(_units(host.log))
+    with pytest.raises(DeployError, match="the service crashed 3 times in a row after the start"):
+        release.activate(host, "new", "deploy", timeout=600)
+    assert not [line for line in host.log if "pynet-chat-new python3" in line]  # no health check
+
+
+def test_a_deploy_decides_from_the_snapshot_and_the_load() -> None:
+    """What the deploy read under its lock and learnt from the load: no reading again."""
+    text = f"\n{SECTION}\n".join(
+        [
+            "x86_64",
+            '["a"]\n["a","b"]',
+            "current sha256:old x\nold sha256:old x",
+            '{"version": "old", "result": "ok"}',
+            "sha256:old",
+            "pynet-chat@old.service loaded active running chat\n--\npynet-chat@old.service",
+        ]
+    )
+    snap = release.Snapshot.parse(text)
+    assert (snap.machine, snap.arch, snap.layers) == ("x86_64", "amd64", [["a"], ["a", "b"]])
+    assert snap.state.current == "old"
+    assert (snap.units.active, snap.units.enabled) == (["old"], ["old"])
+    snap.loaded("new", "sha256:new", "2")
+    host = ScriptedHost([WAITED, _healthy_if("sha256:new"), CLOCK])
+    host.answers.append(_units(host.log))
+    phases = release.Phases()
+    release.activate(host, "new", "deploy", timeout=5, snap=snap, phases=phases)
+    assert not [line for line in host.log if "docker image ls" in line or "{{index" in line]
+    assert set(phases.seconds) == {"start", "switch"}
+    assert phases.describe(97_745).startswith("build 0.00s, save 0.00s, ship 0.00s (97.7 kB), ")
+
+
+def test_a_wait_on_the_host_that_timed_out_names_the_whole_timeout() -> None:
+    host = ScriptedHost(
+        [IMAGES, CURRENT, LABEL, CLOCK, ("sudo -n python3 -c ", ("", 4)), _healthy_if("sha256:old")]
+    )
+    host.answers.append(_units(host.log))
+    with pytest.raises(DeployError, match="the health check did not pass within 2s; rolled back"):
+        release.activate(host, "new", "deploy", timeout=2)
