@@ -202,6 +202,9 @@ IMPORTS = """
 import importlib.metadata, json, sys
 before = set(sys.modules)  # the interpreter's own start-up (site hooks) is not the job's
 import fabfile, fabric.main, pynet.ci  # what the deploy job runs: Fabric's fab and pynet.ci
+import importlib, pynet.aws.session  # and what its AWS calls import when they first run
+for name in pynet.aws.session.LAZY_IMPORTS:
+    importlib.import_module(name)
 found = importlib.metadata.packages_distributions()
 tops = {name.split(".")[0] for name in set(sys.modules) - before}
 print(json.dumps(sorted({d for top in tops for d in found.get(top, [])})))

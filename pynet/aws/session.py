@@ -9,20 +9,34 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from functools import cache
+from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
 from botocore.exceptions import BotoCoreError
 
 from pynet.aws.errors import CloudError, no_credentials
 
-_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 5},
-    connect_timeout=10,
-    read_timeout=60,
-    user_agent_extra="pynet",
-)
+if TYPE_CHECKING:
+    import boto3
+    from botocore.config import Config
+
+#: Imported only when a command first needs AWS (`_config`, `connect`, tasks.cluster); the
+#: deploy job's lock must hold them all the same (tests/test_workflows.py imports them too).
+LAZY_IMPORTS = ("boto3", "botocore.config")
+
+
+@cache
+def _config() -> Config:
+    """Imported when a command first needs AWS: boto3 and botocore's config take 0.3-0.8 s to
+    import, which every `fab` command (`fab deploy` on each save) would pay otherwise."""
+    from botocore.config import Config
+
+    return Config(
+        retries={"mode": "standard", "max_attempts": 5},
+        connect_timeout=10,
+        read_timeout=60,
+        user_agent_extra="pynet",
+    )
 
 
 @dataclass(frozen=True)
@@ -57,7 +71,7 @@ def clients_for(session: boto3.Session, region: str) -> Clients:
     return Clients(
         region=region,
         **{
-            name: session.client(service, region_name=region, config=_CONFIG)
+            name: session.client(service, region_name=region, config=_config())
             for name, service in SERVICES.items()
         },
     )
@@ -77,6 +91,8 @@ def connect(region: str | None = None, profile: str | None = None) -> Clients:
     boto3 itself reads only AWS_DEFAULT_REGION; AWS_REGION is what the AWS CLI v2, the other
     SDKs and Ansible's amazon.aws read, so we honour it too.
     """
+    import boto3
+
     region = region or os.environ.get("AWS_REGION") or None
     try:
         session = boto3.Session(region_name=region, profile_name=profile or None)

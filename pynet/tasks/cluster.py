@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import boto3
 from invoke.context import Context
 
 from pynet import inventory as hosts_file
@@ -42,6 +41,8 @@ __all__ = ["destroy_cluster", "launch_cluster"]
 
 
 def _elbv2(clients: Clients) -> object:
+    import boto3  # when needed: see pynet.aws.session._config
+
     return boto3.client("elbv2", region_name=clients.region)
 
 
