@@ -101,7 +101,13 @@ class Channel:
                 meanwhile()
             if ours in ready:
                 break
-        return self.recv()
+        timeout = self.sock.gettimeout()
+        # The rest of the frame within what is left, not a whole timeout more.
+        self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            return self.recv()
+        finally:
+            self.sock.settimeout(timeout)
 
     def recv(self) -> dict[str, Any]:
         """The next message; EOFError when the peer closed, TimeoutError when it is silent."""

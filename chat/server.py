@@ -131,6 +131,7 @@ class ChatServer:
         self._housekeeping: asyncio.TimerHandle | None = None
         self.waiting: set[Peer] = set()  # their next lines wait for an answer (`answer_later`)
         self._armed: set[Peer] = set()  # held connections read from the loop's next turn
+        self._paused_all = False  # a handover stopped reading every client (`answers_settled`)
         self._hello = Hello(__version__).line()
         self._greeting = self._hello + Info("choose a nickname with /nick NAME").line()
 
@@ -269,9 +270,17 @@ class ChatServer:
     async def answers_settled(self, limit: float) -> bool:
         """Wait (up to LIMIT seconds, serving) until no client waits for an answer from Redis
         (chat/cluster.py): such an answer changes the session (a nickname, a reply). Returns
-        without yielding once none does, so `freeze` follows before anyone asks again."""
-        deadline = self._loop.time() + limit
+        without yielding once none does, so `freeze` follows before anyone asks again.
+
+        Clients that keep asking could keep it waiting: after half of LIMIT nobody is read any
+        more (`thaw` reads them again), so the answers owed can only run out."""
+        now = self._loop.time()
+        deadline, half = now + limit, now + limit / 2
         while self.waiting and self._loop.time() < deadline:
+            if not self._paused_all and self._loop.time() >= half:
+                self._paused_all = True
+                for client in self.clients:
+                    client.transport.pause_reading()
             await asyncio.sleep(0.001)
         return not self.waiting
 
@@ -335,10 +344,15 @@ class ChatServer:
 
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened (nothing was
-        paused but the listener, Redis and the fan-out: the freeze never yielded)."""
-        await self.start(listener)  # restarts the housekeeping too
+        paused but the listener, Redis and the fan-out, and the readers if the answers took
+        long: the freeze never yielded).
+
+        Everything but the listener is done before the first await: in that loop turn the
+        clients are read again, and the pacer goes on with those served as they read (their
+        turns came while the loop was blocked, and found the sessions frozen)."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()  # `start` begins it again
         self.phase = Phase.SERVING
-        self.room.resume()
         taken, self._taken = self._taken, {}
         for client, data in taken.items():
             if data and client in self.clients:
@@ -346,7 +360,15 @@ class ChatServer:
         departed, self._departed = self._departed, []
         for client, exc in departed:
             self.lost(client, exc)
+        paused, self._paused_all = self._paused_all, False
+        for client in self.clients:
+            if client.replay is not None or client.throttled:
+                self.pacer.soon(client)
+            elif paused and client not in self.waiting and not client.transport.is_closing():
+                client.transport.resume_reading()
+        self.room.resume()
         self.fanout.resume()
+        await self.start(listener)
 
     def let_go(self) -> None:
         """The successor owns every connection now: close ours without a word (no FIN: the
@@ -368,9 +390,11 @@ class ChatServer:
         """A socket the predecessor sends while it still serves it (`chat.takeover.Holder`)."""
         return hold_socket(self._loop, self, sock)
 
-    def prepare(self, client: Peer, session: Session) -> None:
+    def prepare(self, client: Peer, session: Session, *, early: bool = False) -> None:
         """Give the held CLIENT its SESSION and register it (named, receiving), all before the
-        pause where the session was pre-copied: what remains for the pause is to read it."""
+        pause where the session was pre-copied: what remains for the pause is to read it.
+        An EARLY copy whose nickname an earlier copy holds displaces that one (see
+        `chat.takeover.Holder.prepare`)."""
         client.restore(session, self._loop.time())
         key = address_key(client.peername())
         self.registry.add(client, key)
@@ -378,7 +402,10 @@ class ChatServer:
         conn.shared = self.registry.shared_of(key)
         if conn.state is State.NAMED and not session.closing:
             assert conn.nick is not None
-            if conn.nick.lower() in self.registry.named:
+            other = self.registry.named.get(conn.nick.lower())
+            if other is not None and early:
+                self.unprepare(other)  # it changed since its copy: it comes again, or is gone
+            elif other is not None:
                 self.registry.remove(client)
                 raise SessionRefused(f"the nickname {conn.nick!r} is handed over twice")
             self.registry.name(client, conn.nick, None)
@@ -396,6 +423,9 @@ class ChatServer:
             if client.held_socket is None and self._plain(client):
                 client.transport.resume_reading()
                 self._armed.add(client)
+
+    def prepared(self, client: Peer) -> bool:
+        return client in self.clients
 
     def unprepare(self, client: Peer) -> None:
         if client in self.clients:

@@ -106,9 +106,17 @@ class Holder(Protocol[P]):
         """A socket the predecessor still serves: made ready to serve, without reading or
         writing it."""
 
-    def prepare(self, held: P, session: Session) -> None:
+    def prepare(self, held: P, session: Session, *, early: bool = False) -> None:
         """Give HELD the state of SESSION, and count it as served from the moment this release
-        reads (HandoverError: this release refuses that state; the predecessor serves on)."""
+        reads (HandoverError: this release refuses that state; the predecessor serves on).
+
+        EARLY: a pre-copy, taken while the predecessor serves on, one batch after another, so
+        not a consistent cut: a nickname copied with one session may have gone to another by
+        the time that one was copied. The later copy wins; the earlier one must be sent again
+        in the pause (`prepared` says whether it still stands)."""
+
+    def prepared(self, held: P) -> bool:
+        """Whether HELD's session is still taken (an early copy another one displaced is not)."""
 
     def unprepare(self, held: P) -> None:
         """Undo `prepare` (the session changed since, and comes again)."""
@@ -251,16 +259,21 @@ class Taking(Generic[P]):
                 session = precopied.pop(key, None)
                 if session is None:
                     raise HandoverError(f"socket key {key} is the same as what was never sent")
-                sessions.append((session, held.pop(key)))
+                item = held.pop(key)
+                if not holder.prepared(item):
+                    raise HandoverError(
+                        f"socket key {key} stands as copied, yet its nickname moved"
+                    )
+                sessions.append((session, item))
             for key in precopied:  # changed since, or gone
                 holder.unprepare(held[key])
             precopied.clear()
             for key, session in changed:
-                item = held.pop(key, None)
-                if item is None:
+                fresh = held.pop(key, None)
+                if fresh is None:
                     raise HandoverError(f"a session for socket key {key}, never sent (or twice)")
-                sessions.append((session, item))
-                holder.prepare(item, session)
+                sessions.append((session, fresh))
+                holder.prepare(fresh, session)
             if len(sessions) != begin.sessions:
                 raise HandoverError(f"announced {begin.sessions} sessions, sent {len(sessions)}")
             self.laps.lap("sessions")
@@ -326,7 +339,7 @@ def take(path: str, release: str, timeout: float, holder: Holder[P]) -> Taking[P
                 if item is None or key in precopied:
                     raise HandoverError(f"a session for socket key {key}, never sent (or twice)")
                 precopied[key] = session
-                holder.prepare(item, session)
+                holder.prepare(item, session, early=True)
         laps.lap("precopy")
     except BaseException as exc:
         with contextlib.suppress(OSError):

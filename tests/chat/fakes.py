@@ -388,6 +388,7 @@ class RecordingTransport(asyncio.Transport):
         self.closing = False
         self.port = port
         self.protocol: asyncio.Protocol
+        self.reading = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not self.closing:  # as asyncio's: once the connection is lost, writes are dropped
@@ -408,13 +409,13 @@ class RecordingTransport(asyncio.Transport):
         self.close()
 
     def pause_reading(self) -> None:
-        pass
+        self.reading = False
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         pass
 
     def resume_reading(self) -> None:
-        pass
+        self.reading = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", self.port) if name == "peername" else default

@@ -209,7 +209,7 @@ class Keeping:
 
     def __init__(self) -> None:
         self.held: list[socket.socket] = []
-        self.prepared: list[tuple[socket.socket, str | None]] = []
+        self.prepares: list[tuple[socket.socket, str | None]] = []
         self.unprepared: list[socket.socket] = []
         self.dropped: list[socket.socket] = []
 
@@ -217,8 +217,13 @@ class Keeping:
         self.held.append(sock)
         return sock
 
-    def prepare(self, held: socket.socket, session: handover.Session) -> None:
-        self.prepared.append((held, session.nick))
+    def prepare(
+        self, held: socket.socket, session: handover.Session, *, early: bool = False
+    ) -> None:
+        self.prepares.append((held, session.nick))
+
+    def prepared(self, held: socket.socket) -> bool:
+        return held not in self.unprepared
 
     def unprepare(self, held: socket.socket) -> None:
         self.unprepared.append(held)
@@ -256,7 +261,7 @@ def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock: st
     holder = Keeping()
     taking = take(sock, "new", 5, holder)
     assert taking is not None
-    assert [nick for _, nick in holder.prepared] == ["ann", "bob", "c"]
+    assert [nick for _, nick in holder.prepares] == ["ann", "bob", "c"]
     inheritance = taking.finish()
     assert prepared == [handover.prepared(3)]
     assert len(holder.held) == 4
@@ -266,7 +271,7 @@ def test_take_pairs_each_session_with_its_socket_and_drops_the_departed(sock: st
         by_nick[nick].sendall(nick.encode())  # the very socket the predecessor sent for it
         assert pairs[index][1].recv(16) == nick.encode()
     assert sorted(map(id, holder.unprepared)) == sorted(map(id, holder.held[1:3]))  # bob, c
-    assert [nick for _, nick in holder.prepared[3:]] == ["dee", "cal"]
+    assert [nick for _, nick in holder.prepares[3:]] == ["dee", "cal"]
     assert len(holder.dropped) == 1
     holder.dropped[0].sendall(b"bob")
     assert pairs[1][1].recv(16) == b"bob"
