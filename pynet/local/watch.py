@@ -57,7 +57,8 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
     last: dict[int, float] = {}
     lines = {sock.fileno(): 0 for sock in socks}
     longest = 0.0
-    gaps: list[tuple[float, float]] = []  # the longest silences: (when it ended, seconds)
+    gaps: list[tuple[float, float]] = []
+    tails: dict[int, bytes] = {}  # the longest silences: (when it ended, seconds)
     by_fd = {sock.fileno(): sock for sock in socks}
     poller = select.epoll()
     for fd in by_fd:
@@ -79,6 +80,8 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
                 poller.unregister(fd)
                 continue
             now = time.monotonic()
+            data = tails.get(fd, b"") + data  # "MSG " cut by two reads counts where it ends
+            tails[fd] = data[-3:]
             count = data.count(MSG)
             if count:
                 if fd in last:
