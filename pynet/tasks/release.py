@@ -369,24 +369,33 @@ def _follow_all(hosts: list[Target], one: Callable[[Target], bool]) -> None:
     threads = [
         threading.Thread(target=_every, args=([t], one), name=t.label, daemon=True) for t in hosts
     ]
-    for thread in threads:
-        thread.start()
-    try:
+    try:  # a Ctrl-C while the threads start (one may print first) is a Ctrl-C too
+        for thread in threads:
+            thread.start()
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)
     except KeyboardInterrupt:
         # Only this thread got the Ctrl-C: hang up every SSH session (which ends each remote
-        # journalctl), so the threads reading them end too, rather than holding the exit.
-        for t in hosts:
-            with contextlib.suppress(Exception):
-                t.conn.close()
+        # journalctl), so the threads reading them end too. Every step is bounded: a close or a
+        # reader stuck in the SSH library, or a thread the interpreter would wait for at exit,
+        # must not keep `fab` alive after Ctrl-C.
+        closers = [
+            threading.Thread(target=_hang_up, args=(t,), name=f"close {t.label}", daemon=True)
+            for t in hosts
+        ]
+        for thread in closers:
+            thread.start()
         deadline = time.monotonic() + 5
-        for thread in threads:
+        for thread in [*closers, *threads]:
             thread.join(max(0.0, deadline - time.monotonic()))
-        if any(thread.is_alive() for thread in threads):
-            sys.stdout.flush()
-            os._exit(130)  # a reader stuck in the SSH library must not keep `fab` alive
+        sys.stdout.flush()
+        os._exit(130)
+
+
+def _hang_up(target: Target) -> None:
+    with contextlib.suppress(Exception):
+        target.conn.close()
 
 
 @task(
