@@ -26,7 +26,7 @@ from chat.config import Settings
 from chat.connection import Peer
 from chat.handover import Session
 from chat.history import History
-from chat.server import ChatServer
+from chat.service import ChatServer
 from pynet.local import chat_server
 from tests.kit import WaitTimeout, free_port, wait_until
 

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from chat import client, config, keepalive
-from chat.server import address_key
+from chat.registry import address_key
 from tests.chat.fakes import LineClient
 
 
@@ -119,7 +119,7 @@ def test_accepted_sockets_get_tuned_keepalive() -> None:
 
     from chat.config import Settings
     from chat.history import History
-    from chat.server import ChatServer
+    from chat.service import ChatServer
 
     async def scenario() -> dict[str, int]:
         settings = Settings(host="127.0.0.1", port=0, keepalive_idle=7, keepalive_interval=3)

@@ -31,7 +31,7 @@ from chat.protocol import (
     Say,
     ServerConnection,
 )
-from chat.server import ChatServer
+from chat.service import ChatServer
 
 FORBIDDEN = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 NASTY = "\x00\x07\x08\x0b\x0c\r\x1b\x7f\x80\x85\x9b\x9f\t\u202e\u2066\ufeff"

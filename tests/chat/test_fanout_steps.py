@@ -15,7 +15,7 @@ import pytest
 
 from chat import fanout as fanout_module
 from chat.connection import Peer
-from chat.server import ChatServer
+from chat.service import ChatServer
 from tests.chat.fakes import RecordingTransport, attach, local_server, run
 
 MSG = re.compile(rb"^MSG (\d+) (\S+) (.*)$")

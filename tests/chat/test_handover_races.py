@@ -13,7 +13,7 @@ import fakeredis
 from chat.backplane import MAX_INHERITED, Position, RedisBackplane
 from chat.config import Settings
 from chat.history import History
-from chat.server import ChatServer
+from chat.service import ChatServer
 from tests.chat.fakes import SinkRecorder
 
 

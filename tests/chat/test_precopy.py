@@ -11,7 +11,7 @@ import pytest
 
 from chat.connection import Peer
 from chat.handover import SessionRefused
-from chat.server import ChatServer
+from chat.service import ChatServer
 from tests.chat.fakes import RecordingTransport, attach, local_server, named_session, run
 
 

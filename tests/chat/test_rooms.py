@@ -17,7 +17,7 @@ from chat.cluster import ClusterRoom
 from chat.config import Settings
 from chat.history import History
 from chat.room import LocalRoom
-from chat.server import ChatServer
+from chat.service import ChatServer
 from tests.chat.fakes import URL, RecordingTransport, attach, fake_connect, local_server, run, until
 
 
