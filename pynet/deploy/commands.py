@@ -155,6 +155,11 @@ def local_layers(docker: str, version: str) -> Argv:
     ]
 
 
+def local_image_id(docker: str, ref: str) -> Argv:
+    """The ID of REF on this machine's engine (the base image a build starts from)."""
+    return [docker, "image", "inspect", "--format", "{{.Id}}", ref]
+
+
 def local_save(docker: str, version: str, path: str) -> Argv:
     return [docker, "save", "-o", path, image(version)]
 

@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from pynet.deploy import codelayer
 from pynet.deploy import commands as cmd
 from pynet.deploy.layers import (
     ArchiveImage,
+    Shipment,
     image_arch,
     parse_layer_lists,
     read_archive,
@@ -305,10 +307,68 @@ def same_image(version: str, image: ArchiveImage, on_host: str, content: str) ->
     )
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """What the image is built from, for the code-only path (`pynet.deploy.codelayer`)."""
+
+    context: Path
+    plan: codelayer.Plan
+    fingerprint: str
+
+    @property
+    def folder(self) -> Path:
+        return codelayer.cache_dir(self.context)
+
+
+def recipe(
+    local: Local,
+    docker: str,
+    context: Path,
+    dockerfile: Path | None,
+    base_image: str | None,
+    platform: str | None,
+) -> Recipe | None:
+    """The recipe of this build, or None when its code layer cannot be made here (then
+    `docker build` makes everything, as always)."""
+    if local.dry_run:
+        return None
+    path = dockerfile or context / "Dockerfile"
+    try:
+        text = path.read_bytes()
+    except OSError:
+        return None
+    args = {"BASE_IMAGE": base_image} if base_image else {}
+    plan = codelayer.plan(text.decode("utf-8", "replace"), context, args)
+    if isinstance(plan, str):
+        return None
+    base_id = local.run(cmd.local_image_id(docker, plan.base), check=False).stdout.strip()
+    if not base_id:  # not on this engine: `docker build` pulls it
+        return None
+    fingerprint = codelayer.fingerprint(context, text, plan, base_id, args, platform)
+    return Recipe(context, plan, fingerprint)
+
+
+def assemble(recipe: Recipe, version: str) -> codelayer.Assembled | None:
+    """VERSION's image with only its code layer made here, when the last full build of the
+    same recipe is cached; else None (build it with Docker)."""
+    cached = codelayer.Cached.read(recipe.folder)
+    if cached is None or cached.fingerprint != recipe.fingerprint:
+        return None
+    try:
+        layer = codelayer.code_layer(
+            recipe.context, recipe.plan, codelayer.DockerIgnore.read(recipe.context)
+        )
+    except (codelayer.NotAssemblable, OSError):
+        return None
+    return codelayer.Assembled(cached, layer, cmd.image(version))
+
+
 class Built:
     """The image built here, as `docker save` wrote it: saved once, shipped to every host."""
 
-    def __init__(self, local: Local, docker: str, version: str) -> None:
+    def __init__(
+        self, local: Local, docker: str, version: str, recipe: Recipe | None = None
+    ) -> None:
         self._tmp = tempfile.TemporaryDirectory(prefix="pynet-ship-")
         self.dir = Path(self._tmp.name)
         self.saved = self.dir / "image.tar"
@@ -323,6 +383,11 @@ class Built:
             except (ValueError, tarfile.TarError) as exc:
                 self.close()
                 raise DeployError(f"`docker save` wrote an archive we cannot read: {exc}") from None
+            if recipe is not None:  # the next code-only change builds on this one
+                codelayer.Cached.keep(recipe.folder, self.saved, recipe.fingerprint)
+
+    def slim(self, out: Path, skip: int) -> Shipment:
+        return slim_archive(self.saved, out, skip)
 
     def close(self) -> None:
         self._tmp.cleanup()
@@ -356,7 +421,7 @@ def ship(
     version: str,
     snap: Snapshot | None = None,
     phases: Phases | None = None,
-    built: Built | None = None,
+    built: Built | codelayer.Assembled | None = None,
 ) -> int:
     """Make `pynet-chat:VERSION` exist on the host, sending only missing layers. Returns bytes.
 
@@ -384,7 +449,7 @@ def ship(
                 if local.dry_run:
                     remote.say("shipping the layers the host lacks")
                 else:
-                    shipment = slim_archive(built.saved, archive, attempt_skip)
+                    shipment = built.slim(archive, attempt_skip)
                     size = shipment.size
                     remote.say(shipment.describe())
             fed = remote.feed(cmd.load_stdin(version), archive)
@@ -678,7 +743,7 @@ def deploy(
     timeout: float = HEALTH_TIMEOUT,
     keep: int = KEEP,
     prepared: Prepared | None = None,
-    built: Built | None = None,
+    built: Built | codelayer.Assembled | None = None,
     phases: Phases | None = None,
 ) -> Outcome:
     """Ship VERSION (built already) and activate it, under the host's deploy lock.

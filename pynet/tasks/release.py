@@ -29,8 +29,8 @@ from paramiko.ssh_exception import (
 
 from pynet.aws.errors import CloudError
 from pynet.aws.session import connect
+from pynet.deploy import codelayer, logsource, release
 from pynet.deploy import commands as cmd
-from pynet.deploy import logsource, release
 from pynet.deploy import top as top_view
 from pynet.deploy.doctor import diagnose, report
 from pynet.deploy.hosts import NoHosts, Target, targets
@@ -228,25 +228,37 @@ def deploy(
     remotes = [Remote(t.conn, dry_run) for t in hosts]
     arches: list[str | None] = []  # build for what the hosts run, not for this machine
     _each(hosts, lambda t: arches.append(release.host_arch(remotes[hosts.index(t)])))
+    base = base_image or os.environ.get("PYNET_BASE_IMAGE")
+    platform = release.build_platform(arches)
     with contextlib.ExitStack() as held:
         # Every host is locked and read while the image builds: no waiting for that later.
         preparing = held.enter_context(release.Preparing(remotes, name))
+        built: release.Built | codelayer.Assembled | None = None
         with phases.timing("build"):
-            release.build(
-                local,
-                docker,
-                name,
-                source,
-                base_image or os.environ.get("PYNET_BASE_IMAGE"),
-                str(file) if file else None,
-                platform=release.build_platform(arches),
-            )
+            recipe = release.recipe(local, docker, source, file, base, platform)
+            built = release.assemble(recipe, name) if recipe else None
+            if built is not None:
+                held.enter_context(built)
+                print(
+                    f"[local] {cmd.image(name)}: only the code changed since the last build: "
+                    "its layer made here (no docker build, no docker save)",
+                    flush=True,
+                )
+            else:
+                release.build(
+                    local,
+                    docker,
+                    name,
+                    source,
+                    base,
+                    str(file) if file else None,
+                    platform=platform,
+                )
         prepared: list[release.Prepared] = []
         _each(hosts, lambda t: prepared.append(preparing.get(hosts.index(t))))
-        built = None
-        if dry_run or any(not p.snap.state.id_of(name) for p in prepared):
+        if built is None and (dry_run or any(not p.snap.state.id_of(name) for p in prepared)):
             with phases.timing("save"):  # once, for every host that lacks the image
-                built = held.enter_context(release.Built(local, docker, name))
+                built = held.enter_context(release.Built(local, docker, name, recipe))
         _each(
             hosts,
             lambda t: release.deploy(

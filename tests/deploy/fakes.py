@@ -109,19 +109,30 @@ def fake_oci_save(
     return top["digest"]
 
 
-def fake_classic_with_link(path: Path) -> None:
+def fake_classic_with_link(path: Path, config: bytes = CONFIG) -> None:
     """Docker 20.10 saving an image whose top layer repeats its bottom one: the second layer's
     layer.tar is a symlink to the first's."""
-    name = f"{_sha(CONFIG)}.json"
+    name = f"{_sha(config)}.json"
     files = {
         "aaa/layer.tar": BASE,
         "aaa/json": b"{}",
         "bbb/layer.tar": CODE,
         "bbb/json": b"{}",
         "ccc/json": b"{}",
-        name: CONFIG,
+        name: config,
         "manifest.json": json.dumps(
             [{"Config": name, "Layers": ["aaa/layer.tar", "bbb/layer.tar", "ccc/layer.tar"]}]
         ).encode(),
     }
     _write(path, files, {"ccc/layer.tar": "../aaa/layer.tar"})
+
+
+#: A config whose three layers match `fake_classic_with_link`'s manifest.
+LINKED_CONFIG = json.dumps(
+    {
+        "architecture": "amd64",
+        "os": "linux",
+        "created": "2026-12-07T02:10:00Z",
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:base", "sha256:code", "sha256:base"]},
+    }
+).encode()

@@ -58,6 +58,8 @@ class Rig:
             "PYNET_DOCKER": "/usr/bin/docker",
             "PYNET_BASE_IMAGE": "pynet-local/debian:bookworm",
             "PYNET_APP_PORT": str(self.host.app_port),
+            # The code-only path's cache of the last full build: this rig's own.
+            "PYNET_DEPLOY_CACHE": str(self.src.parent / "deploy-cache"),
         }
 
     def fab(
@@ -231,6 +233,7 @@ def test_deploy_ships_only_the_code_layer_and_serves_it(rig: Rig) -> None:
     assert shipped, proc.stdout
     assert int(shipped[1]) <= 1 < int(shipped[2])  # the base layers stayed home
     assert shipped[4] in ("B", "kB")  # under 1 MB
+    assert f"[local] building pynet-chat:{version} " in proc.stdout  # nothing cached yet
     assert f"{version} is serving" in proc.stdout
     assert rig.hello().endswith("+one")
     assert re.search(rf"^version +{version} \(up ", rig.fab("status").stdout, re.M)
@@ -242,6 +245,11 @@ def test_second_deploy_and_the_history(rig: Rig) -> None:
     proc = rig.deploy()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"deploy: {first} -> {version}" in proc.stdout
+    # Only the code changed since the first deploy's build: no docker build, no docker save.
+    made_here = "only the code changed since the last build: its layer made here"
+    assert f"[local] pynet-chat:{version}: {made_here}" in proc.stdout, proc.stdout
+    assert "[local] building" not in proc.stdout
+    assert breakdown(proc.stdout)["save"] < 0.3  # writing the slim archive alone
     assert rig.hello().endswith("+two")
     history = rig.fab("releases").stdout
     assert re.search(rf"^ +{first} .* deploy +ok +handover of \d+ sessions", history, re.M), history

@@ -44,7 +44,11 @@ class EngineRig(Rig):
     def env(self) -> dict[str, str]:
         if self.engine is None:
             return super().env
-        return {**super().env, "PYNET_DOCKER": str(self.engine.wrapper)}
+        return {
+            **super().env,
+            "PYNET_DOCKER": str(self.engine.wrapper),
+            "PYNET_DEPLOY_CACHE": str(self.engine.folder / "deploy-cache"),
+        }
 
     @property
     def store(self) -> str:

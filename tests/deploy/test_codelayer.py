@@ -1,0 +1,262 @@
+"""The code layer made without Docker (`pynet.deploy.codelayer`): what may be assembled, the
+layer's bytes, the recipe's fingerprint, the cache, and the archive `docker load` gets.
+
+The comparison with a real `docker build` is `test_codelayer_docker.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from pynet.deploy import codelayer
+from pynet.deploy.codelayer import Assembled, Cached, DockerIgnore, Plan, code_layer, plan
+from pynet.deploy.layers import read_archive
+from tests.deploy.fakes import (
+    BASE,
+    LINKED_CONFIG,
+    fake_classic_with_link,
+    fake_docker_save,
+    fake_oci_save,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+PLAN = Plan("chat", "app/chat", "python:3.11-slim", ("wheels/SHA256SUMS",))
+
+
+# --- .dockerignore -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "excluded"),
+    [
+        ("README.md", True),
+        ("chat", False),
+        ("chat/server.py", False),
+        ("chat/__pycache__", True),
+        ("chat/__pycache__/server.cpython-311.pyc", True),
+        ("chat/sub/__pycache__/x.pyc", True),
+        ("chat/x.pyc", True),
+        ("wheels/SHA256SUMS", False),
+        ("wheels/redis-5.0.0-py3-none-any.whl", False),
+        ("wheels/notes.txt", True),
+        (".git/config", True),
+    ],
+)
+def test_the_projects_dockerignore_read_as_docker_reads_it(path: str, excluded: bool) -> None:
+    assert DockerIgnore.read(REPO).excluded(path) is excluded
+
+
+def test_dockerignore_patterns() -> None:
+    rules = DockerIgnore("# a comment\n\n*.md\n!README.md\ndocs/**/*.png\n/build\ntmp?\n[ab].txt\n")
+    assert rules.excluded("NOTES.md")
+    assert not rules.excluded("README.md")  # the later exception wins
+    assert not rules.excluded("sub/NOTES.md")  # `*` stays in one folder
+    assert rules.excluded("docs/x.png") and rules.excluded("docs/a/b/x.png")
+    assert rules.excluded("build/out.o")  # a folder's contents go with it
+    assert rules.excluded("tmp1") and not rules.excluded("tmp12")
+    assert rules.excluded("a.txt") and not rules.excluded("c.txt")
+    assert not DockerIgnore("").excluded("anything")
+
+
+# --- the Dockerfile ----------------------------------------------------------------------------
+
+
+def test_the_projects_dockerfile_can_be_assembled() -> None:
+    found = plan((REPO / "Dockerfile").read_text(), REPO, {})
+    assert found == Plan(
+        "chat", "app/chat", "python:3.11-slim", ("wheels/SHA256SUMS", "wheels/*.whl")
+    )
+    assert isinstance(plan((REPO / "Dockerfile").read_text(), REPO, {"BASE_IMAGE": "b:1"}), Plan)
+    assert plan((REPO / "Dockerfile").read_text(), REPO, {"BASE_IMAGE": "b:1"}).base == "b:1"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("dockerfile", "reason"),
+    [
+        ("FROM a\nCOPY chat/ /app/chat/\nCMD x\n", "its last instruction is not COPY"),
+        ("FROM a\nADD x.tgz /\nCOPY chat/ /app/chat/\n", "it uses ADD"),
+        ("FROM a AS b\nFROM c\nCOPY chat/ /app/chat/\n", "it has several stages"),
+        ("FROM a\nCOPY --chown=1:1 chat/ /app/chat/\n", "is not `COPY <folder>/ <folder>/`"),
+        ("FROM a\nCOPY chat/ wheels/ /app/\n", "is not `COPY <folder>/ <folder>/`"),
+        ("FROM a\nCOPY *.py /app/\n", "does not copy one folder"),
+        ("FROM a\nCOPY missing/ /app/m/\n", "does not copy one folder"),
+        ("FROM a\nCOPY chat/ /app/chat\n", "does not copy one folder"),
+        ("FROM a\nCOPY chat/ /$X/\n", "not a plain path"),
+        ("FROM a\nCOPY --from=b /x /x\nCOPY chat/ /app/chat/\n", "another stage"),
+    ],
+)
+def test_a_dockerfile_the_assembly_cannot_vouch_for_is_built(dockerfile: str, reason: str) -> None:
+    found = plan(dockerfile, REPO, {})
+    assert isinstance(found, str) and reason in found
+
+
+def test_continuations_and_comments() -> None:
+    steps = codelayer.instructions("# c\nfrom a\nRUN x \\\n  && y\n\n# c\ncopy chat/ /app/chat/\n")
+    assert [(s.keyword, s.args) for s in steps] == [
+        ("FROM", "a"),
+        ("RUN", "x  && y"),
+        ("COPY", "chat/ /app/chat/"),
+    ]
+
+
+# --- the code layer ----------------------------------------------------------------------------
+
+
+def _context(tmp_path: Path) -> Path:
+    (tmp_path / "chat" / "sub").mkdir(parents=True)
+    (tmp_path / "chat" / "__pycache__").mkdir()
+    (tmp_path / "chat" / "a.py").write_text("A = 1\n")
+    (tmp_path / "chat" / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(tmp_path / "chat" / "run.sh", 0o750)
+    (tmp_path / "chat" / "sub" / "b.py").write_text("B = 2\n")
+    (tmp_path / "chat" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"\0")
+    (tmp_path / "chat" / "c.pyc").write_bytes(b"\0")
+    (tmp_path / ".dockerignore").write_text("*\n!chat/\nchat/**/__pycache__\nchat/**/*.pyc\n")
+    for path in (tmp_path / "chat").rglob("*"):
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    return tmp_path
+
+
+def _members(layer: bytes) -> dict[str, tarfile.TarInfo]:
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        return {m.name: m for m in tar.getmembers()}
+
+
+def test_the_code_layer_is_what_copy_lays_out(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    layer = code_layer(context, PLAN, DockerIgnore.read(context))
+    members = _members(layer)
+    assert sorted(members) == [
+        "app/chat",
+        "app/chat/a.py",
+        "app/chat/run.sh",
+        "app/chat/sub",
+        "app/chat/sub/b.py",
+    ]
+    assert all(m.uid == 0 and m.gid == 0 for m in members.values())  # COPY without --chown
+    assert members["app/chat/run.sh"].mode == 0o750  # modes kept
+    assert members["app/chat/a.py"].mtime == 1_700_000_000  # times kept
+    assert members["app/chat/sub"].isdir() and members["app/chat"].isdir()
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        assert tar.extractfile("app/chat/sub/b.py").read() == b"B = 2\n"  # type: ignore[union-attr]
+    # The same code makes the same bytes: the same diff ID, every time.
+    assert code_layer(context, PLAN, DockerIgnore.read(context)) == layer
+
+
+def test_a_symlink_in_the_code_is_left_to_docker(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    (context / "chat" / "link.py").symlink_to("a.py")
+    with pytest.raises(codelayer.NotAssemblable, match="link.py"):
+        code_layer(context, PLAN, DockerIgnore.read(context))
+
+
+# --- the fingerprint ---------------------------------------------------------------------------
+
+
+def _fingerprint(context: Path, dockerfile: bytes = b"FROM a\n", **kw: object) -> str:
+    args = {"base_id": "sha256:base", "build_args": {}, "platform": None, **kw}
+    return codelayer.fingerprint(context, dockerfile, PLAN, **args)  # type: ignore[arg-type]
+
+
+def test_the_fingerprint_follows_what_the_lower_layers_are_made_of(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    (context / "wheels").mkdir()
+    (context / "wheels" / "SHA256SUMS").write_text("abc  x.whl\n")
+    first = _fingerprint(context)
+    (context / "chat" / "a.py").write_text("A = 2\n")  # the code: not part of it
+    assert _fingerprint(context) == first
+    assert _fingerprint(context, b"FROM b\n") != first
+    assert _fingerprint(context, base_id="sha256:other") != first  # the base image was pulled
+    assert _fingerprint(context, build_args={"BASE_IMAGE": "x"}) != first
+    assert _fingerprint(context, platform="linux/arm64") != first
+    (context / "wheels" / "SHA256SUMS").write_text("def  x.whl\n")  # a pin changed
+    assert _fingerprint(context) != first
+    second = _fingerprint(context)
+    (context / ".dockerignore").write_text("*\n")
+    assert _fingerprint(context) != second
+
+
+# --- the cache and the assembled archive -------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["classic", "oci", "classic-link"])
+def test_assembled_archive_replaces_only_the_code_layer(tmp_path: Path, layout: str) -> None:
+    saved = tmp_path / "saved.tar"
+    if layout == "classic-link":
+        fake_classic_with_link(saved, LINKED_CONFIG)
+    else:
+        {"classic": fake_docker_save, "oci": fake_oci_save}[layout](saved)
+    folder = tmp_path / "cache"
+    Cached.keep(folder, saved, "f1")
+    cached = Cached.read(folder)
+    assert cached is not None and cached.fingerprint == "f1"
+    layer = b"new code layer"
+    image = Assembled(cached, layer, "pynet-chat:v3", when=1_800_000_000)
+    base_ids = list(cached.config["rootfs"]["diff_ids"][:-1])
+    assert image.layers == [*base_ids, "sha256:" + hashlib.sha256(layer).hexdigest()]
+    assert image.image.created == "2027-01-15T08:00:00Z"
+
+    # The host has everything below: the config, the manifest and the code layer ship.
+    slim = image.slim(tmp_path / "slim.tar.gz", len(image.layers) - 1)
+    assert (slim.layers, slim.shipped) == (len(image.layers), 1)
+    with tarfile.open(tmp_path / "slim.tar.gz") as tar:
+        names = set(tar.getnames())
+        manifest = json.loads(tar.extractfile("manifest.json").read())[0]  # type: ignore[union-attr]
+        config_raw = tar.extractfile(manifest["Config"]).read()  # type: ignore[union-attr]
+        assert tar.extractfile(image.layer_path).read() == layer  # type: ignore[union-attr]
+    assert names == {"manifest.json", manifest["Config"], image.layer_path}
+    assert manifest["RepoTags"] == ["pynet-chat:v3"]
+    assert "sha256:" + hashlib.sha256(config_raw).hexdigest() == image.image.config
+    assert json.loads(config_raw)["rootfs"]["diff_ids"] == image.layers
+    # What the archive says of itself is what the deploy checks the host against.
+    assert read_archive(tmp_path / "slim.tar.gz").config == image.image.config
+
+    # The host lacks the layers below: every layer ships, read from the cached archive.
+    full = image.slim(tmp_path / "full.tar.gz", 0)
+    assert full.shipped == len(set(image.paths))
+    with tarfile.open(tmp_path / "full.tar.gz") as tar:
+        assert tar.extractfile(manifest["Layers"][0]).read() == BASE  # type: ignore[union-attr]
+    image.close()
+    assert not image.dir.exists()
+
+
+def test_a_cache_that_cannot_be_read_is_none(tmp_path: Path) -> None:
+    assert Cached.read(tmp_path / "nothing") is None
+    fake_classic_with_link(tmp_path / "odd.tar")  # three layers, a config that names two
+    Cached.keep(tmp_path / "odd", tmp_path / "odd.tar", "f")
+    assert Cached.read(tmp_path / "odd") is None
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "recipe.json").write_text('{"format": 1, "fingerprint": "x"}')
+    (tmp_path / "bad" / "image.tar").write_bytes(b"not a tar")
+    assert Cached.read(tmp_path / "bad") is None
+    (tmp_path / "bad" / "recipe.json").write_text('{"format": 0, "fingerprint": "x"}')
+    assert Cached.read(tmp_path / "bad") is None
+
+
+def test_the_cache_folder_is_per_context_and_can_be_moved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(codelayer.CACHE_ENV, str(tmp_path))
+    assert codelayer.cache_dir(REPO).parent == tmp_path
+    assert codelayer.cache_dir(REPO) != codelayer.cache_dir(REPO / "chat")
+    monkeypatch.delenv(codelayer.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert codelayer.cache_dir(REPO).parent == tmp_path / "xdg" / "pynet" / "deploy"
+
+
+def test_only_the_latest_contexts_stay_cached(tmp_path: Path) -> None:
+    saved = tmp_path / "saved.tar"
+    fake_docker_save(saved)
+    root = tmp_path / "cache"
+    for i in range(codelayer.KEEP_CONTEXTS + 2):
+        Cached.keep(root / f"ctx{i}", saved, f"f{i}")
+        os.utime(root / f"ctx{i}", (1_700_000_000 + i, 1_700_000_000 + i))
+    kept = sorted(p.name for p in root.iterdir())
+    assert kept == [f"ctx{i}" for i in range(2, codelayer.KEEP_CONTEXTS + 2)]
