@@ -62,7 +62,8 @@ def test_the_assembled_image_is_what_docker_build_makes(context: Path, tmp_path:
         (context / "chat" / "__pycache__" / "stale.cpython-311.pyc").write_bytes(b"\0" * 8)
 
         again = release.recipe(local, DOCKER, context, None, BASE_IMAGE, None)
-        assert again is not None and again.fingerprint == recipe.fingerprint
+        assert again is not None
+        assert again.fingerprint == recipe.fingerprint
         assembled = release.assemble(again, "cl-assembled")
         assert assembled is not None
         with assembled:
@@ -81,7 +82,8 @@ def test_the_assembled_image_is_what_docker_build_makes(context: Path, tmp_path:
         assert _inspect(mine, lower)[:-80] == _inspect(theirs, lower)[:-80]  # all but the top
         listing = _listing(mine)
         assert "./chat/added.py f 644 0 0" in listing
-        assert "window.py" not in listing and "__pycache__" not in listing
+        assert "window.py" not in listing
+        assert "__pycache__" not in listing
         assert listing == _listing(theirs)
     finally:
         for tag in tags:
