@@ -10,7 +10,12 @@ Boots an EC2-like host, provisions it with the playbook WITHOUT a seed release, 
 Targets: code-only deploy serving the new release < 2 s after `fab deploy` starts (median,
 issue 21), shipping < 1 MB, 0 refused; recovery < 2 s.
 
-    .venv/bin/python bench/deploy_bench.py [--rounds 5] [--keep-host] [--restart-sec 100ms]
+    .venv/bin/python bench/deploy_bench.py [--rounds 5] [--baseline] [--keep-host]
+        [--restart-sec 100ms]
+
+A code-only change skips `docker build` and `docker save` (pynet/deploy/codelayer.py);
+`--baseline` also deploys each round with `PYNET_DEPLOY_CACHE=off` (built and saved by Docker,
+as before), alternating with the code-layer path, and prints both.
 
 Recovery is systemd's RestartSec plus `docker run` start-up (about 1.2 s here): measured 2.3 to
 2.5 s with RestartSec=1, 1.4 to 1.5 s with the chat role's 200ms; `--restart-sec` tries others.
@@ -132,8 +137,13 @@ class Deploy:
     phases: dict[str, float] = field(default_factory=dict)  # with "total"; empty if not printed
 
 
-def fab_deploy(host: Host, key: Path, src: Path) -> Deploy:
-    env = {**os.environ, "PYNET_DOCKER": "/usr/bin/docker", "PYNET_BASE_IMAGE": ensure_base_image()}
+def fab_deploy(host: Host, key: Path, src: Path, cache: str) -> Deploy:
+    env = {
+        **os.environ,
+        "PYNET_DOCKER": "/usr/bin/docker",
+        "PYNET_BASE_IMAGE": ensure_base_image(),
+        "PYNET_DEPLOY_CACHE": cache,  # "off": docker build and docker save every time
+    }
     started = time.monotonic()
     proc = subprocess.run(
         [
@@ -170,6 +180,49 @@ def fab_deploy(host: Host, key: Path, src: Path) -> Deploy:
         else {}
     )
     return Deploy(seconds, float(m[2]) * UNITS[m[3]], m[1], started, phases)
+
+
+@dataclass
+class Round:
+    """One code-only deploy under a connecting client."""
+
+    deploy: Deploy
+    serving: float  # from `fab deploy` starting until HELLO named the new release
+    window: float  # longest run of refused connects
+    refused: int
+    attempts: int
+
+    def __str__(self) -> str:
+        d = self.deploy
+        return (
+            f"serving after {self.serving:4.2f} s, fab exit {d.seconds:4.2f} s, "
+            f"{d.shipped / 1e3:7.1f} kB ({d.layers} layers), {self.refused}/{self.attempts} "
+            f"connects refused; {describe(d.phases)}"
+        )
+
+
+def code_only(host: Host, key: Path, src: Path, n: int, cache: str) -> Round:
+    """Change the code, deploy it while a client connects in a loop, and time it."""
+    label = change_code(src, n)
+    prober = Prober(host.app_port, expect=label)
+    thread = threading.Thread(target=prober.run, daemon=True)
+    thread.start()
+    deploy = fab_deploy(host, key, src, cache)
+    deadline = time.monotonic() + 10
+    while prober.serving is None and time.monotonic() < deadline:
+        time.sleep(0.02)  # the new release answers by now; let the prober see it
+    time.sleep(0.3)
+    prober.stop()
+    thread.join()
+    if prober.serving is None:
+        sys.exit(f"HELLO never named {label} after the deploy")
+    return Round(
+        deploy,
+        prober.serving - deploy.started,
+        prober.longest_window(),
+        len(prober.failures),
+        prober.attempts,
+    )
 
 
 def change_code(src: Path, n: int) -> str:
@@ -217,6 +270,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="code-only deploys and kills")
     parser.add_argument("--keep-host", action="store_true", help="leave the host running")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="each round also deploys with PYNET_DEPLOY_CACHE=off (docker build and docker "
+        "save, as before the code layer was made here), alternating, for a same-run comparison",
+    )
     parser.add_argument("--restart-sec", help="the chat role's chat_restart_sec (default: role's)")
     args = parser.parse_args()
 
@@ -241,40 +300,23 @@ def main() -> int:
                 sys.exit(f"provisioning failed:\n{proc.stdout[-3000:]}{proc.stderr[-1000:]}")
             src = build_context_copy(tmp / "src", commit=True)
 
-            first = fab_deploy(host, key, src)
+            cache = str(tmp / "deploy-cache")
+            first = fab_deploy(host, key, src, cache)
             print(
                 f"first deploy:     {first.seconds:5.1f} s, {first.shipped / 1e6:7.2f} MB "
                 f"({first.layers} layers)"
             )
 
-            code: list[Deploy] = []
-            windows: list[float] = []
-            refused: list[int] = []
-            serving: list[float] = []
-            for n in range(args.rounds):
-                label = change_code(src, n)
-                prober = Prober(host.app_port, expect=label)
-                thread = threading.Thread(target=prober.run, daemon=True)
-                thread.start()
-                deploy = fab_deploy(host, key, src)
-                code.append(deploy)
-                deadline = time.monotonic() + 10
-                while prober.serving is None and time.monotonic() < deadline:
-                    time.sleep(0.02)  # the new release answers by now; let the prober see it
-                time.sleep(0.3)
-                prober.stop()
-                thread.join()
-                if prober.serving is None:
-                    sys.exit(f"HELLO never named {label} after the deploy")
-                windows.append(prober.longest_window())
-                refused.append(len(prober.failures))
-                serving.append(prober.serving - deploy.started)
-                print(
-                    f"code-only deploy: serving after {serving[-1]:4.2f} s, fab exit "
-                    f"{deploy.seconds:4.2f} s, {deploy.shipped / 1e3:7.1f} kB "
-                    f"({deploy.layers} layers), {refused[-1]}/{prober.attempts} connects "
-                    f"refused; {describe(deploy.phases)}"
-                )
+            ways = {"code layer made here": cache}
+            if args.baseline:  # in the same run, alternating: the machine's load moves both
+                ways = {"docker build + save": "off", **ways}
+            runs: dict[str, list[Round]] = {way: [] for way in ways}
+            n = 0
+            for _ in range(args.rounds):
+                for way, setting in ways.items():
+                    runs[way].append(code_only(host, key, src, n, setting))
+                    n += 1
+                    print(f"{way:>20}: {runs[way][-1]}")
 
             recoveries = [recovery(host, host.app_port) for _ in range(args.rounds)]
             for r in recoveries:
@@ -283,37 +325,42 @@ def main() -> int:
             if not args.keep_host:
                 stop_host(name)
 
-    worst = max(c.seconds for c in code)
-    biggest = max(c.shipped for c in code)
-    median = statistics.median(serving)
-    print(f"\nsummary, median of {len(code)} code-only deploys (target in brackets)")
-    print(
-        f"  fab deploy start -> HELLO names the new release: {median:.2f} s [< 2 s] "
-        f"{'ok' if median < 2 else 'MISSED'} (min {min(serving):.2f}, max {max(serving):.2f})"
-    )
-    print(
-        f"  fab deploy process: median {statistics.median(c.seconds for c in code):.2f} s, "
-        f"worst {worst:.2f} s; first deploy {first.seconds:.1f} s"
-    )
-    with_phases = [c.phases for c in code if c.phases]
-    if with_phases:
-        medians = {
-            name: statistics.median(p[name] for p in with_phases) for name in ("total", *PHASES)
-        }
+    biggest = 0.0
+    for way, rounds in runs.items():
+        code = [r.deploy for r in rounds]
+        serving = [r.serving for r in rounds]
+        biggest = max(biggest, *(c.shipped for c in code))
+        median = statistics.median(serving)
+        print(f"\nsummary, {way}: median of {len(code)} code-only deploys (target in brackets)")
         print(
-            "  phases (median): "
-            + ", ".join(f"{name} {medians[name]:.2f} s" for name in (*PHASES, "total"))
+            f"  fab deploy start -> HELLO names the new release: {median:.2f} s [< 2 s] "
+            f"{'ok' if median < 2 else 'MISSED'} (min {min(serving):.2f}, max {max(serving):.2f})"
         )
-    else:
-        print("  phases: this checkout's deploy prints no breakdown")
+        print(
+            f"  fab deploy process: median {statistics.median(c.seconds for c in code):.2f} s, "
+            f"worst {max(c.seconds for c in code):.2f} s; first deploy {first.seconds:.1f} s"
+        )
+        with_phases = [c.phases for c in code if c.phases]
+        if with_phases:
+            medians = {
+                name: statistics.median(p[name] for p in with_phases) for name in ("total", *PHASES)
+            }
+            print(
+                "  phases (median): "
+                + ", ".join(f"{name} {medians[name]:.2f} s" for name in (*PHASES, "total"))
+            )
+        else:
+            print("  phases: this checkout's deploy prints no breakdown")
+        refused = sum(r.refused for r in rounds)
+        print(
+            f"  refused connects during deploys: {refused} of {sum(r.attempts for r in rounds)} "
+            f"[0] {'ok' if not refused else 'MISSED'}; "
+            f"longest window {max(r.window for r in rounds):.2f} s"
+        )
     print(
-        f"  code-only bytes, largest: {biggest / 1e3:.1f} kB [< 1000 kB] "
+        f"\n  code-only bytes, largest: {biggest / 1e3:.1f} kB [< 1000 kB] "
         f"{'ok' if biggest < 1e6 else 'MISSED'}; first deploy {first.shipped / 1e6:.1f} MB "
         f"({first.shipped / biggest:.0f}x more)"
-    )
-    print(
-        f"  refused connects during deploys: {sum(refused)} [0] "
-        f"{'ok' if not sum(refused) else 'MISSED'}; longest window {max(windows):.2f} s"
     )
     rec = max(recoveries)
     print(

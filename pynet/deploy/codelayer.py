@@ -49,6 +49,11 @@ KEEP_CONTEXTS = 3  # build contexts whose last full build stays cached (each abo
 FORMAT = 1  # of recipe.json: a cache written by another format is rebuilt, never misread
 
 
+def enabled() -> bool:
+    """`PYNET_DEPLOY_CACHE=off` builds every release with Docker (no cache kept or read)."""
+    return os.environ.get(CACHE_ENV, "").strip().lower() != "off"
+
+
 def cache_dir(context: Path) -> Path:
     """Where the last full build of CONTEXT is kept: `$PYNET_DEPLOY_CACHE`, else the user's
     cache folder (`$XDG_CACHE_HOME`, `~/.cache`), one folder per build context."""

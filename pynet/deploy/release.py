@@ -330,7 +330,7 @@ def recipe(
 ) -> Recipe | None:
     """The recipe of this build, or None when its code layer cannot be made here (then
     `docker build` makes everything, as always)."""
-    if local.dry_run:
+    if local.dry_run or not codelayer.enabled():
         return None
     path = dockerfile or context / "Dockerfile"
     try:

@@ -30,7 +30,7 @@ ENVIRONMENT: dict[str, str] = {
     "PYNET_DOCKER": "the docker command deploy builds and saves images with (default docker)",
     "PYNET_BASE_IMAGE": "base image for the chat image (build arg BASE_IMAGE); --base-image wins",
     "PYNET_DEPLOY_CACHE": "where deploy keeps the last full build of each build context, for "
-    "code-only changes (default ~/.cache/pynet/deploy)",
+    "code-only changes (default ~/.cache/pynet/deploy; off: always docker build)",
     "PYNET_LOCK_STALE_AFTER": "seconds without a heartbeat before a deploy lock counts as "
     "abandoned (default 120)",
     "PYNET_CHECKIP_URL": "where launch asks for your public IP (default "

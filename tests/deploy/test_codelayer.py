@@ -268,3 +268,14 @@ def test_only_the_latest_contexts_stay_cached(tmp_path: Path) -> None:
         os.utime(root / f"ctx{i}", (1_700_000_000 + i, 1_700_000_000 + i))
     kept = sorted(p.name for p in root.iterdir())
     assert kept == [f"ctx{i}" for i in range(2, codelayer.KEEP_CONTEXTS + 2)]
+
+
+def test_off_builds_everything_with_docker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pynet.deploy import release
+    from pynet.deploy.remote import Local
+
+    monkeypatch.setenv(codelayer.CACHE_ENV, "off")
+    assert not codelayer.enabled()
+    assert release.recipe(Local(), "docker", REPO, None, None, None) is None  # no docker asked
+    monkeypatch.setenv(codelayer.CACHE_ENV, "/somewhere")
+    assert codelayer.enabled()
