@@ -32,15 +32,13 @@ import re
 import shutil
 import stat
 import tarfile
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-from pynet.deploy.layers import ArchiveImage, Shipment
+from pynet.deploy.layers import ArchiveImage, Scratch, Shipment
 
 CACHE_ENV = "PYNET_DEPLOY_CACHE"
 RECIPE_FILE = "recipe.json"
@@ -377,14 +375,13 @@ def _read(tar: tarfile.TarFile, name: str) -> bytes:
     return member.read()
 
 
-class Assembled:
+class Assembled(Scratch):
     """The new image: the cached build's layers below, the code layer made here on top. Used
     where `release.Built` (a `docker save` archive) is: `layers` (diff IDs), `image`, `slim`."""
 
     def __init__(self, cached: Cached, layer: bytes, version_tag: str, when: float | None = None):
+        super().__init__()
         self.cached, self.layer, self.tag = cached, layer, version_tag
-        self._tmp = tempfile.TemporaryDirectory(prefix="pynet-ship-")
-        self.dir = Path(self._tmp.name)
         diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
         config = json.loads(json.dumps(cached.config))
         diff_ids = list(config["rootfs"]["diff_ids"])
@@ -442,20 +439,6 @@ class Assembled:
                 _add(dst, self.layer_path, self.layer)
                 layer_bytes += len(self.layer)
         return Shipment(out.stat().st_size, len(self.paths), len(set(shipped)), layer_bytes)
-
-    def close(self) -> None:
-        self._tmp.cleanup()
-
-    def __enter__(self) -> Assembled:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -31,10 +31,12 @@ import json
 import os
 import posixpath
 import tarfile
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 from pynet.deploy.remote import human
 
@@ -228,3 +230,26 @@ def _link_targets(members: Iterable[tarfile.TarInfo]) -> set[str]:
         elif m.islnk():
             targets.add(m.linkname)
     return targets
+
+
+class Scratch:
+    """A temporary folder for one deploy's archives, removed on `close` or leaving a `with`:
+    what `release.Built` and `codelayer.Assembled` write their shipments into."""
+
+    def __init__(self) -> None:
+        self._tmp = tempfile.TemporaryDirectory(prefix="pynet-ship-")
+        self.dir = Path(self._tmp.name)
+
+    def close(self) -> None:
+        self._tmp.cleanup()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

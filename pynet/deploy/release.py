@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -26,6 +25,7 @@ from pynet.deploy import codelayer
 from pynet.deploy import commands as cmd
 from pynet.deploy.layers import (
     ArchiveImage,
+    Scratch,
     Shipment,
     image_arch,
     parse_layer_lists,
@@ -363,14 +363,13 @@ def assemble(recipe: Recipe, version: str) -> codelayer.Assembled | None:
     return codelayer.Assembled(cached, layer, cmd.image(version))
 
 
-class Built:
+class Built(Scratch):
     """The image built here, as `docker save` wrote it: saved once, shipped to every host."""
 
     def __init__(
         self, local: Local, docker: str, version: str, recipe: Recipe | None = None
     ) -> None:
-        self._tmp = tempfile.TemporaryDirectory(prefix="pynet-ship-")
-        self.dir = Path(self._tmp.name)
+        super().__init__()
         self.saved = self.dir / "image.tar"
         inspect = local.run(cmd.local_layers(docker, version)).stdout.strip()
         _, _, layers = inspect.partition(" ")
@@ -388,20 +387,6 @@ class Built:
 
     def slim(self, out: Path, skip: int) -> Shipment:
         return slim_archive(self.saved, out, skip)
-
-    def close(self) -> None:
-        self._tmp.cleanup()
-
-    def __enter__(self) -> Built:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _loaded(stdout: str) -> tuple[str, str, str]:
