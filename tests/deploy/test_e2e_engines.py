@@ -191,6 +191,11 @@ def test_a_code_only_change_ships_kilobytes(rig: EngineRig) -> None:
     proc = rig.deploy()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "sending all layers" not in proc.stdout
+    # Made from this engine's own `docker save` of the first deploy (OCI layout on Docker 26,
+    # the containerd store's nested index too), without docker build or docker save.
+    assert f"[local] pynet-chat:{version}: only the code changed since the last build" in (
+        proc.stdout
+    )
     assert rig.hello().endswith(f"+code-{store}")
     shipped = Shipped.parse(proc.stdout)
     assert shipped.layers == 1  # the chat/ layer, nothing else
