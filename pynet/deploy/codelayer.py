@@ -175,11 +175,17 @@ class Plan:
 
 def plan(dockerfile: str, context: Path, build_args: Mapping[str, str]) -> Plan | str:
     """The Plan for DOCKERFILE's text, or why its code layer must come from `docker build`."""
+    if re.search(r"^#\s*escape\s*=", dockerfile, re.M | re.I):
+        return "it sets another escape character"
     steps = instructions(dockerfile)
     if not steps or steps[-1].keyword != "COPY":
         return "its last instruction is not COPY"
     if any(s.keyword == "ADD" for s in steps):
         return "it uses ADD"
+    if any("--mount" in s.args for s in steps):
+        return "a RUN mounts files of the context (RUN --mount)"
+    if any("<<" in s.args for s in steps):
+        return "it uses a here-document"
     froms = [s for s in steps if s.keyword == "FROM"]
     if len(froms) != 1:
         return "it has several stages"

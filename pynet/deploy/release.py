@@ -333,6 +333,8 @@ def recipe(
     if local.dry_run or not codelayer.enabled():
         return None
     path = dockerfile or context / "Dockerfile"
+    if path.with_name(f"{path.name}.dockerignore").exists():  # BuildKit's own ignore file
+        return None
     try:
         text = path.read_bytes()
     except OSError:

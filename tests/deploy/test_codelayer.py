@@ -93,6 +93,9 @@ def test_the_projects_dockerfile_can_be_assembled() -> None:
         ("FROM a\nCOPY chat/ /app/chat\n", "does not copy one folder"),
         ("FROM a\nCOPY chat/ /$X/\n", "not a plain path"),
         ("FROM a\nCOPY --from=b /x /x\nCOPY chat/ /app/chat/\n", "another stage"),
+        ("FROM a\nRUN --mount=type=bind,target=/w make\nCOPY chat/ /app/chat/\n", "RUN --mount"),
+        ("FROM a\nRUN <<EOF\nmake\nEOF\nCOPY chat/ /app/chat/\n", "here-document"),
+        ("# escape=`\nFROM a\nCOPY chat/ /app/chat/\n", "escape character"),
     ],
 )
 def test_a_dockerfile_the_assembly_cannot_vouch_for_is_built(dockerfile: str, reason: str) -> None:
@@ -279,3 +282,22 @@ def test_off_builds_everything_with_docker(monkeypatch: pytest.MonkeyPatch) -> N
     assert release.recipe(Local(), "docker", REPO, None, None, None) is None  # no docker asked
     monkeypatch.setenv(codelayer.CACHE_ENV, "/somewhere")
     assert codelayer.enabled()
+
+
+def test_a_dockerfile_with_its_own_ignore_file_is_built(tmp_path: Path) -> None:
+    import subprocess
+
+    from pynet.deploy import release
+    from pynet.deploy.remote import Local
+
+    class Engine(Local):
+        """An engine that holds every base image (its ID is all `recipe` asks)."""
+
+        def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+            return subprocess.CompletedProcess(argv, 0, "sha256:base\n", "")
+
+    context = _context(tmp_path)
+    (context / "Dockerfile").write_text("FROM a\nCOPY chat/ /app/chat/\n")
+    assert release.recipe(Engine(), "docker", context, None, None, None) is not None
+    (context / "Dockerfile.dockerignore").write_text("*\n")  # BuildKit reads it, not ours
+    assert release.recipe(Engine(), "docker", context, None, None, None) is None
