@@ -1,4 +1,5 @@
-"""Running Ansible and Molecule from tests, and talking to the chat like a client."""
+"""Running Ansible and Molecule from tests, rendering the chat role's templates as the role does,
+and talking to the chat like a client."""
 
 from __future__ import annotations
 
@@ -10,11 +11,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import jinja2
+import jinja2.meta
+import yaml
+from ansible.plugins.filter.core import FilterModule
 
 from tests.kit import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 ROLES = REPO / "roles"
+CHAT = ROLES / "chat"
+BASE_CONFIG = REPO / ".config" / "molecule" / "config.yml"
 BIN = Path(sys.executable).parent  # the venv's ansible-playbook, molecule, linters
 
 
@@ -125,3 +134,62 @@ def wait_for_pong(port: int, timeout: float = 30.0, interval: float = 0.05) -> f
         lambda: ping(port), timeout, f"chat on 127.0.0.1:{port} answering /ping", interval=interval
     )
     return time.monotonic() - started
+
+
+# --- Molecule ---
+
+
+def molecule_images(host_images: dict[str, str]) -> dict[str, str]:
+    """The variables .config/molecule/config.yml reads the platforms' images from."""
+    return {f"PYNET_HOST_IMAGE_{suite.upper()}": image for suite, image in host_images.items()}
+
+
+def molecule_test(role: str, host_images: dict[str, str], **env: str) -> None:
+    """`molecule test` of ROLE's default scenario, with the shared base config named explicitly."""
+    argv = [tool("molecule"), "--base-config", str(BASE_CONFIG), "test"]
+    proc = run(argv, cwd=ROLES / role, timeout=1500, **molecule_images(host_images), **env)
+    print(f"molecule test ({role}, {', '.join(host_images)}): {proc.duration:.0f} s")
+    assert proc.returncode == 0, proc.stdout[-8000:]
+    for suite in host_images:  # both platforms went through converge and verify
+        assert f"pynet-molecule-{suite}" in proc.stdout, proc.stdout[-8000:]
+
+
+# --- the chat role's templates, rendered as the role does ---
+
+
+def role_vars(**extra: Any) -> dict[str, Any]:
+    """defaults/ then vars/ (vars win, as in Ansible), then EXTRA (as `-e` would give them),
+    with templated values resolved."""
+    values: dict[str, Any] = {"ansible_managed": "Ansible managed"}
+    for part in ("defaults", "vars"):
+        values.update(yaml.safe_load((CHAT / part / "main.yml").read_text()) or {})
+    values.update(extra)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701
+
+    def templated(value: Any) -> bool:
+        return isinstance(value, str) and "{" in value
+
+    # Lazily, as Ansible does: a value is rendered once every value it names is (a value read
+    # while still a template would render as its text, or as 0 through `| int`).
+    while pending := [k for k, v in values.items() if templated(v)]:
+        ready = [
+            k
+            for k in pending
+            if not any(
+                templated(values.get(name))
+                for name in jinja2.meta.find_undeclared_variables(env.parse(values[k]))
+            )
+        ]
+        assert ready, f"role variables that name each other in a cycle: {pending}"
+        values.update({k: env.from_string(values[k]).render(values) for k in ready})
+    return values
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    env = jinja2.Environment(  # noqa: S701 (systemd units, not HTML)
+        loader=jinja2.FileSystemLoader(CHAT / "templates"),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(FilterModule().filters())
+    return env.get_template(template).render(values)

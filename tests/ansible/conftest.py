@@ -11,8 +11,3 @@ def host_images(docker_engine: None) -> dict[str, str]:
     from pynet.local.images import SUITES, ensure_host_image
 
     return {suite: ensure_host_image(suite) for suite in SUITES}
-
-
-def molecule_images(host_images: dict[str, str]) -> dict[str, str]:
-    """The variables .config/molecule/config.yml reads the platforms' images from."""
-    return {f"PYNET_HOST_IMAGE_{suite.upper()}": image for suite, image in host_images.items()}

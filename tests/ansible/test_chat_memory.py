@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from chat.config import Settings
-from tests.ansible.ansible_helpers import ROLES
-from tests.ansible.test_chat_sandbox import render, role_vars
+from tests.ansible.ansible_helpers import ROLES, render, role_vars
 from tests.kit import wait_until
 
 KIB, MIB = 1024, 1024 * 1024

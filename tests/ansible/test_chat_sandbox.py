@@ -10,57 +10,13 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
-import jinja2
-import jinja2.meta
 import pytest
-import yaml
-from ansible.plugins.filter.core import FilterModule
 
-from tests.ansible.ansible_helpers import ROLES
+from tests.ansible.ansible_helpers import CHAT, render, role_vars
 
-CHAT = ROLES / "chat"
 MAX_EXPOSURE = 2.0
 EXPOSURE = re.compile(r"Overall exposure level for \S+: (\d+\.\d+)")
-
-
-def role_vars(**extra: Any) -> dict[str, Any]:
-    """defaults/ then vars/ (vars win, as in Ansible), then EXTRA (as `-e` would give them),
-    with templated values resolved."""
-    values: dict[str, Any] = {"ansible_managed": "Ansible managed"}
-    for part in ("defaults", "vars"):
-        values.update(yaml.safe_load((CHAT / part / "main.yml").read_text()) or {})
-    values.update(extra)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False)  # noqa: S701
-
-    def templated(value: Any) -> bool:
-        return isinstance(value, str) and "{" in value
-
-    # Lazily, as Ansible does: a value is rendered once every value it names is (a value read
-    # while still a template would render as its text, or as 0 through `| int`).
-    while pending := [k for k, v in values.items() if templated(v)]:
-        ready = [
-            k
-            for k in pending
-            if not any(
-                templated(values.get(name))
-                for name in jinja2.meta.find_undeclared_variables(env.parse(values[k]))
-            )
-        ]
-        assert ready, f"role variables that name each other in a cycle: {pending}"
-        values.update({k: env.from_string(values[k]).render(values) for k in ready})
-    return values
-
-
-def render(template: str, values: dict[str, Any]) -> str:
-    env = jinja2.Environment(  # noqa: S701 (systemd units, not HTML)
-        loader=jinja2.FileSystemLoader(CHAT / "templates"),
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
-    env.filters.update(FilterModule().filters())
-    return env.get_template(template).render(values)
 
 
 def unit_template() -> str:

@@ -11,22 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.ansible.ansible_helpers import REPO, ROLES, run, tool
-from tests.ansible.conftest import molecule_images
+from tests.ansible.ansible_helpers import molecule_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.molecule]
-
-BASE_CONFIG = REPO / ".config" / "molecule" / "config.yml"
-
-
-def molecule_test(role: str, host_images: dict[str, str], **env: str) -> None:
-    """`molecule test` of ROLE's default scenario, with the shared base config named explicitly."""
-    argv = [tool("molecule"), "--base-config", str(BASE_CONFIG), "test"]
-    proc = run(argv, cwd=ROLES / role, timeout=1500, **molecule_images(host_images), **env)
-    print(f"molecule test ({role}, {', '.join(host_images)}): {proc.duration:.0f} s")
-    assert proc.returncode == 0, proc.stdout[-8000:]
-    for suite in host_images:  # both platforms went through converge and verify
-        assert f"pynet-molecule-{suite}" in proc.stdout, proc.stdout[-8000:]
 
 
 @pytest.mark.timeout(1500)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.ansible.test_molecule import molecule_test
+from tests.ansible.ansible_helpers import molecule_test
 
 pytestmark = [pytest.mark.e2e, pytest.mark.molecule]
 

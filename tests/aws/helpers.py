@@ -8,16 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import ClientError
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from pynet.aws.session import Clients
 
 ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 REGION = "eu-central-1"
 NEWEST_DEBIAN_AMD64 = "ami-0deb13new000000a"  # Debian 13: the default --os
 NEWEST_DEBIAN12_AMD64 = "ami-0deb12new000000a"
+SSH = "203.0.113.7/32"
+PUBLIC_KEY = (
+    b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxT4g5xYjRu5K1xAy1VN7Q7JmZkF5QeG0U3Kp5xk9bZ test"
+)
 
 
 @dataclass
@@ -100,3 +107,31 @@ def answer_call(
     if after is not None:
         client.meta.events.register(f"after-call.ec2.{after}", arm)
     client.meta.events.register(f"before-call.ec2.{operation}", handler)
+
+
+def moto_ami(clients: Clients) -> str:
+    """An x86_64 image moto has (moto has no Debian images: the CLI tests load some)."""
+    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+    return clients.ssm.get_parameter(Name=name)["Parameter"]["Value"]
+
+
+def ec2_client(env: dict[str, str]) -> Any:
+    return boto3.client("ec2", region_name=REGION, endpoint_url=env["AWS_ENDPOINT_URL"])
+
+
+def instances(env: dict[str, str], name: str) -> list[dict]:
+    reservations = ec2_client(env).describe_instances(
+        Filters=[
+            {"Name": "tag:pynet:deployment", "Values": [name]},
+            {"Name": "instance-state-name", "Values": ["pending", "running"]},
+        ]
+    )["Reservations"]
+    return [i for r in reservations for i in r["Instances"]]
+
+
+def one_line_error(done: Run) -> str:
+    assert done.code == 1, (done.out, done.err)
+    assert "Traceback" not in done.err
+    lines = done.err.strip().splitlines()
+    assert len(lines) == 1, done.err
+    return lines[0]

@@ -21,8 +21,7 @@ from pynet.aws.requests import (
     ssh_sources,
 )
 from pynet.aws.session import Clients
-from tests.aws.helpers import REGION, fab, fab_many
-from tests.aws.test_cli import ec2_client, one_line_error
+from tests.aws.helpers import REGION, ec2_client, fab, fab_many, one_line_error
 
 ADA, BOB = SshSource("203.0.113.7/32", "ada"), SshSource("198.51.100.4/32", "bob")
 

@@ -9,43 +9,20 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
-from typing import Any
-
-import boto3
 
 from pynet import inventory
 from tests.aws.helpers import (
     NEWEST_DEBIAN_AMD64,
     REGION,
     VENV_BIN,
-    Run,
+    ec2_client,
     fab,
     fab_many,
+    instances,
+    one_line_error,
     public_key,
     run_many,
 )
-
-
-def ec2_client(env: dict[str, str]) -> Any:
-    return boto3.client("ec2", region_name=REGION, endpoint_url=env["AWS_ENDPOINT_URL"])
-
-
-def instances(env: dict[str, str], name: str) -> list[dict]:
-    reservations = ec2_client(env).describe_instances(
-        Filters=[
-            {"Name": "tag:pynet:deployment", "Values": [name]},
-            {"Name": "instance-state-name", "Values": ["pending", "running"]},
-        ]
-    )["Reservations"]
-    return [i for r in reservations for i in r["Instances"]]
-
-
-def one_line_error(done: Run) -> str:
-    assert done.code == 1, (done.out, done.err)
-    assert "Traceback" not in done.err
-    lines = done.err.strip().splitlines()
-    assert len(lines) == 1, done.err
-    return lines[0]
 
 
 def test_launch_twice_hosts_inventory_destroy(cli_env: dict[str, str], tmp_path: Path) -> None:

@@ -13,8 +13,7 @@ from invoke.exceptions import Exit
 from pynet.aws.ec2 import find_deployment
 from pynet.aws.session import Clients
 from pynet.tasks import cloud
-from tests.aws.helpers import REGION, Run, fab_many, fail_call
-from tests.aws.test_ec2 import SSH, moto_ami
+from tests.aws.helpers import REGION, SSH, Run, fab_many, fail_call, moto_ami
 
 
 def ec2_client(env: dict[str, str]) -> Any:

@@ -25,9 +25,16 @@ from pynet.aws.keys import LocalKey
 from pynet.aws.requests import LIVE_STATES, tag_value
 from pynet.aws.session import Clients
 from pynet.aws.userdata import HOST_KEY_TAG, host_key_of
-from tests.aws.helpers import REGION, fab, public_key
-from tests.aws.test_cli import ec2_client, instances
-from tests.aws.test_ec2 import PUBLIC_KEY, SSH, moto_ami
+from tests.aws.helpers import (
+    PUBLIC_KEY,
+    REGION,
+    SSH,
+    ec2_client,
+    fab,
+    instances,
+    moto_ami,
+    public_key,
+)
 
 
 def launch(clients: Clients, name: str, count: int, home: Path) -> cluster.ClusterLaunched:

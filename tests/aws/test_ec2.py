@@ -29,18 +29,7 @@ from pynet.aws.requests import (
     ssh_sources,
 )
 from pynet.aws.session import Clients
-from tests.aws.helpers import fail_call
-
-SSH = "203.0.113.7/32"
-PUBLIC_KEY = (
-    b"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHxT4g5xYjRu5K1xAy1VN7Q7JmZkF5QeG0U3Kp5xk9bZ test"
-)
-
-
-def moto_ami(clients: Clients) -> str:
-    """An x86_64 image moto has (moto has no Debian images: the CLI tests load some)."""
-    name = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
-    return clients.ssm.get_parameter(Name=name)["Parameter"]["Value"]
+from tests.aws.helpers import PUBLIC_KEY, SSH, fail_call, moto_ami
 
 
 def spec(clients: Clients, name: str, **kw: Any) -> LaunchSpec:

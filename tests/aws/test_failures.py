@@ -18,8 +18,7 @@ from pynet.aws.keys import LocalKey
 from pynet.aws.publicip import detect_ssh_cidr
 from pynet.aws.session import Clients, connect
 from pynet.tasks import cloud
-from tests.aws.helpers import answer_call, fail_call
-from tests.aws.test_ec2 import PUBLIC_KEY, SSH, moto_ami
+from tests.aws.helpers import PUBLIC_KEY, SSH, answer_call, fail_call, moto_ami
 
 KEY = LocalKey(PUBLIC_KEY, None)
 

@@ -12,8 +12,7 @@ import pytest
 from pynet import inventory
 from pynet.aws.requests import DEBIAN_OWNER, tag_specifications
 from pynet.inventory import Host
-from tests.aws.helpers import VENV_BIN, Run, run
-from tests.aws.test_cli import ec2_client
+from tests.aws.helpers import VENV_BIN, Run, ec2_client, run
 
 EC2 = Host("demo", "54.1.2.3", "admin", 22, "/home/me/.ssh/id_ed25519")
 LOCAL = Host("rehearsal", "127.0.0.1", "admin", 2222, None)

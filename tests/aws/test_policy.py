@@ -28,8 +28,7 @@ from pynet.aws.session import Clients, connect
 from pynet.deploy.hosts import targets
 from pynet.deploy.instance_connect import InstanceConnect
 from pynet.tasks import access, cloud, cluster
-from tests.aws.helpers import public_key
-from tests.aws.test_ec2 import SSH, moto_ami
+from tests.aws.helpers import SSH, moto_ami, public_key
 
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_POLICY = REPO / "iam" / "operator-policy.json"

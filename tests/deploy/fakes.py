@@ -1,12 +1,45 @@
-"""Stand-ins shared by the fast deploy tests."""
+"""Stand-ins and helpers shared by the fast deploy tests.
+
+The end-to-end rig (a provisioned host over real SSH) is in rigs.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import io
 import json
+import os
+import socket
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+FAB = str(Path(sys.executable).with_name("fab"))
+
+
+def fab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The real `fab` CLI from the repository root (`PYNET_DOCKER=docker`, no base image set)."""
+    full_env = {**os.environ, "PYNET_DOCKER": "docker", **(env or {})}
+    full_env.pop("PYNET_BASE_IMAGE", None)
+    return subprocess.run(
+        [FAB, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
+        check=False,
+    )
+
+
+def closed_port() -> int:
+    """A local TCP port nothing listens on (bound, then closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
 
 BASE, CODE = b"x" * 50_000, b"y" * 100  # two layers: a big base and a small code layer
 CONFIG = json.dumps(

@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-FAB = str(Path(sys.executable).with_name("fab"))
-
-
-def fab(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {**os.environ, "PYNET_DOCKER": "docker", **(env or {})}
-    full_env.pop("PYNET_BASE_IMAGE", None)
-    return subprocess.run(
-        [FAB, *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full_env,
-        check=False,
-    )
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.deploy.fakes import REPO, closed_port, fab
 
 
 def test_tasks_are_listed() -> None:

@@ -16,7 +16,7 @@ import pytest
 from pynet import inventory
 from pynet.deploy import lock
 from pynet.deploy.remote import DeployError
-from tests.deploy.test_cli import closed_port
+from tests.deploy.fakes import closed_port
 
 REPO = Path(__file__).resolve().parents[2]
 FAB = str(Path(sys.executable).with_name("fab"))

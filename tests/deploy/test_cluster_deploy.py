@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from pynet import inventory
-from tests.deploy.test_cli import fab
+from tests.deploy.fakes import fab
 
 
 def test_deploy_rolls_through_the_chat_hosts_one_at_a_time(tmp_path: Path) -> None:

@@ -9,161 +9,22 @@ The source deployed is a throwaway git copy of the repository's Dockerfile and c
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from pynet.deploy.probe import ProbeError, chat_hello
-from pynet.local.host import Host
-from pynet.local.load import LiveLoad
-from pynet.local.provision import (
-    build_context_copy,
-    playbook_argv,
-    write_inventory,
-    write_ssh_config,
-)
+from tests.deploy.fakes import REPO
+from tests.deploy.rigs import Rig, git, provisioned_rig
 from tests.kit import wait_until
 
 pytestmark = pytest.mark.e2e
-
-REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-BROKEN_CMD = 'CMD ["python3", "-c", "raise SystemExit(\'broken on purpose\')"]\n'
-
-
-@dataclass
-class Rig:
-    """The provisioned host, the source tree we deploy from, and how to run `fab` at them."""
-
-    host: Host
-    key: Path
-    src: Path
-    ssh_config: Path  # points `fab -H` at the harness's pinned host keys
-
-    @property
-    def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "PYNET_DOCKER": "/usr/bin/docker",
-            "PYNET_BASE_IMAGE": "pynet-local/debian:bookworm",
-            "PYNET_APP_PORT": str(self.host.app_port),
-            # The code-only path's cache of the last full build: this rig's own.
-            "PYNET_DEPLOY_CACHE": str(self.src.parent / "deploy-cache"),
-        }
-
-    def fab(
-        self,
-        *args: str,
-        key: Path | None = None,
-        timeout: float = 180,
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.fab_argv(*args, key=key),
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-
-    def fab_argv(self, *args: str, key: Path | None = None) -> list[str]:
-        target = f"admin@127.0.0.1:{self.host.ssh_port}"
-        return [
-            str(BIN / "fab"),
-            "-S",
-            str(self.ssh_config),
-            "-H",
-            target,
-            "-i",
-            str(key or self.key),
-            *args,
-        ]
-
-    def deploy(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.fab("deploy", "--context", str(self.src), *args)
-
-    def hello(self) -> str:
-        return chat_hello("127.0.0.1", self.host.app_port)
-
-    def root(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        """A command on the host as root, behind SSH's back (fault injection)."""
-        return self.host.exec(*argv, check=check)
-
-    def commit(self, label: str, broken: bool = False) -> str:
-        """A new release of the source: HELLO will say `0.1.0+LABEL`. Returns its version."""
-        init = self.src / "chat" / "__init__.py"
-        init.write_text(
-            re.sub(
-                r'__version__ = "([^"+]*)[^"]*"', rf'__version__ = "\1+{label}"', init.read_text()
-            )
-        )
-        dockerfile = self.src / "Dockerfile"
-        text = dockerfile.read_text().replace(BROKEN_CMD, "")
-        dockerfile.write_text(text + BROKEN_CMD if broken else text)
-        _git(self.src, "commit", "-qam", label)
-        return _git(self.src, "rev-parse", "--short=7", "HEAD")
-
-    def serving(self) -> str:
-        """The unit of the release that runs (exactly one, outside a deploy)."""
-        units = self.root(
-            "systemctl", "list-units", "--plain", "--no-legend", "--state=active", "pynet-chat@*"
-        ).stdout.split("\n")
-        names = [line.split()[0] for line in units if line.strip()]
-        assert len(names) == 1, names
-        return names[0]
-
-    def kill_serving(self) -> None:
-        """A crash: SIGKILL to the serving release's container."""
-        container = self.serving().removesuffix(".service").replace("pynet-chat@", "pynet-chat-")
-        self.root("docker", "kill", container)
-
-    def load(self, **kwargs: Any) -> LiveLoad:
-        return LiveLoad("127.0.0.1", self.host.app_port, **kwargs).start()
-
-    def wait_serving(self, label: str, timeout: float = 30) -> str:
-        def serving() -> str | None:
-            try:
-                hello = self.hello()
-            except ProbeError:
-                return None
-            return hello if hello.endswith(f"+{label}") else None
-
-        return wait_until(serving, timeout, f"0.1.0+{label} serving", interval=0.3)
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(repo), "-c", "user.email=e2e@pynet.test", "-c", "user.name=e2e", *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout.strip()
-
-
-def _provision(host: Host, archive: Path, tmp: Path) -> None:
-    """The real roles, the way a user provisions: ansible-playbook with an inventory file."""
-    inventory = write_inventory(tmp / "hosts.yml", host)
-    proc = subprocess.run(
-        playbook_argv(inventory, f"chat_image_archive={archive}"),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
@@ -173,21 +34,8 @@ def rig(
     chat_image_archive: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Rig]:
-    from pynet.local.host import start_host, stop_host
-
-    tmp = tmp_path_factory.mktemp("deploy-e2e")
-    name = f"pynet-deploy-e2e-{os.getpid()}"
-    host = start_host(name, ssh_keypair[1])
-    try:
-        _provision(host, chat_image_archive, tmp)
-        yield Rig(
-            host,
-            ssh_keypair[0],
-            build_context_copy(tmp / "src", commit=True),
-            write_ssh_config(tmp / "ssh_config", host),
-        )
-    finally:
-        stop_host(name)
+    with provisioned_rig(Rig, "deploy", ssh_keypair, chat_image_archive, tmp_path_factory) as made:
+        yield made
 
 
 def test_provisioned_host_serves_the_seed_release(rig: Rig) -> None:
@@ -240,7 +88,7 @@ def test_deploy_ships_only_the_code_layer_and_serves_it(rig: Rig) -> None:
 
 
 def test_second_deploy_and_the_history(rig: Rig) -> None:
-    first = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    first = git(rig.src, "rev-parse", "--short=7", "HEAD")
     version = rig.commit("two")
     proc = rig.deploy()
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -259,7 +107,7 @@ def test_second_deploy_and_the_history(rig: Rig) -> None:
 
 def test_deploy_and_rollback_under_load_cut_no_one_and_lose_nothing(rig: Rig) -> None:
     """The defining promise: connected users never notice a deploy or a rollback."""
-    before = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    before = git(rig.src, "rev-parse", "--short=7", "HEAD")
     load = rig.load(clients=20, rate=40.0, connect_every=0.01, prefix="d")
     version = rig.commit("load")
     deployed = rig.deploy()
@@ -284,7 +132,7 @@ def test_deploy_and_rollback_under_load_cut_no_one_and_lose_nothing(rig: Rig) ->
     assert rig.serving() == f"pynet-chat@{before}.service"
     enabled = rig.root("ls", "/etc/systemd/system/multi-user.target.wants").stdout.split()
     assert [u for u in enabled if u.startswith("pynet-chat@")] == [f"pynet-chat@{before}.service"]
-    _git(rig.src, "reset", "-q", "--hard", before)  # the next tests build on what serves
+    git(rig.src, "reset", "-q", "--hard", before)  # the next tests build on what serves
 
 
 def test_a_crash_under_load_never_reuses_an_id(rig: Rig) -> None:
@@ -313,7 +161,7 @@ def test_a_crash_under_load_never_reuses_an_id(rig: Rig) -> None:
 
 
 def test_broken_release_rolls_back_on_its_own(rig: Rig) -> None:
-    good = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    good = git(rig.src, "rev-parse", "--short=7", "HEAD")
     bad = rig.commit("three", broken=True)
     proc = rig.deploy("--timeout", "60")
     assert proc.returncode == 1
@@ -385,7 +233,7 @@ def test_a_live_lock_is_not_released_without_force(rig: Rig) -> None:
 
 
 def test_rollback_to_a_named_version(rig: Rig) -> None:
-    log = _git(rig.src, "log", "--format=%h %s", "--abbrev=7")
+    log = git(rig.src, "log", "--format=%h %s", "--abbrev=7")
     one = next(line.split()[0] for line in log.splitlines() if line.endswith(" one"))
     proc = rig.fab("rollback", "--to", one)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -475,7 +323,7 @@ def test_old_releases_are_pruned(rig: Rig) -> None:
     rig.commit("five")
     proc = rig.deploy("--keep", "2")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    head = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    head = git(rig.src, "rev-parse", "--short=7", "HEAD")
     tags = rig.root("docker", "image", "ls", "--format", "{{.Tag}}", "pynet-chat").stdout.split()
     assert "current" in tags
     assert head in tags

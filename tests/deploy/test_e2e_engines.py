@@ -24,8 +24,7 @@ import pytest
 
 from pynet.local.images import BASE_IMAGE
 from pynet.local.modern import ModernEngine
-from pynet.local.provision import build_context_copy, write_ssh_config
-from tests.deploy.test_e2e_deploy import Rig, _git, _provision
+from tests.deploy.rigs import Rig, git, provisioned_rig
 
 pytestmark = pytest.mark.e2e
 
@@ -106,21 +105,10 @@ def host_rig(
     chat_image_archive: Path,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[EngineRig]:
-    from pynet.local.host import start_host, stop_host
-
-    tmp = tmp_path_factory.mktemp("engines-e2e")
-    name = f"pynet-engines-e2e-{os.getpid()}"
-    host = start_host(name, ssh_keypair[1])
-    try:
-        _provision(host, chat_image_archive, tmp)
-        yield EngineRig(
-            host,
-            ssh_keypair[0],
-            build_context_copy(tmp / "src", commit=True),
-            write_ssh_config(tmp / "ssh_config", host),
-        )
-    finally:
-        stop_host(name)
+    with provisioned_rig(
+        EngineRig, "engines", ssh_keypair, chat_image_archive, tmp_path_factory
+    ) as made:
+        yield made
 
 
 @pytest.fixture(
@@ -206,7 +194,7 @@ def test_a_code_only_change_ships_kilobytes(rig: EngineRig) -> None:
 
 
 def test_a_failed_build_shows_docker_s_error(rig: EngineRig) -> None:
-    good = _git(rig.src, "rev-parse", "--short=7", "HEAD")
+    good = git(rig.src, "rev-parse", "--short=7", "HEAD")
     dockerfile = rig.src / "Dockerfile"
     text = dockerfile.read_text()
     broken = text.replace(

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.deploy.test_cli import REPO
+from tests.deploy.fakes import REPO
 
 SCRIPT = textwrap.dedent(
     """

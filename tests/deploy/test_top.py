@@ -20,7 +20,7 @@ from pynet.deploy import commands as cmd
 from pynet.deploy import top
 from pynet.deploy.commands import render
 from pynet.tasks.release import Prefixed
-from tests.deploy.test_cli import closed_port, fab
+from tests.deploy.fakes import closed_port, fab
 
 
 def exposition(metrics: Metrics) -> str:
