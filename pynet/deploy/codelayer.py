@@ -8,7 +8,9 @@ makes that layer itself when nothing above it changed since the last full build:
 
 - a full build leaves its `docker save` archive in a cache (`cache_dir()`), with the recipe it was
   built from: the Dockerfile, the files its earlier `COPY`s read, `.dockerignore`, the base
-  image's ID on this engine, the build arguments and the platform (`Recipe.fingerprint`);
+  image's ID on this engine, the build arguments and the platform (`Recipe.fingerprint`). Only
+  a folder of this user's that no one else can write is read: whoever writes the cache chooses
+  the image the next deploy ships;
 - the next deploy with the same fingerprint writes the code layer as the classic builder's
   `COPY` lays it out (root-owned, modes and modification times kept, `.dockerignore` applied),
   puts its diff ID in place of the old one in a copy of the cached config, and ships the config,
@@ -32,11 +34,13 @@ import re
 import shutil
 import stat
 import tarfile
+import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pynet.deploy.layers import ArchiveImage, Scratch, Shipment
 
@@ -44,7 +48,8 @@ CACHE_ENV = "PYNET_DEPLOY_CACHE"
 RECIPE_FILE = "recipe.json"
 ARCHIVE_FILE = "image.tar"
 KEEP_CONTEXTS = 3  # build contexts whose last full build stays cached (each about an image)
-FORMAT = 1  # of recipe.json: a cache written by another format is rebuilt, never misread
+FORMAT = 2  # of recipe.json: a cache written by another format is rebuilt, never misread
+CONTEXT_NAME = re.compile(r"[0-9a-f]{16}")  # a folder `cache_dir` names: the only ones pruned
 
 
 def enabled() -> bool:
@@ -70,6 +75,7 @@ class DockerIgnore:
 
     def __init__(self, text: str = "") -> None:
         self.rules: list[tuple[bool, re.Pattern[str]]] = []
+        self.exceptions: list[str] = []  # the `!` patterns, as Docker keeps them
         for raw in text.splitlines():
             line = raw.strip()
             if not line or line.startswith("#"):
@@ -79,11 +85,16 @@ class DockerIgnore:
             if pattern in ("", "."):
                 continue
             self.rules.append((keep, re.compile(_regex(pattern))))
+            if keep:
+                self.exceptions.append(pattern)
 
     @classmethod
     def read(cls, context: Path) -> DockerIgnore:
+        """Docker drops a UTF-8 byte order mark and matches bytes: any other byte is kept as
+        the file name it stands for (os.walk's names use the same escape)."""
         path = context / ".dockerignore"
-        return cls(path.read_text(encoding="utf-8") if path.is_file() else "")
+        data = path.read_bytes() if path.is_file() else b""
+        return cls(data.decode("utf-8-sig", "surrogateescape"))
 
     def excluded(self, path: str) -> bool:
         """Whether PATH (relative to the context, with `/`) stays out of the build."""
@@ -95,19 +106,22 @@ class DockerIgnore:
                 out = not keep
         return out
 
+    def looked_into(self, folder: str) -> bool:
+        """Whether Docker still walks the excluded FOLDER: an exception names a path under it
+        (Docker's own test, on the pattern as written), and may take files there back."""
+        return any(f"{pattern}/".startswith(f"{folder}/") for pattern in self.exceptions)
+
 
 def _regex(pattern: str) -> str:
     """A `.dockerignore` pattern as a regular expression (Go's filepath.Match, plus `**`)."""
     out, i = "", 0
     while i < len(pattern):
         ch = pattern[i]
-        if pattern.startswith("**", i):
-            i += 2
-            if pattern.startswith("/", i):  # `**/` also matches no folder at all
-                out += "(?:.*/)?"
+        if pattern.startswith("**", i):  # as Docker reads it: `**/` is `**`, which matches
+            i += 2  # any folders (or none) before the rest, or everything at the end
+            if pattern.startswith("/", i):
                 i += 1
-            else:
-                out += ".*"
+            out += ".*" if i == len(pattern) else "(?:.*/)?"
             continue
         if ch == "*":
             out += "[^/]*"
@@ -146,20 +160,22 @@ def instructions(text: str) -> list[Instruction]:
     pending = ""
     for raw in text.splitlines():
         stripped = raw.strip()
-        if stripped.startswith("#") or (not stripped and not pending):
+        if not stripped or stripped.startswith("#"):  # Docker skips both inside a continuation
             continue
         if stripped.endswith("\\"):
             pending += stripped[:-1] + " "
             continue
-        line = (pending + stripped).strip()
+        found.append(_instruction(pending + stripped))
         pending = ""
-        if line:
-            keyword, _, args = line.partition(" ")
-            found.append(Instruction(keyword.upper(), args.strip()))
     if pending.strip():
-        keyword, _, args = pending.strip().partition(" ")
-        found.append(Instruction(keyword.upper(), args.strip()))
+        found.append(_instruction(pending))
     return found
+
+
+def _instruction(line: str) -> Instruction:
+    """The keyword ends at any white space, a tab too (Docker's parser)."""
+    keyword, *args = line.split(None, 1)
+    return Instruction(keyword.upper(), args[0].strip() if args else "")
 
 
 @dataclass(frozen=True)
@@ -200,6 +216,8 @@ def plan(dockerfile: str, context: Path, build_args: Mapping[str, str]) -> Plan 
     dest = os.path.normpath(last[1]).strip("/")
     if "$" in dest or dest in ("", "."):
         return "its last COPY's destination is not a plain path"
+    if not last[1].startswith("/"):  # Docker puts it under the WORKDIR
+        return "its last COPY's destination is relative"
     inputs: list[str] = []
     for step in steps[:-1]:
         if step.keyword != "COPY":
@@ -207,7 +225,9 @@ def plan(dockerfile: str, context: Path, build_args: Mapping[str, str]) -> Plan 
         words = step.args.split()
         if any(w.startswith("--from") for w in words) or step.args.lstrip().startswith("["):
             return "an earlier COPY reads from another stage or uses the JSON form"
-        inputs += [w for w in words[:-1] if not w.startswith("--")]
+        if "$" in step.args:  # the files it reads depend on a variable
+            return "an earlier COPY uses a variable"
+        inputs += [w.lstrip("/") for w in words[:-1] if not w.startswith("--")]  # `/`: the context
     args = _arg_defaults(steps)
     args.update(build_args)
     base = re.sub(r"\$\{?(\w+)\}?", lambda m: args.get(m.group(1), ""), froms[0].args.split()[0])
@@ -248,26 +268,32 @@ def fingerprint(
     add(the_plan.source, the_plan.dest)
     for pattern in the_plan.inputs:
         add("input", pattern)
-        for path in sorted(glob.glob(str(context / pattern), recursive=True)):
+        # Go's `*` matches a name that starts with a dot, Python's only when told to.
+        for path in sorted(glob.glob(str(context / pattern), recursive=True, include_hidden=True)):
             for file in _files_under(Path(path)):
-                info = file.lstat()
-                add(file.relative_to(context).as_posix(), info.st_mode, _file_digest(file))
+                named = file == Path(path)  # COPY follows a symlink it names, not one inside
+                info = file.stat() if named else file.lstat()
+                rel = file.relative_to(context).as_posix()
+                add(rel, info.st_mode, _file_digest(file, follow=named))
     return digest.hexdigest()
 
 
 def _files_under(path: Path) -> Iterator[Path]:
-    if path.is_dir() and not path.is_symlink():
+    """PATH and, for a folder, everything in it, folders too (an empty one is copied as well,
+    and a folder's mode)."""
+    yield path
+    if path.is_dir():
         for root, dirs, files in os.walk(path):
             dirs.sort()
-            for name in sorted(files):
+            for name in [*dirs, *sorted(files)]:
                 yield Path(root) / name
-    else:
-        yield path
 
 
-def _file_digest(path: Path) -> str:
-    if path.is_symlink():
+def _file_digest(path: Path, follow: bool = False) -> str:
+    if path.is_symlink() and not follow:
         return "link:" + os.readlink(path)
+    if path.is_dir():
+        return "folder"
     with path.open("rb") as file:
         return hashlib.file_digest(file, "sha256").hexdigest()
 
@@ -288,7 +314,7 @@ def code_layer(context: Path, the_plan: Plan, ignore: DockerIgnore) -> bytes:
     for folder, dirs, files in os.walk(root):
         dirs.sort()
         rel_folder = Path(folder).relative_to(context).as_posix()
-        dirs[:] = [d for d in dirs if not ignore.excluded(f"{rel_folder}/{d}")]
+        dirs[:] = [d for d in dirs if not _left_out(f"{rel_folder}/{d}", ignore)]
         for name in [*dirs, *files]:
             rel = f"{rel_folder}/{name}"
             if not ignore.excluded(rel):
@@ -315,70 +341,158 @@ def code_layer(context: Path, the_plan: Plan, ignore: DockerIgnore) -> bytes:
     return buffer.getvalue()
 
 
+def _left_out(folder: str, ignore: DockerIgnore) -> bool:
+    """Whether FOLDER stays out of the build. An excluded folder Docker still walks (an
+    exception may take files under it back, laid out by its own extraction) is Docker's."""
+    if not ignore.excluded(folder):
+        return False
+    if ignore.looked_into(folder):
+        raise NotAssemblable(f"{folder} is excluded but an exception (!) may take files back")
+    return True
+
+
 # --- the cache and the assembled image -------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Cached:
-    """The last full build's archive and what it was built from."""
+    """The last full build's archive and what it was built from. FILE: that archive, open, so
+    that a full build another terminal keeps meanwhile cannot change what this deploy ships."""
 
     folder: Path
     fingerprint: str
     layers: tuple[str, ...]  # each layer's file in the archive, bottom first
     config: dict[str, Any]
+    file: IO[bytes]
 
-    @property
-    def archive(self) -> Path:
-        return self.folder / ARCHIVE_FILE
+    def close(self) -> None:
+        self.file.close()
 
     @classmethod
     def read(cls, folder: Path) -> Cached | None:
-        """The cache in FOLDER, or None when there is none (or it cannot be read)."""
+        """The cache in FOLDER, or None when there is none, it cannot be read, or another user
+        could have written it (whoever writes it chooses the image a deploy ships)."""
+        if not _private(folder):
+            return None
+        try:
+            file = (folder / ARCHIVE_FILE).open("rb")
+        except OSError:
+            return None
+        cached = cls._load(folder, file)
+        if cached is None:
+            file.close()
+        return cached
+
+    @classmethod
+    def _load(cls, folder: Path, file: IO[bytes]) -> Cached | None:
         try:
             recipe = json.loads((folder / RECIPE_FILE).read_text(encoding="utf-8"))
-            if recipe.get("format") != FORMAT or not (folder / ARCHIVE_FILE).is_file():
-                return None
-            with tarfile.open(folder / ARCHIVE_FILE) as tar:
-                manifest = json.loads(_read(tar, "manifest.json"))[0]
-                config = json.loads(_read(tar, str(manifest["Config"])))
-            layers = tuple(manifest["Layers"])
+            with tarfile.open(fileobj=file) as tar:
+                layers, raw = _image(tar)
+                for path in layers[:-1]:  # what a shipment with every layer reads
+                    _layer(tar, path)
+            config = json.loads(raw)
+            if recipe.get("format") != FORMAT or recipe.get("image") != _digest(raw):
+                return None  # another format, or the recipe of another build's archive
             if len(layers) != len(config["rootfs"]["diff_ids"]) or not layers:
                 return None  # not an archive this module can vouch for
-            return cls(folder, str(recipe["fingerprint"]), layers, config)
+            return cls(folder, str(recipe["fingerprint"]), layers, config, file)
         except (OSError, ValueError, KeyError, IndexError, TypeError, tarfile.TarError):
             return None
 
     @staticmethod
     def keep(folder: Path, saved: Path, fingerprint_: str) -> None:
         """Keep SAVED (a `docker save` archive) as the cache of FOLDER's next code-only
-        builds. Best effort: a cache that cannot be written only makes the next build slower."""
+        builds. Best effort: a cache that cannot be written only makes the next build slower.
+
+        The recipe names the image (its config digest) of the archive it goes with: two
+        deploys keeping at once may leave either's files, never one's recipe as the other's."""
         try:
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if folder.lstat().st_uid == os.geteuid():
+                folder.chmod(0o700)  # one an earlier version made with the umask's mode
+            if not _private(folder):
+                return
+            with tarfile.open(saved) as tar:
+                image = _digest(_image(tar)[1])
             (folder / RECIPE_FILE).unlink(missing_ok=True)  # never a recipe beside another archive
-            shutil.copyfile(saved, folder / f"{ARCHIVE_FILE}.tmp")
-            os.replace(folder / f"{ARCHIVE_FILE}.tmp", folder / ARCHIVE_FILE)
-            recipe = {"format": FORMAT, "fingerprint": fingerprint_}
-            (folder / RECIPE_FILE).write_text(json.dumps(recipe), encoding="utf-8")
-        except OSError:
+            _write_new(folder / ARCHIVE_FILE, lambda tmp: shutil.copyfile(saved, tmp))
+            recipe = json.dumps({"format": FORMAT, "fingerprint": fingerprint_, "image": image})
+            _write_new(folder / RECIPE_FILE, lambda tmp: tmp.write_text(recipe, encoding="utf-8"))
+        except (OSError, ValueError, KeyError, IndexError, TypeError, tarfile.TarError):
             return
         _prune(folder.parent, keep=KEEP_CONTEXTS)
 
 
-def _prune(root: Path, keep: int) -> None:
-    """Only the KEEP most recently built contexts keep their (image-sized) cache."""
+def _private(folder: Path) -> bool:
+    """Whether FOLDER is a folder of this user's that no one else can write to."""
     try:
-        folders = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        info = folder.lstat()
+    except OSError:
+        return False
+    mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+    return mine and not info.st_mode & 0o022
+
+
+def _write_new(path: Path, write: Callable[[Path], object]) -> None:
+    """Write PATH through a temporary file of its own, renamed over it: two deploys at once
+    never write into the same file, and a failed write (a full disk) leaves nothing behind."""
+    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(Path(name))
+        os.replace(name, path)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Only the KEEP most recently built contexts keep their (image-sized) cache. Only this
+    module's folders: PYNET_DEPLOY_CACHE may name a folder other programs use too."""
+    try:
+        folders = sorted(
+            (p for p in root.iterdir() if _context_folder(p)), key=lambda p: p.stat().st_mtime
+        )
     except OSError:
         return
     for old in folders[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _context_folder(path: Path) -> bool:
+    if not CONTEXT_NAME.fullmatch(path.name) or not _private(path):
+        return False
+    return (path / RECIPE_FILE).exists() or (path / ARCHIVE_FILE).exists()
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _image(tar: tarfile.TarFile) -> tuple[tuple[str, ...], bytes]:
+    """The layers' files and the config (its bytes) of the image a `docker save` archive holds."""
+    manifest = json.loads(_read(tar, "manifest.json"))[0]
+    return tuple(str(p) for p in manifest["Layers"]), _read(tar, str(manifest["Config"]))
+
+
 def _read(tar: tarfile.TarFile, name: str) -> bytes:
-    member = tar.extractfile(name)
-    if member is None:
+    """A regular file's bytes: no link is followed (one to itself would never end)."""
+    member = tar.getmember(name)
+    data = tar.extractfile(member) if member.isfile() else None
+    if data is None:
         raise ValueError(f"{name} is not a file")
-    return member.read()
+    return data.read()
+
+
+def _layer(tar: tarfile.TarFile, path: str) -> tarfile.TarInfo:
+    """The member holding layer PATH: Docker 20.10 links a repeated layer to its first copy."""
+    member = tar.getmember(path)
+    if member.issym() or member.islnk():
+        member = tar.getmember(_target(member))
+    if not member.isfile():
+        raise ValueError(f"{path} is not a layer file")
+    return member
 
 
 class Assembled(Scratch):
@@ -388,6 +502,7 @@ class Assembled(Scratch):
     def __init__(self, cached: Cached, layer: bytes, version_tag: str, when: float | None = None):
         super().__init__()
         self.cached, self.layer, self.tag = cached, layer, version_tag
+        self.reading = threading.Lock()  # one shipment at a time reads the cached archive
         diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
         config = json.loads(json.dumps(cached.config))
         diff_ids = list(config["rootfs"]["diff_ids"])
@@ -424,8 +539,9 @@ class Assembled(Scratch):
         shipped = self.paths[skip:]
         layer_bytes = 0
         with (
+            self.reading,
             tarfile.open(out, "w:gz", compresslevel=compresslevel) as dst,
-            tarfile.open(self.cached.archive) as src,
+            self._cached_archive() as src,
         ):
             _add(dst, "manifest.json", json.dumps(manifest).encode())
             _add(dst, self.config_path, self.config_bytes)
@@ -434,9 +550,7 @@ class Assembled(Scratch):
                 if path in written:
                     continue
                 written.add(path)
-                member = src.getmember(path)
-                if member.issym() or member.islnk():  # 20.10 links a repeated layer to its first
-                    member = src.getmember(_target(member))
+                member = _layer(src, path)
                 copy = tarfile.TarInfo(path)
                 copy.size, copy.mode, copy.mtime = member.size, 0o644, 0
                 dst.addfile(copy, src.extractfile(member))
@@ -445,6 +559,14 @@ class Assembled(Scratch):
                 _add(dst, self.layer_path, self.layer)
                 layer_bytes += len(self.layer)
         return Shipment(out.stat().st_size, len(self.paths), len(set(shipped)), layer_bytes)
+
+    def close(self) -> None:
+        super().close()
+        self.cached.close()
+
+    def _cached_archive(self) -> tarfile.TarFile:
+        self.cached.file.seek(0)
+        return tarfile.open(fileobj=self.cached.file)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:

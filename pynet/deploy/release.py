@@ -346,7 +346,10 @@ def recipe(
     base_id = local.run(cmd.local_image_id(docker, plan.base), check=False).stdout.strip()
     if not base_id:  # not on this engine: `docker build` pulls it
         return None
-    fingerprint = codelayer.fingerprint(context, text, plan, base_id, args, platform)
+    try:
+        fingerprint = codelayer.fingerprint(context, text, plan, base_id, args, platform)
+    except OSError:  # a file it cannot read (.dockerignore may keep it out of docker build)
+        return None
     return Recipe(context, plan, fingerprint)
 
 
@@ -354,15 +357,18 @@ def assemble(recipe: Recipe, version: str) -> codelayer.Assembled | None:
     """VERSION's image with only its code layer made here, when the last full build of the
     same recipe is cached; else None (build it with Docker)."""
     cached = codelayer.Cached.read(recipe.folder)
-    if cached is None or cached.fingerprint != recipe.fingerprint:
+    if cached is None:
         return None
     try:
+        if cached.fingerprint != recipe.fingerprint:
+            raise codelayer.NotAssemblable("the layers below changed since the last build")
         layer = codelayer.code_layer(
             recipe.context, recipe.plan, codelayer.DockerIgnore.read(recipe.context)
         )
+        return codelayer.Assembled(cached, layer, cmd.image(version))
     except (codelayer.NotAssemblable, OSError):
+        cached.close()
         return None
-    return codelayer.Assembled(cached, layer, cmd.image(version))
 
 
 class Built(Scratch):

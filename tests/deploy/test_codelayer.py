@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +21,9 @@ from pynet.deploy.codelayer import Assembled, Cached, DockerIgnore, Plan, code_l
 from pynet.deploy.layers import read_archive
 from tests.deploy.fakes import (
     BASE,
+    CONFIG,
     LINKED_CONFIG,
+    _write,
     fake_classic_with_link,
     fake_docker_save,
     fake_oci_save,
@@ -267,10 +270,10 @@ def test_only_the_latest_contexts_stay_cached(tmp_path: Path) -> None:
     fake_docker_save(saved)
     root = tmp_path / "cache"
     for i in range(codelayer.KEEP_CONTEXTS + 2):
-        Cached.keep(root / f"ctx{i}", saved, f"f{i}")
-        os.utime(root / f"ctx{i}", (1_700_000_000 + i, 1_700_000_000 + i))
+        Cached.keep(root / f"{i:016x}", saved, f"f{i}")  # named as cache_dir names them
+        os.utime(root / f"{i:016x}", (1_700_000_000 + i, 1_700_000_000 + i))
     kept = sorted(p.name for p in root.iterdir())
-    assert kept == [f"ctx{i}" for i in range(2, codelayer.KEEP_CONTEXTS + 2)]
+    assert kept == [f"{i:016x}" for i in range(2, codelayer.KEEP_CONTEXTS + 2)]
 
 
 def test_off_builds_everything_with_docker(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -301,3 +304,272 @@ def test_a_dockerfile_with_its_own_ignore_file_is_built(tmp_path: Path) -> None:
     assert release.recipe(Engine(), "docker", context, None, None, None) is not None
     (context / "Dockerfile.dockerignore").write_text("*\n")  # BuildKit reads it, not ours
     assert release.recipe(Engine(), "docker", context, None, None, None) is None
+
+
+# --- review: what `docker build` (Docker 20.10, checked by hand) does that the assembly must too
+
+
+def test_double_star_inside_a_name_matches_as_docker_matches_it() -> None:
+    # Docker turns `**` not followed by `/` into "any folders, then": `chat/**.pyc` keeps
+    # chat/x.pyc in the build (a real build copied it) and leaves chat/.pyc out.
+    rules = DockerIgnore("chat/**.pyc\n")
+    assert not rules.excluded("chat/x.pyc")
+    assert rules.excluded("chat/.pyc")
+    assert rules.excluded("chat/sub/.pyc")
+    assert DockerIgnore("**\n").excluded("a/b/c")  # `**` at the end: everything
+
+
+def test_a_file_taken_back_under_an_excluded_folder_is_left_to_docker(tmp_path: Path) -> None:
+    # `chat/sub` then `!chat/sub/keep.py`: Docker still looks into chat/sub (an exception names
+    # a path under it) and copies keep.py; the assembly must not silently leave it out.
+    context = _context(tmp_path)
+    (context / "chat" / "sub" / "keep.py").write_text("K = 1\n")
+    (context / ".dockerignore").write_text("*\n!chat/\nchat/sub\n!chat/sub/keep.py\n")
+    try:
+        members = _members(code_layer(context, PLAN, DockerIgnore.read(context)))
+    except codelayer.NotAssemblable:
+        return  # left to docker build: fine
+    assert "app/chat/sub/keep.py" in members
+
+
+def test_an_excluded_folder_no_exception_reaches_is_still_left_out(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    (context / ".dockerignore").write_text("*\n!chat/\nchat/sub\n!chat/*/keep.py\n")
+    members = _members(code_layer(context, PLAN, DockerIgnore.read(context)))
+    assert "app/chat/sub" not in members  # Docker does not look into it either
+
+
+def test_dockerignore_with_a_byte_order_mark_or_latin_1_is_read_as_docker_reads_it(
+    tmp_path: Path,
+) -> None:
+    # Docker drops a UTF-8 byte order mark and reads the rest as bytes; a deploy whose first
+    # full build worked must not fail with UnicodeDecodeError on the next, code-only one.
+    (tmp_path / ".dockerignore").write_bytes(b"\xef\xbb\xbfchat/x.pyc\n")
+    assert DockerIgnore.read(tmp_path).excluded("chat/x.pyc")
+    (tmp_path / ".dockerignore").write_bytes(b"# r\xe9sum\xe9 of what stays out\nchat/x.pyc\n")
+    assert DockerIgnore.read(tmp_path).excluded("chat/x.pyc")
+
+
+def test_a_relative_destination_lands_under_the_workdir_and_is_left_to_docker() -> None:
+    # `WORKDIR /app` + `COPY chat/ chat/` puts the code in /app/chat, not /chat.
+    found = plan("FROM a\nWORKDIR /app\nCOPY chat/ chat/\n", REPO, {})
+    assert isinstance(found, str) or found.dest == "app/chat"
+
+
+@pytest.mark.parametrize(
+    "dockerfile",
+    [
+        "FROM a\nCOPY wheels/* /w/\nCOPY chat/ /app/chat/\n",  # `*` takes hidden files too
+        "FROM a\nCOPY\twheels/ /w/\nCOPY chat/ /app/chat/\n",  # a tab after the keyword
+        "FROM a\nCOPY /wheels/ /w/\nCOPY chat/ /app/chat/\n",  # `/` is the context's root
+        "FROM a\nCOPY wheels/ \\\n\n   /w/\nCOPY chat/ /app/chat/\n",  # an empty continuation
+        "FROM a\nARG W=wheels\nCOPY $W/ /w/\nCOPY chat/ /app/chat/\n",  # a variable
+        "FROM a\nCOPY link/ /w/\nCOPY chat/ /app/chat/\n",  # COPY follows a symlink it names
+    ],
+)
+def test_the_fingerprint_sees_every_file_an_earlier_copy_reads(
+    tmp_path: Path, dockerfile: str
+) -> None:
+    context = _context(tmp_path)
+    (context / "wheels").mkdir()
+    (context / "wheels" / ".pins").write_text("a\n")
+    (context / "link").symlink_to("wheels")
+    found = plan(dockerfile, context, {})
+    if isinstance(found, str):
+        return  # left to docker build: fine
+    first = codelayer.fingerprint(context, dockerfile.encode(), found, "sha256:b", {}, None)
+    (context / "wheels" / ".pins").write_text("b\n")
+    assert codelayer.fingerprint(context, dockerfile.encode(), found, "sha256:b", {}, None) != first
+
+
+def test_the_fingerprint_sees_folders_an_earlier_copy_copies(tmp_path: Path) -> None:
+    context = _context(tmp_path)
+    (context / "conf" / "d").mkdir(parents=True)
+    dockerfile = b"FROM a\nCOPY conf/ /conf/\nCOPY chat/ /app/chat/\n"
+    found = plan(dockerfile.decode(), context, {})
+    assert isinstance(found, Plan)
+    first = codelayer.fingerprint(context, dockerfile, found, "sha256:b", {}, None)
+    (context / "conf" / "empty").mkdir()  # docker build copies an empty folder
+    second = codelayer.fingerprint(context, dockerfile, found, "sha256:b", {}, None)
+    assert second != first
+    (context / "conf" / "d").chmod(0o700)  # and a folder's mode
+    assert codelayer.fingerprint(context, dockerfile, found, "sha256:b", {}, None) != second
+
+
+def test_a_fingerprint_that_cannot_be_read_builds_with_docker(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A file an earlier COPY names that cannot be read here (another user's, a socket) that
+    # .dockerignore keeps out: docker build works, so the deploy must too.
+    import subprocess
+
+    from pynet.deploy import release
+    from pynet.deploy.remote import Local
+
+    class Engine(Local):
+        def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+            return subprocess.CompletedProcess(argv, 0, "sha256:base\n", "")
+
+    context = _context(tmp_path)
+    (context / "wheels").mkdir()
+    (context / "wheels" / "x").write_text("x")
+    (context / "Dockerfile").write_text("FROM a\nCOPY wheels/ /w/\nCOPY chat/ /app/chat/\n")
+
+    def unreadable(*_: object, **__: object) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(codelayer, "_file_digest", unreadable)
+    assert release.recipe(Engine(), "docker", context, None, None, None) is None
+
+
+# --- review: the cache under two terminals, a full disk, other users -------------------------
+
+
+def test_a_full_build_kept_meanwhile_does_not_change_an_assembled_image(tmp_path: Path) -> None:
+    # Terminal 1 assembles from the cache; terminal 2's full build of the same context replaces
+    # the cached archive before terminal 1 ships (or retries with every layer).
+    fake_docker_save(tmp_path / "one.tar")
+    fake_oci_save(tmp_path / "two.tar", layers=(b"other base", b"other code"))
+    folder = tmp_path / "cache"
+    Cached.keep(folder, tmp_path / "one.tar", "f1")
+    cached = Cached.read(folder)
+    assert cached is not None
+    image = Assembled(cached, b"code", "pynet-chat:v3")
+    Cached.keep(folder, tmp_path / "two.tar", "f2")
+    image.slim(tmp_path / "all.tar.gz", 0)
+    with tarfile.open(tmp_path / "all.tar.gz") as tar:
+        assert tar.extractfile(image.paths[0]).read() == BASE  # type: ignore[union-attr]
+    image.close()
+
+
+def test_two_full_builds_kept_at_once_never_pair_a_recipe_with_the_other_archive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Two terminals deploy the same context (wheels changed in between): terminal 2 keeps its
+    # build between terminal 1's archive and terminal 1's recipe.
+    other = json.dumps({**json.loads(CONFIG), "created": "2027-01-01T00:00:00Z"}).encode()
+    fake_docker_save(tmp_path / "one.tar")
+    fake_docker_save(tmp_path / "two.tar", other)
+    folder = tmp_path / "cache"
+    real = os.replace
+    calls = []
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        real(src, dst)
+        calls.append(dst)
+        if len(calls) == 1:  # terminal 1's archive is in place
+            Cached.keep(folder, tmp_path / "two.tar", "f2")
+
+    monkeypatch.setattr(codelayer.os, "replace", replace)
+    Cached.keep(folder, tmp_path / "one.tar", "f1")
+    monkeypatch.undo()
+    cached = Cached.read(folder)
+    if cached is not None:  # what a recipe says is what its archive holds
+        assert cached.config == json.loads({"f1": CONFIG, "f2": other}[cached.fingerprint])
+        cached.close()
+
+
+def test_a_cache_that_cannot_be_written_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_docker_save(tmp_path / "saved.tar")
+    folder = tmp_path / "cache"
+
+    def full(src: str | Path, dst: str | Path) -> None:
+        Path(dst).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(codelayer.shutil, "copyfile", full)
+    Cached.keep(folder, tmp_path / "saved.tar", "f1")  # best effort: no exception
+    assert sorted(p.name for p in folder.iterdir()) == []  # no half-written archive left
+    assert Cached.read(folder) is None
+
+
+def test_a_corrupt_cache_is_none_not_a_crash(tmp_path: Path) -> None:
+    config = json.dumps({"os": "linux", "rootfs": {"diff_ids": ["sha256:a", "sha256:b"]}})
+    name = hashlib.sha256(config.encode()).hexdigest() + ".json"
+    manifest = [{"Config": name, "Layers": ["gone/layer.tar", "top/layer.tar"]}]
+    files = {name: config.encode(), "manifest.json": json.dumps(manifest).encode()}
+    _write(tmp_path / "missing.tar", files)  # a layer below the code is not in the archive
+    Cached.keep(tmp_path / "a", tmp_path / "missing.tar", "f")
+    assert Cached.read(tmp_path / "a") is None  # else the retry with every layer crashes
+
+    manifest = [{"Config": "c.json", "Layers": ["l"]}]
+    files = {"manifest.json": json.dumps(manifest).encode()}
+    _write(tmp_path / "loop.tar", files, {"c.json": "c.json"})  # a link to itself
+    folder = tmp_path / "b"
+    folder.mkdir(mode=0o700)
+    (folder / "image.tar").write_bytes((tmp_path / "loop.tar").read_bytes())
+    recipe = {"format": codelayer.FORMAT, "fingerprint": "f"}
+    (folder / "recipe.json").write_text(json.dumps(recipe))
+    assert Cached.read(folder) is None  # not a RecursionError
+
+
+def test_a_cache_folder_others_can_write_to_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Whoever can write the cache chooses the image the next code-only deploy ships.
+    import stat
+
+    fake_docker_save(tmp_path / "saved.tar")
+    folder = tmp_path / "cache"
+    Cached.keep(folder, tmp_path / "saved.tar", "f1")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    cached = Cached.read(folder)
+    assert cached is not None
+    Assembled(cached, b"code", "pynet-chat:v3").close()
+    folder.chmod(0o777)
+    assert Cached.read(folder) is None
+    folder.chmod(0o700)
+    me = os.geteuid()
+    monkeypatch.setattr(codelayer.os, "geteuid", lambda: me + 1)  # someone else's folder
+    assert Cached.read(folder) is None
+
+
+def test_pruning_removes_only_deploy_caches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # PYNET_DEPLOY_CACHE=~/.cache: the other programs' folders there are not ours to remove.
+    root = tmp_path / "dot-cache"
+    for name in ("pip", "mozilla", "fontconfig", "JetBrains", "0123456789abcdef"):
+        (root / name).mkdir(parents=True)
+    monkeypatch.setenv(codelayer.CACHE_ENV, str(root))
+    fake_docker_save(tmp_path / "saved.tar")
+    Cached.keep(codelayer.cache_dir(REPO), tmp_path / "saved.tar", "f1")
+    assert {"pip", "mozilla", "fontconfig", "JetBrains"} <= {p.name for p in root.iterdir()}
+
+
+def test_the_retry_with_every_layer_ships_an_assembled_image(tmp_path: Path) -> None:
+    """ship(): the host lacks a layer the slim archive left out; the full one is assembled too."""
+    from pynet.deploy import release
+    from tests.deploy.test_release_flow import ScriptedHost, ScriptedLocal
+
+    fake_docker_save(tmp_path / "saved.tar")
+    Cached.keep(tmp_path / "cache", tmp_path / "saved.tar", "f1")
+    cached = Cached.read(tmp_path / "cache")
+    assert cached is not None
+    image = Assembled(cached, b"code", "pynet-chat:v3")
+    shipped: list[set[str]] = []
+
+    class Host(ScriptedHost):
+        def feed(self, argv: list[str], local: Path, progress: bool = True) -> Any:
+            with tarfile.open(local) as tar:
+                shipped.append(set(tar.getnames()))
+            return super().feed(argv, local, progress)
+
+    loads = iter(
+        [
+            ("open /var/lib/docker/tmp/x/aaa/layer.tar: no such file or directory", 1),
+            (f"Loaded image: pynet-chat:v3\n{image.image.config} x y label=3\n", 0),
+        ]
+    )
+    host = Host(
+        [
+            ("sudo -n docker image ls --quiet", ('["sha256:base"]\n', 0)),
+            ("sudo -n docker load", lambda _: next(loads)),
+        ]
+    )
+    with image:
+        release.ship(host, ScriptedLocal([]), "docker", "v3", built=image)
+    assert "aaa/layer.tar" not in shipped[0]
+    assert {"aaa/layer.tar", image.layer_path, image.config_path} <= shipped[1]
