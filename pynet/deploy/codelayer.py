@@ -193,6 +193,8 @@ def plan(dockerfile: str, context: Path, build_args: Mapping[str, str]) -> Plan 
     """The Plan for DOCKERFILE's text, or why its code layer must come from `docker build`."""
     if re.search(r"^#\s*escape\s*=", dockerfile, re.M | re.I):
         return "it sets another escape character"
+    if re.search(r"^#\s*syntax\s*=", dockerfile, re.M | re.I):
+        return "it names a BuildKit frontend (# syntax=), whose instructions this cannot read"
     steps = instructions(dockerfile)
     if not steps or steps[-1].keyword != "COPY":
         return "its last instruction is not COPY"

@@ -156,8 +156,9 @@ def local_layers(docker: str, version: str) -> Argv:
 
 
 def local_image_id(docker: str, ref: str) -> Argv:
-    """The ID of REF on this machine's engine (the base image a build starts from)."""
-    return [docker, "image", "inspect", "--format", "{{.Id}}", ref]
+    """The ID of REF on this machine's engine (the base image a build starts from), and its
+    ONBUILD instructions (JSON), which a build of an image FROM it runs too."""
+    return [docker, "image", "inspect", "--format", "{{.Id}} {{json .Config.OnBuild}}", ref]
 
 
 def local_save(docker: str, version: str, path: str) -> Argv:

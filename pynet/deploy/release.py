@@ -343,14 +343,34 @@ def recipe(
     plan = codelayer.plan(text.decode("utf-8", "replace"), context, args)
     if isinstance(plan, str):
         return None
-    base_id = local.run(cmd.local_image_id(docker, plan.base), check=False).stdout.strip()
+    base_id, _, onbuild = (
+        local.run(cmd.local_image_id(docker, plan.base), check=False).stdout.strip().partition(" ")
+    )
     if not base_id:  # not on this engine: `docker build` pulls it
+        return None
+    if onbuild.strip() not in ("", "null", "[]"):  # steps of the base image's that may read files
         return None
     try:
         fingerprint = codelayer.fingerprint(context, text, plan, base_id, args, platform)
     except OSError:  # a file it cannot read (.dockerignore may keep it out of docker build)
         return None
     return Recipe(context, plan, fingerprint)
+
+
+def unchanged(
+    before: Recipe | None,
+    local: Local,
+    docker: str,
+    dockerfile: Path | None,
+    base_image: str | None,
+    platform: str | None,
+) -> Recipe | None:
+    """BEFORE, if the recipe is still the same after `docker build` ran (a file edited while
+    Docker read it would pair this build's archive with a fingerprint it was not made from)."""
+    if before is None:
+        return None
+    after = recipe(local, docker, before.context, dockerfile, base_image, platform)
+    return before if after is not None and after.fingerprint == before.fingerprint else None
 
 
 def assemble(recipe: Recipe, version: str) -> codelayer.Assembled | None:

@@ -254,6 +254,8 @@ def deploy(
                     str(file) if file else None,
                     platform=platform,
                 )
+                # Cached only if nothing it is made from changed while Docker read it.
+                recipe = release.unchanged(recipe, local, docker, file, base, platform)
         prepared: list[release.Prepared] = []
         _each(hosts, lambda t: prepared.append(preparing.get(hosts.index(t))))
         if built is None and (dry_run or any(not p.snap.state.id_of(name) for p in prepared)):

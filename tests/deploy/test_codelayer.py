@@ -23,6 +23,7 @@ from tests.deploy.fakes import (
     BASE,
     CONFIG,
     LINKED_CONFIG,
+    FakeEngine,
     _write,
     fake_classic_with_link,
     fake_docker_save,
@@ -99,6 +100,7 @@ def test_the_projects_dockerfile_can_be_assembled() -> None:
         ("FROM a\nRUN --mount=type=bind,target=/w make\nCOPY chat/ /app/chat/\n", "RUN --mount"),
         ("FROM a\nRUN <<EOF\nmake\nEOF\nCOPY chat/ /app/chat/\n", "here-document"),
         ("# escape=`\nFROM a\nCOPY chat/ /app/chat/\n", "escape character"),
+        ("# syntax=docker/dockerfile:1\nFROM a\nCOPY chat/ /app/chat/\n", "BuildKit frontend"),
     ],
 )
 def test_a_dockerfile_the_assembly_cannot_vouch_for_is_built(dockerfile: str, reason: str) -> None:
@@ -288,22 +290,13 @@ def test_off_builds_everything_with_docker(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_a_dockerfile_with_its_own_ignore_file_is_built(tmp_path: Path) -> None:
-    import subprocess
-
     from pynet.deploy import release
-    from pynet.deploy.remote import Local
-
-    class Engine(Local):
-        """An engine that holds every base image (its ID is all `recipe` asks)."""
-
-        def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-            return subprocess.CompletedProcess(argv, 0, "sha256:base\n", "")
 
     context = _context(tmp_path)
     (context / "Dockerfile").write_text("FROM a\nCOPY chat/ /app/chat/\n")
-    assert release.recipe(Engine(), "docker", context, None, None, None) is not None
+    assert release.recipe(FakeEngine(), "docker", context, None, None, None) is not None
     (context / "Dockerfile.dockerignore").write_text("*\n")  # BuildKit reads it, not ours
-    assert release.recipe(Engine(), "docker", context, None, None, None) is None
+    assert release.recipe(FakeEngine(), "docker", context, None, None, None) is None
 
 
 # --- review: what `docker build` (Docker 20.10, checked by hand) does that the assembly must too
@@ -401,14 +394,7 @@ def test_a_fingerprint_that_cannot_be_read_builds_with_docker(
 ) -> None:
     # A file an earlier COPY names that cannot be read here (another user's, a socket) that
     # .dockerignore keeps out: docker build works, so the deploy must too.
-    import subprocess
-
     from pynet.deploy import release
-    from pynet.deploy.remote import Local
-
-    class Engine(Local):
-        def run(self, argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
-            return subprocess.CompletedProcess(argv, 0, "sha256:base\n", "")
 
     context = _context(tmp_path)
     (context / "wheels").mkdir()
@@ -419,7 +405,7 @@ def test_a_fingerprint_that_cannot_be_read_builds_with_docker(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(codelayer, "_file_digest", unreadable)
-    assert release.recipe(Engine(), "docker", context, None, None, None) is None
+    assert release.recipe(FakeEngine(), "docker", context, None, None, None) is None
 
 
 # --- review: the cache under two terminals, a full disk, other users -------------------------
@@ -573,3 +559,32 @@ def test_the_retry_with_every_layer_ships_an_assembled_image(tmp_path: Path) -> 
         release.ship(host, ScriptedLocal([]), "docker", "v3", built=image)
     assert "aaa/layer.tar" not in shipped[0]
     assert {"aaa/layer.tar", image.layer_path, image.config_path} <= shipped[1]
+
+
+def test_a_base_image_with_onbuild_steps_is_built_with_docker(tmp_path: Path) -> None:
+    """ONBUILD steps run in every build FROM the image, and may read the context."""
+    from pynet.deploy import release
+
+    context = _context(tmp_path)
+    (context / "Dockerfile").write_text("FROM a\nCOPY chat/ /app/chat/\n")
+    for none in ("sha256:base null", "sha256:base []", "sha256:base"):
+        assert release.recipe(FakeEngine(none), "docker", context, None, None, None) is not None
+    onbuild = 'sha256:base ["COPY . /src"]'
+    assert release.recipe(FakeEngine(onbuild), "docker", context, None, None, None) is None
+
+
+def test_a_recipe_that_changed_during_the_build_is_not_cached(tmp_path: Path) -> None:
+    from pynet.deploy import release
+
+    context = _context(tmp_path)
+    (context / "wheels").mkdir()
+    (context / "wheels" / "pins").write_text("a==1\n")
+    (context / "Dockerfile").write_text("FROM a\nCOPY wheels/ /w/\nCOPY chat/ /app/chat/\n")
+    before = release.recipe(FakeEngine(), "docker", context, None, None, None)
+    assert before is not None
+    assert release.unchanged(before, FakeEngine(), "docker", None, None, None) is before
+    (context / "chat" / "a.py").write_text("A = 3\n")  # the code may change: it is not cached
+    assert release.unchanged(before, FakeEngine(), "docker", None, None, None) is before
+    (context / "wheels" / "pins").write_text("a==2\n")  # edited while Docker read it
+    assert release.unchanged(before, FakeEngine(), "docker", None, None, None) is None
+    assert release.unchanged(None, FakeEngine(), "docker", None, None, None) is None
