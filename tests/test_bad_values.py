@@ -25,7 +25,7 @@ COLLECTION = Collection.from_module(fabfile)
 
 
 def task_arguments() -> list[tuple[str, Argument]]:
-    """Each task's arguments, once: invoke hands the help texts out on the first call only."""
+    """Each task's arguments, with their help texts (every call gets them: `CheckedTask`)."""
     return [
         (name, arg)
         for name in sorted(COLLECTION.task_names)
@@ -283,3 +283,13 @@ def test_bad_healthcheck_value(
     with pytest.raises(SystemExit) as caught:
         healthcheck.main(argv)
     assert expected in one_line((int(caught.value.code or 0), capsys.readouterr().err))
+
+
+def test_help_texts_survive_a_second_reader() -> None:
+    """Invoke hands each help text out once; a second reader of the same task (another test
+    module, `fab --help TASK` after a completion) must see them all the same."""
+    task = COLLECTION["deploy"]
+    first = {arg.name: arg.help for arg in task.get_arguments()}
+    second = {arg.name: arg.help for arg in task.get_arguments()}
+    assert first == second
+    assert all(second.values()), second

@@ -86,7 +86,13 @@ class CheckedTask(Task):
         super().__init__(*args, **kwargs)
 
     def get_arguments(self, ignore_unknown_help: bool | None = None) -> list[Argument]:
-        return [self._checked(arg) for arg in super().get_arguments(ignore_unknown_help)]
+        # Invoke pops each help text as it reads it: a second reader (the tests, a `--help`
+        # after a completion) would get none. Each call reads its own copy.
+        kept: dict[str, str] = dict(getattr(self, "help", {}))
+        try:
+            return [self._checked(arg) for arg in super().get_arguments(ignore_unknown_help)]
+        finally:
+            self.help = kept
 
     def _checked(self, arg: Argument) -> Argument:
         bounds = self.bounds.get(arg.attr_name or arg.names[0], POSITIVE)
