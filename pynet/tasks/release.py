@@ -53,6 +53,10 @@ INVENTORY_HELP = (
     "inventory file to read the hosts from when -H is not given "
     "(default $PYNET_INVENTORY or inventory/hosts.yml)"
 )
+INSTANCE_CONNECT_HELP = (
+    "log in with a key made for this run and pushed to each instance for 60 s (EC2 Instance "
+    "Connect; AWS credentials needed) instead of a key file"
+)
 APP_PORT_HELP = (
     "chat port as reachable from here (0: $PYNET_APP_PORT, else the inventory's, else 5050)"
 )
@@ -164,12 +168,18 @@ def _port(app_port: int) -> int | None:
     return app_port or env_int("PYNET_APP_PORT", PORT)
 
 
-def _hosts(c: Context, inventory: str) -> list[Target]:
-    """The hosts from -H or the inventory; a -H port out of range is refused, not wrapped."""
+def _hosts(c: Context, inventory: str, instance_connect: bool = False) -> list[Target]:
+    """The hosts from -H or the inventory; a -H port out of range is refused, not wrapped.
+    INSTANCE_CONNECT: each connection logs in with a 60-second key pushed right before it
+    opens (`InstanceConnect.attach`)."""
     hosts = targets(c, inventory or None)
     for target in hosts:
         if not 1 <= int(target.conn.port) <= 65535:
             raise fail(f"-H got port {target.conn.port} for {target.conn.host}: expected 1-65535")
+    if instance_connect:
+        pushing = InstanceConnect(connect)
+        for target in hosts:
+            pushing.attach(target)
     return hosts
 
 
@@ -197,8 +207,7 @@ def _reach(hosts: list[Target], pushed: InstanceConnect | None = None) -> None:
         "dockerfile": "Dockerfile to build (default: the context's)",
         "version": "release name (default: git short sha, -dirty-HASH when changed)",
         "inventory": INVENTORY_HELP,
-        "instance-connect": "log in with a key made for this run and pushed to each instance "
-        "for 60 s (EC2 Instance Connect; AWS credentials needed) instead of a key file",
+        "instance-connect": INSTANCE_CONNECT_HELP,
     },
 )
 @_clean
@@ -283,6 +292,7 @@ def deploy(
         "timeout": "seconds to wait for the health check",
         "dry-run": "print the commands instead of running them",
         "inventory": INVENTORY_HELP,
+        "instance-connect": INSTANCE_CONNECT_HELP,
     },
 )
 @_clean
@@ -292,21 +302,22 @@ def rollback(
     timeout: int = int(release.HEALTH_TIMEOUT),
     dry_run: bool = False,
     inventory: str = "",
+    instance_connect: bool = False,
 ) -> None:
     """Point the service back at a release already on the host (same path as deploy)."""
     _release_name("--to", to)
     _each(
-        _hosts(c, inventory),
+        _hosts(c, inventory, instance_connect),
         lambda t: release.rollback(Remote(t.conn, dry_run), to or None, timeout),
     )
 
 
-@task(help={"inventory": INVENTORY_HELP})
+@task(help={"inventory": INVENTORY_HELP, "instance-connect": INSTANCE_CONNECT_HELP})
 @_clean
-def releases(c: Context, inventory: str = "") -> None:
+def releases(c: Context, inventory: str = "", instance_connect: bool = False) -> None:
     """The deploy history on the host: version, when, by whom, result; * marks the current one."""
     _each(
-        _hosts(c, inventory),
+        _hosts(c, inventory, instance_connect),
         lambda t: print(f"{t.label}\n{releases_report(Remote(t.conn))}"),
     )
 
@@ -317,13 +328,20 @@ def releases(c: Context, inventory: str = "") -> None:
         "follow": "keep printing new lines, of every host at once",
         "lines": "how many lines to show",
         "inventory": INVENTORY_HELP,
+        "instance-connect": INSTANCE_CONNECT_HELP,
     },
 )
 @_clean
-def logs(c: Context, follow: bool = False, lines: int = 50, inventory: str = "") -> None:
+def logs(
+    c: Context,
+    follow: bool = False,
+    lines: int = 50,
+    inventory: str = "",
+    instance_connect: bool = False,
+) -> None:
     """The chat service's journal on each host, every line prefixed with its host (and where
     else its logs go, e.g. CloudWatch)."""
-    hosts = _hosts(c, inventory)
+    hosts = _hosts(c, inventory, instance_connect)
 
     # A pty for --follow: Ctrl-C then reaches journalctl as SIGINT (without one Fabric cannot
     # interrupt the remote command and waits for it forever).
@@ -418,11 +436,16 @@ def _hang_up(target: Target) -> None:
         "app-port": APP_PORT_HELP,
         "metrics-port": METRICS_PORT_HELP,
         "inventory": INVENTORY_HELP,
+        "instance-connect": INSTANCE_CONNECT_HELP,
     },
 )
 @_clean
 def status(
-    c: Context, app_port: int = 0, metrics_port: int = cmd.METRICS_PORT, inventory: str = ""
+    c: Context,
+    app_port: int = 0,
+    metrics_port: int = cmd.METRICS_PORT,
+    inventory: str = "",
+    instance_connect: bool = False,
 ) -> None:
     """Every host, healthy or not: unit state, running version, uptime, restarts, the key
     figures, and whether the port answers from here. Exit 1 if any host is not healthy."""
@@ -433,7 +456,7 @@ def status(
         print(f"{t.label}\n{text}", flush=True)
         return healthy
 
-    if not _every(_hosts(c, inventory), one):
+    if not _every(_hosts(c, inventory, instance_connect), one):
         raise Exit(code=1)
 
 
@@ -443,15 +466,20 @@ def status(
         "once": "print one frame (two scrapes a second apart) and exit, for scripts",
         "metrics-port": METRICS_PORT_HELP,
         "inventory": INVENTORY_HELP,
+        "instance-connect": INSTANCE_CONNECT_HELP,
     },
 )
 @_clean
 def top(
-    c: Context, once: bool = False, metrics_port: int = cmd.METRICS_PORT, inventory: str = ""
+    c: Context,
+    once: bool = False,
+    metrics_port: int = cmd.METRICS_PORT,
+    inventory: str = "",
+    instance_connect: bool = False,
 ) -> None:
     """Every host's users, lines/s in and out, deliveries/s, p99 fan-out time, slow readers
     cut and last handover, refreshed every second from /metrics over SSH (Ctrl-C ends it)."""
-    hosts = _hosts(c, inventory)
+    hosts = _hosts(c, inventory, instance_connect)
     _reach(hosts)
     watched = [top_view.Watched(t.label, Remote(t.conn)) for t in hosts]
     top_view.watch(watched, metrics_port, once=once)
@@ -459,10 +487,16 @@ def top(
 
 @task(
     bounds={"app_port": (0, 65535)},
-    help={"app-port": APP_PORT_HELP, "inventory": INVENTORY_HELP},
+    help={
+        "app-port": APP_PORT_HELP,
+        "inventory": INVENTORY_HELP,
+        "instance-connect": INSTANCE_CONNECT_HELP,
+    },
 )
 @_clean
-def doctor(c: Context, app_port: int = 0, inventory: str = "") -> None:
+def doctor(
+    c: Context, app_port: int = 0, inventory: str = "", instance_connect: bool = False
+) -> None:
     """Check the path from here to the chat port in order; name the first fault and its fix."""
     port = _port(app_port)
 
@@ -475,7 +509,7 @@ def doctor(c: Context, app_port: int = 0, inventory: str = "") -> None:
         if not findings[-1].ok:
             raise Exit(code=1)
 
-    _each(_hosts(c, inventory), one)
+    _each(_hosts(c, inventory, instance_connect), one)
 
 
 @task(

@@ -163,3 +163,59 @@ def test_fab_deploy_instance_connect_needs_the_inventorys_instance(
     path = _inventory(tmp_path, free_port())
     with pytest.raises(Exit, match=r"--instance-connect needs the host's EC2 instance id"):
         release.deploy(Context(), version="v1", inventory=str(path), instance_connect=True)
+
+
+@pytest.mark.parametrize(
+    ("task", "kwargs"),
+    [
+        ("rollback", {}),
+        ("releases", {}),
+        ("logs", {}),
+        ("status", {}),
+        ("top", {"once": True}),
+    ],
+)
+def test_every_host_task_pushes_right_before_it_connects(
+    task: str,
+    kwargs: dict[str, Any],
+    clients: Clients,
+    pushed: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Nothing listens there: each task reports the host unreachable, after the key went out
+    for its instance and user (and only when the connection was about to open)."""
+    port = free_port()
+    path = _inventory(tmp_path, port, **eic.instance_vars("i-0cafe00000000000", REGION))
+    monkeypatch.setattr(release, "connect", lambda region: clients)
+    with pytest.raises(Exit) as failed:
+        getattr(release, task)(Context(), inventory=str(path), instance_connect=True, **kwargs)
+    said = str(failed.value) + "".join(capsys.readouterr())
+    assert f"127.0.0.1:{port}" in said, said
+    [request] = pushed
+    assert request["InstanceId"] == "i-0cafe00000000000"
+    assert request["InstanceOSUser"] == "admin"
+
+
+def test_a_host_task_refuses_instance_connect_without_the_instance(tmp_path: Path) -> None:
+    path = _inventory(tmp_path, free_port())
+    with pytest.raises(Exit, match=r"--instance-connect needs the host's EC2 instance id"):
+        release.status(Context(), inventory=str(path), instance_connect=True)
+
+
+def test_doctor_pushes_no_key_to_a_host_whose_ssh_port_is_closed(
+    clients: Clients,
+    pushed: list[dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The key goes out only when a login is about to happen: doctor stops at the port."""
+    port = free_port()
+    path = _inventory(tmp_path, port, **eic.instance_vars("i-0cafe00000000000", REGION))
+    monkeypatch.setattr(release, "connect", lambda region: clients)
+    with pytest.raises(Exit):
+        release.doctor(Context(), inventory=str(path), instance_connect=True)
+    assert f"127.0.0.1:{port}" in capsys.readouterr().out
+    assert pushed == []

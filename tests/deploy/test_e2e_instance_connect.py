@@ -160,3 +160,24 @@ def test_a_key_that_was_not_pushed_is_refused(host: Host, tmp_path: Path) -> Non
     )
     with pytest.raises(AuthenticationException):
         target.conn.open()
+
+
+def test_a_task_logs_in_with_the_key_pushed_as_its_connection_opens(
+    host: Host, aws: Clients, tmp_path: Path
+) -> None:
+    """`fab status --instance-connect` and the other host tasks: the push happens when the
+    task's first command opens the connection, not before."""
+    reached: list[str] = []
+    aws.instance_connect.meta.events.register(
+        "before-call.ec2-instance-connect.SendSSHPublicKey", deliver(host, reached)
+    )
+    target = _target(host, tmp_path)
+    pushing = InstanceConnect(lambda region: aws)
+    pushing.attach(target)
+    assert reached == []  # nothing pushed until a command needs the connection
+    try:
+        assert target.conn.run("id -un", hide=True, in_stream=False).stdout.strip() == "admin"
+        target.conn.run("true", hide=True, in_stream=False)  # the open connection: no new push
+    finally:
+        target.conn.close()
+    assert reached == [pushing.key.public]
