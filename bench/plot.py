@@ -163,21 +163,29 @@ def handover(data: dict[str, Any]) -> Figure:
     return fig
 
 
+#: The two ways a deploy was compared when the data file does not name its own (`series`).
+DEPLOY_SERIES = [
+    {"key": "handover_s", "label": "with the handover"},
+    {"key": "restart_s", "label": "before (restart)"},
+]
+
+
 def deploy(data: dict[str, Any]) -> Figure:
-    """Each step of a deploy, timed: ranges (worst and best of the runs), handover vs restart."""
+    """Each step of a deploy, timed: ranges (worst and best of the runs), one bar per way of
+    deploying (the data's `series`: the first is the one measured, the others what it is
+    compared with)."""
     steps = data["steps"]
+    series = data.get("series") or DEPLOY_SERIES
     fig, ax = plt.subplots(figsize=SIZE, dpi=DPI)
-    for k, (key, label, color) in enumerate(
-        (
-            ("handover_s", "with the handover", COLORS["pynet"]),
-            ("restart_s", "before (restart)", COLORS["baseline"]),
-        )
-    ):
-        ys = [i + (0.2 if k else -0.2) for i in range(len(steps))]
+    height = 0.7 / len(series)
+    for k, way in enumerate(series):
+        key, label = way["key"], way["label"]
+        color = COLORS["pynet"] if k == 0 else COLORS["baseline"]
+        ys = [i - 0.35 + height * (k + 0.5) for i in range(len(steps))]
         highs = [max(s[key]) for s in steps]
         lows = [min(s[key]) for s in steps]
-        ax.barh(ys, highs, height=0.35, color=color, alpha=0.35, label=f"{label} (worst)")
-        ax.barh(ys, lows, height=0.35, color=color, label=f"{label} (best)")
+        ax.barh(ys, highs, height=height, color=color, alpha=0.35, label=f"{label} (worst)")
+        ax.barh(ys, lows, height=height, color=color, label=f"{label} (best)")
         for y, high in zip(ys, highs, strict=True):
             ax.annotate(
                 f"{high:g} s", (high, y), xytext=(3, -3), textcoords="offset points", fontsize=8

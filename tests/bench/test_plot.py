@@ -127,6 +127,30 @@ def test_the_handover_and_deploy_figures() -> None:
     [ax] = plot.deploy(DEPLOY).axes
     assert ax.get_xlabel() == "seconds"
     assert [t.get_text() for t in ax.get_yticklabels()] == ["first deploy", "code-only deploy"]
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()][::2] == [
+        "with the handover (worst)",
+        "before (restart) (worst)",
+    ]
+
+
+def test_a_deploy_file_names_its_own_ways() -> None:
+    named = {
+        **DEPLOY,
+        "series": [{"key": "made_s", "label": "code layer made here"}],
+        "steps": [{"step": "code-only deploy", "made_s": [1.5, 1.7]}],
+    }
+    [ax] = plot.deploy(named).axes
+    worst, best = ax.containers
+    assert [bar.get_width() for bar in worst] == [1.7]
+    assert [bar.get_width() for bar in best] == [1.5]
+    legend = ax.get_legend()
+    assert legend is not None
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "code layer made here (worst)",
+        "code layer made here (best)",
+    ]
 
 
 def test_chat_load_json_becomes_the_data_file(tmp_path: Path) -> None:
