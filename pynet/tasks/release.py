@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import sys
 import threading
@@ -396,19 +397,36 @@ class Prefixed:
             self.pending = ""
 
 
+class _Stopped(Exception):
+    """Ctrl-C or SIGTERM while following: the signal's number, for the exit status."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped(signum)
+
+
 def _follow_all(hosts: list[Target], one: Callable[[Target], bool]) -> None:
-    """Follow every host in its own thread until Ctrl-C (or every journal ends)."""
+    """Follow every host in its own thread until Ctrl-C or SIGTERM (or every journal ends).
+
+    Both signals are caught here even when SIGINT came in ignored (a background job of a
+    non-interactive shell, as some CI runners start steps): Ctrl-C is how this ends.
+    """
     threads = [
         threading.Thread(target=_every, args=([t], one), name=t.label, daemon=True) for t in hosts
     ]
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:  # a Ctrl-C while the threads start (one may print first) is a Ctrl-C too
         for thread in threads:
             thread.start()
         for thread in threads:
             while thread.is_alive():
                 thread.join(0.2)
-    except KeyboardInterrupt:
-        # Only this thread got the Ctrl-C: hang up every SSH session (which ends each remote
+    except _Stopped as stopped:
+        # Only this thread got the signal: hang up every SSH session (which ends each remote
         # journalctl), so the threads reading them end too. Every step is bounded: a close or a
         # reader stuck in the SSH library, or a thread the interpreter would wait for at exit,
         # must not keep `fab` alive after Ctrl-C.
@@ -422,7 +440,10 @@ def _follow_all(hosts: list[Target], one: Callable[[Target], bool]) -> None:
         for thread in [*closers, *threads]:
             thread.join(max(0.0, deadline - time.monotonic()))
         sys.stdout.flush()
-        os._exit(130)
+        os._exit(128 + stopped.signum)  # 130 after Ctrl-C, 143 after SIGTERM
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _hang_up(target: Target) -> None:

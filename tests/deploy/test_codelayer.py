@@ -59,9 +59,9 @@ def test_the_projects_dockerignore_read_as_docker_reads_it(path: str, excluded: 
 
 def test_dockerignore_patterns() -> None:
     rules = DockerIgnore("# a comment\n\n*.md\n!README.md\ndocs/**/*.png\n/build\ntmp?\n[ab].txt\n")
-    assert rules.excluded("NOTES.md")
+    assert rules.excluded("notes.md")
     assert not rules.excluded("README.md")  # the later exception wins
-    assert not rules.excluded("sub/NOTES.md")  # `*` stays in one folder
+    assert not rules.excluded("sub/notes.md")  # `*` stays in one folder
     assert rules.excluded("docs/x.png")
     assert rules.excluded("docs/a/b/x.png")
     assert rules.excluded("build/out.o")  # a folder's contents go with it
