@@ -184,16 +184,10 @@ def _hosts(c: Context, inventory: str, instance_connect: bool = False) -> list[T
     return hosts
 
 
-def _reach(hosts: list[Target], pushed: InstanceConnect | None = None) -> None:
+def _reach(hosts: list[Target]) -> None:
     """Open every SSH connection now: an unreachable host fails in seconds, not after a build.
-    With PUSHED, each host's 60-second key is pushed right before its connection opens."""
-
-    def reach(target: Target) -> None:
-        if pushed:
-            pushed.prepare(target)
-        target.conn.open()
-
-    _each(hosts, reach)
+    (A host of `_hosts(..., instance_connect=True)` gets its key pushed as its connection opens.)"""
+    _each(hosts, lambda target: target.conn.open())
 
 
 @task(
@@ -228,12 +222,12 @@ def deploy(
     phases = release.Phases()  # the breakdown each host's deploy ends with
     _release_name("--version", version)
     docker = _docker(dry_run)
-    hosts = _hosts(c, inventory)  # "no hosts" fails before a long build, not after
+    hosts = _hosts(c, inventory, instance_connect)  # "no hosts" fails before a long build
     source, file = _source(context, dockerfile)
     name = version or source_version(source)
     if not dry_run:
         # So does an unreachable host (and, with --instance-connect, a key AWS refused).
-        _reach(hosts, InstanceConnect(connect) if instance_connect else None)
+        _reach(hosts)
     local = Local(dry_run)
     remotes = [Remote(t.conn, dry_run) for t in hosts]
     arches: list[str | None] = []  # build for what the hosts run, not for this machine

@@ -131,7 +131,8 @@ def test_the_deploy_logs_in_with_the_key_it_pushed(
     )
     target = _target(host, tmp_path)
     pushing = InstanceConnect(lambda region: aws)
-    _reach([target], pushing)  # what fab deploy --instance-connect does before it builds
+    pushing.attach(target)  # what `_hosts(..., instance_connect=True)` does to every host
+    _reach([target])  # what fab deploy --instance-connect does before it builds
     try:
         assert target.conn.run("id -un", hide=True, in_stream=False).stdout.strip() == "admin"
     finally:
