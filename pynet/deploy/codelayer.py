@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pynet.deploy.layers import ArchiveImage, Scratch, Shipment
+from pynet.deploy.layers import (
+    ArchiveImage,
+    Scratch,
+    Shipment,
+    image_manifest,
+    link_target,
+    member_bytes,
+)
 
 CACHE_ENV = "PYNET_DEPLOY_CACHE"
 RECIPE_FILE = "recipe.json"
@@ -474,24 +481,15 @@ def _digest(data: bytes) -> str:
 
 def _image(tar: tarfile.TarFile) -> tuple[tuple[str, ...], bytes]:
     """The layers' files and the config (its bytes) of the image a `docker save` archive holds."""
-    manifest = json.loads(_read(tar, "manifest.json"))[0]
-    return tuple(str(p) for p in manifest["Layers"]), _read(tar, str(manifest["Config"]))
-
-
-def _read(tar: tarfile.TarFile, name: str) -> bytes:
-    """A regular file's bytes: no link is followed (one to itself would never end)."""
-    member = tar.getmember(name)
-    data = tar.extractfile(member) if member.isfile() else None
-    if data is None:
-        raise ValueError(f"{name} is not a file")
-    return data.read()
+    manifest = image_manifest(tar)
+    return tuple(str(p) for p in manifest["Layers"]), member_bytes(tar, str(manifest["Config"]))
 
 
 def _layer(tar: tarfile.TarFile, path: str) -> tarfile.TarInfo:
     """The member holding layer PATH: Docker 20.10 links a repeated layer to its first copy."""
     member = tar.getmember(path)
     if member.issym() or member.islnk():
-        member = tar.getmember(_target(member))
+        member = tar.getmember(link_target(member))
     if not member.isfile():
         raise ValueError(f"{path} is not a layer file")
     return member
@@ -505,7 +503,7 @@ class Assembled(Scratch):
         super().__init__()
         self.cached, self.layer, self.tag = cached, layer, version_tag
         self.reading = threading.Lock()  # one shipment at a time reads the cached archive
-        diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
+        diff_id = _digest(layer)
         config = json.loads(json.dumps(cached.config))
         diff_ids = list(config["rootfs"]["diff_ids"])
         diff_ids[-1] = diff_id
@@ -519,14 +517,14 @@ class Assembled(Scratch):
                 entry["created_by"] = "COPY (the code layer, made by fab deploy)"
                 break
         self.config_bytes = json.dumps(config, separators=(",", ":")).encode()
-        digest = hashlib.sha256(self.config_bytes).hexdigest()
+        image_id = _digest(self.config_bytes)
         self.layer_path = f"{diff_id.removeprefix('sha256:')}/layer.tar"
-        self.config_path = f"{digest}.json"
+        self.config_path = f"{image_id.removeprefix('sha256:')}.json"
         self.paths = [*cached.layers[:-1], self.layer_path]  # each layer's file in the archive
         self.layers = diff_ids
         self.image = ArchiveImage(
             layers=tuple(self.paths),
-            config="sha256:" + digest,
+            config=image_id,
             manifests=frozenset(),
             os=str(config.get("os", "")),
             architecture=str(config.get("architecture", "")),
@@ -575,9 +573,3 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode = len(data), 0o644
     tar.addfile(info, io.BytesIO(data))
-
-
-def _target(member: tarfile.TarInfo) -> str:
-    if member.islnk():
-        return member.linkname
-    return os.path.normpath(os.path.join(os.path.dirname(member.name), member.linkname))

@@ -115,18 +115,21 @@ def _where(tar: tarfile.TarFile) -> str:
     return os.fsdecode(tar.name) if tar.name else "the archive"
 
 
-def _member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+def member_bytes(tar: tarfile.TarFile, name: str) -> bytes:
+    """The bytes of the regular file NAME: no link is followed (one to itself never ends)."""
     try:
-        member = tar.extractfile(name)
+        member = tar.getmember(name)
     except KeyError:
         raise ValueError(f"{_where(tar)}: {name} is missing: not a `docker save` archive") from None
-    if member is None:  # a directory or a link of that name
+    data = tar.extractfile(member) if member.isfile() else None
+    if data is None:  # a directory or a link of that name
         raise ValueError(f"{_where(tar)}: {name} is not a file")
-    return member.read()
+    return data.read()
 
 
-def _manifest(tar: tarfile.TarFile) -> dict[str, Any]:
-    manifest = json.loads(_member_bytes(tar, "manifest.json"))
+def image_manifest(tar: tarfile.TarFile) -> dict[str, Any]:
+    """The first image `manifest.json` lists: its `Config` and `Layers` files."""
+    manifest = json.loads(member_bytes(tar, "manifest.json"))
     if not (isinstance(manifest, list) and manifest and isinstance(manifest[0], dict)):
         raise ValueError(f"{_where(tar)}: manifest.json lists no image")
     return manifest[0]
@@ -138,7 +141,7 @@ def _oci_digests(tar: tarfile.TarFile) -> set[str]:
     if "index.json" not in names:
         return set()
     found: set[str] = set()
-    todo = [json.loads(_member_bytes(tar, "index.json"))]
+    todo = [json.loads(member_bytes(tar, "index.json"))]
     while todo:
         for entry in todo.pop().get("manifests", []):
             digest = str(entry.get("digest", ""))
@@ -147,15 +150,15 @@ def _oci_digests(tar: tarfile.TarFile) -> set[str]:
             found.add(digest)
             blob = "blobs/" + digest.replace(":", "/", 1)
             if entry.get("mediaType") in (OCI_INDEX, DOCKER_LIST) and blob in names:
-                todo.append(json.loads(_member_bytes(tar, blob)))
+                todo.append(json.loads(member_bytes(tar, blob)))
     return found
 
 
 def read_archive(saved: Path) -> ArchiveImage:
     """The layers, identity and platform of the image in the `docker save` archive SAVED."""
     with tarfile.open(saved) as tar:
-        manifest = _manifest(tar)
-        raw = _member_bytes(tar, str(manifest["Config"]))
+        manifest = image_manifest(tar)
+        raw = member_bytes(tar, str(manifest["Config"]))
         config = json.loads(raw)
         return ArchiveImage(
             layers=tuple(manifest.get("Layers") or ()),
@@ -202,7 +205,7 @@ def slim_archive(saved: Path, out: Path, skip: int, compresslevel: int = 1) -> S
     CPU time costs more than the 10% it saves on the wire.
     """
     with tarfile.open(saved) as src:
-        layer_paths = [str(p) for p in _manifest(src).get("Layers") or ()]
+        layer_paths = [str(p) for p in image_manifest(src).get("Layers") or ()]
         files = _left_out(layer_paths, skip)
         dirs = {posixpath.dirname(p) for p in files if posixpath.basename(p) == "layer.tar"}
         dirs -= {posixpath.dirname(p) for p in layer_paths[skip:]}
@@ -222,14 +225,15 @@ def slim_archive(saved: Path, out: Path, skip: int, compresslevel: int = 1) -> S
 
 
 def _link_targets(members: Iterable[tarfile.TarInfo]) -> set[str]:
-    """What kept symlinks point at: Docker 20.10 links a repeated layer to its first copy."""
-    targets = set()
-    for m in members:
-        if m.issym():
-            targets.add(posixpath.normpath(posixpath.join(posixpath.dirname(m.name), m.linkname)))
-        elif m.islnk():
-            targets.add(m.linkname)
-    return targets
+    """What kept links point at: Docker 20.10 links a repeated layer to its first copy."""
+    return {link_target(m) for m in members if m.issym() or m.islnk()}
+
+
+def link_target(member: tarfile.TarInfo) -> str:
+    """The archive member a symbolic or hard link MEMBER stands for."""
+    if member.islnk():
+        return member.linkname
+    return posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
 
 
 class Scratch:
