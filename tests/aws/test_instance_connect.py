@@ -101,6 +101,16 @@ def _inventory(tmp_path: Path, port: int, **extra: str) -> Path:
     return inventory.write_hosts([host], path)
 
 
+@pytest.fixture
+def nowhere(clients: Clients, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+    """(port, inventory) of an instance whose SSH port nothing listens on; the tasks' AWS
+    calls go to moto."""
+    port = free_port()
+    path = _inventory(tmp_path, port, **eic.instance_vars("i-0cafe00000000000", REGION))
+    monkeypatch.setattr(release, "connect", lambda region: clients)
+    return port, str(path)
+
+
 def test_prepare_pushes_then_logs_in_with_that_key_only(
     clients: Clients, pushed: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -134,21 +144,18 @@ def test_prepare_refuses_a_host_without_its_instance_id(tmp_path: Path) -> None:
 
 
 def test_fab_deploy_instance_connect_pushes_right_before_it_connects(
-    clients: Clients,
+    nowhere: tuple[int, str],
     pushed: list[dict[str, Any]],
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The task's path: push (moto) then connect; nothing listens there, so the connect fails
     in one line after the key went out, and before anything is built."""
-    port = free_port()
-    path = _inventory(tmp_path, port, **eic.instance_vars("i-0cafe00000000000", REGION))
-    monkeypatch.setattr(release, "connect", lambda region: clients)
+    port, path = nowhere
     monkeypatch.setenv("PYNET_DOCKER", "true")  # found on PATH; never run: the connect fails first
     built: list[object] = []
     monkeypatch.setattr(release.release, "build", lambda *a, **k: built.append(a))
     with pytest.raises(Exit) as failed:
-        release.deploy(Context(), version="v1", inventory=str(path), instance_connect=True)
+        release.deploy(Context(), version="v1", inventory=path, instance_connect=True)
     assert f"admin@127.0.0.1:{port}: cannot reach the host over SSH" in str(failed.value)
     [request] = pushed
     assert request["InstanceId"] == "i-0cafe00000000000"
@@ -178,19 +185,15 @@ def test_fab_deploy_instance_connect_needs_the_inventorys_instance(
 def test_every_host_task_pushes_right_before_it_connects(
     task: str,
     kwargs: dict[str, Any],
-    clients: Clients,
+    nowhere: tuple[int, str],
     pushed: list[dict[str, Any]],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Nothing listens there: each task reports the host unreachable, after the key went out
     for its instance and user (and only when the connection was about to open)."""
-    port = free_port()
-    path = _inventory(tmp_path, port, **eic.instance_vars("i-0cafe00000000000", REGION))
-    monkeypatch.setattr(release, "connect", lambda region: clients)
+    port, path = nowhere
     with pytest.raises(Exit) as failed:
-        getattr(release, task)(Context(), inventory=str(path), instance_connect=True, **kwargs)
+        getattr(release, task)(Context(), inventory=path, instance_connect=True, **kwargs)
     said = str(failed.value) + "".join(capsys.readouterr())
     assert f"127.0.0.1:{port}" in said, said
     [request] = pushed
@@ -205,17 +208,13 @@ def test_a_host_task_refuses_instance_connect_without_the_instance(tmp_path: Pat
 
 
 def test_doctor_pushes_no_key_to_a_host_whose_ssh_port_is_closed(
-    clients: Clients,
+    nowhere: tuple[int, str],
     pushed: list[dict[str, Any]],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     """The key goes out only when a login is about to happen: doctor stops at the port."""
-    port = free_port()
-    path = _inventory(tmp_path, port, **eic.instance_vars("i-0cafe00000000000", REGION))
-    monkeypatch.setattr(release, "connect", lambda region: clients)
+    port, path = nowhere
     with pytest.raises(Exit):
-        release.doctor(Context(), inventory=str(path), instance_connect=True)
+        release.doctor(Context(), inventory=path, instance_connect=True)
     assert f"127.0.0.1:{port}" in capsys.readouterr().out
     assert pushed == []

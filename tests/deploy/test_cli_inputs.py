@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +15,8 @@ import pytest
 from pynet import inventory
 from pynet.deploy import lock
 from pynet.deploy.remote import DeployError
-from tests.deploy.fakes import closed_port
+from tests.deploy.fakes import FAB, REPO, closed_port
 
-REPO = Path(__file__).resolve().parents[2]
-FAB = str(Path(sys.executable).with_name("fab"))
 RELEASE_TASKS = ("deploy", "rollback", "releases", "logs", "status", "doctor", "unlock")
 
 
