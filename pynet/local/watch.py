@@ -7,14 +7,16 @@ well as the server's: after a pause it is still sweeping the others when a sampl
 lines arrive, so the silence it records is too long. These few clients, alone in their process,
 note when each line arrives and nothing else. They join as `watchN`, print `ready`, and when
 their standard input closes print one JSON object: the longest silence any of them saw between
-two `MSG` lines (seconds), how many lines each got, and the GAPS longest silences with the
-wall-clock time each ended (so a bench can say what happened then). Used by
+two `MSG` lines (seconds), how many lines each got, and every silence of at least NOTED
+seconds (at most MAX_GAPS, the longest) with the wall-clock time it ended, longest first, so a
+bench can tell the silences that span a handover from the others. Used by
 `bench/handover_bench.py` next to `pynet.local.load.LiveLoad`. Traffic goes only to the
 address given.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import select
 import socket
@@ -26,8 +28,10 @@ from typing import IO
 from pynet.local.load import join
 
 MSG = b"MSG "
-GAPS = 5
-"""How many of the longest silences are reported, with the wall-clock time each ended."""
+NOTED = 0.02
+"""Seconds: a silence at least this long is reported, with the wall-clock time it ended."""
+MAX_GAPS = 50_000
+"""Silences reported at most (the longest): a bound on the verdict, not reached in a bench."""
 
 
 class Watch:
@@ -57,8 +61,8 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
     last: dict[int, float] = {}
     lines = {sock.fileno(): 0 for sock in socks}
     longest = 0.0
-    gaps: list[tuple[float, float]] = []
-    tails: dict[int, bytes] = {}  # the longest silences: (when it ended, seconds)
+    gaps: list[tuple[float, float]] = []  # a heap of the silences: (seconds, when it ended)
+    tails: dict[int, bytes] = {}
     by_fd = {sock.fileno(): sock for sock in socks}
     poller = select.epoll()
     for fd in by_fd:
@@ -70,7 +74,7 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
                 return {
                     "longest_pause": longest,
                     "lines": sorted(lines.values()),
-                    "gaps": sorted(gaps, key=lambda g: -g[1]),
+                    "gaps": [(ended, gap) for gap, ended in sorted(gaps, reverse=True)],
                 }
             try:
                 data = by_fd[fd].recv(1 << 20)
@@ -87,10 +91,10 @@ def watch(socks: Sequence[socket.socket], stdin: IO[str]) -> dict[str, object]:
                 if fd in last:
                     gap = now - last[fd]
                     longest = max(longest, gap)
-                    if len(gaps) < GAPS or gap > min(g[1] for g in gaps):
-                        gaps.append((time.time(), gap))
-                        if len(gaps) > GAPS:
-                            gaps.remove(min(gaps, key=lambda g: g[1]))
+                    if gap >= NOTED:
+                        heapq.heappush(gaps, (gap, time.time()))
+                        if len(gaps) > MAX_GAPS:
+                            heapq.heappop(gaps)
                 last[fd] = now
                 lines[fd] += count
 

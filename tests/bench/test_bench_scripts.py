@@ -4,6 +4,7 @@ figures and exit 0. They check the scripts work, not how fast anything is."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -212,11 +213,34 @@ def test_handover_bench_says_where_the_time_went_and_keeps_the_logs(tmp_path: Pa
     assert out.count("    took sessions=") == 2
     assert "freeze=" in out
     assert "paused_ms=" in out
+    assert re.search(r"across each handover \(.*\): \d+ ms, \d+ ms$", out, re.MULTILINE)
+    assert re.search(r"anywhere else in the run \(.*\): \d+ ms$", out, re.MULTILINE)
     logs = sorted(p.name for p in keep.glob("*.log"))
     assert logs == ["r0.log", "r1.log", "r2.log", "s0.log", "s1.log"]
     assert "handover gave successor=r1" in (keep / "r0.log").read_text()
     running = subprocess.run(["pgrep", "-f", str(keep)], capture_output=True, text=True)
     assert running.stdout == ""  # no release outlives the bench
+
+
+def test_the_handover_bench_tells_the_silences_across_a_switch_from_the_others() -> None:
+    """A silence overlapping a switch's pause (its `paused_ms`, up to the switch's time) is
+    that switch's; any other (a pre-copy's, the steady load's) is counted apart."""
+    from bench.handover_bench import split_silences
+
+    laps = [
+        ("", "sessions=3 paused_ms=50.0 precopy=1.0", 100.0),
+        ("", "sessions=3 paused_ms=20.0", 200.0),
+    ]
+    gaps = [
+        (150.0, 0.4),  # between the switches
+        (100.01, 0.3),  # from 99.71 to just after the first switch
+        (99.96, 0.05),  # ended inside the first pause
+        (99.9, 0.2),  # ended before the first pause began (99.95)
+        (199.99, 0.1),  # inside the second pause
+    ]
+    across, elsewhere = split_silences(gaps, laps)
+    assert across == [0.3, 0.1]
+    assert elsewhere == 0.4
 
 
 def test_handover_wire_compares_the_rows_with_the_objects() -> None:

@@ -8,7 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from pynet.local.watch import Watch
+from pynet.local.watch import NOTED, Watch
 from tests.chat.fakes import LineClient, ServerProcess
 
 
@@ -30,6 +30,12 @@ def test_it_reports_the_longest_silence_between_lines(
     pause = verdict["longest_pause"]
     assert isinstance(pause, float)
     assert 0.4 <= pause < 1.0
+    gaps = verdict["gaps"]
+    assert isinstance(gaps, list)
+    assert gaps[0][1] == pause  # longest first, with the wall-clock time it ended
+    assert abs(gaps[0][0] - time.time()) < 5
+    assert all(gap >= NOTED for _, gap in gaps)
+    assert len(gaps) >= 4  # each watcher's 50 ms silences between the ticks too
 
 
 def test_bad_arguments_get_the_usage_line() -> None:
