@@ -1,6 +1,7 @@
 """What users notice when a release switches: the handover against a plain restart.
 
     .venv/bin/python -m bench.handover_bench [--clients 1000] [--rate 1000] [--switches 10]
+                                         [--cluster]
 
 Server processes on 127.0.0.1 (no Docker: this measures the mechanism, not the host around it),
 each with a SQLite history. A live load (pynet/local/load.py: connected clients, a sender at
@@ -10,7 +11,8 @@ longest silence any client saw (measured by a few clients in a process of their 
 pynet/local/watch.py, so the load generator's lag is not counted as the server's), split into
 the silences that span a switch's pause and the others (a pre-copy's, the steady load's); then the
 same load across one plain restart (stop, then start: what the unit did before the handover) as
-the baseline. Targets: 0 refused, 0 cut, 0 lost, longest pause under 100 ms.
+the baseline. With `--cluster`, every release is a host of a cluster on a redis-server of its
+own (Debian's). Targets: 0 refused, 0 cut, 0 lost, longest pause under 100 ms.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
+from bench._common import HOST, start_server
 from pynet.local import chat_server
 from pynet.local.load import LiveLoad, Report
 from pynet.local.watch import Watch
@@ -43,6 +46,8 @@ class Release:
 
     started: ClassVar[list[Release]] = []
     """Every release started, so none outlives the bench however it ends."""
+    extra: ClassVar[list[str]] = []
+    """Arguments every release gets (`--backplane URL` with `--cluster`)."""
 
     def __init__(self, work: Path, name: str, port: int) -> None:
         self.log = work / f"{name}.log"
@@ -58,6 +63,7 @@ class Release:
             "0",
             "--max-per-address",
             "0",
+            *Release.extra,
             port=port,
             stdout=self.log.open("w"),
             stderr=subprocess.STDOUT,
@@ -212,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=positive(float), default=1000.0, help="broadcasts/s")
     parser.add_argument("--switches", type=positive(int), default=10)
     parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="every release on a Redis backplane (a redis-server on a free port of 127.0.0.1)",
+    )
+    parser.add_argument(
         "--keep",
         metavar="DIR",
         type=Path,
@@ -233,6 +244,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     with contextlib.ExitStack() as stack:
+        if args.cluster:
+            redis = start_server("redis", None)
+            stack.callback(redis.stop)
+            Release.extra = ["--backplane", f"redis://{HOST}:{redis.port}/0"]
         if args.keep:
             work = args.keep
             work.mkdir(parents=True, exist_ok=True)

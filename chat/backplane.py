@@ -34,7 +34,7 @@ import secrets
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any, Protocol
@@ -391,27 +391,31 @@ class RedisBackplane:
     def describe(self) -> str:
         return f"redis:{redact(self.url)} host={self.host} last_id={self.last_id}"
 
-    async def start(
-        self, sink: Sink, resume_from: int | None = None, inherit: Position | None = None
-    ) -> None:
-        """Check Redis, load the retained history, start reading. Raises BackplaneError.
+    async def open(self) -> None:
+        """Connect to Redis and check it can serve (a ping, its version). Raises BackplaneError.
 
-        `resume_from`: a handover. The predecessor's clients saw broadcasts up to that id, so
-        reading starts right after it, and only once `resume()` says the clients are here.
-        `inherit`: where exactly the predecessor stopped reading (`position()`), so presence
-        lines after that id are not skipped and its inbox is read on from there.
-        """
-        from redis import exceptions as rx
-
-        self._sink = sink
+        A successor does this before it asks the serving release for anything: the seconds
+        of importing redis-py and connecting are then spent while clients are still served,
+        not in the handover's pause, and a Redis it cannot use stops it before it disturbs
+        the serving release."""
+        if self._cmd is not None:
+            return
         self._cmd = self._connect(self.url, 5.0)
         self._reader = self._connect(self.url, BLOCK_MS / 1000 + 5.0)
+        await self._guarded(self._check())
+
+    async def _check(self) -> None:
+        await self._cmd.ping()
+        if self._check_version:
+            await self._require_version()
+
+    async def _guarded(self, step: Awaitable[None]) -> None:
+        """Await STEP; Redis' failures become one BackplaneError, the connections closed."""
+        from redis import exceptions as rx
+
         where = redact(self.url)
         try:
-            await self._cmd.ping()
-            if self._check_version:
-                await self._require_version()
-            await self._load(resume_from)
+            await step
         except BackplaneError:
             await self._close_clients()
             raise
@@ -433,6 +437,35 @@ class RedisBackplane:
         except rx.RedisError as exc:
             await self._close_clients()
             raise BackplaneError(f"{where} is not a usable Redis server: {exc}") from None
+
+    async def start(
+        self, sink: Sink, resume_from: int | None = None, inherit: Position | None = None
+    ) -> None:
+        """Check Redis (`open`, unless done), load the retained history, start reading.
+        Raises BackplaneError.
+
+        `resume_from`: a handover. The predecessor's clients saw broadcasts up to that id, so
+        reading starts right after it, and only once `resume()` says the clients are here.
+        `inherit`: where exactly the predecessor stopped reading (`position()`), so presence
+        lines after that id are not skipped and its inbox is read on from there.
+        """
+        self._sink = sink
+        await self.open()
+        await self._guarded(self._load(resume_from))
+        self._begin(resume_from, inherit)
+
+    def take_over(self, sink: Sink, last_id: int, retained: list[bytes], inherit: Position) -> None:
+        """Start where a predecessor of this cluster stopped (a handover), from what it handed
+        over: the last id its clients saw, its retained lines, its reading position. Nothing
+        is asked of Redis and nothing awaited: in the pause the successor must not yield to
+        its loop, which already watches the clients' sockets. `open` first."""
+        if self._cmd is None:
+            raise BackplaneError("the backplane was not opened before the handover")
+        self._sink = sink
+        self._retained.reset(last_id, retained)
+        self._begin(last_id, inherit)
+
+    def _begin(self, resume_from: int | None, inherit: Position | None) -> None:
         self.available = True
         loop = asyncio.get_running_loop()
         if inherit is not None:
@@ -473,7 +506,8 @@ class RedisBackplane:
             await asyncio.sleep(0.01)
 
     async def _close_clients(self) -> None:
-        for client in (self._cmd, self._reader):
+        clients, self._cmd, self._reader = (self._cmd, self._reader), None, None
+        for client in clients:
             if client is not None:
                 with contextlib.suppress(Exception):
                     await client.aclose()

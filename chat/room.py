@@ -91,8 +91,9 @@ class Room(Protocol):
     def adopted(self) -> None:
         """The predecessor's sessions are registered here."""
 
-    def handover_state(self) -> tuple[int, dict[str, Any] | None]:
-        """The last id the clients saw, and where a successor reads on (a cluster's position)."""
+    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+        """The last id the clients saw, the retained lines a successor replays from, and where
+        it reads on (a cluster's position)."""
 
     def newest(self) -> int:
         """The id of the newest retained line (what a replay asked now ends with)."""
@@ -274,5 +275,6 @@ class LocalRoom(Conversation):
         if announce:
             self.hub.broadcast(Left(nick, reason).line())
 
-    def handover_state(self) -> tuple[int, dict[str, Any] | None]:
-        return self.hub.history.last_id, None
+    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+        history = self.hub.history
+        return history.last_id, history.since(0), None

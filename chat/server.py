@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from chat import __version__, config
 from chat import metrics as metrics_
@@ -26,6 +27,9 @@ from chat.handover import HandoverError, SessionRefused
 from chat.history import History, HistoryError
 from chat.service import ChatServer
 from chat.takeover import BUSY, Inheritance, Taking, take
+
+if TYPE_CHECKING:
+    from chat.cluster import ClusterRoom
 
 log = logging.getLogger("chat.server")
 
@@ -133,6 +137,20 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
         elif taking is not None:
             taking.refuse(f"successor failed: {exc}")
 
+    cluster: ClusterRoom | None = None
+    if settings.backplane:
+        from chat.backplane import BackplaneError
+        from chat.cluster import connect
+
+        try:
+            # Before asking the serving release for anything: redis-py's import and the
+            # connection cost ~160 ms, which would otherwise be spent in the handover's pause.
+            cluster = await connect(
+                server, settings.backplane, settings.history_size, settings.log_messages
+            )
+        except BackplaneError as exc:
+            log.error("error starting: %s", exc)
+            return None
     if settings.handover_socket:
         try:
             taking = take(
@@ -142,8 +160,7 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
                 # The loop's turn finishes making the held transports (asyncio does it in
                 # callbacks), here rather than in the pause.
                 await asyncio.sleep(0)
-                if not settings.backplane:  # a cluster's join awaits before the commit
-                    server.arm(taking.precopied_held())
+                server.arm(taking.precopied_held())
                 inheritance, taking = taking.finish(), None
         except SessionRefused as exc:  # the predecessor was told, and serves on
             log.error("error starting: %s", exc)
@@ -154,25 +171,24 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
                 log.error("error starting: the serving release refused: %s", why)
                 return None
             log.warning("handover impossible reason=%s: starting next to the serving release", why)
-    if settings.backplane:
+    if cluster is not None:
         from chat.backplane import BackplaneError, Position
-        from chat.cluster import join
 
         try:
             # Before listening: no client is served without Redis. A successor reads on from
             # the last id the predecessor's clients saw.
             begin = inheritance.begin if inheritance is not None else None
-            server.room = await join(
-                server,
-                settings.backplane,
-                settings.history_size,
-                settings.log_messages,
-                begin.last_id if begin is not None else None,
-                Position(**begin.backplane) if begin is not None and begin.backplane else None,
-            )
+            if begin is not None and begin.backplane:  # a host of this cluster: no await
+                cluster.take_over(begin.last_id, begin.history, Position(**begin.backplane))
+            else:
+                server.unarm()  # the loop turns of loading from Redis must read no client
+                await cluster.start(begin.last_id if begin is not None else None)
         except BackplaneError as exc:
             give_up(exc)
+            await cluster.close()
             return None
+        server.room = cluster
+        log.info("cluster %s", cluster.describe())
     try:
         if inheritance is not None:
             if not inheritance.confirm():

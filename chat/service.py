@@ -330,8 +330,7 @@ class ChatServer:
         return changed, same
 
     def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
-        last_id, position = self.room.handover_state()
-        return last_id, self.history.since(0), position
+        return self.room.handover_state()
 
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened (nothing was
@@ -414,6 +413,13 @@ class ChatServer:
             if client.held_socket is None and self._plain(client):
                 client.transport.resume_reading()
                 self._armed.add(client)
+
+    def unarm(self) -> None:
+        """Undo `arm`: something must yield to the loop before the predecessor's `commit` (a
+        cluster joined by a release that was not in one); `adopt` resumes them instead."""
+        for client in self._armed:
+            client.transport.pause_reading()
+        self._armed.clear()
 
     def prepared(self, client: Peer) -> bool:
         return client in self.clients

@@ -320,3 +320,56 @@ def test_malformed_entries_in_redis_are_skipped_logged_and_reading_goes_on(
         assert b"eve" not in replay
 
     run(body)
+
+
+def test_a_successor_takes_over_without_asking_redis_and_reads_on_from_the_position() -> None:
+    """A handover within a cluster: the successor opens Redis before the pause, and in it takes
+    the predecessor's last id, retained lines and position as handed over, without a round trip
+    (it cannot await there). Then it delivers, once resumed, exactly what came after."""
+
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        old, _ = await host(server, size=3)
+        for i in range(4):
+            old.say("ann", f"m{i}")
+        await until(lambda: old.last_id == 4)
+        old.hold()  # the freeze
+        old.say("ann", "after the freeze")  # in Redis, unread by the predecessor
+        await asyncio.sleep(0.1)
+        last_id, retained, position = old.last_id, old.since(0), old.position()
+        assert retained == [b"MSG 2 ann m1\n", b"MSG 3 ann m2\n", b"MSG 4 ann m3\n"]
+
+        new = RedisBackplane(URL, history_size=3, connect=fake_connect(server), check_version=False)
+        sink = SinkRecorder()
+        await new.open()
+        calls: list[str] = []
+        real = new._cmd.execute_command
+
+        async def counted(*args: Any, **kwargs: Any) -> Any:
+            calls.append(str(args[0]))
+            return await real(*args, **kwargs)
+
+        new._cmd.execute_command = counted
+        new.take_over(sink, last_id, retained, position)  # not a coroutine: nothing awaited
+        assert calls == []
+        assert new.last_id == 4
+        assert new.since(2) == [b"MSG 3 ann m2\n", b"MSG 4 ann m3\n"]
+        await asyncio.sleep(0.1)
+        assert sink.lines == []  # nothing delivered before its clients are registered
+        new.resume()
+        await until(lambda: bool(sink.lines))
+        assert sink.lines == [b"MSG 5 ann after the freeze\n"]
+        await old.stop()
+        await new.stop()
+
+    run(body)
+
+
+def test_a_take_over_before_open_is_a_clear_error() -> None:
+    async def body() -> None:
+        new = RedisBackplane(URL, connect=fake_connect(fakeredis.FakeServer()))
+        position = new.position()
+        with pytest.raises(BackplaneError, match="not opened before the handover"):
+            new.take_over(SinkRecorder(), 0, [], position)
+
+    run(body)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -357,3 +358,55 @@ def test_since_still_answers_after_a_handover_on_a_quiet_host(
     assert "how=handover" in new.wait_for_log("switch ")
     bob.send("/since 0")
     assert [bob.line() for _ in range(3)] == ["MSG 1 ann one", "MSG 2 ann two", "MSG 3 ann three"]
+
+
+def test_a_successor_without_redis_stops_before_the_serving_release_notices(
+    redis_server: RedisServer,
+    start_server: Callable[..., ServerProcess],
+    clients: Callable[..., LineClient],
+    sock: str,
+) -> None:
+    """The successor connects to Redis before it asks the serving release for anything: one
+    that cannot reach it exits with one line, and the serving release never hands over, never
+    freezes, never thaws (it used to pre-copy and freeze first, then serve on)."""
+    old = start_release(start_server, sock, "v1", "--backplane", redis_server.url)
+    ann = clients(old.port, "ann")
+    dead = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
+    command = [sys.executable, "-m", "chat.server", "--port", str(old.port)]
+    command += ["--backplane", dead, "--handover-socket", sock, "--release", "v2"]
+    proc = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 1
+    errors = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
+    assert len(errors) == 1
+    assert "cannot reach Redis at redis://:***@127.0.0.1" in errors[0]
+    ann.send("still here")
+    assert ann.until("MSG")[-1] == "MSG 1 ann still here"
+    assert [ln for ln in old.lines if re.search(r" handover (gave|aborted|refused)", ln)] == []
+
+
+def test_a_single_host_release_hands_over_to_one_that_joins_a_cluster(
+    redis_server: RedisServer,
+    start_server: Callable[..., ServerProcess],
+    clients: Callable[..., LineClient],
+    sock: str,
+) -> None:
+    """Adding `--backplane` to a running host: the successor loads the room from Redis in the
+    pause (the predecessor has no cluster position to hand over), so it must not watch the
+    connections before the commit; what a client types meanwhile is read once, by it."""
+    old = start_release(start_server, sock, "v1")
+    ann = clients(old.port, "ann")
+    bob = clients(old.port, "bob")
+    new = start_release(start_server, sock, "v2", "--backplane", redis_server.url, port=old.port)
+    ann.sock.sendall(b"during the switch\n")
+    assert "how=handover" in new.wait_for_log("switch ")
+    assert old.proc.wait(10) == 99
+    ann.send("after")
+    seen = [ln for ln in bob.until("MSG 2 ") if ln.startswith("MSG ")]
+    assert seen == ["MSG 1 ann during the switch", "MSG 2 ann after"]
+    assert "cluster redis:" in new.wait_for_log("cluster redis:")
