@@ -79,10 +79,10 @@ class ClusterRoom(Conversation):
             self.backplane.adopt(nick)
         self.backplane.resume()
 
-    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+    def handover_state(self) -> tuple[int, dict[str, Any] | None, list[bytes] | None]:
         # Its clients saw up to the backplane's id, not the file's; `take_over` takes these.
         backplane = self.backplane
-        return backplane.last_id, backplane.since(0), dataclasses.asdict(backplane.position())
+        return backplane.last_id, dataclasses.asdict(backplane.position()), backplane.since(0)
 
     def take_over(self, last_id: int, retained: list[bytes], inherit: Position) -> None:
         """Start from what a predecessor of this cluster handed over, without awaiting

@@ -302,13 +302,17 @@ def begin(
     last_id: int,
     lines: list[bytes],
     backplane: Mapping[str, Any] | None = None,
+    retained: list[bytes] | None = None,
 ) -> dict[str, Any]:
     """The predecessor's answer: how many sessions follow, and the retained history.
 
     The history travels too, so a server without a history file keeps `/since` and its ids;
     with a file, the successor reads the same file (committed before this is sent). In a
     cluster, `backplane` says where the predecessor stopped reading Redis (the room entry, and
-    the entry of each inbox it reads, by host: `chat.backplane.Position`).
+    the entry of each inbox it reads, by host: `chat.backplane.Position`), and `retained` holds
+    the room's lines it would replay, so the successor need not load them from Redis in the
+    pause. Both are optional: a release that does not know `retained` ignores it, and one that
+    gets no `retained` loads the room from Redis as before.
     """
     message = {
         "t": "begin",
@@ -321,6 +325,8 @@ def begin(
     }
     if backplane is not None:
         message["backplane"] = dict(backplane)
+    if retained is not None:
+        message["retained"] = [line.decode("latin-1") for line in retained]
     return message
 
 
@@ -359,6 +365,7 @@ class Begin:
     last_id: int
     history: list[bytes]
     backplane: Mapping[str, Any] | None = None
+    retained: list[bytes] | None = None
 
     @classmethod
     def parse(cls, message: Mapping[str, Any]) -> Begin:
@@ -377,7 +384,16 @@ class Begin:
         if backplane is not None and not _is_position(backplane):
             raise HandoverError(f"a begin with a malformed backplane position {backplane!r}")
         history_lines = [line.encode() for line in history]
-        return cls(release, sessions, last_id, history_lines, backplane)
+        retained = message.get("retained")
+        if retained is not None and (
+            not isinstance(retained, list) or not all(isinstance(line, str) for line in retained)
+        ):
+            raise HandoverError("a begin whose retained lines are not a list of lines")
+        try:
+            retained_lines = None if retained is None else [r.encode("latin-1") for r in retained]
+        except UnicodeEncodeError:
+            raise HandoverError("a begin with a retained line beyond latin-1") from None
+        return cls(release, sessions, last_id, history_lines, backplane, retained_lines)
 
 
 def sockets(keys: list[int]) -> dict[str, Any]:

@@ -91,9 +91,9 @@ class Room(Protocol):
     def adopted(self) -> None:
         """The predecessor's sessions are registered here."""
 
-    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
-        """The last id the clients saw, the retained lines a successor replays from, and where
-        it reads on (a cluster's position)."""
+    def handover_state(self) -> tuple[int, dict[str, Any] | None, list[bytes] | None]:
+        """The last id the clients saw, where a successor reads on (a cluster's position), and
+        a cluster's retained lines (what `/since` replays; a single host's are its history's)."""
 
     def newest(self) -> int:
         """The id of the newest retained line (what a replay asked now ends with)."""
@@ -275,6 +275,5 @@ class LocalRoom(Conversation):
         if announce:
             self.hub.broadcast(Left(nick, reason).line())
 
-    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
-        history = self.hub.history
-        return history.last_id, history.since(0), None
+    def handover_state(self) -> tuple[int, dict[str, Any] | None, list[bytes] | None]:
+        return self.hub.history.last_id, None, None

@@ -329,8 +329,11 @@ class ChatServer:
             changed.append((client, session))
         return changed, same
 
-    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
-        return self.room.handover_state()
+    def handover_state(
+        self,
+    ) -> tuple[int, list[bytes], dict[str, Any] | None, list[bytes] | None]:
+        last_id, position, retained = self.room.handover_state()
+        return last_id, self.history.since(0), position, retained
 
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: accept and read again as if nothing happened (nothing was

@@ -89,8 +89,11 @@ class Giver(Protocol[K]):
         until `let_go` or `thaw`): (the session of each client that is new or changed since
         `precopy`, the PRECOPIED clients whose copy stands)."""
 
-    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
-        """The last id its clients saw, the retained history, a cluster's reading position."""
+    def handover_state(
+        self,
+    ) -> tuple[int, list[bytes], dict[str, Any] | None, list[bytes] | None]:
+        """The last id its clients saw, the retained history, a cluster's reading position and
+        the lines its room retains (None on a single host: the history's)."""
 
     async def thaw(self, listener: socket.socket) -> None:
         """The successor failed: serve again as if nothing happened."""
@@ -460,9 +463,9 @@ async def give(
         late = [client for client, _ in changed if client not in keys]
         for batch in _chunks(late, handover.FDS_PER_MESSAGE):
             _send_sockets(giver, channel, keys, batch)
-        last_id, history, position = giver.handover_state()
+        last_id, history, position, retained = giver.handover_state()
         total = len(changed) + len(same)
-        channel.send(handover.begin(giver.release, total, last_id, history, position))
+        channel.send(handover.begin(giver.release, total, last_id, history, position, retained))
         channel.send(handover.listener(), [listener.fileno()])
         for chunk in _frames(changed):
             channel.send(handover.sessions([(keys[client], s) for client, s in chunk]))

@@ -80,9 +80,11 @@ class FakeGiver:
             k for k in self.clients if k not in fresh
         ]
 
-    def handover_state(self) -> tuple[int, list[bytes], dict[str, Any] | None]:
+    def handover_state(
+        self,
+    ) -> tuple[int, list[bytes], dict[str, Any] | None, list[bytes] | None]:
         self._step("handover_state")
-        return self.last_id, [b"MSG 7 u0 hi\r\n"], None
+        return self.last_id, [b"MSG 7 u0 hi\r\n"], None, None
 
     async def thaw(self, listener: socket.socket) -> None:
         assert listener is self.listener

@@ -95,6 +95,29 @@ def test_begin_carries_where_a_cluster_host_stopped_reading() -> None:
     assert Position(**parsed.backplane) == position
 
 
+def test_begin_carries_a_cluster_hosts_retained_lines_and_older_begins_parse_without() -> None:
+    """`retained` is optional both ways: a release that predates it sends none (the successor
+    loads the room from Redis), and one that predates it ignores it."""
+    lines = [b"MSG 40 ann one\n", b"MSG 41 bob \xc3\xa9\n"]
+    position = {"room": "41-0", "inboxes": {"host-a": "0-0"}}
+    wire = handover.begin("v1", 0, 41, [], position, lines)
+    assert Begin.parse(json.loads(json.dumps(wire))).retained == lines
+    assert Begin.parse(json.loads(json.dumps(handover.begin("v1", 0, 41, [])))).retained is None
+    older = handover.begin("v1", 0, 41, [], position)
+    assert "retained" not in older
+
+
+@pytest.mark.parametrize(
+    ("retained", "reason"),
+    [("MSG 1 a b", "not a list of lines"), ([1], "not a list of lines"), (["\u0100"], "latin-1")],
+)
+def test_malformed_retained_lines_are_refused(retained: object, reason: str) -> None:
+    message = handover.begin("v1", 0, 1, [], {"room": "1-0", "inboxes": {"h": "0-0"}})
+    message["retained"] = retained
+    with pytest.raises(HandoverError, match=reason):
+        Begin.parse(message)
+
+
 def test_every_position_a_host_hands_on_passes_the_check(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
