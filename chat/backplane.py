@@ -55,7 +55,10 @@ RENEW_EVERY = LEASE_MS / 3000
 BLOCK_MS = 1000
 """How long one XREAD waits for news; the socket timeout is a few seconds longer."""
 MAX_QUEUE = 10_000
-"""Operations held while Redis is slow or away; past this, broadcasts get ERR unavailable."""
+"""Operations held while Redis is slow or away; past this, broadcasts get ERR unavailable.
+A handover's nicknames (`adopt`) are not counted, nor ever refused: there is one per connection
+handed over (as many as `--max-clients`), and one dropped would leave its client's nickname with
+the old release's host, whose lapsing lease would then cut the client."""
 MAX_BATCH = 1000
 """Operations sent in one script call."""
 READ_COUNT = 2000
@@ -371,6 +374,7 @@ class RedisBackplane:
         self._inherited_until = 0.0  # loop time after which the predecessor's inbox is let go
         self._seq = 0
         self._queue: deque[_Op] = deque()
+        self._adopts = 0  # of them `adopt`s: not counted against `max_queue`
         self._wake = asyncio.Event()
         self._reading = asyncio.Event()  # set: the read loop may deliver
         self._retry = asyncio.Event()
@@ -582,7 +586,7 @@ class RedisBackplane:
         """Give a nickname back (queued: it need not wait)."""
         self._enqueue("release", nick.lower())
 
-    def adopt(self, name: str) -> None:
+    def adopt(self, name: str) -> None:  # never refused: see MAX_QUEUE
         """Hold `name` whoever holds it now: its connection was handed over to this host."""
         self._enqueue("adopt", name.lower(), name)
 
@@ -600,7 +604,7 @@ class RedisBackplane:
 
     def _ask(self, kind: str, a: str = "", b: str = "", c: str = "") -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if not self.available or len(self._queue) >= self.max_queue:
+        if not self.available or len(self._queue) - self._adopts >= self.max_queue:
             future.set_exception(Unavailable("the shared store is unavailable"))
             return future
         self._enqueue(kind, a, b, c, future)
@@ -614,7 +618,11 @@ class RedisBackplane:
         c: str = "",
         future: asyncio.Future[Any] | None = None,
     ) -> _Op | None:
-        if len(self._queue) >= self.max_queue or self._closing:
+        if self._closing:
+            return None
+        if kind == "adopt":
+            self._adopts += 1
+        elif len(self._queue) - self._adopts >= self.max_queue:
             return None
         self._seq += 1
         op = _Op(kind, self._seq, a, b, c, future, time.monotonic())
@@ -679,7 +687,7 @@ class RedisBackplane:
             self._fail_questions()
             raise
         for _ in batch:
-            self._queue.popleft()
+            self._popleft()
         self.lag = time.monotonic() - batch[0].queued  # the oldest of the batch waited most
         for op, result in zip(batch, results, strict=True):
             if op.future is None or op.future.done():
@@ -688,6 +696,12 @@ class RedisBackplane:
                 op.future.set_result(sorted((n.decode() for n in result), key=str.lower))
             else:
                 op.future.set_result(result == 1)
+
+    def _popleft(self) -> _Op:
+        op = self._queue.popleft()
+        if op.kind == "adopt":
+            self._adopts -= 1
+        return op
 
     def _fail_questions(self) -> None:
         kept: deque[_Op] = deque()
@@ -700,7 +714,7 @@ class RedisBackplane:
 
     def _fail_batch(self, size: int) -> None:
         for _ in range(min(size, len(self._queue))):
-            op = self._queue.popleft()
+            op = self._popleft()
             if op.future is not None and not op.future.done():
                 op.future.set_exception(Unavailable("the shared store refused it"))
 

@@ -373,3 +373,29 @@ def test_a_take_over_before_open_is_a_clear_error() -> None:
             new.take_over(SinkRecorder(), 0, [], position)
 
     run(body)
+
+
+def test_a_handovers_nicknames_are_never_refused_nor_counted_against_the_queue() -> None:
+    """A successor adopts one nickname per connection handed over (10,000 at once on a full
+    host). The queue bound refused the ones past it, and those clients were cut 15 s later
+    when the old host's lease lapsed; nor may they make broadcasts `ERR unavailable`."""
+
+    async def body() -> None:
+        server = fakeredis.FakeServer()
+        new, sink = await host(server, max_queue=5)
+        names = [f"user{i}" for i in range(12)]
+        for name in names:
+            new.adopt(name)
+        # Nothing sent yet (no await): 12 adopts queued, and the bound of 5 is for the rest.
+        accepted = [new.say("user0", f"m{i}") for i in range(6)]
+        assert accepted == [True] * 5 + [False]
+        await until(lambda: len(msgs(sink.lines)) == 5)
+        fake = fakeredis.FakeAsyncRedis(server=server)
+        for name in names:
+            held = await fake.get(f"pynet:nick:{name}")
+            assert held is not None
+            assert held.endswith(name.encode())
+        assert new._adopts == 0  # every adopt sent, and the count back to zero
+        await new.stop()
+
+    run(body)
