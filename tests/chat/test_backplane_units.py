@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import pytest
@@ -392,7 +392,7 @@ def test_a_handovers_nicknames_are_never_refused_nor_counted_against_the_queue()
         await until(lambda: len(msgs(sink.lines)) == 5)
         fake = fakeredis.FakeAsyncRedis(server=server)
         for name in names:
-            held = await fake.get(f"pynet:nick:{name}")
+            held = cast(bytes | None, await fake.get(f"pynet:nick:{name}"))
             assert held is not None
             assert held.endswith(name.encode())
         assert new._adopts == 0  # every adopt sent, and the count back to zero
