@@ -72,11 +72,15 @@ class ClusterRoom(Conversation):
     def resume(self) -> None:
         self.backplane.resume()
 
-    def adopted(self) -> None:
-        """The predecessor's connections are registered: hold their nicknames (whoever holds
-        them now: the predecessor) and deliver what they have not seen yet."""
+    def claim_adopted(self) -> None:
+        """Hold the handed-over sessions' nicknames, whoever holds them now (the predecessor):
+        queued before any request a client makes once it is read (a `/nick` queued ahead of
+        the adopt of the name it leaves would have that name written back, held forever)."""
         for nick in self.nicks_held():
             self.backplane.adopt(nick)
+
+    def adopted(self) -> None:
+        """The predecessor's connections are registered: deliver what they have not seen."""
         self.backplane.resume()
 
     def handover_state(self) -> tuple[int, dict[str, Any] | None, list[bytes] | None]:

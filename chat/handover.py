@@ -325,9 +325,15 @@ def begin(
     }
     if backplane is not None:
         message["backplane"] = dict(backplane)
-    if retained is not None:
-        message["retained"] = [line.decode("latin-1") for line in retained]
+    if retained is not None and sum(map(len, retained)) <= RETAINED_BUDGET:
+        message["retained"] = [line.decode("utf-8", "surrogateescape") for line in retained]
     return message
+
+
+RETAINED_BUDGET = MAX_FRAME // 8
+"""Bytes of retained lines a `begin` carries at most (JSON may take six times as many: a byte
+that is not UTF-8 crosses as a six-character escape); past it they are left out and the
+successor loads them from Redis, as from a release that predates `retained`."""
 
 
 MAX_INBOXES = 16
@@ -390,9 +396,13 @@ class Begin:
         ):
             raise HandoverError("a begin whose retained lines are not a list of lines")
         try:
-            retained_lines = None if retained is None else [r.encode("latin-1") for r in retained]
+            retained_lines = (
+                None
+                if retained is None
+                else [r.encode("utf-8", "surrogateescape") for r in retained]
+            )
         except UnicodeEncodeError:
-            raise HandoverError("a begin with a retained line beyond latin-1") from None
+            raise HandoverError("a begin with a retained line that is not text") from None
         return cls(release, sessions, last_id, history_lines, backplane, retained_lines)
 
 

@@ -88,6 +88,10 @@ class Room(Protocol):
     def resume(self) -> None:
         """The handover failed: go on."""
 
+    def claim_adopted(self) -> None:
+        """The predecessor let go (`commit`): its sessions' nicknames are this host's from now
+        on. Called before the loop runs again, so no client's request gets ahead of it."""
+
     def adopted(self) -> None:
         """The predecessor's sessions are registered here."""
 
@@ -223,6 +227,9 @@ class Conversation:
         pass
 
     def resume(self) -> None:
+        pass
+
+    def claim_adopted(self) -> None:
         pass
 
     def adopted(self) -> None:

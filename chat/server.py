@@ -197,6 +197,7 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
         if inheritance is not None:
             if not inheritance.confirm():
                 return None
+            server.room.claim_adopted()  # before the loop runs again: ahead of any request
             laps = inheritance.laps
             laps.lap("confirm")
             server.history.adopt(inheritance.begin.last_id, inheritance.begin.history)

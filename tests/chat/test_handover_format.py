@@ -98,7 +98,7 @@ def test_begin_carries_where_a_cluster_host_stopped_reading() -> None:
 def test_begin_carries_a_cluster_hosts_retained_lines_and_older_begins_parse_without() -> None:
     """`retained` is optional both ways: a release that predates it sends none (the successor
     loads the room from Redis), and one that predates it ignores it."""
-    lines = [b"MSG 40 ann one\n", b"MSG 41 bob \xc3\xa9\n"]
+    lines = [b"MSG 40 ann one\n", b"MSG 41 bob \xc3\xa9 \xff\n"]
     position = {"room": "41-0", "inboxes": {"host-a": "0-0"}}
     wire = handover.begin("v1", 0, 41, [], position, lines)
     assert Begin.parse(json.loads(json.dumps(wire))).retained == lines
@@ -107,9 +107,23 @@ def test_begin_carries_a_cluster_hosts_retained_lines_and_older_begins_parse_wit
     assert "retained" not in older
 
 
+def test_retained_lines_past_the_budget_are_left_for_redis() -> None:
+    """A window of long lines would make the begin frame too large (and the pause long): it is
+    left out, and the successor loads the room from Redis as from an older release."""
+    line = b"MSG 1 ann " + b"\xc3\xa9" * 2000 + b"\n"
+    fits = handover.RETAINED_BUDGET // len(line)
+    position = {"room": "1-0", "inboxes": {"h": "0-0"}}
+    assert "retained" in handover.begin("v1", 0, 1, [], position, [line] * fits)
+    too_many = handover.begin("v1", 0, 1, [], position, [line] * (fits + 1))
+    assert "retained" not in too_many
+    assert len(handover.frame(handover.begin("v1", 0, 1, [], position, [line] * fits))) < (
+        handover.MAX_FRAME
+    )
+
+
 @pytest.mark.parametrize(
     ("retained", "reason"),
-    [("MSG 1 a b", "not a list of lines"), ([1], "not a list of lines"), (["\u0100"], "latin-1")],
+    [("MSG 1 a b", "not a list of lines"), ([1], "not a list of lines"), (["\ud800"], "not text")],
 )
 def test_malformed_retained_lines_are_refused(retained: object, reason: str) -> None:
     message = handover.begin("v1", 0, 1, [], {"room": "1-0", "inboxes": {"h": "0-0"}})

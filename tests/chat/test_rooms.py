@@ -214,3 +214,35 @@ def test_a_line_begun_before_a_replay_is_not_timed_while_the_server_does_not_rea
                 server._housekeeping.cancel()
 
     run(body)
+
+
+def test_a_rename_right_after_a_handover_leaves_no_ghost_nickname() -> None:
+    """The successor holds the handed-over nicknames (`claim_adopted`) before it reads any
+    client: a `/nick` read first queued the claim of the new name (releasing the old one)
+    ahead of the adopt of the old name, which then wrote it back into `/who` for good."""
+
+    async def body() -> None:
+        redis = fakeredis.FakeServer()
+        server = local_server()  # named here as the predecessor had them: no Redis yet
+        ann, ann_t = attach(server, 1, "old")
+        room = ClusterRoom(
+            server,
+            RedisBackplane(URL, history_size=100, connect=fake_connect(redis), check_version=False),
+        )
+        await room.start()
+        server.room = room
+        fake = fakeredis.FakeAsyncRedis(server=redis)
+        await fake.set("pynet:nick:old", "predecessor-host\told")  # the old release's hold
+        await fake.hset("pynet:who:predecessor-host", "old", "old")
+        await fake.sadd("pynet:hosts", "predecessor-host")
+        room.claim_adopted()  # right after the commit, before the loop reads anyone
+        room.adopted()
+        server.received(ann, b"/nick new\n")
+        await until(lambda: b"OK nick new" in said(ann_t)())
+        server.received(ann, b"/who\n")
+        await until(lambda: any(line.startswith(b"WHO") for line in said(ann_t)()))
+        assert [line for line in said(ann_t)() if line.startswith(b"WHO")] == [b"WHO new"]
+        assert await fake.get("pynet:nick:old") is None
+        await room.close()
+
+    run(body)
