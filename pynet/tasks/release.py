@@ -432,7 +432,8 @@ def _follow_all(hosts: list[Target], one: Callable[[Target], bool]) -> None:
             thread.start()
         deadline = time.monotonic() + 5
         for thread in [*closers, *threads]:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():  # the signal may have come while one was being started
+                thread.join(max(0.0, deadline - time.monotonic()))
         sys.stdout.flush()
         os._exit(128 + stopped.signum)  # 130 after Ctrl-C, 143 after SIGTERM
     finally:

@@ -36,6 +36,17 @@ SCRIPT = textwrap.dedent(
         forever.wait()  # a journal that never ends, a read the close does not wake
         return True
 
+    if sys.argv[1] == "signal-while-starting":  # the second thread never starts
+        import os, signal
+        real, starts = threading.Thread.start, []
+        def start(self):
+            starts.append(self)
+            if len(starts) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler raises here, before the thread is started
+            real(self)
+        threading.Thread.start = start
+
     _follow_all([SimpleNamespace(conn=Conn(), label="admin@h:22")] * 2, one)
     """
 )
@@ -71,3 +82,17 @@ def test_a_signal_ends_follow_within_a_bound(case: str, sig: int, ignored: bool)
     proc.send_signal(sig)
     assert proc.wait(timeout=15) == 128 + sig  # 130 after Ctrl-C, 143 after SIGTERM
     assert time.monotonic() - started < 8  # the 5 s bound, plus start-up slack
+
+
+def test_a_signal_while_the_threads_start_ends_follow_all_the_same() -> None:
+    """SIGTERM came while a thread was being started (a fresh-clone CI run caught it): the
+    thread never started, and joining it raised instead of exiting 143."""
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, "signal-while-starting"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert "Traceback" not in proc.stderr
