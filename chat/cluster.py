@@ -241,35 +241,17 @@ def _outcome(future: asyncio.Future[Any]) -> Any:
     return exc if isinstance(exc, Unavailable) else future.result()
 
 
-def _redis_or_error() -> None:
+async def connect(hub: Hub, url: str, history_size: int, log_messages: bool = False) -> ClusterRoom:
+    """The room of the cluster whose Redis URL names, connected and checked but not started
+    (`ClusterRoom.start`, or `take_over` in a handover): what a successor does before a
+    handover's pause (importing redis-py alone takes 150 ms of CPU). Raises BackplaneError (one
+    line)."""
     try:
         import redis.asyncio  # noqa: F401 - checked here for a clear error
     except ImportError:
         raise BackplaneError(
             "--backplane needs the redis package: pip install 'pynet[cluster]'"
         ) from None
-
-
-async def connect(hub: Hub, url: str, history_size: int, log_messages: bool = False) -> ClusterRoom:
-    """The room of the cluster whose Redis URL names, connected and checked but not started
-    (`ClusterRoom.start`): what a successor does before a handover's pause (importing
-    redis-py alone takes 150 ms of CPU). Raises BackplaneError (one line)."""
-    _redis_or_error()
     room = ClusterRoom(hub, RedisBackplane(url, history_size=history_size), log_messages)
     await room.backplane.open()
-    return room
-
-
-async def join(
-    hub: Hub,
-    url: str,
-    history_size: int,
-    log_messages: bool = False,
-    resume_from: int | None = None,
-    inherit: Position | None = None,
-) -> ClusterRoom:
-    """The room of the cluster whose Redis URL names, started. Raises BackplaneError."""
-    room = await connect(hub, url, history_size, log_messages)
-    await room.start(resume_from, inherit)
-    log.info("cluster %s", room.describe())
     return room

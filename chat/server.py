@@ -178,15 +178,13 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
             # Before listening: no client is served without Redis. A successor reads on from
             # the last id the predecessor's clients saw.
             begin = inheritance.begin if inheritance is not None else None
-            if begin is not None and begin.backplane and begin.retained is not None:
+            inherit = Position(**begin.backplane) if begin is not None and begin.backplane else None
+            if begin is not None and inherit is not None and begin.retained is not None:
                 # A host of this cluster handed over all it knew: no round trip, no await.
-                cluster.take_over(begin.last_id, begin.retained, Position(**begin.backplane))
+                cluster.take_over(begin.last_id, begin.retained, inherit)
             else:
                 server.unarm()  # the loop turns of loading from Redis must read no client
-                await cluster.start(
-                    begin.last_id if begin is not None else None,
-                    Position(**begin.backplane) if begin is not None and begin.backplane else None,
-                )
+                await cluster.start(begin.last_id if begin is not None else None, inherit)
         except BackplaneError as exc:
             give_up(exc)
             await cluster.close()

@@ -100,10 +100,12 @@ def test_lines_sent_together_with_nick_wait_for_it(
     assert lines[-1] == "WHO fast"
 
 
-def test_redis_unreachable_at_start_is_one_line_and_exit_1() -> None:
+def unreachable_redis(*args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m chat.server ARGS` with a backplane nothing listens on: it must exit 1 with one
+    line, naming Redis without its password."""
     url = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
     proc = subprocess.run(
-        [sys.executable, "-m", "chat.server", "--port", "0", "--backplane", url],
+        [sys.executable, "-m", "chat.server", "--backplane", url, *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -113,6 +115,11 @@ def test_redis_unreachable_at_start_is_one_line_and_exit_1() -> None:
     errors = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
     assert len(errors) == 1
     assert "cannot reach Redis at redis://:***@127.0.0.1" in errors[0]
+    return proc
+
+
+def test_redis_unreachable_at_start_is_one_line_and_exit_1() -> None:
+    proc = unreachable_redis("--port", "0")
     assert PASSWORD not in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
 
@@ -371,20 +378,7 @@ def test_a_successor_without_redis_stops_before_the_serving_release_notices(
     freezes, never thaws (it used to pre-copy and freeze first, then serve on)."""
     old = start_release(start_server, sock, "v1", "--backplane", redis_server.url)
     ann = clients(old.port, "ann")
-    dead = f"redis://:{PASSWORD}@127.0.0.1:{free_port()}/0"
-    command = [sys.executable, "-m", "chat.server", "--port", str(old.port)]
-    command += ["--backplane", dead, "--handover-socket", sock, "--release", "v2"]
-    proc = subprocess.run(
-        command,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert proc.returncode == 1
-    errors = [ln for ln in proc.stdout.splitlines() if " ERROR " in ln]
-    assert len(errors) == 1
-    assert "cannot reach Redis at redis://:***@127.0.0.1" in errors[0]
+    unreachable_redis("--port", str(old.port), "--handover-socket", sock, "--release", "v2")
     ann.send("still here")
     assert ann.until("MSG")[-1] == "MSG 1 ann still here"
     assert [ln for ln in old.lines if re.search(r" handover (gave|aborted|refused)", ln)] == []
