@@ -1,6 +1,5 @@
-# The PyNet chat service. Standard library only, plus prometheus_client for /metrics and redis-py
-# (and hiredis) for `--backplane`, unpacked from the pinned, hash-checked wheels in wheels/ (no
-# package index needed).
+# The PyNet chat service. Standard library only, plus redis-py (and hiredis) for `--backplane`,
+# unpacked from the pinned, hash-checked wheels in wheels/ (no package index needed).
 # Tests and the local rehearsal build it on a locally made Debian base:
 #   docker build --build-arg BASE_IMAGE=pynet-local/debian:bookworm .
 ARG BASE_IMAGE=python:3.11-slim

@@ -3,16 +3,17 @@
 Why plain ints: the server counts on its hot path (every broadcast, every line read, every
 fan-out step), and a `prometheus_client.Counter` takes a lock and a label lookup per call. Here
 the server adds to plain attributes of one `Metrics` object (`metrics.deliveries += n`, once per
-broadcast with the number of receivers, never once per client written), and a custom collector
+broadcast with the number of receivers, never once per client written), and `families()`
 turns them into metric families only when `/metrics` is scraped (about once a second at most).
 The event loop is the only writer; the HTTP thread only reads, and reading an int or copying a
 list is atomic under the GIL, so no lock is taken anywhere.
 
-Served by a daemon thread on its own port (`--metrics-port`, default 9050, 0 = off), bound to
-127.0.0.1 unless told otherwise: the figures are for the operator (`fab top` reads them through
-SSH), never for the internet, and the security group never opens the port. With host networking
-two releases share the port during a handover: the new one keeps retrying the bind every second
-until the old one has exited.
+Written in Prometheus' text format by chat/exposition.py (the standard library only: why is
+there) and served by a daemon thread on its own port (`--metrics-port`, default 9050, 0 = off),
+bound to 127.0.0.1 unless told otherwise: the figures are for the operator (`fab top` reads them
+through SSH), never for the internet, and the security group never opens the port. With host
+networking two releases share the port during a handover: the new one keeps retrying the bind
+every second until the old one has exited.
 
 With `--metrics-cloudwatch DEPLOYMENT`, every 60 s one JSON line in CloudWatch's embedded metric
 format goes to stdout; Docker's awslogs driver already ships stdout to CloudWatch Logs, which
@@ -26,19 +27,26 @@ from __future__ import annotations
 import bisect
 import json
 import logging
+import os
+import resource
 import socket
+import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TextIO
+from collections.abc import Callable, Iterable
+from typing import Any, TextIO
 
-if TYPE_CHECKING:  # imported where used: prometheus_client and wsgiref take ~0.2 s to import,
-    # and the server should not pay that before it serves (the endpoint's thread pays it instead)
-    from wsgiref.simple_server import WSGIServer
-
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.core import HistogramMetricFamily, Metric
+from chat.exposition import (
+    CONTENT_TYPE,
+    Family,
+    counter,
+    gauge,
+    histogram,
+    labelled_counter,
+    labelled_gauge,
+    render,
+)
 
 log = logging.getLogger("chat.metrics")
 
@@ -98,19 +106,9 @@ class Histogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def family(self, name: str, documentation: str) -> HistogramMetricFamily:
-        from prometheus_client.core import HistogramMetricFamily
-
+    def family(self, name: str, documentation: str) -> Family:
         counts = list(self.counts)  # one atomic copy: the buckets agree with each other
-        cumulative, running = [], 0
-        for bound, count in zip((*self.bounds, float("inf")), counts, strict=True):
-            running += count
-            cumulative.append((_bound(bound), running))
-        return HistogramMetricFamily(name, documentation, buckets=cumulative, sum_value=self.sum)
-
-
-def _bound(bound: float) -> str:
-    return "+Inf" if bound == float("inf") else repr(bound)
+        return histogram(name, documentation, self.bounds, counts, self.sum)
 
 
 class Metrics:
@@ -190,118 +188,213 @@ class Metrics:
         self.handover_last_pause = pause
         self.handover_last_time = time.time()
 
-    def families(self) -> Iterator[Metric]:
+    def families(self) -> list[Family]:
         """The figures as Prometheus metric families (conventional names and base units)."""
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         self.read_gauges()
         p = PREFIX
-        info = GaugeMetricFamily(f"{p}_info", "The release serving (always 1)", labels=["release"])
-        info.add_metric([self.release], 1)
-        yield info
-        yield GaugeMetricFamily(
-            f"{p}_start_time_seconds", "When this server started (Unix time)", self.started
-        )
-        yield GaugeMetricFamily(f"{p}_connections", "Connected sessions now", self.connected)
-        yield GaugeMetricFamily(
-            f"{p}_named_connections", "Sessions now that have a nickname", self.named
-        )
-        yield CounterMetricFamily(
-            f"{p}_connections_accepted", "Connections accepted", self.accepted
-        )
-        ended = CounterMetricFamily(
-            f"{p}_disconnects", "Sessions ended, by reason", labels=["reason"]
-        )
-        for reason, count in sorted(dict(self.disconnects).items()):
-            ended.add_metric([reason], count)
-        yield ended
-        yield CounterMetricFamily(f"{p}_lines_received", "Lines read", self.lines_received)
-        yield CounterMetricFamily(f"{p}_broadcasts", "Lines fanned out", self.broadcasts)
-        yield CounterMetricFamily(
-            f"{p}_deliveries", "Lines queued to one client each", self.deliveries
-        )
-        yield CounterMetricFamily(
-            f"{p}_sent_bytes", "Bytes of broadcast lines queued to clients", self.bytes_sent
-        )
-        yield CounterMetricFamily(
-            f"{p}_rate_limited", "Lines refused by the rate limit", self.rate_limited
-        )
-        errors = CounterMetricFamily(f"{p}_errors", "ERR replies, by code", labels=["code"])
-        for code, count in sorted(dict(self.errors).items()):
-            errors.add_metric([code], count)
-        yield errors
-        yield self.fanout.family(f"{p}_fanout_duration_seconds", "Time to write one fan-out step")
-        yield self.commit.family(
-            f"{p}_history_commit_duration_seconds", "Time to commit history to SQLite"
-        )
-        yield CounterMetricFamily(
-            f"{p}_handovers", "Handovers this release took over", self.handovers
-        )
-        yield GaugeMetricFamily(
-            f"{p}_handover_last_pause_seconds",
-            "Pause clients saw in the last handover",
-            self.handover_last_pause,
-        )
-        yield GaugeMetricFamily(
-            f"{p}_handover_last_timestamp_seconds",
-            "When the last handover ended (Unix time; 0 = none)",
-            self.handover_last_time,
-        )
-        yield GaugeMetricFamily(
-            f"{p}_backplane_lag_seconds",
-            "Publish-to-delivery time through the cluster's Redis, last measured",
-            self.backplane_lag,
-        )
-        yield CounterMetricFamily(
-            f"{p}_backplane_unavailable",
-            "ERR unavailable answers (the backplane could not take a line)",
-            self.backplane_unavailable,
-        )
+        return [
+            labelled_gauge(
+                f"{p}_info", "The release serving (always 1)", "release", {self.release: 1}
+            ),
+            gauge(f"{p}_start_time_seconds", "When this server started (Unix time)", self.started),
+            gauge(f"{p}_connections", "Connected sessions now", self.connected),
+            gauge(f"{p}_named_connections", "Sessions now that have a nickname", self.named),
+            counter(f"{p}_connections_accepted", "Connections accepted", self.accepted),
+            labelled_counter(
+                f"{p}_disconnects",
+                "Sessions ended, by reason",
+                "reason",
+                dict(sorted(dict(self.disconnects).items())),
+            ),
+            counter(f"{p}_lines_received", "Lines read", self.lines_received),
+            counter(f"{p}_broadcasts", "Lines fanned out", self.broadcasts),
+            counter(f"{p}_deliveries", "Lines queued to one client each", self.deliveries),
+            counter(
+                f"{p}_sent_bytes", "Bytes of broadcast lines queued to clients", self.bytes_sent
+            ),
+            counter(f"{p}_rate_limited", "Lines refused by the rate limit", self.rate_limited),
+            labelled_counter(
+                f"{p}_errors",
+                "ERR replies, by code",
+                "code",
+                dict(sorted(dict(self.errors).items())),
+            ),
+            self.fanout.family(f"{p}_fanout_duration_seconds", "Time to write one fan-out step"),
+            self.commit.family(
+                f"{p}_history_commit_duration_seconds", "Time to commit history to SQLite"
+            ),
+            counter(f"{p}_handovers", "Handovers this release took over", self.handovers),
+            gauge(
+                f"{p}_handover_last_pause_seconds",
+                "Pause clients saw in the last handover",
+                self.handover_last_pause,
+            ),
+            gauge(
+                f"{p}_handover_last_timestamp_seconds",
+                "When the last handover ended (Unix time; 0 = none)",
+                self.handover_last_time,
+            ),
+            gauge(
+                f"{p}_backplane_lag_seconds",
+                "Publish-to-delivery time through the cluster's Redis, last measured",
+                self.backplane_lag,
+            ),
+            counter(
+                f"{p}_backplane_unavailable",
+                "ERR unavailable answers (the backplane could not take a line)",
+                self.backplane_unavailable,
+            ),
+        ]
 
 
-def registry(metrics: Metrics) -> CollectorRegistry:
-    """Our figures (collected once per scrape) and the process's own (CPU, memory, open
-    files, from /proc)."""
-    from prometheus_client import CollectorRegistry, ProcessCollector
-    from prometheus_client.registry import Collector
+class ProcessFigures:
+    """The process's own figures from /proc (CPU, memory, open files), named and worded as
+    prometheus_client's `ProcessCollector` writes them, so dashboards built on those keep
+    working. Nothing where /proc is missing (not Linux)."""
 
-    class MetricsCollector(Collector):
-        def collect(self) -> Iterable[Metric]:
-            return list(metrics.families())
+    def __init__(self, proc: str = "/proc") -> None:
+        self.proc = proc
+        self.ticks = os.sysconf("SC_CLK_TCK")
+        self.pagesize = resource.getpagesize()
+        self.boot_time = 0.0
+        try:
+            with open(os.path.join(proc, "stat"), "rb") as stat:
+                for line in stat:
+                    if line.startswith(b"btime "):
+                        self.boot_time = float(line.split()[1])
+        except OSError:
+            pass
 
-    reg = CollectorRegistry(auto_describe=False)
-    reg.register(MetricsCollector())
-    ProcessCollector(registry=reg)
-    return reg
+    def families(self) -> list[Family]:
+        if not self.boot_time:
+            return []
+        own = os.path.join(self.proc, "self")
+        found: list[Family] = []
+        try:
+            with open(os.path.join(own, "stat"), "rb") as stat:
+                parts = stat.read().split(b")")[-1].split()
+            found += [
+                gauge(
+                    "process_virtual_memory_bytes",
+                    "Virtual memory size in bytes.",
+                    float(parts[20]),
+                ),
+                gauge(
+                    "process_resident_memory_bytes",
+                    "Resident memory size in bytes.",
+                    float(parts[21]) * self.pagesize,
+                ),
+                gauge(
+                    "process_start_time_seconds",
+                    "Start time of the process since unix epoch in seconds.",
+                    float(parts[19]) / self.ticks + self.boot_time,
+                ),
+                counter(
+                    "process_cpu_seconds",
+                    "Total user and system CPU time spent in seconds.",
+                    (float(parts[11]) + float(parts[12])) / self.ticks,
+                ),
+            ]
+            soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            found += [
+                gauge(
+                    "process_open_fds",
+                    "Number of open file descriptors.",
+                    len(os.listdir(os.path.join(own, "fd"))),
+                ),
+                gauge("process_max_fds", "Maximum number of open file descriptors.", soft),
+            ]
+        except (OSError, IndexError, ValueError):
+            pass
+        return found
 
 
 # --- serving /metrics ----------------------------------------------------------------------
 
+#: Seconds a scraper gets to send its request: the endpoint answers one scrape at a time, so a
+#: connection that sends nothing holds the next scrape back this long at most.
+REQUEST_TIMEOUT = 2.0
+#: The request line and each header line, at most (Prometheus sends a few short headers).
+MAX_HEAD_LINE = 8192
+MAX_HEADERS = 100
 
-def _only_metrics(app: Callable[..., Any]) -> Callable[..., Any]:
-    """The exposition at `/metrics` (and `/`); anything else is a 404."""
 
-    def wsgi(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found: try /metrics\n"]
-        return app(environ, start_response)
+def respond(request_line: bytes, body: Callable[[], bytes]) -> bytes:
+    """The whole HTTP response to a request whose first line is REQUEST_LINE: the exposition
+    (BODY, made only for a GET or HEAD of `/metrics` or `/`), else a short error."""
+    parts = request_line.split()
+    if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+        return _response("400 Bad Request", b"bad request\n")
+    method, target = parts[0], parts[1]
+    if target.split(b"?", 1)[0] not in (b"/", b"/metrics"):
+        return _response("404 Not Found", b"not found: try /metrics\n")
+    if method not in (b"GET", b"HEAD"):
+        return _response("405 Method Not Allowed", b"only GET\n", ("Allow", "GET, HEAD"))
+    return _response("200 OK", body(), ("Content-Type", CONTENT_TYPE), head=method == b"HEAD")
 
-    return wsgi
+
+def _response(status: str, body: bytes, *headers: tuple[str, str], head: bool = False) -> bytes:
+    if not headers:
+        headers = (("Content-Type", "text/plain; charset=utf-8"),)
+    lines = [f"HTTP/1.1 {status}", *(f"{k}: {v}" for k, v in headers)]
+    lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    return "\r\n".join(lines).encode() + (b"" if head else body)
+
+
+class _Scrape(socketserver.StreamRequestHandler):
+    """One scrape: read the request's head (bounded in size and time), answer, close."""
+
+    timeout = REQUEST_TIMEOUT
+    server: _Server
+
+    def handle(self) -> None:
+        try:
+            request_line = self.rfile.readline(MAX_HEAD_LINE + 1)
+            for _ in range(MAX_HEADERS):
+                line = self.rfile.readline(MAX_HEAD_LINE + 1)
+                if line in (b"\r\n", b"\n", b""):
+                    break
+                if len(line) > MAX_HEAD_LINE:
+                    request_line = b""  # answered 400
+                    break
+            else:
+                request_line = b""
+            if len(request_line) > MAX_HEAD_LINE:
+                request_line = b""
+            self.wfile.write(respond(request_line, self.server.exposition))
+        except OSError as exc:  # a timeout, a reset: that scrape is lost, not the endpoint
+            log.debug("metrics: a scrape failed: %s", exc)
+
+
+class _Server(socketserver.TCPServer):
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], exposition: Callable[[], bytes]) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.exposition = exposition
+        super().__init__(address, _Scrape)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """One line in the log, not socketserver's traceback on stderr."""
+        log.warning("metrics: a scrape from %s failed: %s", client_address, sys.exc_info()[1])
 
 
 class Endpoint:
     """`/metrics` on HOST:PORT in a daemon thread; `close()` stops it. While the port is taken
-    (the release handing over still holds it) the thread retries every second."""
+    (the release handing over still holds it) the thread retries every second.
+
+    A thread, not the event loop: a scrape (the process's open files are listed from /proc)
+    never delays a client's line by more than the GIL's switch interval. It runs the standard
+    library only (chat/exposition.py says why)."""
 
     def __init__(
         self, metrics: Metrics, host: str = "127.0.0.1", port: int = 9050, delay: float = 0.0
     ) -> None:
         self.host, self.port = host, port
-        self.delay = delay  # seconds to wait before importing and binding (see `start`)
+        self.delay = delay  # seconds to wait before binding (see `start`)
         self.metrics = metrics
-        self._app: Callable[..., Any] | None = None  # made in the thread (the import is slow)
-        self._server: WSGIServer | None = None
+        self.process = ProcessFigures()
+        self._server: _Server | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
@@ -314,26 +407,9 @@ class Endpoint:
         """True once the port is bound (`self.port` is then the real one, if 0 was asked)."""
         return self._bound.wait(timeout)
 
-    def _bind(self) -> WSGIServer:
-        if self._app is None:
-            from prometheus_client import make_wsgi_app
-
-            self._app = _only_metrics(make_wsgi_app(registry(self.metrics)))
-        from socketserver import ThreadingMixIn
-        from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-        class Server(ThreadingMixIn, WSGIServer):
-            daemon_threads = True
-            allow_reuse_address = True
-            address_family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-
-        class Quiet(WSGIRequestHandler):
-            """No line per scrape on stderr (it is the service's log)."""
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return make_server(self.host, self.port, self._app, Server, Quiet)
+    def exposition(self) -> bytes:
+        """What a scrape gets: our figures, then the process's."""
+        return render([*self.metrics.families(), *self.process.families()])
 
     def _run(self) -> None:
         if self.delay and self._stop.wait(self.delay):
@@ -341,7 +417,7 @@ class Endpoint:
         warned = False
         while not self._stop.is_set():
             try:
-                server = self._bind()
+                server = _Server((self.host, self.port), self.exposition)
             except OSError as exc:
                 if not warned:
                     log.warning(
@@ -418,9 +494,9 @@ class EmfReporter:
         m.read_gauges()
         values: dict[str, float] = {}
         units: list[dict[str, str]] = []
-        for name, attr, unit, counter in EMF_FIGURES:
+        for name, attr, unit, cumulative in EMF_FIGURES:
             value = getattr(m, attr)
-            values[name] = value - self._last[attr] if counter else value
+            values[name] = value - self._last[attr] if cumulative else value
             self._last[attr] = value
             units.append({"Name": name, "Unit": unit})
         cuts = m.disconnects.get("too_slow", 0)
@@ -502,9 +578,8 @@ class Running:
             self.reporter.close(wait)
 
 
-#: How long after `start` the endpoint imports prometheus_client and binds: a release that has
-#: just taken the connections over should not share the CPU with that import (~0.2 s) while its
-#: clients' first lines come in.
+#: How long after `start` the endpoint binds: after a handover the release that handed over
+#: holds the port until it exits, a moment later, so the first try usually finds it free.
 START_DELAY = 1.0
 
 

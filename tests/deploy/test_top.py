@@ -11,11 +11,10 @@ import threading
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
 from rich.console import Console
 
 from chat import config
-from chat.metrics import Metrics, registry
+from chat.metrics import Endpoint, Metrics
 from pynet.deploy import commands as cmd
 from pynet.deploy import top
 from pynet.deploy.commands import render
@@ -25,7 +24,7 @@ from tests.deploy.fakes import closed_port, fab
 
 def exposition(metrics: Metrics) -> str:
     """What the server's /metrics answers, without a socket."""
-    return generate_latest(registry(metrics)).decode()
+    return Endpoint(metrics).exposition().decode()
 
 
 def test_parse_reads_what_the_server_writes() -> None:
