@@ -125,18 +125,6 @@ async def serve(settings: Settings) -> int:
 async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str] | None:
     """Take over or start; (how, from which release, why a fallback), or None after an error
     (logged; a predecessor, if any, serves on)."""
-    inheritance: Inheritance[Peer] | None = None
-    taking: Taking[Peer] | None = None
-    how, why = "fresh", ""
-
-    def give_up(exc: Exception) -> None:
-        """Before `ready`: say why, and let the serving release (if any) serve on."""
-        log.error("error starting: %s", exc)
-        if inheritance is not None:
-            inheritance.refuse(f"successor failed: {exc}")
-        elif taking is not None:
-            taking.refuse(f"successor failed: {exc}")
-
     cluster: ClusterRoom | None = None
     if settings.backplane:
         from chat.backplane import BackplaneError
@@ -151,6 +139,31 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
         except BackplaneError as exc:
             log.error("error starting: %s", exc)
             return None
+    began = None
+    try:
+        began = await _take_over_or_start(server, settings, cluster)
+    finally:
+        if began is None and cluster is not None:
+            await cluster.close()  # whatever stopped it: its Redis connections go with it
+    return began
+
+
+async def _take_over_or_start(
+    server: ChatServer, settings: Settings, cluster: ClusterRoom | None
+) -> tuple[str, str, str] | None:
+    """`_begin`, once connected to the cluster's Redis (CLUSTER), if any."""
+    inheritance: Inheritance[Peer] | None = None
+    taking: Taking[Peer] | None = None
+    how, why = "fresh", ""
+
+    def give_up(exc: Exception) -> None:
+        """Before `ready`: say why, and let the serving release (if any) serve on."""
+        log.error("error starting: %s", exc)
+        if inheritance is not None:
+            inheritance.refuse(f"successor failed: {exc}")
+        elif taking is not None:
+            taking.refuse(f"successor failed: {exc}")
+
     if settings.handover_socket:
         try:
             taking = take(
@@ -187,7 +200,6 @@ async def _begin(server: ChatServer, settings: Settings) -> tuple[str, str, str]
                 await cluster.start(begin.last_id if begin is not None else None, inherit)
         except BackplaneError as exc:
             give_up(exc)
-            await cluster.close()
             return None
         server.room = cluster
         log.info("cluster %s", cluster.describe())

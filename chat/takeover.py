@@ -263,11 +263,11 @@ class Taking(Generic[P]):
                 if session is None:
                     raise HandoverError(f"socket key {key} is the same as what was never sent")
                 item = held.pop(key)
+                sessions.append((session, item))  # from here on let go with the others
                 if not holder.prepared(item):
                     raise HandoverError(
                         f"socket key {key} stands as copied, yet its nickname moved"
                     )
-                sessions.append((session, item))
             for key in precopied:  # changed since, or gone
                 holder.unprepare(held[key])
             precopied.clear()

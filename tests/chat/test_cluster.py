@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
 
+from chat import config, fdpass, handover
 from chat.backplane import LEASE_MS
 from chat.client import split_servers
+from chat.history import History
+from chat.server import _begin
+from chat.service import ChatServer
+from chat.takeover import BUSY
 from tests.chat.fakes import (
     ROOT,
     ClientProcess,
@@ -404,3 +412,48 @@ def test_a_single_host_release_hands_over_to_one_that_joins_a_cluster(
     seen = [ln for ln in bob.until("MSG 2 ") if ln.startswith("MSG ")]
     assert seen == ["MSG 1 ann during the switch", "MSG 2 ann after"]
     assert "cluster redis:" in new.wait_for_log("cluster redis:")
+
+
+def test_a_successor_the_serving_release_refuses_closes_its_redis_connection(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Connected to Redis first, then refused (a takeover is already under way): `_begin` gives
+    up, and its connections to Redis are closed before it returns, not left to the exit."""
+    path = str(tmp_path / "run" / "handover.sock")
+    (tmp_path / "run").mkdir(mode=0o700)
+    point = socket.socket(socket.AF_UNIX)
+    point.bind(path)
+    point.listen()
+
+    def refuse() -> None:
+        conn, _ = point.accept()
+        channel = fdpass.Channel(conn, 5)
+        channel.recv()  # hello
+        channel.send(handover.refuse(BUSY))
+        channel.close()
+
+    threading.Thread(target=refuse, daemon=True).start()
+    history = str(tmp_path / "history.sqlite3")
+    settings = config.load(
+        [
+            *("--port", "0", "--backplane", redis_server.url, "--handover-socket", path),
+            *("--history", history, "--release", "v2"),
+        ]
+    )
+    watcher = redis.Redis.from_url(redis_server.url)
+
+    def connected() -> int:
+        return len(watcher.client_list()) - 1  # not this one
+
+    async def begin() -> None:
+        server = ChatServer(settings, History(settings.history_size, settings.history))
+        assert await _begin(server, settings) is None
+        # Still in the loop, so before any exit: Redis has seen the connection close.
+        wait_until(lambda: connected() == 0, 3, "the successor's Redis connection closed")
+
+    try:
+        assert connected() == 0
+        asyncio.run(begin())
+    finally:
+        point.close()
+        watcher.close()

@@ -326,6 +326,42 @@ def test_take_refuses_sessions_that_do_not_match_the_sockets_and_drops_all(
     assert aborted[0]["t"] == "abort"
 
 
+class Moved(Keeping):
+    """A holder whose first socket's prepared session no longer stands (its nickname moved)."""
+
+    def prepared(self, held: socket.socket) -> bool:
+        return held is not self.held[0]
+
+
+def test_a_session_said_the_same_that_no_longer_stands_fails_and_lets_every_socket_go(
+    sock: str,
+) -> None:
+    """The predecessor breaks the protocol: a key it says stands as copied is one the successor
+    could not keep. The takeover fails, and that socket is let go with the others (it had left
+    the successor's books before the check, and its descriptor stayed open for good)."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    listener = socket.socket()
+
+    def script(channel: fdpass.Channel) -> None:
+        with contextlib.suppress(OSError):
+            channel.send(handover.sockets([1, 2]), [p[0].fileno() for p in pairs])
+            presessions = [(1, named_session("ann")), (2, named_session("bob"))]
+            channel.send(handover.sessions(presessions, "presessions"))
+            channel.send(handover.precopied())
+            channel.recv()  # prepared
+            channel.send(handover.begin("old", 2, 0, []))
+            channel.send(handover.listener(), [listener.fileno()])
+            channel.send(handover.same([1, 2]))
+            channel.send(handover.end())
+
+    FakePredecessor(sock, script)
+    holder = Moved()
+    with pytest.raises(handover.HandoverError, match="socket key 1 stands as copied"):
+        finish(take(sock, "new", 5, holder))
+    assert len(holder.held) == 2
+    assert sorted(map(id, holder.dropped)) == sorted(map(id, holder.held))
+
+
 def assert_still_serving(old: ServerProcess, ann: LineClient, bob: LineClient, n: int) -> None:
     ann.send(f"still here {n}")
     assert bob.until("MSG")[-1].endswith(f"ann still here {n}")
