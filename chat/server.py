@@ -16,7 +16,6 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from chat import __version__, config
@@ -50,15 +49,6 @@ def _raise_open_file_limit() -> int:
         except (ValueError, OSError):
             pass
     return soft
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop when installed (faster), else the standard loop."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop.new_event_loop
 
 
 def setup_logging(level: str) -> None:
@@ -282,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     nofile = _raise_open_file_limit()
     if nofile < settings.max_clients:
         log.warning("open file limit %d is below max_clients=%d", nofile, settings.max_clients)
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+    # The standard loop, even where uvloop is installed: a handover takes unsent bytes back
+    # from CPython's selector transports and builds transports for held sockets through them
+    # (chat/connection.py), and under uvloop every connection failed as it was made.
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         return runner.run(serve(settings))
 
 

@@ -190,3 +190,15 @@ def test_client_leaves_cleanly_on_ctrl_c(server, clients) -> None:
     finally:
         client.proc.kill()
         client.proc.wait()
+
+
+def test_an_installed_uvloop_is_not_used(start_server, clients, tmp_path: Path) -> None:
+    """The server runs on the standard loop wherever it is started: a handover needs CPython's
+    selector transports, and under uvloop every connection failed as it was made."""
+    (tmp_path / "uvloop.py").write_text("raise SystemExit('uvloop was imported')\n")
+    server = start_server(env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    alice = clients(server.port, "alice")
+    alice.send("hello")
+    assert alice.line() == "MSG 1 alice hello"
+    assert "loop=asyncio" in server.wait_for_log("start version=")
+    assert server.terminate() == 0
