@@ -202,8 +202,9 @@ def hold_socket(loop: asyncio.AbstractEventLoop, owner: Owner, sock: socket.sock
     """A socket a predecessor sends while it still serves it: wrap it now in a transport that
     neither reads nor writes, so the takeover (during the pause every client sees) has nothing
     left to build. CPython's selector loops can make the transport synchronously
-    (`_make_socket_transport`, what `connect_accepted_socket` calls inside its task); on other
-    loops (uvloop) the socket waits in `held_socket` for the takeover."""
+    (`_make_socket_transport`, what `connect_accepted_socket` calls inside its task); on a loop
+    without it the socket would wait in `held_socket` for the takeover (the server runs the
+    selector loop: chat/server.py says why)."""
     peer = Peer(owner)
     peer.held = True
     sock.setblocking(False)

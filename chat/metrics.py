@@ -113,7 +113,7 @@ class Histogram:
 
 class Metrics:
     """Everything the server counts. Add to the attributes directly; call the few methods for
-    the figures that need more than an addition. Read by `Collector` at scrape time."""
+    the figures that need more than an addition. Read by `families()` at scrape time."""
 
     __slots__ = (
         "accepted",
@@ -311,12 +311,14 @@ class ProcessFigures:
 
 # --- serving /metrics ----------------------------------------------------------------------
 
-#: Seconds a scraper gets to send its request: the endpoint answers one scrape at a time, so a
-#: connection that sends nothing holds the next scrape back this long at most.
+#: Seconds a scraper gets to send its whole request head: the endpoint answers one scrape at a
+#: time, so a connection that sends nothing, or a byte now and then, holds the next scrape back
+#: this long at most.
 REQUEST_TIMEOUT = 2.0
-#: The request line and each header line, at most (Prometheus sends a few short headers).
-MAX_HEAD_LINE = 8192
-MAX_HEADERS = 100
+#: The request head (request line and headers), at most (Prometheus sends a few short headers).
+MAX_HEAD = 16384
+#: Seconds, at most, to read what a client still sends after its answer, before closing.
+LINGER = 0.2
 
 
 def respond(request_line: bytes, body: Callable[[], bytes]) -> bytes:
@@ -330,7 +332,12 @@ def respond(request_line: bytes, body: Callable[[], bytes]) -> bytes:
         return _response("404 Not Found", b"not found: try /metrics\n")
     if method not in (b"GET", b"HEAD"):
         return _response("405 Method Not Allowed", b"only GET\n", ("Allow", "GET, HEAD"))
-    return _response("200 OK", body(), ("Content-Type", CONTENT_TYPE), head=method == b"HEAD")
+    try:
+        figures = body()
+    except Exception:  # a figure that cannot be written: say so, and log why
+        log.exception("metrics: the exposition failed")
+        return _response("500 Internal Server Error", b"the figures could not be written\n")
+    return _response("200 OK", figures, ("Content-Type", CONTENT_TYPE), head=method == b"HEAD")
 
 
 def _response(status: str, body: bytes, *headers: tuple[str, str], head: bool = False) -> bytes:
@@ -341,29 +348,53 @@ def _response(status: str, body: bytes, *headers: tuple[str, str], head: bool = 
     return "\r\n".join(lines).encode() + (b"" if head else body)
 
 
-class _Scrape(socketserver.StreamRequestHandler):
-    """One scrape: read the request's head (bounded in size and time), answer, close."""
+def read_head(conn: socket.socket, timeout: float = REQUEST_TIMEOUT) -> bytes | None:
+    """The request's first line, once its whole head is in; b"" for a head over MAX_HEAD bytes
+    (answered 400); None when it is not in within TIMEOUT seconds in all, or the client closes
+    first (not answered)."""
+    deadline = time.monotonic() + timeout
+    head = b""
+    while b"\r\n\r\n" not in head and b"\n\n" not in head:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        conn.settimeout(remaining)
+        try:
+            chunk = conn.recv(4096)
+        except TimeoutError:
+            return None
+        if not chunk:
+            return None
+        head += chunk
+        if len(head) > MAX_HEAD:
+            return b""
+    return head.split(b"\n", 1)[0].rstrip(b"\r")
 
-    timeout = REQUEST_TIMEOUT
+
+class _Scrape(socketserver.BaseRequestHandler):
+    """One scrape: read the request's head (bounded in size and in time, as a whole), answer,
+    close."""
+
+    request: socket.socket
     server: _Server
 
     def handle(self) -> None:
+        conn = self.request
         try:
-            request_line = self.rfile.readline(MAX_HEAD_LINE + 1)
-            for _ in range(MAX_HEADERS):
-                line = self.rfile.readline(MAX_HEAD_LINE + 1)
-                if line in (b"\r\n", b"\n", b""):
+            request_line = read_head(conn)
+            if request_line is None:
+                return
+            conn.settimeout(REQUEST_TIMEOUT)
+            conn.sendall(respond(request_line, self.server.exposition))
+            # Closing with unread input would reset the connection, and the client could lose
+            # the answer (a head too long is answered before it is all read): read on a little.
+            conn.shutdown(socket.SHUT_WR)
+            conn.settimeout(LINGER)
+            for _ in range(16):
+                if not conn.recv(65536):
                     break
-                if len(line) > MAX_HEAD_LINE:
-                    request_line = b""  # answered 400
-                    break
-            else:
-                request_line = b""
-            if len(request_line) > MAX_HEAD_LINE:
-                request_line = b""
-            self.wfile.write(respond(request_line, self.server.exposition))
-        except OSError as exc:  # a timeout, a reset: that scrape is lost, not the endpoint
-            log.debug("metrics: a scrape failed: %s", exc)
+        except OSError as exc:  # a reset, a reader too slow: that scrape is lost, not the endpoint
+            log.debug("metrics: a scrape ended early: %s", exc)
 
 
 class _Server(socketserver.TCPServer):
@@ -397,6 +428,7 @@ class Endpoint:
         self._server: _Server | None = None
         self._stop = threading.Event()
         self._bound = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
 
     def start(self) -> Endpoint:
@@ -430,7 +462,11 @@ class Endpoint:
                     warned = True
                 self._stop.wait(BIND_RETRY)
                 continue
-            self._server = server
+            with self._lock:  # `close` sees the server, or this sees that it was closed
+                if self._stop.is_set():
+                    server.server_close()
+                    return
+                self._server = server
             self.port = server.server_address[1]
             self._bound.set()
             log.info("metrics on http://%s:%s/metrics", self.host, self.port)
@@ -442,7 +478,8 @@ class Endpoint:
         """Stop serving. WAIT=False returns at once (the event loop must not block: the port is
         free within 0.1 s, and a successor retries every second anyway)."""
         self._stop.set()
-        server = self._server
+        with self._lock:
+            server = self._server
         if server is None:
             return
         if wait:

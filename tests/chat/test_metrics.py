@@ -9,20 +9,22 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from chat import config
+from chat import metrics as metrics_module
 from chat.metrics import (
     DURATION_BUCKETS,
-    MAX_HEAD_LINE,
-    MAX_HEADERS,
+    MAX_HEAD,
     REQUEST_TIMEOUT,
     EmfReporter,
     Endpoint,
@@ -367,28 +369,89 @@ def test_a_head_request_gets_the_headers_only() -> None:
     assert answer.endswith(b"\r\n\r\n")
 
 
-def test_an_oversized_or_endless_head_is_refused_and_the_next_scrape_served(
+def test_an_oversized_head_is_refused_and_the_next_scrape_served(
     served: tuple[Metrics, int],
 ) -> None:
     _, port = served
-    assert raw(port, b"GET /" + b"a" * (MAX_HEAD_LINE + 10) + b" HTTP/1.1\r\n\r\n").startswith(
-        b"HTTP/1.1 400"
-    )
-    endless = b"GET /metrics HTTP/1.1\r\n" + b"X: y\r\n" * (MAX_HEADERS + 5) + b"\r\n"
-    assert raw(port, endless).startswith(b"HTTP/1.1 400")
+    long_line = b"GET /" + b"a" * (MAX_HEAD + 10) + b" HTTP/1.1\r\n\r\n"
+    assert raw(port, long_line).startswith(b"HTTP/1.1 400")
+    many = b"GET /metrics HTTP/1.1\r\n" + b"X-Header: y\r\n" * (MAX_HEAD // 10) + b"\r\n"
+    assert raw(port, many).startswith(b"HTTP/1.1 400")
+    usual = b"GET /metrics HTTP/1.1\r\n" + b"X-Header: y\r\n" * 100 + b"\r\n"
+    assert raw(port, usual).startswith(b"HTTP/1.1 200")
     assert ("pynet_connections", ()) in samples(scrape(port))
 
 
-def test_a_scraper_that_sends_nothing_holds_the_next_one_back_only_for_the_timeout(
-    served: tuple[Metrics, int],
+def drip(port: int, stop: threading.Event) -> None:
+    """A request head, a byte every 0.5 s: each read is quick, the whole is not."""
+    with socket.create_connection(("127.0.0.1", port)) as conn:
+        for byte in b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n":
+            if stop.wait(0.5):
+                return
+            try:
+                conn.send(bytes([byte]))
+            except OSError:
+                return
+
+
+@pytest.mark.parametrize("sender", ["silent", "drip"])
+def test_a_slow_scraper_holds_the_next_one_back_only_for_the_timeout(
+    served: tuple[Metrics, int], sender: str
 ) -> None:
     _, port = served
-    with socket.create_connection(("127.0.0.1", port)) as silent:
-        began = time.monotonic()
+    stop = threading.Event()
+    if sender == "silent":
+        slow = socket.create_connection(("127.0.0.1", port))
+    else:
+        threading.Thread(target=drip, args=(port, stop), daemon=True).start()
+    time.sleep(0.2)  # the endpoint is reading the slow one
+    began = time.monotonic()
+    try:
         assert ("pynet_connections", ()) in samples(scrape(port))
-        waited = time.monotonic() - began
-        assert silent.recv(1) == b""  # dropped at the timeout, unanswered
-    assert REQUEST_TIMEOUT - 0.5 < waited < REQUEST_TIMEOUT + 2
+    finally:
+        stop.set()
+    waited = time.monotonic() - began
+    assert waited < REQUEST_TIMEOUT + 1
+    if sender == "silent":
+        assert slow.recv(1) == b""  # dropped at the timeout, unanswered
+        slow.close()
+
+
+def test_figures_that_cannot_be_written_get_a_500_and_the_endpoint_serves_on(
+    served: tuple[Metrics, int],
+) -> None:
+    metrics, port = served
+
+    def broken() -> tuple[int, int]:
+        raise RuntimeError("a gauge that fails")
+
+    metrics.gauges = broken
+    with pytest.raises(urllib.error.HTTPError, match="500"):
+        scrape(port)
+    metrics.gauges = None
+    assert ("pynet_connections", ()) in samples(scrape(port))
+
+
+def test_closed_while_it_binds_it_never_serves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`close` can come between the bind and the moment the thread keeps the server: the
+    thread sees it, and the port is let go."""
+    endpoint = Endpoint(Metrics(), "127.0.0.1", 0)
+    bound: list[int] = []
+    real = metrics_module._Server
+
+    def binding(*args: Any) -> Any:
+        server = real(*args)
+        bound.append(server.server_address[1])
+        endpoint.close(wait=False)
+        return server
+
+    monkeypatch.setattr(metrics_module, "_Server", binding)
+    endpoint.start()
+    endpoint._thread.join(5)
+    assert not endpoint._thread.is_alive()
+    assert not endpoint.wait_bound(0)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", bound[0]), timeout=2)
 
 
 def test_close_without_waiting_frees_the_port_soon() -> None:
