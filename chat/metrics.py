@@ -128,6 +128,7 @@ class Metrics:
         "errors",
         "fanout",
         "gauges",
+        "gc_pauses",
         "handover_last_pause",
         "handover_last_time",
         "handovers",
@@ -165,6 +166,8 @@ class Metrics:
         self.handover_last_pause = float("nan")  # seconds the last handover paused clients
         self.handover_last_time = 0.0  # when it ended (Unix time); 0 = none since start
         self.backplane_lag = float("nan")  # seconds from publish to delivery, last measured
+        # Full collections of Python's garbage collector, timed (chat/collector.py), if watched.
+        self.gc_pauses: Histogram | None = None
 
     def read_gauges(self) -> None:
         """Refresh `connected` and `named` from `gauges`, if the server gave one (then it need
@@ -244,6 +247,18 @@ class Metrics:
                 "ERR unavailable answers (the backplane could not take a line)",
                 self.backplane_unavailable,
             ),
+            *self._collector_families(),
+        ]
+
+    def _collector_families(self) -> list[Family]:
+        """Python's garbage collector: its full collections, the loop stalled while each ran
+        (chat/collector.py), when they are watched."""
+        if self.gc_pauses is None:
+            return []
+        return [
+            self.gc_pauses.family(
+                f"{PREFIX}_gc_pause_seconds", "Time of each full garbage collection"
+            )
         ]
 
 

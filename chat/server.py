@@ -18,7 +18,7 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from chat import __version__, config
+from chat import __version__, collector, config
 from chat import metrics as metrics_
 from chat.config import Settings
 from chat.connection import Peer
@@ -72,6 +72,7 @@ async def serve(settings: Settings) -> int:
         return 1
     try:
         server = ChatServer(settings, history)
+        collector.PauseWatch(server.metrics).install()
         signals = _Signals()
         how = await _begin(server, settings)
         if how is None:

@@ -113,6 +113,8 @@ def test_a_handover_is_counted_with_its_pause_by_the_release_that_took_over(
     assert value(found, "pynet_info", release="v2") == 1
     assert value(found, "pynet_handovers_total") == 1
     assert 0 < value(found, "pynet_handover_last_pause_seconds") < 5
+    # A server watches its full garbage collections (chat/collector.py): the family is there.
+    assert ("pynet_gc_pause_seconds_count", ()) in found
     assert value(found, "pynet_connections") == 1  # ann, handed over
     ann.send("/ping")
     assert ann.until("PONG")[-1] == "PONG"
